@@ -1,0 +1,86 @@
+#pragma once
+// The maths of every layer as free functions: outputs first, then inputs, then sizes.
+// Batches are NCHW; one sample is contiguous. Backward kernels accumulate (+=) into parameter
+// gradients and overwrite input gradients. Every parallel split is fixed by the sizes alone (never
+// by the thread count), so results are bitwise identical for any number of threads.
+#include <cstddef>
+#include <cstdint>
+
+namespace mpicnn::core {
+
+struct ConvGeometry {
+  int in_channels, height, width;   // C, H, W
+  int filters, kernel_h, kernel_w;  // K, R, S
+  int stride, pad;
+  int out_h, out_w;                 // OH, OW
+  std::size_t col_rows() const { return std::size_t(in_channels) * kernel_h * kernel_w; }  // C*R*S
+  std::size_t out_pixels() const { return std::size_t(out_h) * out_w; }                   // OH*OW
+  std::size_t in_size() const { return std::size_t(in_channels) * height * width; }
+  std::size_t out_size() const { return std::size_t(filters) * out_pixels(); }
+};
+
+// Kernels are templates over float (training) and double (gradient checks in the tests).
+
+// Samples per task in convolution; a chunk's gradient partial is summed in chunk order.
+constexpr int kConvChunk = 4;
+inline int conv_chunks(int batch) { return (batch + kConvChunk - 1) / kConvChunk; }
+// Workspace elements a convolution needs for `batch` samples (im2col and its gradient per chunk,
+// plus per-chunk weight and bias gradient partials).
+std::size_t conv2d_workspace_size(const ConvGeometry& g, int batch);
+
+// col: (C*R*S, OH*OW) for one sample image: (C,H,W); zero padding.
+template <class T>
+void im2col(T* col, const T* image, const ConvGeometry& g);
+// image_grad (C,H,W) += scatter of col_grad (C*R*S, OH*OW).
+template <class T>
+void col2im_add(T* image_grad, const T* col_grad, const ConvGeometry& g);
+
+template <class T>
+void conv2d_forward(T* out /*N,K,OH,OW*/, T* workspace, const T* in /*N,C,H,W*/,
+                    const T* weight /*K,C,R,S*/, const T* bias /*K or null*/,
+                    const ConvGeometry& g, int batch);
+// in_grad may be null (first layer: no one needs it).
+template <class T>
+void conv2d_backward(T* in_grad /*N,C,H,W or null*/, T* weight_grad /*K,C,R,S*/,
+                     T* bias_grad /*K or null*/, T* workspace,
+                     const T* out_grad /*N,K,OH,OW*/, const T* in /*N,C,H,W*/,
+                     const T* weight /*K,C,R,S*/, const ConvGeometry& g, int batch);
+
+struct PoolGeometry {
+  int channels, height, width;
+  int window, stride, pad;
+  int out_h, out_w;
+  std::size_t in_size() const { return std::size_t(channels) * height * width; }
+  std::size_t out_size() const { return std::size_t(channels) * out_h * out_w; }
+};
+
+// argmax: per output element the flat index within the sample's (C,H,W) input, for backward.
+template <class T>
+void maxpool_forward(T* out, std::int32_t* argmax, const T* in, const PoolGeometry& g, int batch);
+template <class T>
+void maxpool_backward(T* in_grad, const T* out_grad, const std::int32_t* argmax,
+                      const PoolGeometry& g, int batch);
+// Padding counts in the divisor (PyTorch's count_include_pad=True).
+template <class T>
+void avgpool_forward(T* out, const T* in, const PoolGeometry& g, int batch);
+template <class T>
+void avgpool_backward(T* in_grad, const T* out_grad, const PoolGeometry& g, int batch);
+
+// Fully connected: out (N,O) = in (N,I) * weight(O,I)^T + bias(O).
+template <class T>
+void dense_forward(T* out, const T* in, const T* weight, const T* bias,
+                   int batch, int inputs, int outputs);
+template <class T>
+void dense_backward(T* in_grad /*N,I or null*/, T* weight_grad /*O,I*/, T* bias_grad /*O*/,
+                    const T* out_grad /*N,O*/, const T* in /*N,I*/, const T* weight /*O,I*/,
+                    int batch, int inputs, int outputs);
+
+enum class Activation { relu, leaky_relu, sigmoid, tanh };
+template <class T>
+void activation_forward(T* out, const T* in, std::size_t n, Activation kind, T slope);
+// Uses the forward output (and input for leaky ReLU's sign) to form the input gradient.
+template <class T>
+void activation_backward(T* in_grad, const T* out_grad, const T* in, const T* out,
+                         std::size_t n, Activation kind, T slope);
+
+}  // namespace mpicnn::core

@@ -1,0 +1,139 @@
+#include "model.hpp"
+
+#include <cctype>
+#include <cstdio>
+#include <sstream>
+
+#include "errors.hpp"
+
+namespace mpicnn::core {
+namespace {
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\n\r"), e = s.find_last_not_of(" \t\n\r");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+[[noreturn]] void spec_error(const std::string& spec, std::size_t at, const std::string& what) {
+  throw ConfigError("model spec '" + spec + "': " + what + " at character " + std::to_string(at + 1));
+}
+
+void parse_arguments(LayerArgs& layer, const std::string& text, const std::string& spec, std::size_t at) {
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    item = trim(item);
+    if (item.empty()) spec_error(spec, at, "empty argument in '" + layer.kind + "(" + text + ")'");
+    const auto eq = item.find('=');
+    if (eq == std::string::npos) {
+      if (!layer.named.empty()) spec_error(spec, at, "positional argument after a named one in '" + layer.kind + "'");
+      layer.positional.push_back(item);
+    } else {
+      layer.named[trim(item.substr(0, eq))] = trim(item.substr(eq + 1));
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<LayerArgs> parse_spec(const std::string& spec) {
+  std::vector<LayerArgs> layers;
+  std::size_t i = 0;
+  while (true) {
+    while (i < spec.size() && std::isspace(static_cast<unsigned char>(spec[i]))) ++i;
+    if (i == spec.size()) break;
+    const std::size_t start = i;
+    while (i < spec.size() && (std::isalnum(static_cast<unsigned char>(spec[i])) || spec[i] == '_')) ++i;
+    if (i == start) spec_error(spec, i, std::string("unexpected '") + spec[i] + "'");
+    LayerArgs layer;
+    layer.kind = spec.substr(start, i - start);
+    if (i < spec.size() && spec[i] == '(') {
+      const std::size_t close = spec.find(')', i);
+      if (close == std::string::npos) spec_error(spec, i, "unclosed '(' after '" + layer.kind + "'");
+      parse_arguments(layer, spec.substr(i + 1, close - i - 1), spec, i);
+      i = close + 1;
+    }
+    layers.push_back(std::move(layer));
+  }
+  if (layers.empty()) throw ConfigError("model spec is empty: expected layers such as 'conv(32,5) relu flatten dense(10)'");
+  return layers;
+}
+
+Model::Model(const std::string& spec, const Shape& input, int max_batch) : input_(input), max_batch_(max_batch) {
+  if (input.size() == 0) throw ShapeError("model input shape " + input.str() + " is empty");
+  if (max_batch < 1) throw ConfigError("batch size must be at least 1, got " + std::to_string(max_batch));
+  Shape shape = input;
+  int position = 1;
+  for (const LayerArgs& args : parse_spec(spec)) {
+    layers_.push_back(make_layer(args, shape, position++));
+    shape = layers_.back()->output_shape();
+  }
+  for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->declare_params(params_, int(i));
+  params_.allocate();
+  for (auto& layer : layers_) {
+    layer->bind(params_, max_batch);
+    activations_.emplace_back(std::size_t(max_batch) * layer->output_shape().size());
+    gradients_.emplace_back(std::size_t(max_batch) * layer->output_shape().size());
+  }
+}
+
+std::string Model::canonical_spec() const {
+  std::string text;
+  for (const auto& layer : layers_) {
+    if (!text.empty()) text += ' ';
+    text += layer->spec();
+  }
+  return text;
+}
+
+const float* Model::forward(const float* input, int batch) {
+  if (batch > max_batch_)
+    throw ShapeError("batch of " + std::to_string(batch) + " exceeds the model's maximum " + std::to_string(max_batch_));
+  last_input_ = input;
+  const float* in = input;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    layers_[i]->forward(activations_[i].data(), in, batch);
+    in = activations_[i].data();
+  }
+  return in;
+}
+
+void Model::backward(const float* output_grad, int batch, const std::function<void(int)>& layer_done) {
+  const float* out_grad = output_grad;
+  for (int i = int(layers_.size()) - 1; i >= 0; --i) {
+    const float* in = i == 0 ? last_input_ : activations_[i - 1].data();
+    float* in_grad = i == 0 ? nullptr : gradients_[i - 1].data();
+    layers_[i]->backward(in_grad, out_grad, in, activations_[i].data(), batch);
+    if (layer_done) layer_done(i);
+    out_grad = in_grad;
+  }
+}
+
+double Model::forward_flops() const {
+  double total = 0;
+  for (const auto& layer : layers_) total += layer->forward_flops();
+  return total;
+}
+
+std::string Model::summary() const {
+  std::vector<std::size_t> counts(layers_.size(), 0);
+  for (const auto& p : params_.infos()) counts[p.layer] += p.size;
+  std::ostringstream out;
+  char line[160];
+  std::snprintf(line, sizeof line, "%-4s %-34s %-16s %12s %14s\n", "#", "layer", "output shape", "params", "FLOPs");
+  out << line << std::string(84, '-') << "\n";
+  std::snprintf(line, sizeof line, "%-4s %-34s %-16s %12s %14s\n", "", "input", input_.str().c_str(), "", "");
+  out << line;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    std::snprintf(line, sizeof line, "%-4zu %-34s %-16s %12zu %14.0f\n", i, layers_[i]->spec().c_str(),
+                  layers_[i]->output_shape().str().c_str(), counts[i], layers_[i]->forward_flops());
+    out << line;
+  }
+  out << std::string(84, '-') << "\n";
+  std::snprintf(line, sizeof line, "total parameters: %zu, forward FLOPs per sample: %.0f\n", params_.count(),
+                forward_flops());
+  out << line;
+  return out.str();
+}
+
+}  // namespace mpicnn::core

@@ -1,0 +1,53 @@
+#pragma once
+// A sequential network built from a text spec such as
+//   "conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)".
+// It owns the parameter arena and every activation buffer, sized once for `max_batch` samples.
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers.hpp"
+#include "params.hpp"
+
+namespace mpicnn::core {
+
+// Splits a spec into layer descriptions; throws ConfigError naming the character at fault.
+std::vector<LayerArgs> parse_spec(const std::string& spec);
+
+class Model {
+ public:
+  Model(const std::string& spec, const Shape& input, int max_batch);
+
+  const Shape& input_shape() const { return input_; }
+  const Shape& output_shape() const { return layers_.back()->output_shape(); }
+  int max_batch() const { return max_batch_; }
+  // Every layer with every argument spelled out; parsing it again gives the same model.
+  std::string canonical_spec() const;
+  const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }
+  ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
+
+  // input: (batch, C, H, W), kept by pointer until backward. Returns (batch, output size).
+  const float* forward(const float* input, int batch);
+  // Accumulates parameter gradients from d(loss)/d(output). `layer_done(i)` is called as soon as
+  // layer i's parameter gradients are final, last layer first (to start their reduction early).
+  void backward(const float* output_grad, int batch, const std::function<void(int)>& layer_done = {});
+  // Output of layer i from the last forward (for finding where non-finite values appear).
+  const float* activation(int layer) const { return activations_[layer].data(); }
+
+  // Keras-style table: layer, output shape, parameters, forward FLOPs per sample.
+  std::string summary() const;
+  double forward_flops() const;
+
+ private:
+  Shape input_;
+  int max_batch_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  ParamStore params_;
+  std::vector<Buffer> activations_;  // output of each layer, (max_batch, out size)
+  std::vector<Buffer> gradients_;    // d(loss)/d(output of each layer)
+  const float* last_input_ = nullptr;
+};
+
+}  // namespace mpicnn::core

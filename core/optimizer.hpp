@@ -1,0 +1,52 @@
+#pragma once
+// Optimizers over the whole parameter arena, with PyTorch's update rules so that results can be
+// compared with torch.optim. State buffers have the arena's layout (checkpointed as they are).
+#include <string>
+#include <vector>
+
+#include "params.hpp"
+
+namespace mpicnn::core {
+
+struct OptimizerConfig {
+  std::string name = "sgd";  // sgd, adam, adamw
+  double momentum = 0.0;     // sgd
+  bool nesterov = false;     // sgd
+  double weight_decay = 0.0; // sgd/adam: L2 added to the gradient; adamw: decoupled
+  double beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8;
+};
+
+class Optimizer {
+ public:
+  Optimizer(const OptimizerConfig& config, std::size_t arena_size);
+  // Applies one update with learning rate `lr`; gradients must already be averaged.
+  void step(ParamStore& params, double lr);
+  long steps() const { return steps_; }
+  // Named state buffers ("momentum" or "exp_avg", "exp_avg_sq"), for checkpoints.
+  std::vector<std::pair<std::string, Buffer*>> state();
+  void set_steps(long steps) { steps_ = steps; }
+  const OptimizerConfig& config() const { return config_; }
+
+ private:
+  OptimizerConfig config_;
+  long steps_ = 0;
+  Buffer first_, second_;  // momentum, or Adam's first and second moments
+};
+
+// Learning rate at a global step: optional linear warm-up from 0, then constant, step decay
+// (times gamma every step_size steps after warm-up) or cosine decay to min_lr at total_steps.
+struct ScheduleConfig {
+  std::string kind = "constant";  // constant, step, cosine
+  double base_lr = 0.01;
+  long warmup_steps = 0;
+  long step_size = 1;
+  double gamma = 0.1;
+  double min_lr = 0.0;
+};
+double learning_rate(const ScheduleConfig& schedule, long step, long total_steps);
+
+// Fills weights by `scheme` (he, he_uniform, xavier, xavier_normal) and biases with zeros, from `seed`.
+void init_params(ParamStore& params, const std::string& scheme, std::uint64_t seed);
+const std::vector<std::string>& known_init_schemes();
+
+}  // namespace mpicnn::core

@@ -1,0 +1,38 @@
+#include "params.hpp"
+
+#include "errors.hpp"
+
+namespace mpicnn::core {
+
+int ParamStore::declare(ParamInfo info) {
+  if (values_.size()) throw Error("parameter '" + info.name + "' declared after the arena was allocated");
+  info.size = 1;
+  for (int d : info.dims) info.size *= std::size_t(d);
+  info.offset = total_;
+  total_ += round_up_floats(info.size);
+  infos_.push_back(std::move(info));
+  return int(infos_.size()) - 1;
+}
+
+void ParamStore::allocate() {
+  values_ = Buffer(total_);
+  grads_ = Buffer(total_);
+}
+
+std::size_t ParamStore::count() const {
+  std::size_t n = 0;
+  for (const auto& p : infos_) n += p.size;
+  return n;
+}
+
+std::pair<std::size_t, std::size_t> ParamStore::layer_range(int first_layer, int last_layer) const {
+  std::size_t begin = total_, end = 0;
+  for (const auto& p : infos_)
+    if (p.layer >= first_layer && p.layer <= last_layer) {
+      begin = std::min(begin, p.offset);
+      end = std::max(end, p.offset + round_up_floats(p.size));
+    }
+  return begin < end ? std::make_pair(begin, end) : std::make_pair(std::size_t(0), std::size_t(0));
+}
+
+}  // namespace mpicnn::core
