@@ -18,6 +18,12 @@ constexpr int kDenseRows = 16;
 // Floats per task in element-wise loops.
 constexpr std::size_t kElementChunk = 1 << 14;
 
+// Each GEMM runs in the TBB task that calls it; a BLAS thread pool on top would oversubscribe.
+const bool blas_is_single_threaded = [] {
+  openblas_set_num_threads(1);
+  return true;
+}();
+
 void gemm(CBLAS_TRANSPOSE a_trans, CBLAS_TRANSPOSE b_trans, int m, int n, int k, float alpha, const float* a, int lda,
           const float* b, int ldb, float beta, float* c, int ldc) {
   cblas_sgemm(CblasRowMajor, a_trans, b_trans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

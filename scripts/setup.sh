@@ -11,7 +11,7 @@ packages=(
   libhdf5-dev hdf5-tools                           # datasets and checkpoints
   libboost-program-options-dev                     # command line and INI configs
   libgtest-dev libbenchmark-dev                    # tests and micro-benchmarks
-  libopenblas-dev libopenblas0-serial              # sgemm; the serial build is the one we link
+  libopenblas-dev libopenblas0-pthread             # sgemm (one BLAS thread per call)
   zlib1g-dev libstb-dev                            # image-folder converter
   libonnx-dev libprotobuf-dev protobuf-compiler python3-onnx   # ONNX export and its checker
   python3-torch python3-h5py python3-numpy         # PyTorch references in tests and benchmarks
