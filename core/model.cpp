@@ -59,15 +59,32 @@ std::vector<LayerArgs> parse_spec(const std::string& spec) {
   return layers;
 }
 
-Model::Model(const std::string& spec, const Shape& input, int max_batch) : input_(input), max_batch_(max_batch) {
-  if (input.size() == 0) throw ShapeError("model input shape " + input.str() + " is empty");
-  if (max_batch < 1) throw ConfigError("batch size must be at least 1, got " + std::to_string(max_batch));
+namespace {
+
+std::vector<std::unique_ptr<Layer>> build_layers(const std::string& spec, const Shape& input) {
+  if (input.c < 1 || input.h < 1 || input.w < 1) throw ShapeError("model input shape " + input.str() + " is empty");
+  std::vector<std::unique_ptr<Layer>> layers;
   Shape shape = input;
   int position = 1;
   for (const LayerArgs& args : parse_spec(spec)) {
-    layers_.push_back(make_layer(args, shape, position++));
-    shape = layers_.back()->output_shape();
+    layers.push_back(make_layer(args, shape, position++));
+    shape = layers.back()->output_shape();
   }
+  return layers;
+}
+
+}  // namespace
+
+std::vector<ParamInfo> plan_params(const std::string& spec, const Shape& input) {
+  ParamStore store;
+  const auto layers = build_layers(spec, input);
+  for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->declare_params(store, int(i));
+  return store.infos();
+}
+
+Model::Model(const std::string& spec, const Shape& input, int max_batch)
+    : input_(input), max_batch_(max_batch), layers_(build_layers(spec, input)) {
+  if (max_batch < 1) throw ConfigError("batch size must be at least 1, got " + std::to_string(max_batch));
   for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->declare_params(params_, int(i));
   params_.allocate();
   for (auto& layer : layers_) {

@@ -15,6 +15,10 @@ namespace mpicnn::core {
 // Splits a spec into layer descriptions; throws ConfigError naming the character at fault.
 std::vector<LayerArgs> parse_spec(const std::string& spec);
 
+// The parameters a spec declares for an input shape, computed without allocating any of them
+// (checks a file's declared shapes before trusting its sizes). Throws like the Model constructor.
+std::vector<ParamInfo> plan_params(const std::string& spec, const Shape& input);
+
 class Model {
  public:
   Model(const std::string& spec, const Shape& input, int max_batch);

@@ -1,0 +1,127 @@
+// `mpicnn convert` and `mpicnn inspect`: dataset conversion and a readable summary of any file
+// mpicnn writes. Both are single-process tools (run them without mpirun).
+#include <cstdio>
+#include <sstream>
+
+#include "apps/commands.hpp"
+#include "apps/settings.hpp"
+#include "core/errors.hpp"
+#include "datasets/convert.hpp"
+#include "datasets/h5.hpp"
+#include "datasets/reader.hpp"
+#include "io/checkpoint.hpp"
+
+namespace mpicnn::app {
+namespace {
+
+std::vector<std::string> split_names(const std::string& text) {
+  if (text == "fashion-mnist") return data::fashion_mnist_class_names();
+  std::vector<std::string> names;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) names.push_back(item);
+  return names;
+}
+
+std::string join(const std::vector<double>& values) {
+  std::ostringstream out;
+  for (std::size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
+  return out.str();
+}
+
+void inspect_dataset(const std::string& path) {
+  const data::DatasetInfo first = data::read_info(path, "train");
+  std::printf("%s: mpicnn dataset\n", path.c_str());
+  std::printf("  image shape %s, %s pixels, %d classes\n", first.shape.str().c_str(), first.uint8 ? "uint8" : "float32",
+              first.num_classes);
+  for (const auto& split : first.splits) {
+    const data::DatasetInfo info = data::read_info(path, split);
+    std::printf("  /%-6s %8zu samples, %s\n", split.c_str(), info.count,
+                info.target_size ? ("targets of " + std::to_string(info.target_size)).c_str() : "labels");
+  }
+  std::printf("  mean [%s], std [%s]\n", join(first.mean).c_str(), join(first.std).c_str());
+  if (!first.class_names.empty()) {
+    std::string names;
+    for (const auto& n : first.class_names) names += (names.empty() ? "" : ", ") + n;
+    std::printf("  classes: %s\n", names.c_str());
+  }
+}
+
+void inspect_checkpoint(const std::string& path) {
+  const io::CheckpointHeader h = io::read_checkpoint_header(path);
+  std::printf("%s: mpicnn checkpoint (format %d, mpicnn %s, created %s, trained on %d ranks)\n", path.c_str(),
+              h.format_version, h.mpicnn_version.c_str(), h.created.c_str(), h.ranks);
+  std::printf("  position: epoch %d, step %ld in epoch, global step %ld, seed %llu\n", h.trainer.epoch + 1,
+              h.trainer.step_in_epoch, h.trainer.global_step, (unsigned long long)h.trainer.seed);
+  std::printf("  optimizer: %s (momentum %g, weight decay %g)\n", h.optimizer.name.c_str(), h.optimizer.momentum,
+              h.optimizer.weight_decay);
+  std::printf("  loss: %s; input normalisation mean [%s] std [%s]\n", h.model.loss.c_str(), join(h.model.mean).c_str(),
+              join(h.model.std).c_str());
+  for (const auto& [name, value] : h.metrics) std::printf("  %s: %.6g\n", name.c_str(), value);
+  core::Model model(h.model.spec, h.model.input, 1);
+  std::printf("%s", model.summary().c_str());
+}
+
+}  // namespace
+
+int run_convert(const Args& args, const dist::Communicator&) {
+  Settings s("convert", {
+      {"format", "", "input layout: idx (MNIST family), npz (MedMNIST) or folder (one subfolder per class)", true},
+      {"input", "", "IDX folder, .npz file or image folder", true},
+      {"output", "", "HDF5 dataset to write", true},
+      {"names", "", "class names: comma-separated, or 'fashion-mnist'"},
+      {"height", "0", "folder: resize images to this height (0 = all images must have one size)"},
+      {"width", "0", "folder: resize images to this width"},
+      {"channels", "0", "folder: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
+      {"test_fraction", "0", "folder: share of each class written to /test"},
+      {"seed", "0", "folder: which images go to /test"},
+      {"compression", "4", "gzip level 0-9"},
+      {"chunk", "0", "samples per HDF5 chunk (0 = automatic)"},
+  });
+  s.parse(args);
+  if (s.help_requested()) {
+    std::fputs(s.help().c_str(), stdout);
+    return 0;
+  }
+  data::ConvertOptions o;
+  o.class_names = split_names(s.text("names"));
+  o.height = int(s.integer("height", 0));
+  o.width = int(s.integer("width", 0));
+  o.channels = int(s.integer("channels", 0));
+  o.test_fraction = s.real("test_fraction", 0);
+  o.seed = std::uint64_t(s.integer("seed", 0));
+  o.writer.compression_level = int(s.integer("compression", 0));
+  o.writer.chunk_samples = int(s.integer("chunk", 0));
+  if (o.writer.compression_level > 9) throw ConfigError("option '--compression': expected 0-9, got " + s.text("compression"));
+  const std::string format = s.choice("format", {"idx", "npz", "folder"});
+  const std::string in = s.text("input"), out = s.text("output");
+  const data::ConvertSummary summary = format == "idx"   ? data::convert_idx(in, out, o)
+                                       : format == "npz" ? data::convert_npz(in, out, o)
+                                                         : data::convert_image_folder(in, out, o);
+  std::printf("wrote %s: images %s, %d classes", out.c_str(), summary.shape.str().c_str(), summary.num_classes);
+  for (const auto& [split, count] : summary.split_counts) std::printf(", %s %zu", split.c_str(), count);
+  std::printf("\n");
+  return 0;
+}
+
+int run_inspect(const Args& args, const dist::Communicator&) {
+  Settings s("inspect", {{"file", "", "dataset, checkpoint or bundle to summarise", true}});
+  s.parse(args, "file");
+  if (s.help_requested()) {
+    std::fputs(s.help().c_str(), stdout);
+    return 0;
+  }
+  const std::string path = s.text("file");
+  std::string format;
+  {
+    data::h5::Handle file = data::h5::open_file(path);
+    if (data::h5::has_attribute(file.get(), "format")) format = data::h5::read_string_attribute(file.get(), "format");
+  }
+  if (format == "mpicnn-dataset") inspect_dataset(path);
+  else if (format == io::kCheckpointFormat) inspect_checkpoint(path);
+  else throw IoError(path + ": unknown file kind (root attribute 'format' is '" + format +
+                     "'; expected mpicnn-dataset or mpicnn-checkpoint)");
+  return 0;
+}
+
+}  // namespace mpicnn::app

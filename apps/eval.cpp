@@ -1,0 +1,214 @@
+// `mpicnn eval` and `mpicnn predict`: a checkpoint applied to a dataset split, under mpirun or
+// alone. Each rank evaluates its own part; sums are added and per-sample outputs gathered on rank 0.
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "apps/commands.hpp"
+#include "apps/evaluate.hpp"
+#include "apps/metrics.hpp"
+#include "apps/settings.hpp"
+#include "core/errors.hpp"
+#include "core/loss.hpp"
+#include "core/parallel.hpp"
+#include "datasets/h5.hpp"
+#include "io/checkpoint.hpp"
+
+namespace mpicnn::app {
+namespace {
+
+std::vector<Key> apply_keys(bool predict) {
+  std::vector<Key> keys = {
+      {"checkpoint", "", "checkpoint file or run folder (its latest checkpoint)", true},
+      {"data", "", "HDF5 dataset file", true},
+      {"split", "test", "split to use"},
+      {"batch", "256", "samples per batch on each rank"},
+      {"threads", "0", "threads per rank (0 = all this rank may use)"},
+  };
+  if (predict) keys.push_back({"output", "", "predictions file: .h5 or .csv", true});
+  else keys.push_back({"json", "", "print the report as JSON", false, true});
+  return keys;
+}
+
+// A model rebuilt from a checkpoint, and a reader that normalises inputs as training did.
+struct Loaded {
+  io::CheckpointHeader header;
+  std::unique_ptr<core::Model> model;
+  std::unique_ptr<data::EvalReader> reader;
+  core::LossConfig loss;
+};
+
+Loaded load(const Settings& s, const dist::Communicator& comm) {
+  core::set_threads(int(s.integer("threads", 0)));
+  Loaded l;
+  const std::string path = io::resolve_checkpoint(s.text("checkpoint"));
+  l.header = io::read_checkpoint_header(path);
+  const int batch = int(s.integer("batch", 1));
+  l.reader = std::make_unique<data::EvalReader>(data::EvalOptions{s.text("data"), s.text("split"), batch, comm.rank(),
+                                                                  comm.size(), true, l.header.model.mean,
+                                                                  l.header.model.std, true});
+  data::check_input_shape(l.reader->info(), l.header.model.input, s.text("data"));
+  l.model = std::make_unique<core::Model>(l.header.model.spec, l.header.model.input, batch);
+  io::load_checkpoint(path, *l.model, nullptr);
+  l.loss.kind = l.header.model.loss;
+  if (l.loss.kind == "cross_entropy" && l.reader->info().num_classes != int(l.model->output_shape().size()))
+    throw ShapeError(s.text("data") + ": " + std::to_string(l.reader->info().num_classes) +
+                     " classes, but the checkpoint's model has " + std::to_string(l.model->output_shape().size()) +
+                     " outputs");
+  return l;
+}
+
+// Every sample's outputs (softmax probabilities for classification) and labels, on rank 0.
+struct Outputs {
+  std::vector<float> values;
+  std::vector<std::int32_t> labels;
+  std::vector<float> targets;
+};
+
+Evaluation run_collecting(Loaded& l, const dist::Communicator& comm, Outputs* gathered) {
+  const int k = int(l.model->output_shape().size());
+  const bool classify = l.loss.kind == "cross_entropy";
+  Outputs mine;
+  const Evaluation e = evaluate(*l.model, l.loss, *l.reader, comm, [&](const data::Batch& b, int start, int count, const float* out) {
+    for (int n = 0; n < count; ++n) {
+      const std::size_t at = mine.values.size();
+      mine.values.resize(at + k);
+      if (classify) core::softmax(mine.values.data() + at, out + std::size_t(n) * k, k);
+      else std::copy(out + std::size_t(n) * k, out + std::size_t(n + 1) * k, mine.values.data() + at);
+      if (!b.labels.empty()) mine.labels.push_back(b.labels[start + n]);
+      if (b.targets.size())
+        mine.targets.insert(mine.targets.end(), b.targets.data() + std::size_t(start + n) * k,
+                            b.targets.data() + std::size_t(start + n + 1) * k);
+    }
+  });
+  gathered->values = comm.gather_to_root(std::span<const float>(mine.values));
+  gathered->labels = comm.gather_to_root(std::span<const std::int32_t>(mine.labels));
+  gathered->targets = comm.gather_to_root(std::span<const float>(mine.targets));
+  return e;
+}
+
+std::string number(double v) {
+  if (std::isnan(v)) return "null";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.6g", v);
+  return text;
+}
+
+void print_json(const Evaluation& e, const ClassificationReport* r, const std::vector<std::string>& names) {
+  std::ostringstream out;
+  out << "{\"samples\": " << e.count << ", \"loss\": " << number(e.loss);
+  if (r) {
+    out << ", \"accuracy\": " << number(e.accuracy) << ", \"confusion_matrix\": [";
+    for (int i = 0; i < e.classes; ++i) {
+      out << (i ? ", [" : "[");
+      for (int j = 0; j < e.classes; ++j) out << (j ? ", " : "") << e.confusion[std::size_t(i) * e.classes + j];
+      out << "]";
+    }
+    auto metrics = [&](const ClassMetrics& m) {
+      std::ostringstream o;
+      o << "{\"precision\": " << number(m.precision) << ", \"sensitivity\": " << number(m.recall)
+        << ", \"specificity\": " << number(m.specificity) << ", \"f1\": " << number(m.f1)
+        << ", \"roc_auc\": " << number(m.auc) << ", \"support\": " << m.support << "}";
+      return o.str();
+    };
+    out << "], \"per_class\": {";
+    for (std::size_t k = 0; k < r->per_class.size(); ++k)
+      out << (k ? ", " : "") << "\"" << (k < names.size() ? names[k] : std::to_string(k)) << "\": " << metrics(r->per_class[k]);
+    out << "}, \"macro\": " << metrics(r->macro) << ", \"weighted\": " << metrics(r->weighted);
+  }
+  out << "}\n";
+  std::fputs(out.str().c_str(), stdout);
+}
+
+void print_text(const Evaluation& e, const ClassificationReport* r, const std::vector<std::string>& names) {
+  std::printf("samples %lld  loss %.6f", (long long)e.count, e.loss);
+  if (!r) {
+    std::printf("\n");
+    return;
+  }
+  std::printf("  accuracy %.4f\n\nconfusion matrix (rows: true class, columns: predicted)\n", e.accuracy);
+  for (int i = 0; i < e.classes; ++i) {
+    for (int j = 0; j < e.classes; ++j) std::printf("%7lld", (long long)e.confusion[std::size_t(i) * e.classes + j]);
+    std::printf("\n");
+  }
+  std::printf("\n%-16s %9s %11s %11s %9s %9s %8s\n", "class", "precision", "sensitivity", "specificity", "f1", "roc_auc", "support");
+  auto row = [](const std::string& name, const ClassMetrics& m) {
+    std::printf("%-16s %9.4f %11.4f %11.4f %9.4f %9.4f %8lld\n", name.c_str(), m.precision, m.recall, m.specificity, m.f1,
+                m.auc, (long long)m.support);
+  };
+  for (std::size_t k = 0; k < r->per_class.size(); ++k) row(k < names.size() ? names[k] : std::to_string(k), r->per_class[k]);
+  row("macro avg", r->macro);
+  row("weighted avg", r->weighted);
+}
+
+void write_predictions(const std::string& path, const Outputs& o, int k, bool classify) {
+  const std::size_t n = o.values.size() / k;
+  std::vector<std::int32_t> predicted(n);
+  for (std::size_t i = 0; i < n; ++i)
+    predicted[i] = std::int32_t(std::max_element(&o.values[i * k], &o.values[i * k] + k) - &o.values[i * k]);
+  if (path.size() > 4 && path.substr(path.size() - 4) == ".csv") {
+    std::ofstream out(path);
+    if (!out) throw IoError(path + ": cannot write predictions");
+    out << "index" << (o.labels.empty() ? "" : ",label") << (classify ? ",predicted" : "");
+    for (int j = 0; j < k; ++j) out << (classify ? ",p" : ",y") << j;
+    out << "\n";
+    out.precision(7);
+    for (std::size_t i = 0; i < n; ++i) {
+      out << i;
+      if (!o.labels.empty()) out << "," << o.labels[i];
+      if (classify) out << "," << predicted[i];
+      for (int j = 0; j < k; ++j) out << "," << o.values[i * k + j];
+      out << "\n";
+    }
+    if (!out) throw IoError(path + ": write failed");
+    return;
+  }
+  namespace h5 = data::h5;
+  h5::Handle file = h5::create_file(path);
+  h5::write_dataset<float>(file.get(), classify ? "probabilities" : "outputs", o.values, {n, hsize_t(k)});
+  if (classify) h5::write_dataset<std::int32_t>(file.get(), "predicted", predicted, {n});
+  if (!o.labels.empty()) h5::write_dataset<std::int32_t>(file.get(), "labels", o.labels, {n});
+  if (!o.targets.empty()) h5::write_dataset<float>(file.get(), "targets", o.targets, {n, hsize_t(k)});
+}
+
+}  // namespace
+
+int run_eval(const Args& args, const dist::Communicator& comm) {
+  Settings s("eval", apply_keys(false));
+  s.parse(args);
+  if (s.help_requested()) {
+    if (comm.is_root()) std::fputs(s.help().c_str(), stdout);
+    return 0;
+  }
+  Loaded l = load(s, comm);
+  Outputs o;
+  const Evaluation e = run_collecting(l, comm, &o);
+  if (!comm.is_root()) return 0;
+  const bool classify = e.classes > 0;
+  ClassificationReport report;
+  if (classify) report = classification_report(e.confusion, e.classes, o.values, o.labels);
+  const auto& names = l.header.model.class_names;
+  if (s.flag("json")) print_json(e, classify ? &report : nullptr, names);
+  else print_text(e, classify ? &report : nullptr, names);
+  return 0;
+}
+
+int run_predict(const Args& args, const dist::Communicator& comm) {
+  Settings s("predict", apply_keys(true));
+  s.parse(args);
+  if (s.help_requested()) {
+    if (comm.is_root()) std::fputs(s.help().c_str(), stdout);
+    return 0;
+  }
+  Loaded l = load(s, comm);
+  Outputs o;
+  run_collecting(l, comm, &o);
+  if (!comm.is_root()) return 0;
+  write_predictions(s.text("output"), o, int(l.model->output_shape().size()), l.loss.kind == "cross_entropy");
+  std::printf("predictions for %zu samples written to %s\n", o.values.size() / l.model->output_shape().size(),
+              s.text("output").c_str());
+  return 0;
+}
+
+}  // namespace mpicnn::app

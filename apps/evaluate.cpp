@@ -1,0 +1,49 @@
+#include "evaluate.hpp"
+
+#include <algorithm>
+
+namespace mpicnn::app {
+
+Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::EvalReader& reader,
+                    const dist::Communicator& comm,
+                    const OutputSink& sink) {
+  Evaluation result;
+  const int outputs = int(model.output_shape().size());
+  const bool classify = loss.kind == "cross_entropy";
+  result.classes = classify ? outputs : 0;
+  result.confusion.assign(std::size_t(result.classes) * result.classes, 0);
+  core::GradientWorker worker(model);
+  core::LossSum sums;
+  data::Batch batch;
+  reader.rewind();
+  while (reader.next(batch)) {
+    for (int start = 0; start < batch.count; start += model.max_batch()) {
+      const int count = std::min(model.max_batch(), batch.count - start);
+      core::BatchView view{batch.images.data() + std::size_t(start) * model.input_shape().size(),
+                           batch.labels.empty() ? nullptr : batch.labels.data() + start,
+                           batch.targets.size() ? batch.targets.data() + std::size_t(start) * outputs : nullptr, count};
+      const float* out = nullptr;
+      const core::LossSum s = worker.evaluate(view, loss, &out);
+      sums.sum += s.sum, sums.normalizer += s.normalizer, sums.correct += s.correct;
+      result.count += count;
+      if (classify)
+        for (int n = 0; n < count; ++n) {
+          const float* row = out + std::size_t(n) * outputs;
+          const int predicted = int(std::max_element(row, row + outputs) - row);
+          ++result.confusion[std::size_t(view.labels[n]) * outputs + predicted];
+        }
+      if (sink) sink(batch, start, count, out);
+    }
+  }
+  double totals[3] = {sums.sum, sums.normalizer, sums.correct};
+  comm.allreduce_sum(std::span<double>(totals));
+  std::int64_t count = result.count;
+  comm.allreduce_sum(std::span<std::int64_t>(&count, 1));
+  comm.allreduce_sum(std::span<std::int64_t>(result.confusion));
+  result.count = count;
+  result.loss = totals[1] > 0 ? totals[0] / totals[1] : 0;
+  result.accuracy = count > 0 ? totals[2] / double(count) : 0;
+  return result;
+}
+
+}  // namespace mpicnn::app

@@ -1,0 +1,29 @@
+#pragma once
+// Exact evaluation across ranks: every rank evaluates its own contiguous part of a split, and the
+// sums (loss, normaliser, correct, confusion matrix) are added across ranks, so every sample counts
+// exactly once and the figures do not depend on the rank count.
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/training.hpp"
+#include "datasets/reader.hpp"
+#include "distributed/comm.hpp"
+
+namespace mpicnn::app {
+
+struct Evaluation {
+  double loss = 0;        // mean loss
+  double accuracy = 0;    // classification only
+  std::int64_t count = 0; // samples evaluated (all ranks)
+  int classes = 0;
+  std::vector<std::int64_t> confusion;  // (classes, classes): row = true class, column = predicted
+};
+
+// Sees the model's outputs (count, outputs) for samples [start, start + count) of `batch`.
+using OutputSink = std::function<void(const data::Batch& batch, int start, int count, const float* outputs)>;
+
+Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::EvalReader& reader,
+                    const dist::Communicator& comm, const OutputSink& sink = {});
+
+}  // namespace mpicnn::app

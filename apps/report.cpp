@@ -1,0 +1,77 @@
+#include "report.hpp"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <iomanip>
+#include <sstream>
+
+namespace mpicnn::app {
+
+Reporter::Reporter(bool active, const std::string& metrics_path, long steps_per_epoch, int epochs)
+    : active_(active), terminal_(active && ::isatty(STDOUT_FILENO)), steps_per_epoch_(steps_per_epoch), epochs_(epochs) {
+  if (active_) metrics_.open(metrics_path, std::ios::app);
+  start_ = window_start_ = std::chrono::steady_clock::now();
+}
+
+double Reporter::elapsed() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+}
+
+void Reporter::record(const std::string& kind, const std::map<std::string, double>& fields) {
+  if (!active_) return;
+  std::ostringstream out;
+  out << std::setprecision(8) << "{\"kind\": \"" << kind << "\"";
+  for (const auto& [name, value] : fields) {
+    out << ", \"" << name << "\": ";
+    if (std::isfinite(value)) out << value;
+    else out << "null";
+  }
+  out << "}\n";
+  metrics_ << out.str();
+  metrics_.flush();
+}
+
+void Reporter::line(const std::string& text) {
+  if (!active_) return;
+  if (bar_open_) std::fputc('\n', stdout);
+  bar_open_ = false;
+  std::fprintf(stdout, "%s\n", text.c_str());
+  std::fflush(stdout);
+}
+
+void Reporter::step(int epoch, long step_in_epoch, long global_step, double loss, double accuracy, int samples,
+                    double lr, double comm_wait_seconds, bool log_now) {
+  window_loss_ += loss, window_correct_ += accuracy, window_comm_ += comm_wait_seconds;
+  ++window_steps_, window_samples_ += samples;
+  const bool epoch_end = step_in_epoch == steps_per_epoch_;
+  if (!active_ || !(log_now || epoch_end)) return;
+  const auto now = std::chrono::steady_clock::now();
+  const double seconds = std::chrono::duration<double>(now - window_start_).count();
+  const double rate = window_samples_ / std::max(seconds, 1e-9);
+  const double mean_loss = window_loss_ / window_steps_, mean_accuracy = window_correct_ / window_steps_;
+  const long total_steps = steps_per_epoch_ * epochs_;
+  const double eta = (total_steps - global_step) * (seconds / window_steps_);
+  record("train", {{"epoch", epoch + 1}, {"step", double(step_in_epoch)}, {"global_step", double(global_step)},
+                   {"loss", mean_loss}, {"accuracy", mean_accuracy}, {"img_per_s", rate}, {"lr", lr},
+                   {"elapsed_s", elapsed()}, {"comm_wait_share", window_comm_ / std::max(seconds, 1e-9)}});
+  char text[200];
+  if (terminal_) {
+    const int width = 24, filled = int(width * double(step_in_epoch) / steps_per_epoch_);
+    std::snprintf(text, sizeof text, "\repoch %d/%d [%s%s] %ld/%ld loss %.4f acc %.3f %.0f img/s ETA %.0fs   ", epoch + 1,
+                  epochs_, std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), step_in_epoch,
+                  steps_per_epoch_, mean_loss, mean_accuracy, rate, eta);
+    std::fputs(text, stdout);
+    bar_open_ = true;
+  } else {
+    std::snprintf(text, sizeof text, "epoch %d/%d step %ld/%ld loss %.4f acc %.3f %.0f img/s lr %.3g ETA %.0fs\n",
+                  epoch + 1, epochs_, step_in_epoch, steps_per_epoch_, mean_loss, mean_accuracy, rate, lr, eta);
+    std::fputs(text, stdout);
+  }
+  std::fflush(stdout);
+  window_start_ = now;
+  window_loss_ = window_correct_ = window_comm_ = 0;
+  window_steps_ = window_samples_ = 0;
+}
+
+}  // namespace mpicnn::app

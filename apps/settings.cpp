@@ -1,0 +1,228 @@
+#include "settings.hpp"
+
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/errors.hpp"
+
+namespace po = boost::program_options;
+
+namespace mpicnn::app {
+namespace {
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string strip_dashes(std::string s) {
+  while (!s.empty() && s[0] == '-') s.erase(0, 1);
+  return s.substr(0, s.find('='));
+}
+
+}  // namespace
+
+std::string nearest(const std::string& word, const std::vector<std::string>& known) {
+  std::string best;
+  std::size_t best_distance = std::max<std::size_t>(3, word.size() / 3) + 1;
+  for (const auto& name : known) {
+    std::size_t d = edit_distance(word, name);
+    // A key typed without its section ("epochs" for "train.epochs") is a near miss too.
+    const auto dot = name.find('.');
+    if (dot != std::string::npos) d = std::min(d, edit_distance(word, name.substr(dot + 1)) + 1);
+    if (d < best_distance) best_distance = d, best = name;
+  }
+  return best;
+}
+
+Settings::Settings(std::string command, std::vector<Key> keys) : command_(std::move(command)), keys_(std::move(keys)) {
+  keys_.push_back({"help", "", "show this help", false, true});
+}
+
+const Key& Settings::key(const std::string& name) const {
+  for (const auto& k : keys_)
+    if (k.name == name) return k;
+  throw Error("internal: setting '" + name + "' is not declared for '" + command_ + "'");
+}
+
+void Settings::parse(const std::vector<std::string>& args, const std::string& positional) {
+  po::options_description description;
+  for (const auto& k : keys_) {
+    if (k.is_switch) description.add_options()(k.name.c_str(), "");
+    else description.add_options()(k.name.c_str(), po::value<std::string>(), "");
+  }
+  std::vector<std::string> known;
+  for (const auto& k : keys_) known.push_back(k.name);
+  auto unknown = [&](const std::string& name, const std::string& where) -> ConfigError {
+    const std::string suggestion = nearest(name, known);
+    return ConfigError("unknown " + where + " '" + name + "'" +
+                       (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)") + "; see 'mpicnn " +
+                       command_ + " --help'");
+  };
+  po::variables_map vm;
+  try {
+    po::positional_options_description bare;
+    if (!positional.empty()) bare.add(positional.c_str(), -1);
+    po::store(po::command_line_parser(args).options(description).positional(bare).run(), vm);
+  } catch (const po::unknown_option& e) {
+    throw unknown(strip_dashes(e.get_option_name()), "option");
+  } catch (const po::too_many_positional_options_error&) {
+    throw ConfigError("'mpicnn " + command_ + "' takes no bare arguments" +
+                      (positional.empty() ? "" : std::string(" beyond one")) + "; see 'mpicnn " + command_ + " --help'");
+  } catch (const po::error& e) {
+    throw ConfigError(std::string(e.what()) + "; see 'mpicnn " + command_ + " --help'");
+  }
+  for (const auto& [name, value] : vm) {
+    values_[name] = key(name).is_switch ? "true" : value.as<std::string>();
+    sources_[name] = "option '--" + name + "'";
+  }
+  if (vm.count("config") && !vm.count("help")) {
+    const std::string path = vm["config"].as<std::string>();
+    if (!std::filesystem::is_regular_file(path)) throw ConfigError("config file '" + path + "' does not exist");
+    std::ifstream file(path);
+    try {
+      const po::parsed_options parsed = po::parse_config_file(file, description, false);
+      for (const auto& option : parsed.options) {
+        if (option.string_key.find('.') == std::string::npos)
+          throw ConfigError(path + ": key '" + option.string_key + "' must be inside a [section]");
+        if (values_.count(option.string_key)) continue;  // the command line wins
+        values_[option.string_key] = option.value.empty() ? "" : option.value[0];
+        sources_[option.string_key] = "key '" + option.string_key + "' in " + path;
+      }
+    } catch (const po::unknown_option& e) {
+      const ConfigError error = unknown(e.get_option_name(), "key");
+      throw ConfigError(path + ": " + error.what());
+    } catch (const po::error& e) {
+      throw ConfigError(path + ": " + e.what());
+    }
+  }
+  if (help_requested()) return;
+  for (const auto& k : keys_) {
+    if (values_.count(k.name)) continue;
+    if (k.required) throw ConfigError("missing required " + std::string(k.name.find('.') == std::string::npos ? "option '--" : "key '") + k.name + "'" + (k.help.empty() ? "" : " (" + k.help + ")"));
+    if (!k.is_switch) values_[k.name] = k.default_value, sources_[k.name] = "default of '" + k.name + "'";
+  }
+}
+
+std::string Settings::help() const {
+  std::ostringstream out;
+  out << "usage: mpicnn " << command_ << " [options]\n\n";
+  std::string section = "-";
+  for (const auto& k : keys_) {
+    const auto dot = k.name.find('.');
+    const std::string s = dot == std::string::npos ? "" : k.name.substr(0, dot);
+    if (s != section) out << "\n" << (s.empty() ? "options" : "[" + s + "] (config file section; or --" + s + ".KEY=VALUE)") << ":\n";
+    section = s;
+    std::string left = "  --" + k.name + (k.is_switch ? "" : "=VALUE");
+    if (left.size() < 34) left.resize(34, ' ');
+    out << left << " " << k.help;
+    if (k.required) out << " (required)";
+    else if (!k.is_switch && !k.default_value.empty()) out << " [default: " << k.default_value << "]";
+    out << "\n";
+  }
+  return out.str();
+}
+
+bool Settings::given(const std::string& name) const { return values_.count(name) > 0; }
+
+std::string Settings::text(const std::string& name) const {
+  key(name);
+  const auto it = values_.find(name);
+  return it == values_.end() ? "" : it->second;
+}
+
+void Settings::bad_value(const std::string& name, const std::string& expected) const {
+  const auto it = sources_.find(name);
+  throw ConfigError((it == sources_.end() ? "'" + name + "'" : it->second) + ": expected " + expected + ", got '" +
+                    text(name) + "'");
+}
+
+long Settings::integer(const std::string& name, long min_value) const {
+  const std::string value = text(name);
+  long result = 0;
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), result);
+  if (ec != std::errc() || end != value.data() + value.size()) bad_value(name, "an integer");
+  if (result < min_value) bad_value(name, "an integer >= " + std::to_string(min_value));
+  return result;
+}
+
+double Settings::real(const std::string& name, double min_value, bool allow_equal) const {
+  const std::string value = text(name);
+  double result = 0;
+  try {
+    std::size_t used = 0;
+    result = std::stod(value, &used);
+    if (used != value.size()) bad_value(name, "a number");
+  } catch (const std::logic_error&) {
+    bad_value(name, "a number");
+  }
+  if (!std::isfinite(result) || result < min_value || (!allow_equal && result == min_value)) {
+    std::ostringstream bound;
+    bound << min_value;
+    bad_value(name, std::string("a finite number ") + (allow_equal ? ">= " : "> ") + bound.str());
+  }
+  return result;
+}
+
+bool Settings::flag(const std::string& name) const {
+  const std::string value = text(name);
+  if (value == "true" || value == "1" || value == "yes" || value == "on") return true;
+  if (value == "false" || value == "0" || value == "no" || value == "off" || value.empty()) return false;
+  bad_value(name, "true or false");
+}
+
+std::vector<double> Settings::reals(const std::string& name) const {
+  std::vector<double> result;
+  std::stringstream stream(text(name));
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    try {
+      std::size_t used = 0;
+      result.push_back(std::stod(item, &used));
+      if (item.find_first_not_of(" \t", used) != std::string::npos) bad_value(name, "comma-separated numbers");
+    } catch (const std::logic_error&) {
+      bad_value(name, "comma-separated numbers");
+    }
+  }
+  return result;
+}
+
+std::string Settings::choice(const std::string& name, const std::vector<std::string>& allowed) const {
+  const std::string value = text(name);
+  if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return value;
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+  const std::string suggestion = nearest(value, allowed);
+  bad_value(name, "one of " + list + (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"));
+}
+
+std::string Settings::resolved_ini() const {
+  std::ostringstream out;
+  std::string section;
+  for (const auto& k : keys_) {
+    const auto dot = k.name.find('.');
+    if (dot == std::string::npos) continue;
+    const std::string s = k.name.substr(0, dot);
+    if (s != section) out << (section.empty() ? "" : "\n") << "[" << s << "]\n";
+    section = s;
+    out << k.name.substr(dot + 1) << " = " << text(k.name) << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace mpicnn::app

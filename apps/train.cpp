@@ -1,0 +1,417 @@
+// `mpicnn train`: data-parallel training. Every rank holds a full replica, trains on its slice of
+// each global batch and sums the gradient arena with the other ranks every step.
+#include <csignal>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <sched.h>
+#include <tbb/info.h>
+
+#include "apps/commands.hpp"
+#include "apps/evaluate.hpp"
+#include "apps/report.hpp"
+#include "apps/settings.hpp"
+#include "core/errors.hpp"
+#include "core/optimizer.hpp"
+#include "core/parallel.hpp"
+#include "core/training.hpp"
+#include "datasets/reader.hpp"
+#include "distributed/grad_sync.hpp"
+#include "io/checkpoint.hpp"
+
+namespace fs = std::filesystem;
+
+namespace mpicnn::app {
+namespace {
+
+volatile std::sig_atomic_t stop_signal = 0;
+extern "C" void on_stop_signal(int signal) { stop_signal = signal; }
+
+std::vector<Key> train_keys() {
+  return {
+      {"config", "", "INI config file (every key below may be set there, in its [section])"},
+      {"output", "", "run folder for config, metrics.jsonl and checkpoints [default: runs/<config name>]"},
+      {"resume", "", "checkpoint file or run folder to continue from (a run folder holding a checkpoint resumes by itself)"},
+      {"data.path", "", "HDF5 dataset file (format: datasets/README.md)", true},
+      {"data.train_split", "train", "split to train on"},
+      {"data.eval_split", "test", "split evaluated after every epoch ('' = none)"},
+      {"data.normalize", "true", "subtract the per-channel mean and divide by the std"},
+      {"data.mean", "", "per-channel means overriding the file's, comma-separated"},
+      {"data.std", "", "per-channel stds overriding the file's, comma-separated"},
+      {"data.random_flip", "false", "augmentation: random horizontal flip"},
+      {"data.random_crop_pad", "0", "augmentation: pad by this many pixels and crop back at random"},
+      {"data.cache_mb", "0", "keep the rank's data in memory when it fits in this many MB"},
+      {"data.prefetch", "true", "read the next batch in a background thread"},
+      {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
+      {"model.init", "he", "weight initialisation: he, he_uniform, xavier, xavier_normal"},
+      {"train.epochs", "10", "epochs to train"},
+      {"train.batch_size", "64", "GLOBAL batch: samples per step summed over all ranks"},
+      {"train.seed", "1", "seed of weights, data order and augmentation"},
+      {"train.threads", "0", "threads per rank (0 = this node's cores / ranks on this node)"},
+      {"train.log_interval", "100", "steps between progress lines and metrics records"},
+      {"train.max_steps", "0", "stop after this many global steps (0 = no limit)"},
+      {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
+      {"train.bucket_kb", "256", "gradient allreduce bucket size; buckets start while backward runs"},
+      {"loss.kind", "cross_entropy", "cross_entropy (softmax classification) or mse (regression)"},
+      {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
+      {"optimizer.name", "sgd", "sgd, adam or adamw"},
+      {"optimizer.lr", "0.01", "base learning rate"},
+      {"optimizer.momentum", "0", "SGD momentum"},
+      {"optimizer.nesterov", "false", "SGD Nesterov momentum"},
+      {"optimizer.weight_decay", "0", "L2 penalty (adamw: decoupled decay)"},
+      {"optimizer.beta1", "0.9", "Adam beta1"},
+      {"optimizer.beta2", "0.999", "Adam beta2"},
+      {"optimizer.epsilon", "1e-8", "Adam epsilon"},
+      {"schedule.kind", "constant", "learning-rate schedule: constant, step or cosine"},
+      {"schedule.warmup_epochs", "0", "linear warm-up from 0, in epochs (may be fractional)"},
+      {"schedule.step_epochs", "1", "step schedule: epochs between decays"},
+      {"schedule.gamma", "0.1", "step schedule: decay factor"},
+      {"schedule.min_lr", "0", "cosine schedule: final learning rate"},
+      {"checkpoint.every_steps", "0", "also checkpoint every this many steps (0 = at the end of every epoch only)"},
+      {"checkpoint.keep", "3", "step checkpoints kept (best.h5 is kept besides)"},
+      {"checkpoint.best_metric", "accuracy", "test metric choosing best.h5: accuracy (higher) or loss (lower)"},
+  };
+}
+
+struct TrainConfig {
+  std::string data_path, train_split, eval_split, spec, init, run_dir, resume;
+  std::vector<double> mean, std;
+  bool normalize, random_flip, prefetch;
+  int random_crop_pad, epochs, global_batch, threads, eval_batch, keep;
+  long log_interval, max_steps, every_steps;
+  std::size_t cache_bytes, bucket_bytes;
+  std::uint64_t seed;
+  core::LossConfig loss;
+  core::OptimizerConfig optimizer;
+  core::ScheduleConfig schedule;
+  double warmup_epochs, step_epochs;
+  std::string best_metric;
+};
+
+TrainConfig read_config(const Settings& s) {
+  TrainConfig c;
+  c.data_path = s.text("data.path");
+  c.train_split = s.text("data.train_split");
+  c.eval_split = s.text("data.eval_split");
+  c.normalize = s.flag("data.normalize");
+  c.mean = s.reals("data.mean");
+  c.std = s.reals("data.std");
+  c.random_flip = s.flag("data.random_flip");
+  c.random_crop_pad = int(s.integer("data.random_crop_pad", 0));
+  c.cache_bytes = std::size_t(s.integer("data.cache_mb", 0)) << 20;
+  c.prefetch = s.flag("data.prefetch");
+  c.spec = s.text("model.spec");
+  c.init = s.choice("model.init", core::known_init_schemes());
+  c.epochs = int(s.integer("train.epochs", 1));
+  c.global_batch = int(s.integer("train.batch_size", 1));
+  c.seed = std::uint64_t(s.integer("train.seed", 0));
+  c.threads = int(s.integer("train.threads", 0));
+  c.log_interval = s.integer("train.log_interval", 1);
+  c.max_steps = s.integer("train.max_steps", 0);
+  c.eval_batch = int(s.integer("train.eval_batch", 1));
+  c.bucket_bytes = std::size_t(s.integer("train.bucket_kb", 0)) << 10;
+  c.loss.kind = s.choice("loss.kind", {"cross_entropy", "mse"});
+  for (double w : s.reals("loss.class_weights")) c.loss.class_weights.push_back(float(w));
+  c.optimizer.name = s.choice("optimizer.name", {"sgd", "adam", "adamw"});
+  c.schedule.base_lr = s.real("optimizer.lr", 0, false);
+  c.optimizer.momentum = s.real("optimizer.momentum", 0);
+  c.optimizer.nesterov = s.flag("optimizer.nesterov");
+  c.optimizer.weight_decay = s.real("optimizer.weight_decay", 0);
+  c.optimizer.beta1 = s.real("optimizer.beta1", 0);
+  c.optimizer.beta2 = s.real("optimizer.beta2", 0);
+  c.optimizer.epsilon = s.real("optimizer.epsilon", 0, false);
+  c.schedule.kind = s.choice("schedule.kind", {"constant", "step", "cosine"});
+  c.warmup_epochs = s.real("schedule.warmup_epochs", 0);
+  c.step_epochs = s.real("schedule.step_epochs", 0, false);
+  c.schedule.gamma = s.real("schedule.gamma", 0, false);
+  c.schedule.min_lr = s.real("schedule.min_lr", 0);
+  c.every_steps = s.integer("checkpoint.every_steps", 0);
+  c.keep = int(s.integer("checkpoint.keep", 1));
+  c.best_metric = s.choice("checkpoint.best_metric", {"accuracy", "loss"});
+  if (c.optimizer.momentum >= 1) throw ConfigError("'optimizer.momentum' must be below 1, got " + s.text("optimizer.momentum"));
+  if (c.optimizer.nesterov && c.optimizer.momentum == 0) throw ConfigError("'optimizer.nesterov' needs 'optimizer.momentum' > 0");
+  const std::string name = s.given("config") ? fs::path(s.text("config")).stem().string() : "run";
+  c.run_dir = s.given("output") ? s.text("output") : "runs/" + name;
+  c.resume = s.text("resume");
+  return c;
+}
+
+// Threads per rank: this node's cores shared among the ranks on it, and never more than the cores
+// this rank may run on (mpirun binds each rank to one core by default).
+int choose_threads(int requested, const dist::Communicator& comm, std::string* warning) {
+  const int node_cores = int(std::max(1u, std::thread::hardware_concurrency()));
+  cpu_set_t mask;
+  const int allowed = sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : node_cores;
+  const int threads = requested > 0 ? requested : std::max(1, std::min(allowed, node_cores / comm.ranks_on_node()));
+  if (threads * comm.ranks_on_node() > node_cores || threads > allowed)
+    *warning = "warning: " + std::to_string(comm.ranks_on_node()) + " ranks x " + std::to_string(threads) +
+               " threads on a node with " + std::to_string(node_cores) + " cores (this rank may use " +
+               std::to_string(allowed) + "): oversubscribed, expect slower steps";
+  return threads;
+}
+
+class Trainer {
+ public:
+  Trainer(const TrainConfig& config, const std::string& config_ini, const dist::Communicator& comm)
+      : c_(config), config_ini_(config_ini), comm_(comm) {
+    if (c_.global_batch < comm.size())
+      throw ConfigError("'train.batch_size' " + std::to_string(c_.global_batch) + " is smaller than the " +
+                        std::to_string(comm.size()) + " ranks: every rank needs at least one sample per step");
+    std::string warning;
+    core::set_threads(choose_threads(c_.threads, comm, &warning));
+    if (!warning.empty() && comm.is_root()) std::fprintf(stderr, "%s\n", warning.c_str());
+    reader_ = std::make_unique<data::TrainReader>(data::ReaderOptions{
+        c_.data_path, c_.train_split, c_.global_batch, comm.rank(), comm.size(), c_.seed, true, c_.normalize, c_.mean,
+        c_.std, c_.random_flip, c_.random_crop_pad, c_.cache_bytes, c_.prefetch});
+    const data::DatasetInfo& info = reader_->info();
+    meta_ = {"", info.shape, c_.loss.kind, c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,
+             info.class_names};
+    if (!c_.normalize) meta_.mean.assign(info.shape.c, 0.0), meta_.std.assign(info.shape.c, 1.0);
+    model_ = std::make_unique<core::Model>(c_.spec, info.shape, reader_->capacity());
+    meta_.spec = model_->canonical_spec();
+    check_output_fits(info);
+    optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params().size());
+    sync_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
+    if (!c_.eval_split.empty())
+      eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
+          c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
+    steps_per_epoch_ = reader_->steps_per_epoch();
+    total_steps_ = steps_per_epoch_ * c_.epochs;
+    c_.schedule.warmup_steps = long(std::llround(c_.warmup_epochs * steps_per_epoch_));
+    c_.schedule.step_size = std::max(1L, long(std::llround(c_.step_epochs * steps_per_epoch_)));
+  }
+
+  int run() {
+    prepare_run_dir();
+    start_from_checkpoint_or_init();
+    std::signal(SIGTERM, on_stop_signal);
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGUSR1, on_stop_signal);
+    Reporter report(comm_.is_root(), c_.run_dir + "/metrics.jsonl", steps_per_epoch_, c_.epochs);
+    if (comm_.is_root()) print_start();
+    core::GradientWorker worker(*model_);
+    data::Batch batch;
+    for (; state_.epoch < c_.epochs; ++state_.epoch, state_.step_in_epoch = 0) {
+      reader_->seek(state_.epoch, state_.step_in_epoch);
+      EpochSums epoch_sums;
+      while (reader_->next(batch)) {
+        const StepResult r = train_step(worker, batch);
+        epoch_sums.add(r);
+        ++state_.step_in_epoch, ++state_.global_step;
+        report.step(state_.epoch, state_.step_in_epoch, state_.global_step, r.loss, r.accuracy, batch.global_count, r.lr,
+                    r.comm_wait, state_.global_step % c_.log_interval == 0);
+        if (r.stop) return stop(report);
+        if (c_.max_steps > 0 && state_.global_step >= c_.max_steps) return finish_early(report);
+        if (c_.every_steps > 0 && state_.global_step % c_.every_steps == 0) save(report, {});
+      }
+      end_epoch(report, epoch_sums);
+    }
+    report.line("done: " + std::to_string(state_.global_step) + " steps in " + std::to_string(report.elapsed()) + " s");
+    return 0;
+  }
+
+ private:
+  struct StepResult {
+    double loss = 0, accuracy = 0, lr = 0, comm_wait = 0;
+    bool stop = false;
+  };
+  struct EpochSums {
+    double loss = 0, accuracy = 0;
+    long steps = 0;
+    void add(const StepResult& r) { loss += r.loss, accuracy += r.accuracy, ++steps; }
+  };
+
+  void check_output_fits(const data::DatasetInfo& info) {
+    const int outputs = int(model_->output_shape().size());
+    if (c_.loss.kind == "cross_entropy") {
+      if (info.num_classes != outputs)
+        throw ConfigError("model.spec ends with " + std::to_string(outputs) + " outputs, but " + c_.data_path +
+                          " has " + std::to_string(info.num_classes) + " classes");
+      if (!c_.loss.class_weights.empty() && int(c_.loss.class_weights.size()) != outputs)
+        throw ConfigError("'loss.class_weights' has " + std::to_string(c_.loss.class_weights.size()) +
+                          " weights, expected one per class (" + std::to_string(outputs) + ")");
+    } else if (info.target_size != outputs) {
+      throw ConfigError("model.spec ends with " + std::to_string(outputs) + " outputs, but the targets in " +
+                        c_.data_path + " have " + std::to_string(info.target_size) + " values per sample");
+    }
+  }
+
+  void prepare_run_dir() {
+    if (comm_.is_root()) {
+      std::error_code error;
+      fs::create_directories(c_.run_dir, error);
+      if (error || !fs::is_directory(c_.run_dir))
+        throw IoError("output folder '" + c_.run_dir + "' cannot be created (" + error.message() + ")");
+      io::write_file_atomically(c_.run_dir + "/config.ini", config_ini_);
+    }
+    comm_.barrier();
+  }
+
+  // Resume from --resume or from the run folder's own checkpoint (a requeued job); otherwise
+  // rank 0 initialises and broadcasts. Either way all ranks must then hold the same weights.
+  void start_from_checkpoint_or_init() {
+    io::CheckpointDir dir(c_.run_dir, c_.keep);
+    std::string path = c_.resume.empty() ? dir.latest().value_or("") : io::resolve_checkpoint(c_.resume);
+    if (!path.empty()) {
+      const io::CheckpointHeader header = io::read_checkpoint_header(path);
+      if (header.model.spec != meta_.spec || header.model.input != meta_.input)
+        throw ConfigError(path + ": checkpoint model '" + header.model.spec + "' on " + header.model.input.str() +
+                          " differs from the config's '" + meta_.spec + "' on " + meta_.input.str());
+      io::load_checkpoint(path, *model_, optimizer_.get());
+      state_ = header.trainer;
+      if (state_.seed != c_.seed && comm_.is_root())
+        std::fprintf(stderr, "warning: resuming with train.seed %llu from the checkpoint (config says %llu)\n",
+                     (unsigned long long)state_.seed, (unsigned long long)c_.seed);
+      if (comm_.is_root())
+        std::printf("resuming from %s: epoch %d, step %ld of %ld (global step %ld)\n", path.c_str(), state_.epoch + 1,
+                    state_.step_in_epoch, steps_per_epoch_, state_.global_step);
+    } else {
+      state_.seed = c_.seed;
+      if (comm_.is_root()) core::init_params(model_->params(), c_.init, c_.seed);
+      comm_.broadcast(model_->params().values().span());
+    }
+    const auto& values = model_->params().values();
+    if (!comm_.same_on_all_ranks(dist::fingerprint(values.data(), values.size() * sizeof(float))))
+      throw Error("ranks hold different weights before the first step (fingerprint mismatch)");
+  }
+
+  void print_start() {
+    std::printf("mpicnn train: %d ranks x %d threads, global batch %d (at most %d per rank), %ld steps per epoch\n",
+                comm_.size(), core::max_threads(), c_.global_batch, reader_->capacity(), steps_per_epoch_);
+    std::printf("data: %s [%s] %zu samples %s\n", c_.data_path.c_str(), c_.train_split.c_str(), reader_->info().count,
+                reader_->info().shape.str().c_str());
+    std::printf("%s", model_->summary().c_str());
+    std::printf("run folder: %s\n", c_.run_dir.c_str());
+    std::fflush(stdout);
+  }
+
+  StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
+    model_->params().zero_grads();
+    const core::BatchView view{batch.images.data(), batch.labels.empty() ? nullptr : batch.labels.data(),
+                               batch.targets.size() ? batch.targets.data() : nullptr, batch.count};
+    const core::LossSum local = worker.accumulate(view, c_.loss, [this](int layer) { sync_->layer_done(layer); });
+    StepResult r;
+    r.comm_wait = sync_->finish();
+    // One small allreduce carries the loss sums and the stop request, so all ranks stop together.
+    double totals[4] = {local.sum, local.normalizer, local.correct, double(stop_signal != 0)};
+    comm_.allreduce_sum(std::span<double>(totals));
+    r.loss = totals[0] / totals[1];
+    r.accuracy = totals[2] / batch.global_count;
+    r.stop = totals[3] > 0;
+    if (!std::isfinite(r.loss)) non_finite(r.loss);
+    core::scale_gradients(model_->params(), 1.0 / totals[1]);
+    r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
+    optimizer_->step(model_->params(), r.lr);
+    return r;
+  }
+
+  [[noreturn]] void non_finite(double loss) {
+    std::string where = "no layer holds non-finite weights or gradients: the input batch may";
+    const int param = core::first_non_finite_param(model_->params());
+    if (param >= 0) {
+      const core::ParamInfo& info = model_->params().info(param);
+      where = "first non-finite values in layer " + std::to_string(info.layer) + " '" +
+              model_->layers()[info.layer]->spec() + "' (" + info.name + ")";
+    }
+    throw NumericError("step " + std::to_string(state_.global_step + 1) + " (epoch " + std::to_string(state_.epoch + 1) +
+                       "): loss is " + std::to_string(loss) + "; " + where +
+                       "; lower optimizer.lr? The last checkpoint is kept unchanged");
+  }
+
+  std::vector<std::pair<std::string, double>> evaluate_now(Reporter& report) {
+    if (!eval_reader_) return {};
+    const Evaluation e = evaluate(*model_, c_.loss, *eval_reader_, comm_);
+    std::map<std::string, double> fields = {{"epoch", state_.epoch + 1}, {"global_step", double(state_.global_step)},
+                                            {"test_loss", e.loss}, {"samples", double(e.count)}, {"elapsed_s", report.elapsed()}};
+    if (e.classes) fields["test_accuracy"] = e.accuracy;
+    report.record("eval", fields);
+    std::vector<std::pair<std::string, double>> metrics = {{"test_loss", e.loss}};
+    if (e.classes) metrics.emplace_back("test_accuracy", e.accuracy);
+    return metrics;
+  }
+
+  void end_epoch(Reporter& report, const EpochSums& sums) {
+    const auto metrics = evaluate_now(report);
+    char text[256];
+    std::snprintf(text, sizeof text, "epoch %d/%d: train loss %.4f acc %.4f", state_.epoch + 1, c_.epochs,
+                  sums.loss / std::max(1L, sums.steps), sums.accuracy / std::max(1L, sums.steps));
+    std::string line = text;
+    for (const auto& [name, value] : metrics) {
+      std::snprintf(text, sizeof text, ", %s %.4f", name.c_str(), value);
+      line += text;
+    }
+    std::snprintf(text, sizeof text, " (%.1f s)", report.elapsed());
+    report.line(line + text);
+    report.record("epoch", {{"epoch", state_.epoch + 1}, {"train_loss", sums.loss / std::max(1L, sums.steps)},
+                            {"train_accuracy", sums.accuracy / std::max(1L, sums.steps)}, {"elapsed_s", report.elapsed()}});
+    // The checkpoint names the next position: the start of the next epoch.
+    io::TrainerState next = state_;
+    ++next.epoch, next.step_in_epoch = 0;
+    save(report, metrics, next);
+  }
+
+  void save(Reporter& report, const std::vector<std::pair<std::string, double>>& metrics,
+            std::optional<io::TrainerState> position = std::nullopt) {
+    io::TrainerState at = position.value_or(state_);
+    bool best = false;
+    for (const auto& [name, value] : metrics)
+      if (name == "test_" + c_.best_metric) {
+        const double score = c_.best_metric == "loss" ? -value : value;
+        if (score > state_.best_metric) state_.best_metric = at.best_metric = score, best = true;
+      }
+    if (comm_.is_root()) {
+      io::CheckpointDir dir(c_.run_dir, c_.keep);
+      const std::string path = dir.path_for(at.global_step);
+      io::save_checkpoint(path, meta_, *model_, *optimizer_, at, config_ini_, comm_.size(), metrics);
+      dir.commit(path);
+      if (best) io::save_checkpoint(dir.best_path(), meta_, *model_, *optimizer_, at, config_ini_, comm_.size(), metrics);
+      report.line("checkpoint: " + path + (best ? " (best so far, also best.h5)" : ""));
+    }
+    comm_.barrier();
+  }
+
+  int stop(Reporter& report) {
+    report.line("stop requested by a signal: checkpointing at global step " + std::to_string(state_.global_step));
+    if (state_.step_in_epoch == steps_per_epoch_) {
+      end_epoch(report, {});
+    } else {
+      save(report, {});
+    }
+    return kExitStopped;
+  }
+
+  int finish_early(Reporter& report) {
+    report.line("reached train.max_steps = " + std::to_string(c_.max_steps));
+    if (state_.step_in_epoch == steps_per_epoch_) end_epoch(report, {});
+    else save(report, evaluate_now(report));
+    return 0;
+  }
+
+  TrainConfig c_;
+  std::string config_ini_;
+  const dist::Communicator& comm_;
+  std::unique_ptr<data::TrainReader> reader_;
+  std::unique_ptr<data::EvalReader> eval_reader_;
+  std::unique_ptr<core::Model> model_;
+  std::unique_ptr<core::Optimizer> optimizer_;
+  std::unique_ptr<dist::GradientSync> sync_;
+  io::ModelMeta meta_;
+  io::TrainerState state_;
+  long steps_per_epoch_ = 0, total_steps_ = 0;
+};
+
+}  // namespace
+
+int run_train(const Args& args, const dist::Communicator& comm) {
+  Settings settings("train", train_keys());
+  settings.parse(args);
+  if (settings.help_requested()) {
+    if (comm.is_root()) std::fputs(settings.help().c_str(), stdout);
+    return 0;
+  }
+  return Trainer(read_config(settings), settings.resolved_ini(), comm).run();
+}
+
+}  // namespace mpicnn::app

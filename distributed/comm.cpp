@@ -1,0 +1,96 @@
+#include "comm.hpp"
+
+#include "core/errors.hpp"
+
+namespace mpicnn::dist {
+
+void check(int status, const char* call) {
+  if (status == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(status, text, &length);
+  throw Error(std::string(call) + " failed: " + std::string(text, length));
+}
+
+Environment::Environment(int* argc, char*** argv) {
+  int provided = 0;
+  check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  if (provided < MPI_THREAD_FUNNELED) throw Error("MPI does not provide MPI_THREAD_FUNNELED");
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+}
+
+Environment::~Environment() { MPI_Finalize(); }
+
+Communicator::Communicator() {
+  check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
+  check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
+  MPI_Comm node;
+  check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  check(MPI_Comm_size(node, &ranks_on_node_), "MPI_Comm_size");
+  MPI_Comm_free(&node);
+}
+
+void Communicator::allreduce_sum(std::span<float> values) const {
+  check(MPI_Allreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+}
+void Communicator::allreduce_sum(std::span<double> values) const {
+  check(MPI_Allreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+}
+void Communicator::allreduce_sum(std::span<std::int64_t> values) const {
+  check(MPI_Allreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+}
+double Communicator::allreduce_max(double value) const {
+  check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  return value;
+}
+bool Communicator::same_on_all_ranks(std::uint64_t value) const {
+  std::uint64_t low = value, high = value;
+  check(MPI_Allreduce(MPI_IN_PLACE, &low, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+  check(MPI_Allreduce(MPI_IN_PLACE, &high, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  return low == high;
+}
+void Communicator::broadcast(std::span<float> values, int root) const {
+  check(MPI_Bcast(values.data(), int(values.size()), MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Bcast");
+}
+void Communicator::broadcast(std::string& text, int root) const {
+  std::uint64_t length = text.size();
+  check(MPI_Bcast(&length, 1, MPI_UINT64_T, root, MPI_COMM_WORLD), "MPI_Bcast");
+  text.resize(length);
+  check(MPI_Bcast(text.data(), int(length), MPI_CHAR, root, MPI_COMM_WORLD), "MPI_Bcast");
+}
+namespace {
+
+template <class T>
+std::vector<T> gather(std::span<const T> values, MPI_Datatype type, int rank, int size) {
+  int mine = int(values.size());
+  std::vector<int> counts(size), offsets(size);
+  check(MPI_Gather(&mine, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Gather");
+  std::vector<T> all;
+  if (rank == 0) {
+    for (int r = 1; r < size; ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
+    all.resize(std::size_t(offsets[size - 1]) + counts[size - 1]);
+  }
+  check(MPI_Gatherv(values.data(), mine, type, all.data(), counts.data(), offsets.data(), type, 0, MPI_COMM_WORLD),
+        "MPI_Gatherv");
+  return all;
+}
+
+}  // namespace
+
+std::vector<float> Communicator::gather_to_root(std::span<const float> values) const {
+  return gather(values, MPI_FLOAT, rank_, size_);
+}
+std::vector<std::int32_t> Communicator::gather_to_root(std::span<const std::int32_t> values) const {
+  return gather(values, MPI_INT32_T, rank_, size_);
+}
+
+void Communicator::barrier() const { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+
+std::uint64_t fingerprint(const void* data, std::size_t bytes) {
+  std::uint64_t hash = 1469598103934665603ULL;
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 1099511628211ULL;
+  return hash;
+}
+
+}  // namespace mpicnn::dist

@@ -1,0 +1,40 @@
+#pragma once
+// Sums the gradient arena across ranks in buckets of whole layers, starting each bucket's
+// non-blocking allreduce as soon as backward has finished its layers (last layer first), so that
+// communication overlaps the rest of backward. Buckets are contiguous ranges of the arena: no
+// packing copies.
+#include <mpi.h>
+
+#include <vector>
+
+#include "core/params.hpp"
+#include "distributed/comm.hpp"
+
+namespace mpicnn::dist {
+
+class GradientSync {
+ public:
+  // bucket_bytes: a bucket closes once it holds at least this much (0 = one bucket per layer
+  // with parameters).
+  GradientSync(const Communicator& comm, core::ParamStore& params, int layers, std::size_t bucket_bytes);
+  ~GradientSync();
+
+  // Called by backward when layer `layer` has final gradients.
+  void layer_done(int layer);
+  // Waits for every bucket; returns the seconds spent waiting here (communication not hidden).
+  double finish();
+  int buckets() const { return int(buckets_.size()); }
+
+ private:
+  struct Bucket {
+    int first_layer, last_layer;  // the bucket is ready once first_layer is done (backward runs downwards)
+    std::size_t begin, end;       // float range in the arena
+    MPI_Request request = MPI_REQUEST_NULL;
+  };
+  const Communicator& comm_;
+  core::ParamStore& params_;
+  std::vector<Bucket> buckets_;  // in backward order: the last layers' bucket first
+  std::size_t next_ = 0;          // first bucket not yet started
+};
+
+}  // namespace mpicnn::dist

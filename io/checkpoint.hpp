@@ -1,0 +1,85 @@
+#pragma once
+// Checkpoints: one HDF5 file, data only (no code, no pickles), self-describing (format in
+// README.md "Checkpoint format"), written by rank 0 atomically: a temp file in the same folder,
+// flushed and fsynced, then renamed over the target, then the folder fsynced. A checkpoint is
+// therefore either the old complete file or the new complete file, never a mix.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/model.hpp"
+#include "core/optimizer.hpp"
+
+namespace mpicnn::io {
+
+inline constexpr const char* kCheckpointFormat = "mpicnn-checkpoint";
+inline constexpr int kCheckpointVersion = 1;
+
+// Where training stands: everything needed to continue the exact data order.
+struct TrainerState {
+  int epoch = 0;              // the epoch in progress (0-based)
+  long step_in_epoch = 0;     // global steps of that epoch already taken
+  long global_step = 0;       // steps since the start of training
+  std::uint64_t seed = 0;     // the data order and augmentation derive from (seed, epoch, index)
+  double best_metric = -1e300;
+  std::string best_metric_name = "accuracy";
+};
+
+// What a model needs besides its weights to be rebuilt and fed correctly.
+struct ModelMeta {
+  std::string spec;                    // canonical layer spec
+  core::Shape input;                   // (C,H,W)
+  std::string loss = "cross_entropy";  // cross_entropy (softmax output) or mse (regression)
+  std::vector<double> mean, std;       // input normalisation: x' = (x/255 - mean)/std for uint8 data
+  std::vector<std::string> class_names;
+};
+
+struct CheckpointHeader {
+  std::string path;
+  int format_version = 0;
+  std::string mpicnn_version, created;
+  int ranks = 0;
+  ModelMeta model;
+  TrainerState trainer;
+  std::string config_ini;
+  core::OptimizerConfig optimizer;
+  std::vector<std::pair<std::string, double>> metrics;  // last evaluation, e.g. test_accuracy
+};
+
+// Writes path atomically. `ranks` is the number of ranks that trained it (recorded for audit).
+void save_checkpoint(const std::string& path, const ModelMeta& meta, const core::Model& model,
+                     core::Optimizer& optimizer, const TrainerState& state, const std::string& config_ini, int ranks,
+                     const std::vector<std::pair<std::string, double>>& metrics);
+
+// Validates the format, version and every shape against the spec before reading any weights;
+// throws IoError naming the file and what was expected versus found.
+CheckpointHeader read_checkpoint_header(const std::string& path);
+// Loads weights (and optimizer state, when `optimizer` is not null) into a model built from the header.
+void load_checkpoint(const std::string& path, core::Model& model, core::Optimizer* optimizer);
+
+// The files of a run folder: step-numbered checkpoints, the `latest` pointer (a small text file
+// naming the newest, replaced atomically), the last `keep` kept plus `best.h5`.
+class CheckpointDir {
+ public:
+  CheckpointDir(std::string dir, int keep);
+  std::string path_for(long global_step) const;  // dir/ckpt-000001200.h5
+  // Updates `latest` to name `file`, then deletes step checkpoints beyond the newest `keep`.
+  void commit(const std::string& file);
+  // The checkpoint `latest` names, if any (a missing or stale pointer falls back to the newest file).
+  std::optional<std::string> latest() const;
+  std::string best_path() const { return dir_ + "/best.h5"; }
+
+ private:
+  std::string dir_;
+  int keep_;
+};
+
+// Resolves --resume: a checkpoint file, or a run folder (its latest checkpoint).
+std::string resolve_checkpoint(const std::string& file_or_dir);
+
+// Writes `text` to `path` atomically (temp file, fsync, rename, fsync of the folder).
+void write_file_atomically(const std::string& path, const std::string& text);
+void fsync_path(const std::string& path, bool directory);
+
+}  // namespace mpicnn::io
