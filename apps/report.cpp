@@ -1,6 +1,6 @@
 #include "report.hpp"
 
-#include <unistd.h>
+#include <sys/resource.h>
 
 #include <cmath>
 #include <iomanip>
@@ -8,10 +8,16 @@
 
 namespace mpicnn::app {
 
-Reporter::Reporter(bool active, const std::string& metrics_path, long steps_per_epoch, int epochs)
-    : active_(active), terminal_(active && ::isatty(STDOUT_FILENO)), steps_per_epoch_(steps_per_epoch), epochs_(epochs) {
+Reporter::Reporter(bool active, const std::string& metrics_path, long steps_per_epoch, int epochs, bool progress_bar)
+    : active_(active), terminal_(active && progress_bar), steps_per_epoch_(steps_per_epoch), epochs_(epochs) {
   if (active_) metrics_.open(metrics_path, std::ios::app);
   start_ = window_start_ = std::chrono::steady_clock::now();
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
 double Reporter::elapsed() const {
@@ -54,7 +60,8 @@ void Reporter::step(int epoch, long step_in_epoch, long global_step, double loss
   const double eta = (total_steps - global_step) * (seconds / window_steps_);
   record("train", {{"epoch", epoch + 1}, {"step", double(step_in_epoch)}, {"global_step", double(global_step)},
                    {"loss", mean_loss}, {"accuracy", mean_accuracy}, {"img_per_s", rate}, {"lr", lr},
-                   {"elapsed_s", elapsed()}, {"comm_wait_share", window_comm_ / std::max(seconds, 1e-9)}});
+                   {"elapsed_s", elapsed()}, {"comm_wait_share", window_comm_ / std::max(seconds, 1e-9)},
+                   {"peak_rss_mb", peak_rss_mb()}});
   char text[200];
   if (terminal_) {
     const int width = 24, filled = int(width * double(step_in_epoch) / steps_per_epoch_);

@@ -9,9 +9,12 @@
 
 namespace mpicnn::app {
 
+// This process's peak resident memory in MiB (rank 0's, in the records it writes).
+double peak_rss_mb();
+
 class Reporter {
  public:
-  Reporter(bool active, const std::string& metrics_path, long steps_per_epoch, int epochs);
+  Reporter(bool active, const std::string& metrics_path, long steps_per_epoch, int epochs, bool progress_bar);
   // One training step finished (called on every step; prints and records at `log_interval`).
   void step(int epoch, long step_in_epoch, long global_step, double loss, double accuracy, int samples, double lr,
             double comm_wait_seconds, bool log_now);

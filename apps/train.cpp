@@ -7,6 +7,7 @@
 #include <thread>
 
 #include <sched.h>
+#include <unistd.h>
 #include <tbb/info.h>
 
 #include "apps/commands.hpp"
@@ -54,6 +55,8 @@ std::vector<Key> train_keys() {
       {"train.max_steps", "0", "stop after this many global steps (0 = no limit)"},
       {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
       {"train.bucket_kb", "256", "gradient allreduce bucket size; buckets start while backward runs"},
+      {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
+      {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
       {"loss.kind", "cross_entropy", "cross_entropy (softmax classification) or mse (regression)"},
       {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
       {"optimizer.name", "sgd", "sgd, adam or adamw"},
@@ -87,7 +90,8 @@ struct TrainConfig {
   core::OptimizerConfig optimizer;
   core::ScheduleConfig schedule;
   double warmup_epochs, step_epochs;
-  std::string best_metric;
+  std::string best_metric, progress;
+  double collective_timeout;
 };
 
 TrainConfig read_config(const Settings& s) {
@@ -112,6 +116,8 @@ TrainConfig read_config(const Settings& s) {
   c.max_steps = s.integer("train.max_steps", 0);
   c.eval_batch = int(s.integer("train.eval_batch", 1));
   c.bucket_bytes = std::size_t(s.integer("train.bucket_kb", 0)) << 10;
+  c.collective_timeout = s.real("train.collective_timeout", 0);
+  c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
   c.loss.kind = s.choice("loss.kind", {"cross_entropy", "mse"});
   for (double w : s.reals("loss.class_weights")) c.loss.class_weights.push_back(float(w));
   c.optimizer.name = s.choice("optimizer.name", {"sgd", "adam", "adamw"});
@@ -174,6 +180,7 @@ class Trainer {
     check_output_fits(info);
     optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params().size());
     sync_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
+    watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
     if (!c_.eval_split.empty())
       eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
           c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
@@ -189,7 +196,7 @@ class Trainer {
     std::signal(SIGTERM, on_stop_signal);
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGUSR1, on_stop_signal);
-    Reporter report(comm_.is_root(), c_.run_dir + "/metrics.jsonl", steps_per_epoch_, c_.epochs);
+    Reporter report(comm_.is_root(), c_.run_dir + "/metrics.jsonl", steps_per_epoch_, c_.epochs, use_bar());
     if (comm_.is_root()) print_start();
     core::GradientWorker worker(*model_);
     data::Batch batch;
@@ -277,6 +284,13 @@ class Trainer {
       throw Error("ranks hold different weights before the first step (fingerprint mismatch)");
   }
 
+  // Under mpirun a rank's stdout is a pseudo-terminal even when the job's output goes to a file,
+  // so a batch job (SLURM) gets plain lines unless the user asks for the bar.
+  bool use_bar() const {
+    if (c_.progress != "auto") return c_.progress == "bar";
+    return ::isatty(STDOUT_FILENO) && !std::getenv("SLURM_JOB_ID");
+  }
+
   void print_start() {
     std::printf("mpicnn train: %d ranks x %d threads, global batch %d (at most %d per rank), %ld steps per epoch\n",
                 comm_.size(), core::max_threads(), c_.global_batch, reader_->capacity(), steps_per_epoch_);
@@ -293,10 +307,13 @@ class Trainer {
                                batch.targets.size() ? batch.targets.data() : nullptr, batch.count};
     const core::LossSum local = worker.accumulate(view, c_.loss, [this](int layer) { sync_->layer_done(layer); });
     StepResult r;
-    r.comm_wait = sync_->finish();
+    watchdog_->arrived(state_.global_step);
+    r.comm_wait = sync_->finish(*watchdog_);
     // One small allreduce carries the loss sums and the stop request, so all ranks stop together.
     double totals[4] = {local.sum, local.normalizer, local.correct, double(stop_signal != 0)};
-    comm_.allreduce_sum(std::span<double>(totals));
+    MPI_Request request;
+    dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals, 4, MPI_DOUBLE, MPI_SUM, comm_.handle(), &request), "MPI_Iallreduce");
+    watchdog_->wait(std::span<MPI_Request>(&request, 1), "the loss allreduce");
     r.loss = totals[0] / totals[1];
     r.accuracy = totals[2] / batch.global_count;
     r.stop = totals[3] > 0;
@@ -397,6 +414,7 @@ class Trainer {
   std::unique_ptr<core::Model> model_;
   std::unique_ptr<core::Optimizer> optimizer_;
   std::unique_ptr<dist::GradientSync> sync_;
+  std::unique_ptr<dist::Watchdog> watchdog_;
   io::ModelMeta meta_;
   io::TrainerState state_;
   long steps_per_epoch_ = 0, total_steps_ = 0;

@@ -37,11 +37,14 @@ void GradientSync::layer_done(int layer) {
   }
 }
 
-double GradientSync::finish() {
+double GradientSync::finish(Watchdog& watchdog) {
   const auto start = std::chrono::steady_clock::now();
   if (comm_.size() > 1) {
     layer_done(0);
-    for (auto& b : buckets_) check(MPI_Wait(&b.request, MPI_STATUS_IGNORE), "MPI_Wait");
+    std::vector<MPI_Request> requests;
+    for (auto& b : buckets_) requests.push_back(b.request);
+    watchdog.wait(requests, "the gradient allreduce");
+    for (auto& b : buckets_) b.request = MPI_REQUEST_NULL;
   }
   next_ = 0;
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -9,6 +9,7 @@
 
 #include "core/params.hpp"
 #include "distributed/comm.hpp"
+#include "distributed/watchdog.hpp"
 
 namespace mpicnn::dist {
 
@@ -21,8 +22,9 @@ class GradientSync {
 
   // Called by backward when layer `layer` has final gradients.
   void layer_done(int layer);
-  // Waits for every bucket; returns the seconds spent waiting here (communication not hidden).
-  double finish();
+  // Waits for every bucket (through the watchdog); returns the seconds spent waiting here, i.e.
+  // the communication that backward did not hide.
+  double finish(Watchdog& watchdog);
   int buckets() const { return int(buckets_.size()); }
 
  private:
