@@ -39,6 +39,15 @@ log_dir=$state_dir/log
 daemons=(slurmd slurmctld munged)   # stop order
 
 pid_file() { echo "$run_dir/$1.pid"; }
+elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+# A zombie has finished: only its parent's wait is missing (an orphan waits for pid 1 to reap it).
+is_alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ "${stat%% *}" != Z ]]
+}
 
 # Prints the pid of daemon $1 when its pid file names a live process of that name (guards against a
 # recycled pid), else fails.
@@ -49,6 +58,7 @@ daemon_pid() {
   read -r pid <"$file" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$1" ]] || return 1
+  is_alive "$pid" || return 1
   echo "$pid"
 }
 
@@ -69,7 +79,7 @@ print_logs() {
 
 port_in_use() {
   if command -v ss >/dev/null; then
-    [[ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]]
+    [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]
   else
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
   fi
@@ -118,11 +128,16 @@ terminate() {
   deadline=$((SECONDS + grace))
   while ((SECONDS < deadline)); do
     local alive=0
-    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    ((alive)) || return 0
+    for pid in "$@"; do is_alive "$pid" && alive=1; done
+    ((alive)) || break
     sleep 0.1
   done
   kill -KILL "$@" 2>/dev/null || true
+  # Give pid 1 a moment to reap them, so that pgrep afterwards shows no <defunct> daemons.
+  deadline=$((SECONDS + 3))
+  for pid in "$@"; do
+    while [[ -e "/proc/$pid" ]] && ((SECONDS < deadline)); do sleep 0.1; done
+  done
 }
 
 cmd_status() {
@@ -162,7 +177,8 @@ cmd_stop() {
     if [[ -n "$jobs" ]]; then
       # shellcheck disable=SC2086
       SLURM_CONF=$conf timeout 10 scancel $jobs 2>/dev/null || true
-      deadline=$((SECONDS + TIMEOUT))
+      # Jobs that ignore SIGTERM get SIGKILL after KillWait (10 s).
+      deadline=$((SECONDS + 15))
       while ((SECONDS < deadline)) &&
             [[ -n "$(SLURM_CONF=$conf timeout 10 squeue -h -o %i 2>/dev/null || true)" ]]; do
         sleep 0.2
@@ -185,7 +201,7 @@ cmd_stop() {
   local left
   left=$(leftover_pids)
   if [[ -n "$left" ]]; then
-    say "killing leftover processes: $(echo $left)"
+    say "killing leftover processes: $(tr '\n' ' ' <<<"$left")"
     # shellcheck disable=SC2086
     terminate 5 $left
   fi
@@ -202,6 +218,12 @@ write_conf() {
   [[ "$hw" == *CPUs=* ]] || die "could not read the node's hardware from 'slurmd -C'"
   node="NodeName=localhost NodeAddr=127.0.0.1 ${hw}State=UNKNOWN"
   : >"$state_dir/plugstack.conf"
+  # The pmix plugin makes spmix_appdir_<uid>_<job>.<step> under /tmp by default and leaves it behind
+  # when a step is cancelled; job ids restart at 1 in every new cluster, so the next cluster's step
+  # 1.0 would fail on "File exists". Keep those directories in the state dir.
+  mkdir -p "$state_dir/pmix"
+  chmod 1777 "$state_dir/pmix"
+  echo "PMIxCliTmpDirBase=$state_dir/pmix" >"$state_dir/mpi.conf"
   cat >"$conf" <<CONF
 # Written by scripts/slurm/local_cluster.sh for a single-node cluster on loopback.
 ClusterName=mpicnn-local
@@ -292,7 +314,7 @@ cmd_start() {
   # munged logs there as the munge user.
   chown munge:munge "$log_dir"
 
-  local started=$SECONDS port
+  local started=$EPOCHREALTIME port
   start_munged
   port=$(pick_ports)
   write_conf "$port"
@@ -303,19 +325,26 @@ cmd_start() {
   env MPICNN_LOCAL_CLUSTER="$state_dir" slurmd -f "$conf" -N localhost ||
     { print_logs; die "slurmd did not start"; }
 
-  local deadline=$((SECONDS + TIMEOUT)) node_state=""
+  local launched=$SECONDS deadline=$((SECONDS + TIMEOUT)) node_state="" problem="" d
   while :; do
     node_state=$(timeout 5 sinfo -h -N -n localhost -o %T 2>/dev/null || true)
     [[ "$node_state" == idle ]] && break
     if ((SECONDS >= deadline)); then
-      echo "local_cluster: node state after ${TIMEOUT}s: '${node_state:-no answer}'" >&2
+      problem="node localhost is '${node_state:-not answering}' after ${TIMEOUT}s, not idle"
+    elif ((SECONDS - launched >= 2)); then
+      # Both daemons write their pid file at once; a missing one by now means a fatal error.
+      for d in slurmctld slurmd; do
+        daemon_pid "$d" >/dev/null || problem="$d exited during start-up"
+      done
+    fi
+    if [[ -n "$problem" ]]; then
       print_logs
       cmd_stop >/dev/null 2>&1 || true
-      die "node localhost did not become idle"
+      die "$problem (logs above)"
     fi
     sleep 0.2
   done
-  say "cluster up in $((SECONDS - started))s (state $state_dir, slurmctld port $port)"
+  say "cluster up in $(elapsed_since "$started") s (state $state_dir, slurmctld port $port)"
   echo "export SLURM_CONF=$conf"
 }
 
