@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Bad-input suite: every case runs mpicnn once alone and once under `mpirun -np 2`, and checks
+- alone: stderr holds exactly one line, `error: ...`, naming the culprit and what was expected
+  (the case's patterns), and nothing else but `warning:` lines;
+- both: a non-zero exit that is not a signal, within 10 s, no core file, no process left running,
+  the error line present (under mpirun a rank-specific one may carry "[rank N]");
+- both: no existing checkpoint, `latest` pointer or config.ini in the case's folder changed.
+
+  bad_input.py --list                                   case names, one a line (CMake reads them)
+  bad_input.py --mpicnn BIN --fixtures DIR --setup      writes the shared fixtures
+  bad_input.py --mpicnn BIN --fixtures DIR --case NAME  runs one case (exit 0 = pass)
+"""
+import argparse
+import os
+import shutil
+import sys
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (SPEC, Failure, check, check_failed_cleanly, fresh_dir, hash_files, run,  # noqa: E402
+                    write_dataset)
+
+DEADLINE = 10  # seconds every run must end within
+CKPT = "ckpt-000000008.h5"  # the fixture run's only step checkpoint (1 epoch of 64 samples, batch 8)
+
+TRAIN_DEFAULTS = {"data.path": "data.h5", "model.spec": SPEC, "train.epochs": "1", "train.batch_size": "8",
+                  "output": "run"}
+
+
+def train(**overrides):
+    """`mpicnn train` options: the defaults above with overrides (a dot in a key is written '__';
+    None drops the option)."""
+    options = dict(TRAIN_DEFAULTS)
+    for key, value in overrides.items():
+        options[key.replace("__", ".")] = value
+    return ["train"] + [f"--{k}={v}" for k, v in options.items() if v is not None]
+
+
+def evaluate(**overrides):
+    options = {"checkpoint": "ckpt.h5", "data": "data.h5"}
+    options.update(overrides)
+    return ["eval"] + [f"--{k}={v}" for k, v in options.items() if v is not None]
+
+
+CASES = {}
+
+
+def case(name, argv, expect, setup=None, mpi_only=False, bug=None, protect=r"\.h5$|^latest$", memory_cap=False):
+    """expect: substrings the error line must all contain (the culprit and what was expected).
+    bug: a product bug this case shows and that is not fixed yet; CMake registers the case
+    DISABLED and the text says what is wrong.
+    protect: names of the files in the case folder that must not change (checkpoints and `latest`).
+    memory_cap: run with a 4 GiB address-space limit (cases that may try a huge allocation)."""
+    assert name not in CASES, name
+    CASES[name] = dict(argv=argv, expect=expect, setup=setup, mpi_only=mpi_only, bug=bug, protect=protect,
+                       memory_cap=memory_cap)
+
+
+# ---- set-up helpers: each gets (workdir, fixtures) and writes the case's inputs ----
+
+def ini(text):
+    def setup(w, fx):
+        with open(os.path.join(w, "bad.ini"), "w") as f:
+            f.write(text)
+    return setup
+
+
+def dataset(**kwargs):
+    def setup(w, fx):
+        write_dataset(os.path.join(w, "data.h5"), **kwargs)
+    return setup
+
+
+def raw_file(name, content):
+    def setup(w, fx):
+        with open(os.path.join(w, name), "wb") as f:
+            f.write(content)
+    return setup
+
+
+def truncated_copy(source, name, fraction=0.5):
+    def setup(w, fx):
+        with open(os.path.join(fx, source), "rb") as f:
+            data = f.read()
+        with open(os.path.join(w, name), "wb") as f:
+            f.write(data[:int(len(data) * fraction)])
+    return setup
+
+
+def copy_run(w, fx):
+    shutil.copytree(os.path.join(fx, "run"), os.path.join(w, "run"))
+
+
+def edited_checkpoint(edit):
+    """ckpt.h5: a copy of the fixture checkpoint changed by edit(h5py.File)."""
+    def setup(w, fx):
+        path = os.path.join(w, "ckpt.h5")
+        shutil.copy(os.path.join(fx, "run", CKPT), path)
+        with h5py.File(path, "r+") as f:
+            edit(f)
+    return setup
+
+
+def set_attr(obj, key, value):
+    def edit(f):
+        f[obj].attrs[key] = value
+    return edit
+
+
+def replace_dataset(name, array):
+    def edit(f):
+        del f[name]
+        f[name] = array
+    return edit
+
+
+def delete(name):
+    def edit(f):
+        del f[name]
+    return edit
+
+
+def images(n, shape=(1, 8, 8), dtype=np.uint8, fill=None):
+    array = np.random.default_rng(1).integers(0, 256, (n,) + shape).astype(dtype)
+    if fill is not None:
+        array.flat[5] = fill
+    return array
+
+
+def labels(n, classes=3, bad=None):
+    array = np.random.default_rng(2).integers(0, classes, n).astype(np.int32)
+    if bad is not None:
+        array[n // 2] = bad
+    return array
+
+
+def split_pair(train_images, train_labels, test_n=16):
+    return {"train": {"images": train_images, "labels": train_labels},
+            "test": {"images": images(test_n), "labels": labels(test_n)}}
+
+
+# ---- configuration ----
+case("config_unknown_section", train(config="bad.ini"), ["bad.ini", "unknown key 'trian.epochs'", "train.epochs"],
+     ini("[trian]\nepochs = 2\n"))
+case("config_unknown_key", train(config="bad.ini"), ["bad.ini", "unknown key 'train.epoch'", "did you mean 'train.epochs'"],
+     ini("[train]\nepoch = 2\n"))
+case("config_key_outside_section", train(config="bad.ini"), ["bad.ini", "'epochs'", "train.epochs"], ini("epochs = 2\n"))
+case("config_file_missing", train(config="missing.ini"), ["missing.ini", "does not exist"])
+case("config_epochs_not_integer", train(config="bad.ini", train__epochs=None),
+     ["train.epochs", "bad.ini", "expected an integer", "'three'"], ini("[train]\nepochs = three\n"))
+case("config_lr_not_number", train(optimizer__lr="fast"), ["optimizer.lr", "expected a", "number", "'fast'"])
+case("config_flag_not_boolean", train(data__normalize="maybe"), ["data.normalize", "true or false", "'maybe'"])
+case("config_lr_zero", train(optimizer__lr="0"), ["optimizer.lr", "> 0", "'0'"])
+case("config_lr_negative", train(optimizer__lr="-0.1"), ["optimizer.lr", "> 0", "'-0.1'"])
+case("config_lr_nan", train(optimizer__lr="nan"), ["optimizer.lr", "finite", "'nan'"])
+case("config_epochs_zero", train(train__epochs="0"), ["train.epochs", ">= 1", "'0'"])
+case("config_epochs_negative", train(train__epochs="-3"), ["train.epochs", ">= 1", "'-3'"])
+case("config_epochs_overflow", train(train__epochs="99999999999999999999999"), ["train.epochs", "integer", "99999999999999999999999"])
+case("config_batch_zero", train(train__batch_size="0"), ["train.batch_size", ">= 1", "'0'"])
+case("config_batch_negative", train(train__batch_size="-8"), ["train.batch_size", ">= 1", "'-8'"])
+case("config_batch_below_ranks", train(train__batch_size="1"), ["train.batch_size", "1", "2 ranks"], mpi_only=True)
+case("config_missing_data_path", train(data__path=None), ["data.path", "missing required"])
+case("config_bad_choice", train(optimizer__name="adamm"), ["optimizer.name", "'adamm'", "sgd, adam", "did you mean 'adam'"])
+case("config_momentum_one", train(optimizer__momentum="1"), ["optimizer.momentum", "below 1"])
+case("config_class_weights_count", train(loss__class_weights="1,2"), ["loss.class_weights", "2 weights", "3"])
+
+# ---- layer specs ----
+case("spec_unknown_layer", train(model__spec="conv3(4,3) relu flatten dense(3)"), ["'conv3'", "known:", "conv"])
+case("spec_missing_argument", train(model__spec="conv relu flatten dense(3)"), ["'conv'", "missing argument 'filters'"])
+case("spec_argument_not_integer", train(model__spec="conv(x,3) relu flatten dense(3)"),
+     ["'conv'", "'filters'", "integer", "'x'"])
+case("spec_argument_negative", train(model__spec="conv(-4,3) relu flatten dense(3)"), ["'conv'", "'filters'", ">= 1", "-4"])
+case("spec_unknown_argument", train(model__spec="conv(4,3,strid=2) relu flatten dense(3)"),
+     ["'conv'", "no argument 'strid'", "stride"])
+case("spec_too_many_arguments", train(model__spec="dense(3,4,5,6,7)"), ["'dense'", "at most"])
+case("spec_unclosed_paren", train(model__spec="conv(4,3) relu flatten dense(3"), ["model spec", "unclosed '('", "dense"])
+case("spec_unclosed_paren_before_next_layer", train(model__spec="conv(4,3 relu flatten dense(3)"),
+     ["model spec", "unclosed '('", "conv"],
+     bug="parse_spec takes the ')' of a later layer: 'conv(4,3 relu flatten dense(3)' reports "
+         "\"argument 'kernel' must be an integer, got '3 relu flatten dense(3'\" instead of the unclosed '('")
+case("spec_empty", train(config="bad.ini", model__spec=None), ["model spec is empty", "expected"], ini("[model]\nspec =\n"))
+case("spec_kernel_too_big", train(model__spec="conv(4,9) relu flatten dense(3)"), ["'conv'", "kernel 9", "(1,8,8)"])
+case("spec_pool_too_big", train(model__spec="maxpool(16) flatten dense(3)"), ["'maxpool'", "window 16", "(1,8,8)"])
+case("spec_outputs_differ_from_classes", train(model__spec="conv(4,3) relu flatten dense(5)"),
+     ["model.spec", "5 outputs", "3 classes", "data.h5"])
+
+# ---- command line ----
+case("cli_unknown_command", ["trian"], ["unknown command 'trian'", "did you mean 'train'", "known:"])
+case("cli_unknown_option", train(epochs="2"), ["unknown option 'epochs'", "did you mean 'train.epochs'"])
+case("cli_option_without_value", ["train", "--data.path"], ["data.path", "missing"])
+case("cli_stray_argument", train() + ["extra"], ["takes no bare arguments", "train"])
+case("cli_eval_missing_checkpoint", ["eval", "--data=data.h5"], ["missing required option '--checkpoint'"])
+case("cli_predict_missing_output", ["predict", "--checkpoint=ckpt.h5", "--data=data.h5"],
+     ["missing required option '--output'"])
+case("cli_inspect_missing_file", ["inspect"], ["missing required", "file"])
+case("cli_inspect_file_missing", ["inspect", "missing.h5"], ["missing.h5", "not found"])
+case("cli_eval_data_missing", evaluate(data="missing.h5"), ["missing.h5", "not found"],
+     edited_checkpoint(lambda f: None))
+
+# ---- datasets ----
+case("data_file_missing", train(data__path="missing.h5"), ["missing.h5", "not found"])
+case("data_zero_byte", train(), ["data.h5", "empty"], raw_file("data.h5", b""))
+case("data_not_hdf5", train(), ["data.h5", "not an HDF5 file"], raw_file("data.h5", b"images,labels\n1,2\n" * 100))
+case("data_truncated", train(), ["data.h5", "truncated"], truncated_copy("good.h5", "data.h5"))
+case("data_not_mpicnn_dataset", train(), ["data.h5", "'format'", "mpicnn-dataset"], dataset(attrs={"format": None}))
+case("data_wrong_format_version", train(), ["data.h5", "format_version 7", "expected 1"],
+     dataset(attrs={"format_version": 7}))
+case("data_missing_split", train(data__train_split="val"), ["data.h5", "'/val'", "test, train"])
+case("data_missing_images", train(), ["data.h5", "/train/images"], dataset(drop=["train/images"]))
+case("data_missing_labels", train(), ["data.h5", "/train/labels"], dataset(drop=["train/labels"]))
+case("data_images_rank3", train(), ["data.h5", "/train/images", "rank 3", "expected rank 4"],
+     dataset(splits=split_pair(np.zeros((64, 8, 8), np.uint8), labels(64))))
+case("data_images_dtype_float64", train(), ["data.h5", "/train/images", "float64", "uint8 or float32"],
+     dataset(splits=split_pair(images(64, dtype=np.float64), labels(64))))
+case("data_images_dtype_int16", train(), ["data.h5", "/train/images", "int16", "uint8 or float32"],
+     dataset(splits=split_pair(images(64, dtype=np.int16), labels(64))))
+case("data_labels_float", train(), ["data.h5", "/train/labels", "float", "int32"],
+     dataset(splits=split_pair(images(64), labels(64).astype(np.float32))))
+case("data_label_too_large", train(), ["data.h5", "/train/labels", "label 3", "< 3"],
+     dataset(splits=split_pair(images(64), labels(64, bad=3))))
+case("data_label_negative", train(), ["data.h5", "/train/labels", "label -1", "0 <= label"],
+     dataset(splits=split_pair(images(64), labels(64, bad=-1))))
+case("data_count_mismatch", train(), ["data.h5", "/train/labels", "60 entries", "expected 64"],
+     dataset(splits=split_pair(images(64), labels(60))))
+case("data_empty_split", train(), ["data.h5", "empty", "at least one sample"],
+     dataset(splits=split_pair(images(0), labels(0))))
+case("data_nan_pixel", train(), ["data.h5", "/train/images", "NaN", "finite"],
+     dataset(splits=split_pair(images(64, dtype=np.float32, fill=np.nan), labels(64))))
+case("data_inf_pixel", train(), ["data.h5", "/train/images", "infinite", "finite"],
+     dataset(splits=split_pair(images(64, dtype=np.float32, fill=np.inf), labels(64))))
+case("data_std_zero", train(), ["data.h5", "'std'", "positive"], dataset(attrs={"std": np.zeros(1)}))
+case("data_eval_split_missing", train(data__eval_split="val"), ["data.h5", "'/val'"])
+case("data_shape_differs_from_checkpoint", evaluate(), ["data.h5", "(1,10,10)", "(1,8,8)"],
+     lambda w, fx: (dataset(shape=(1, 10, 10))(w, fx), edited_checkpoint(lambda f: None)(w, fx)))
+
+# ---- checkpoints ----
+case("ckpt_missing", evaluate(checkpoint="missing.h5"), ["missing.h5", "does not exist"])
+case("ckpt_zero_byte", evaluate(), ["ckpt.h5", "empty"], raw_file("ckpt.h5", b""))
+case("ckpt_truncated", evaluate(), ["ckpt.h5", "truncated"], lambda w, fx: truncated_copy(f"run/{CKPT}", "ckpt.h5")(w, fx))
+case("ckpt_is_a_dataset", evaluate(checkpoint="data.h5"), ["data.h5", "not an mpicnn checkpoint"])
+case("ckpt_wrong_format", evaluate(), ["ckpt.h5", "not an mpicnn checkpoint"],
+     edited_checkpoint(set_attr("/", "format", "something-else")))
+case("ckpt_wrong_version", evaluate(), ["ckpt.h5", "format_version 99", "expected 1"],
+     edited_checkpoint(set_attr("/", "format_version", 99)))
+case("ckpt_weight_shape_mismatch", evaluate(), ["ckpt.h5", "/model/0.weight", "(4,1,2,2)", "(4,1,3,3)"],
+     edited_checkpoint(replace_dataset("model/0.weight", np.zeros((4, 1, 2, 2), np.float32))))
+case("ckpt_weight_missing", evaluate(), ["ckpt.h5", "/model/4.weight"], edited_checkpoint(delete("model/4.weight")))
+case("ckpt_spec_invalid", evaluate(), ["ckpt.h5", "spec", "conv3"], edited_checkpoint(set_attr("model", "spec", "conv3(4,3)")))
+case("ckpt_huge_input_shape", evaluate(), ["ckpt.h5", "input_shape", "65536"],
+     edited_checkpoint(set_attr("model", "input_shape", np.array([1, 1 << 40, 1 << 40], np.int64))))
+case("ckpt_huge_parameter_count", evaluate(), ["ckpt.h5", "parameters", "limit"],
+     edited_checkpoint(set_attr("model", "spec", "flatten dense(1000000000)")))
+
+
+def crafted_model(spec, input_shape, weights):
+    """ckpt.h5 declaring `spec` on `input_shape` with zero-filled datasets of the given shapes."""
+    def edit(f):
+        model = f["model"]
+        model.attrs.modify("spec", spec)
+        model.attrs.modify("input_shape", np.array(input_shape, np.int64))
+        for name in list(model.keys()):
+            del model[name]
+        for name, shape in weights.items():
+            model[name] = np.zeros(shape, np.float32)
+    return edited_checkpoint(edit)
+
+
+case("ckpt_input_size_overflows", ["inspect", "ckpt.h5"], ["ckpt.h5", "input_shape", "(65536,65536,2)"],
+     crafted_model("flatten dense(3)", [65536, 65536, 2], {"1.weight": (3, 0), "1.bias": (3,)}),
+     bug="65536*65536*2 values per sample overflow the int of Flatten's output shape: the header check passes, "
+         "the model becomes flatten -> (0,1,1) and `mpicnn inspect` exits 0")
+case("ckpt_huge_activations", ["inspect", "ckpt.h5"], ["ckpt.h5", "input_shape", "(1,65536,65536)"],
+     crafted_model("conv(4,1,bias=false)", [1, 65536, 65536], {"0.weight": (4, 1, 1, 1)}), memory_cap=True,
+     bug="4 parameters pass the parameter limit but the model's activations need 16 GiB: `mpicnn inspect` "
+         "allocates them and ends with 'error: std::bad_alloc' (or takes 16 GiB) instead of rejecting the header")
+case("ckpt_empty_run_folder", evaluate(checkpoint="empty_run"), ["empty_run", "no checkpoint"],
+     lambda w, fx: os.makedirs(os.path.join(w, "empty_run")))
+case("ckpt_resume_spec_mismatch", train(resume=f"run/{CKPT}", output="run2",
+                                         model__spec="conv(8,3) relu maxpool(2) flatten dense(3)"),
+     [CKPT, "conv(4,3", "conv(8,3", "differs"], copy_run)
+case("ckpt_resume_into_folder_spec_mismatch", train(model__spec="conv(8,3) relu maxpool(2) flatten dense(3)"),
+     [CKPT, "differs"], copy_run)
+case("ckpt_resume_optimizer_mismatch", train(optimizer__name="adam"), [CKPT, "'sgd'", "'adam'"], copy_run)
+case("ckpt_resume_mismatch_keeps_config", train(model__spec="conv(8,3) relu maxpool(2) flatten dense(3)"),
+     [CKPT, "differs"], copy_run, protect=r"\.h5$|^latest$|^config\.ini$",
+     bug="train writes the run folder's config.ini before it reads the checkpoint, so a resume that fails "
+         "(spec or optimizer mismatch) has already replaced the config that matches the checkpoint")
+case("ckpt_resume_missing", train(resume="missing.h5"), ["missing.h5", "does not exist"])
+case("ckpt_resume_image_shape_differs", train(resume=f"run/{CKPT}", output="run2"), [CKPT, "(1,10,10)", "(1,8,8)"],
+     lambda w, fx: (copy_run(w, fx), dataset(shape=(1, 10, 10))(w, fx)))
+
+# ---- outputs ----
+case("output_parent_is_file", train(output="data.h5/run"), ["output folder 'data.h5/run'", "cannot be created"])
+case("output_is_file", train(output="data.h5"), ["output folder 'data.h5'", "cannot be created"])
+case("output_predict_unwritable", ["predict", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=data.h5/p.csv"],
+     ["data.h5/p.csv"], edited_checkpoint(lambda f: None))
+
+
+def setup_fixtures(binary, fixtures):
+    fresh_dir(fixtures)
+    write_dataset(os.path.join(fixtures, "good.h5"))
+    result = run([binary] + train(data__path="good.h5", checkpoint__keep="1"), fixtures, 60)
+    check(result.returncode == 0, "fixture training run failed: " + result.describe())
+    check(os.path.exists(os.path.join(fixtures, "run", CKPT)), f"fixture run wrote no {CKPT}: " + result.describe())
+
+
+def prepare(spec, workdir, fixtures):
+    fresh_dir(workdir)
+    shutil.copy(os.path.join(fixtures, "good.h5"), os.path.join(workdir, "data.h5"))
+    if spec["setup"]:
+        spec["setup"](workdir, fixtures)
+    return hash_files(workdir, spec["protect"])
+
+
+def check_unchanged(before, workdir, label, pattern):
+    after = hash_files(workdir, pattern)
+    changed = [name for name, digest in before.items() if after.get(name) != digest]
+    check(not changed, f"{label}: existing files changed or removed: {changed}")
+
+
+def check_error_line(line, expect, label, stderr):
+    missing = [text for text in expect if text not in line]
+    check(not missing, f"{label}: error line lacks {missing}:\n{line}\n--- stderr ---\n{stderr}")
+
+
+def run_case(name, binary, fixtures, workroot):
+    spec = CASES[name]
+    argv = [binary] + spec["argv"]
+    print("case", name, ":", " ".join(argv[1:]))
+    if spec["bug"]:
+        print("known product bug:", spec["bug"])
+    memory = 4 << 30 if spec["memory_cap"] and not os.environ.get("MPICNN_SANITIZED") else None
+    workdir = os.path.join(workroot, name)
+    if not spec["mpi_only"]:
+        before = prepare(spec, workdir, fixtures)
+        alone = run(argv, workdir, DEADLINE, memory=memory)
+        check_failed_cleanly(alone, workdir, "alone")
+        lines = [line for line in alone.stderr.splitlines() if line.strip()]
+        errors = alone.error_lines()
+        others = [line for line in lines if not line.startswith(("error:", "warning:"))]
+        check(len(errors) == 1 and not others,
+              f"alone: expected one 'error:' line and nothing else on stderr: {alone.describe()}")
+        check_error_line(errors[0], spec["expect"], "alone", alone.stderr)
+        check_unchanged(before, workdir, "alone", spec["protect"])
+        print("alone:", errors[0])
+
+    before = prepare(spec, workdir, fixtures)
+    mpi = run(argv, workdir, DEADLINE, ranks=2, memory=memory)
+    check_failed_cleanly(mpi, workdir, "mpirun -np 2")
+    errors = mpi.error_lines()
+    check(errors, f"mpirun -np 2: no 'error:' line: {mpi.describe()}")
+    matching = [line for line in errors if all(text in line for text in spec["expect"])]
+    check(matching, f"mpirun -np 2: no error line contains all of {spec['expect']}: {mpi.describe()}")
+    check_unchanged(before, workdir, "mpirun -np 2", spec["protect"])
+    print(f"mpirun -np 2 ({mpi.seconds:.1f} s):", matching[0])
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--setup", action="store_true")
+    parser.add_argument("--case")
+    parser.add_argument("--mpicnn")
+    parser.add_argument("--fixtures")
+    args = parser.parse_args()
+    if args.list:
+        for name, spec in CASES.items():
+            print(name, "DISABLED" if spec["bug"] else "")
+        return 0
+    binary = os.path.abspath(args.mpicnn)
+    fixtures = os.path.abspath(args.fixtures)
+    try:
+        if args.setup:
+            setup_fixtures(binary, fixtures)
+        else:
+            run_case(args.case, binary, fixtures, os.path.join(os.path.dirname(fixtures), "cases"))
+    except Failure as failure:
+        print("FAILED:", failure)
+        return 1
+    print("passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
