@@ -37,7 +37,7 @@ std::vector<Key> train_keys() {
       {"resume", "", "checkpoint file or run folder to continue from (a run folder holding a checkpoint resumes by itself)"},
       {"data.path", "", "HDF5 dataset file (format: datasets/README.md)", true},
       {"data.train_split", "train", "split to train on"},
-      {"data.eval_split", "test", "split evaluated after every epoch ('' = none)"},
+      {"data.eval_split", "test", "split evaluated after every epoch ('none': no evaluation)"},
       {"data.normalize", "true", "subtract the per-channel mean and divide by the std"},
       {"data.mean", "", "per-channel means overriding the file's, comma-separated"},
       {"data.std", "", "per-channel stds overriding the file's, comma-separated"},
@@ -98,7 +98,7 @@ TrainConfig read_config(const Settings& s) {
   TrainConfig c;
   c.data_path = s.text("data.path");
   c.train_split = s.text("data.train_split");
-  c.eval_split = s.text("data.eval_split");
+  c.eval_split = s.text("data.eval_split") == "none" ? "" : s.text("data.eval_split");
   c.normalize = s.flag("data.normalize");
   c.mean = s.reals("data.mean");
   c.std = s.reals("data.std");
@@ -204,13 +204,13 @@ class Trainer {
       reader_->seek(state_.epoch, state_.step_in_epoch);
       EpochSums epoch_sums;
       while (reader_->next(batch)) {
+        if (c_.max_steps > 0 && state_.global_step >= c_.max_steps) return finish_early(report);
         const StepResult r = train_step(worker, batch);
         epoch_sums.add(r);
         ++state_.step_in_epoch, ++state_.global_step;
         report.step(state_.epoch, state_.step_in_epoch, state_.global_step, r.loss, r.accuracy, batch.global_count, r.lr,
                     r.comm_wait, state_.global_step % c_.log_interval == 0);
         if (r.stop) return stop(report);
-        if (c_.max_steps > 0 && state_.global_step >= c_.max_steps) return finish_early(report);
         if (c_.every_steps > 0 && state_.global_step % c_.every_steps == 0) save(report, {});
       }
       end_epoch(report, epoch_sums);
@@ -268,6 +268,7 @@ class Trainer {
                           " differs from the config's '" + meta_.spec + "' on " + meta_.input.str());
       io::load_checkpoint(path, *model_, optimizer_.get());
       state_ = header.trainer;
+      last_saved_step_ = state_.global_step;
       if (state_.seed != c_.seed && comm_.is_root())
         std::fprintf(stderr, "warning: resuming with train.seed %llu from the checkpoint (config says %llu)\n",
                      (unsigned long long)state_.seed, (unsigned long long)c_.seed);
@@ -387,6 +388,7 @@ class Trainer {
       report.line("checkpoint: " + path + (best ? " (best so far, also best.h5)" : ""));
     }
     comm_.barrier();
+    last_saved_step_ = at.global_step;
   }
 
   int stop(Reporter& report) {
@@ -401,6 +403,7 @@ class Trainer {
 
   int finish_early(Reporter& report) {
     report.line("reached train.max_steps = " + std::to_string(c_.max_steps));
+    if (last_saved_step_ == state_.global_step) return 0;
     if (state_.step_in_epoch == steps_per_epoch_) end_epoch(report, {});
     else save(report, evaluate_now(report));
     return 0;
@@ -418,6 +421,7 @@ class Trainer {
   io::ModelMeta meta_;
   io::TrainerState state_;
   long steps_per_epoch_ = 0, total_steps_ = 0;
+  long last_saved_step_ = -1;  // the global step of the newest checkpoint, so none is written twice
 };
 
 }  // namespace

@@ -68,7 +68,7 @@ void write_header(hid_t file, const ModelMeta& meta, const core::Optimizer& opti
   h5::write_attribute(model.get(), "loss", meta.loss);
   h5::write_attribute(model.get(), "mean", std::span<const double>(meta.mean));
   h5::write_attribute(model.get(), "std", std::span<const double>(meta.std));
-  h5::write_attribute(model.get(), "class_names", meta.class_names);
+  if (!meta.class_names.empty()) h5::write_attribute(model.get(), "class_names", meta.class_names);
   h5::write_attribute(model.get(), "layout", "NCHW input; conv weight (K,C,R,S); dense weight (out,in); PyTorch state_dict names");
 
   const core::OptimizerConfig& o = optimizer.config();
@@ -189,7 +189,8 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   h.model.loss = h5::read_string_attribute(model.get(), "loss");
   h.model.mean = h5::read_array_attribute<double>(model.get(), "mean");
   h.model.std = h5::read_array_attribute<double>(model.get(), "std");
-  h.model.class_names = h5::read_string_array_attribute(model.get(), "class_names");
+  if (h5::has_attribute(model.get(), "class_names"))
+    h.model.class_names = h5::read_string_array_attribute(model.get(), "class_names");
   std::vector<core::ParamInfo> plan;
   try {
     plan = core::plan_params(h.model.spec, h.model.input);

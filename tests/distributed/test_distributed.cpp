@@ -1,0 +1,229 @@
+// Data-parallel training under a real mpirun: N ranks reach the weights of one rank, evaluation is
+// exact for any rank count, and resuming (also after a signal, also on another rank count)
+// continues exactly where training stopped.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "core/rng.hpp"
+#include "datasets/writer.hpp"
+#include "io/checkpoint.hpp"
+
+namespace fs = std::filesystem;
+
+namespace mpicnn {
+namespace {
+
+const char* kSpec = "conv(8,3,pad=1) relu maxpool(2) conv(8,3) relu flatten dense(16) relu dense(4)";
+
+fs::path work_dir() {
+  static const fs::path dir = [] {
+    fs::path d = fs::temp_directory_path() / ("mpicnn_dist_" + std::to_string(::getpid()));
+    fs::create_directories(d);
+    return d;
+  }();
+  return dir;
+}
+
+// Four classes of 12x12 images, each a bright quadrant plus noise; `train` samples in /train.
+std::string make_dataset(const std::string& name, std::size_t train, std::size_t test) {
+  const std::string path = (work_dir() / name).string();
+  if (fs::exists(path)) return path;
+  data::DatasetWriter writer(path, {4, {"a", "b", "c", "d"}});
+  core::Rng rng(std::hash<std::string>{}(name));
+  for (auto [split, count] : {std::pair{"train", train}, std::pair{"test", test}}) {
+    writer.begin_split(split, {1, 12, 12}, count, true);
+    for (std::size_t i = 0; i < count; ++i) {
+      const int label = int(rng.below(4));
+      std::vector<std::uint8_t> image(144);
+      for (int y = 0; y < 12; ++y)
+        for (int x = 0; x < 12; ++x) {
+          const bool lit = (y < 6) == (label < 2) && (x < 6) == (label % 2 == 0);
+          image[y * 12 + x] = std::uint8_t(std::clamp(rng.normal() * 40 + (lit ? 160 : 60), 0.0, 255.0));
+        }
+      writer.append(std::span<const std::uint8_t>(image), std::span<const std::int32_t>(&label, 1));
+    }
+  }
+  writer.finish();
+  return path;
+}
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;
+};
+
+// Runs a shell command, capturing stdout and stderr.
+CommandResult shell(const std::string& command) {
+  const std::string log = (work_dir() / "last_command.log").string();
+  CommandResult r;
+  const int status = std::system((command + " > " + log + " 2>&1").c_str());
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  r.output = text.str();
+  return r;
+}
+
+std::string mpirun(int ranks) {
+  return std::string(MPIEXEC) + " --oversubscribe --bind-to none -np " + std::to_string(ranks) + " ";
+}
+
+std::string train_command(int ranks, const std::string& data, const std::string& out, const std::string& extra) {
+  return mpirun(ranks) + MPICNN_EXE + " train --data.path=" + data + " --model.spec='" + kSpec +
+         "' --train.batch_size=64 --train.threads=1 --train.seed=3 --optimizer.lr=0.05 --optimizer.momentum=0.9"
+         " --train.epochs=100 --train.progress=lines --train.log_interval=1000 --output " + out + " " + extra;
+}
+
+std::string train(int ranks, const std::string& data, const std::string& name, const std::string& extra) {
+  const std::string out = (work_dir() / name).string();
+  const CommandResult r = shell(train_command(ranks, data, out, extra));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return out;
+}
+
+struct Weights {
+  std::vector<float> values, momentum;
+};
+
+Weights load(const std::string& run_dir) {
+  const std::string path = io::resolve_checkpoint(run_dir);
+  const io::CheckpointHeader h = io::read_checkpoint_header(path);
+  core::Model model(h.model.spec, h.model.input, 1);
+  core::Optimizer optimizer(h.optimizer, model.params().size());
+  io::load_checkpoint(path, model, &optimizer);
+  const auto& v = model.params().values();
+  const auto* m = optimizer.state().at(0).second;
+  return {{v.data(), v.data() + v.size()}, {m->data(), m->data() + m->size()}};
+}
+
+// max |a - b| / max |a|: the difference relative to the largest weight.
+double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, double(std::abs(a[i] - b[i])));
+    scale = std::max(scale, double(std::abs(a[i])));
+  }
+  return diff / scale;
+}
+
+// Global batch 64 for 50 steps; 3200 samples (50 steps per epoch) and 1001 samples (divisible by
+// neither 64 nor 2 nor 4: a partial last batch every 16 steps, where the 4-rank run has a rank
+// with fewer samples).
+class Equivalence : public ::testing::TestWithParam<std::size_t> {};
+
+TEST_P(Equivalence, OneTwoAndFourRanksReachTheSameWeights) {
+  const std::size_t n = GetParam();
+  const std::string data = make_dataset("eq" + std::to_string(n) + ".h5", n, 200);
+  const std::string tag = std::to_string(n);
+  const Weights one = load(train(1, data, "eq1_" + tag, "--train.max_steps=50 --data.eval_split=none"));
+  for (int ranks : {2, 4}) {
+    const Weights many = load(train(ranks, data, "eq" + std::to_string(ranks) + "_" + tag, "--train.max_steps=50 --data.eval_split=none"));
+    const double d = relative_difference(one.values, many.values);
+    std::printf("[ figure ] %zu samples: 1 rank vs %d ranks after 50 steps: max relative weight difference %.3g\n", n,
+                ranks, d);
+    EXPECT_LE(d, 1e-5);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DatasetSizes, Equivalence, ::testing::Values(3200, 1001));
+
+double json_number(const std::string& text, const std::string& key) {
+  std::smatch m;
+  const std::regex pattern("\"" + key + "\": ([-0-9.eE+]+)");
+  if (!std::regex_search(text, m, pattern)) {
+    ADD_FAILURE() << "no '" << key << "' in: " << text;
+    return NAN;
+  }
+  return std::stod(m[1]);
+}
+
+TEST(ExactEvaluation, OneTwoAndThreeRanksReportIdenticalAccuracy) {
+  const std::string data = make_dataset("eval.h5", 640, 997);  // 997 = prime: uneven parts
+  const std::string run = train(1, data, "eval_run", "--train.max_steps=20");
+  std::string first;
+  double first_loss = 0;
+  for (int ranks : {1, 2, 3}) {
+    const CommandResult r = shell(mpirun(ranks) + MPICNN_EXE + " eval --checkpoint " + run + " --data " + data +
+                        " --batch 100 --json");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(json_number(r.output, "samples"), 997);
+    const std::string matrix = r.output.substr(r.output.find("confusion_matrix"), r.output.find("per_class") - r.output.find("confusion_matrix"));
+    const double loss = json_number(r.output, "loss");
+    std::printf("[ figure ] %d ranks: accuracy %.6f loss %.9f\n", ranks, json_number(r.output, "accuracy"), loss);
+    if (ranks == 1) first = matrix, first_loss = loss;
+    EXPECT_EQ(matrix, first) << "confusion matrix differs with " << ranks << " ranks";
+    EXPECT_NEAR(loss, first_loss, 1e-6 * first_loss);  // a sum in another order: float rounding only
+  }
+}
+
+TEST(ExactResume, StopMidEpochAndResumeGivesBitwiseIdenticalWeights) {
+  const std::string data = make_dataset("resume.h5", 3200, 100);
+  const Weights straight = load(train(2, data, "straight", "--train.max_steps=50"));
+  const std::string run = train(2, data, "stopped", "--train.max_steps=20");  // step 20 of a 50-step epoch
+  train(2, data, "stopped", "--train.max_steps=50");                          // resumes from the run folder
+  const Weights resumed = load(run);
+  EXPECT_EQ(0, std::memcmp(straight.values.data(), resumed.values.data(), straight.values.size() * 4));
+  EXPECT_EQ(0, std::memcmp(straight.momentum.data(), resumed.momentum.data(), straight.momentum.size() * 4));
+}
+
+TEST(ExactResume, ResumeOnAnotherRankCountContinuesTheSameDataOrder) {
+  const std::string data = make_dataset("resume.h5", 3200, 100);
+  const Weights straight = load(train(2, data, "straight_r", "--train.max_steps=50"));
+  for (int ranks : {1, 4}) {
+    const std::string name = "moved_to_" + std::to_string(ranks);
+    train(2, data, name, "--train.max_steps=20");
+    train(ranks, data, name, "--train.max_steps=50");
+    const double d = relative_difference(straight.values, load((work_dir() / name).string()).values);
+    std::printf("[ figure ] 2 ranks, resumed on %d ranks at step 20: max relative weight difference %.3g at step 50\n",
+                ranks, d);
+    EXPECT_LE(d, 1e-5);
+  }
+}
+
+TEST(Signals, UsrOneCheckpointsAndExits75ThenResumesExactly) {
+  const std::string data = make_dataset("resume.h5", 3200, 100);
+  const Weights straight = load(train(2, data, "straight_s", "--train.max_steps=400 --data.eval_split=none"));
+  const std::string out = (work_dir() / "signalled").string();
+  const std::string log = (work_dir() / "signalled.log").string();
+  // mpirun forwards SIGUSR1 to the ranks.
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string command = "exec " + train_command(2, data, out, "--train.max_steps=400 --data.eval_split=none") + " > " + log + " 2>&1";
+    execl("/bin/sh", "sh", "-c", command.c_str(), nullptr);
+    _exit(127);
+  }
+  // Wait until training has taken steps, then signal.
+  for (int i = 0; i < 200 && !fs::exists(out + "/metrics.jsonl"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  kill(pid, SIGUSR1);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  ASSERT_TRUE(WIFEXITED(status)) << text.str();
+  EXPECT_EQ(WEXITSTATUS(status), 75) << text.str();
+  EXPECT_THAT(text.str(), ::testing::HasSubstr("stop requested by a signal"));
+  const io::CheckpointHeader h = io::read_checkpoint_header(io::resolve_checkpoint(out));
+  std::printf("[ figure ] stopped by SIGUSR1 at global step %ld\n", h.trainer.global_step);
+  EXPECT_LT(h.trainer.global_step, 400);
+  train(2, data, "signalled", "--train.max_steps=400 --data.eval_split=none");
+  const Weights resumed = load(out);
+  EXPECT_EQ(0, std::memcmp(straight.values.data(), resumed.values.data(), straight.values.size() * 4));
+}
+
+}  // namespace
+}  // namespace mpicnn
