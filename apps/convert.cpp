@@ -9,6 +9,7 @@
 #include "datasets/convert.hpp"
 #include "datasets/h5.hpp"
 #include "datasets/reader.hpp"
+#include "io/bundle.hpp"
 #include "io/checkpoint.hpp"
 
 namespace mpicnn::app {
@@ -59,6 +60,29 @@ void inspect_checkpoint(const std::string& path) {
               join(h.model.std).c_str());
   for (const auto& [name, value] : h.metrics) std::printf("  %s: %.6g\n", name.c_str(), value);
   core::Model model(h.model.spec, h.model.input, 1);
+  std::printf("%s", model.summary().c_str());
+}
+
+void inspect_bundle(const std::string& path) {
+  const io::BundleHeader b = io::read_bundle_header(path);
+  std::printf("%s: mpicnn inference bundle (format %d, mpicnn %s, created %s)\n", path.c_str(), b.format_version,
+              b.mpicnn_version.c_str(), b.created.c_str());
+  std::printf("  source: %s, sha256 %s\n", b.source.file.c_str(), b.source.sha256.c_str());
+  std::printf("          created %s by mpicnn %s on %d ranks, epoch %d, global step %ld\n", b.source.created.c_str(),
+              b.source.mpicnn_version.c_str(), b.source.ranks, b.source.epoch + 1, b.source.global_step);
+  std::printf("  spec: %s\n", b.model.spec.c_str());
+  std::printf("  input %s float32 NCHW: %s\n", b.model.input.str().c_str(), io::kInputScaling);
+  std::printf("  mean [%s] std [%s]; loss %s\n", join(b.model.mean).c_str(), join(b.model.std).c_str(),
+              b.model.loss.c_str());
+  if (!b.model.class_names.empty()) {
+    std::string names;
+    for (const auto& n : b.model.class_names) names += (names.empty() ? "" : ", ") + n;
+    std::printf("  classes (%zu): %s\n", b.model.class_names.size(), names.c_str());
+  }
+  for (const auto& [name, value] : b.metrics) std::printf("  %s: %.6g\n", name.c_str(), value);
+  core::Model model(b.model.spec, b.model.input, 1);
+  std::printf("  weights: %zu tensors in /weights, PyTorch state_dict names and layouts\n",
+              model.params().infos().size());
   std::printf("%s", model.summary().c_str());
 }
 
@@ -119,8 +143,9 @@ int run_inspect(const Args& args, const dist::Communicator&) {
   }
   if (format == "mpicnn-dataset") inspect_dataset(path);
   else if (format == io::kCheckpointFormat) inspect_checkpoint(path);
+  else if (format == io::kBundleFormat) inspect_bundle(path);
   else throw IoError(path + ": unknown file kind (root attribute 'format' is '" + format +
-                     "'; expected mpicnn-dataset or mpicnn-checkpoint)");
+                     "'; expected mpicnn-dataset, mpicnn-checkpoint or mpicnn-bundle)");
   return 0;
 }
 

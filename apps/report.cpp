@@ -62,17 +62,21 @@ void Reporter::step(int epoch, long step_in_epoch, long global_step, double loss
                    {"loss", mean_loss}, {"accuracy", mean_accuracy}, {"img_per_s", rate}, {"lr", lr},
                    {"elapsed_s", elapsed()}, {"comm_wait_share", window_comm_ / std::max(seconds, 1e-9)},
                    {"peak_rss_mb", peak_rss_mb()}});
+  // Regression runs pass NaN accuracies: nothing to show.
+  char accuracy_buffer[32] = "";
+  if (std::isfinite(mean_accuracy)) std::snprintf(accuracy_buffer, sizeof accuracy_buffer, " acc %.3f", mean_accuracy);
+  const std::string accuracy_text = accuracy_buffer;
   char text[200];
   if (terminal_) {
     const int width = 24, filled = int(width * double(step_in_epoch) / steps_per_epoch_);
-    std::snprintf(text, sizeof text, "\repoch %d/%d [%s%s] %ld/%ld loss %.4f acc %.3f %.0f img/s ETA %.0fs   ", epoch + 1,
+    std::snprintf(text, sizeof text, "\repoch %d/%d [%s%s] %ld/%ld loss %.4f%s %.0f img/s ETA %.0fs   ", epoch + 1,
                   epochs_, std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), step_in_epoch,
-                  steps_per_epoch_, mean_loss, mean_accuracy, rate, eta);
+                  steps_per_epoch_, mean_loss, accuracy_text.c_str(), rate, eta);
     std::fputs(text, stdout);
     bar_open_ = true;
   } else {
-    std::snprintf(text, sizeof text, "epoch %d/%d step %ld/%ld loss %.4f acc %.3f %.0f img/s lr %.3g ETA %.0fs\n",
-                  epoch + 1, epochs_, step_in_epoch, steps_per_epoch_, mean_loss, mean_accuracy, rate, lr, eta);
+    std::snprintf(text, sizeof text, "epoch %d/%d step %ld/%ld loss %.4f%s %.0f img/s lr %.3g ETA %.0fs\n", epoch + 1,
+                  epochs_, step_in_epoch, steps_per_epoch_, mean_loss, accuracy_text.c_str(), rate, lr, eta);
     std::fputs(text, stdout);
   }
   std::fflush(stdout);

@@ -51,7 +51,7 @@ std::string nearest(const std::string& word, const std::vector<std::string>& kno
 }
 
 Settings::Settings(std::string command, std::vector<Key> keys) : command_(std::move(command)), keys_(std::move(keys)) {
-  keys_.push_back({"help", "", "show this help", false, true});
+  keys_.insert(keys_.begin(), {"help", "", "show this help", false, true});
 }
 
 const Key& Settings::key(const std::string& name) const {
@@ -121,7 +121,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
 
 std::string Settings::help() const {
   std::ostringstream out;
-  out << "usage: mpicnn " << command_ << " [options]\n\n";
+  out << "usage: mpicnn " << command_ << " [options]\n";
   std::string section = "-";
   for (const auto& k : keys_) {
     const auto dot = k.name.find('.');

@@ -316,7 +316,7 @@ class Trainer {
     dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals, 4, MPI_DOUBLE, MPI_SUM, comm_.handle(), &request), "MPI_Iallreduce");
     watchdog_->wait(std::span<MPI_Request>(&request, 1), "the loss allreduce");
     r.loss = totals[0] / totals[1];
-    r.accuracy = totals[2] / batch.global_count;
+    r.accuracy = c_.loss.kind == "cross_entropy" ? totals[2] / batch.global_count : NAN;
     r.stop = totals[3] > 0;
     if (!std::isfinite(r.loss)) non_finite(r.loss);
     core::scale_gradients(model_->params(), 1.0 / totals[1]);
@@ -353,17 +353,21 @@ class Trainer {
   void end_epoch(Reporter& report, const EpochSums& sums) {
     const auto metrics = evaluate_now(report);
     char text[256];
-    std::snprintf(text, sizeof text, "epoch %d/%d: train loss %.4f acc %.4f", state_.epoch + 1, c_.epochs,
-                  sums.loss / std::max(1L, sums.steps), sums.accuracy / std::max(1L, sums.steps));
+    const long steps = std::max(1L, sums.steps);
+    std::snprintf(text, sizeof text, "epoch %d/%d: train loss %.4f", state_.epoch + 1, c_.epochs, sums.loss / steps);
     std::string line = text;
+    if (c_.loss.kind == "cross_entropy") {
+      std::snprintf(text, sizeof text, " acc %.4f", sums.accuracy / steps);
+      line += text;
+    }
     for (const auto& [name, value] : metrics) {
       std::snprintf(text, sizeof text, ", %s %.4f", name.c_str(), value);
       line += text;
     }
     std::snprintf(text, sizeof text, " (%.1f s)", report.elapsed());
     report.line(line + text);
-    report.record("epoch", {{"epoch", state_.epoch + 1}, {"train_loss", sums.loss / std::max(1L, sums.steps)},
-                            {"train_accuracy", sums.accuracy / std::max(1L, sums.steps)}, {"elapsed_s", report.elapsed()}});
+    report.record("epoch", {{"epoch", state_.epoch + 1}, {"train_loss", sums.loss / steps},
+                            {"train_accuracy", sums.accuracy / steps}, {"elapsed_s", report.elapsed()}});
     // The checkpoint names the next position: the start of the next epoch.
     io::TrainerState next = state_;
     ++next.epoch, next.step_in_epoch = 0;
