@@ -1,0 +1,564 @@
+#!/usr/bin/python3
+"""Export tests (mpicnn export): ONNX checker, onnxruntime-node and PyTorch against mpicnn's own
+forward pass, the HDF5 inference bundle, and bad input. Run by CTest (tests/io/CMakeLists.txt) with
+Debian's /usr/bin/python3 (numpy, h5py, onnx, torch), one case per test:
+
+  export_tests.py --mpicnn EXE --dump-logits EXE --work DIR [--node-modules DIR] [--mpiexec EXE] CASE
+
+Cases: setup (tiny datasets and two trained checkpoints), setup_fashion_mnist, onnx_checker,
+onnxruntime ARCH, pytorch ARCH, bundle, errors. ARCH: a (conv/maxpool/dense classifier, 3 channels,
+non-square images), b (avgpool with pad and stride 2, leakyrelu, tanh, sigmoid, maxpool with pad,
+conv without bias, conv after dense; mse regression), fmnist (the reference CNN on Fashion-MNIST).
+
+Metric everywhere: max over all samples and outputs of |a - b| (float32 values), tolerance 1e-4.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+TOLERANCE = 1e-4
+
+ARCHS = {
+    "a": dict(
+        spec="conv(8,3,pad=1) relu maxpool(2) conv(16,3) relu maxpool(2,stride=2,pad=1) flatten dense(32) relu dense(4)",
+        data="a.h5", run="run_a", loss="cross_entropy", ranks=2, lr=0.01),
+    "b": dict(
+        spec="conv(6,5,stride=2,pad=2) leakyrelu(slope=0.2) avgpool(3,stride=2,pad=1) conv(8,3,pad=1,bias=false) "
+             "tanh maxpool(2,stride=2,pad=1) flatten dense(16) sigmoid conv(5,1)",
+        data="b.h5", run="run_b", loss="mse", ranks=1, lr=0.05),
+    "fmnist": dict(
+        spec="conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)",
+        data="fashion_mnist.h5", run="run_fmnist", loss="cross_entropy", ranks=1, lr=0.02),
+}
+CLASS_NAMES_A = ["naevus", "melanoma", "basal cell", 'type "B"']
+
+
+class Failure(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise Failure(message)
+
+
+def run(args, expect_ok=True, **kwargs):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
+    if expect_ok and result.returncode != 0:
+        raise Failure(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n"
+                      f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+class Context:
+    def __init__(self, options):
+        self.o = options
+        self.work = os.path.abspath(options.work)
+
+    def path(self, *parts):
+        return os.path.join(self.work, *parts)
+
+    def checkpoint(self, arch):
+        run_dir = self.path(ARCHS[arch]["run"])
+        with open(os.path.join(run_dir, "latest")) as f:
+            return os.path.join(run_dir, f.read().strip())
+
+    def mpicnn(self, *args, **kwargs):
+        return run([self.o.mpicnn, *args], **kwargs)
+
+    def export(self, arch, fmt, output, *extra):
+        return self.mpicnn("export", "--checkpoint", self.checkpoint(arch), "--format", fmt, "--output", output, *extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+
+def make_npz_a(path, rng):
+    """3-channel 20x16 images of 4 classes, each class a coloured block in its own place."""
+    def split(n):
+        labels = rng.integers(0, 4, size=n)
+        images = rng.integers(0, 90, size=(n, 20, 16, 3)).astype(np.int32)
+        for i, label in enumerate(labels):
+            r, c = 2 + 4 * label, 3 + 2 * label
+            images[i, r:r + 6, c:c + 6, label % 3] += 150
+        return np.clip(images, 0, 255).astype(np.uint8), labels.reshape(-1, 1).astype(np.int64)
+    train_x, train_y = split(192)
+    test_x, test_y = split(48)
+    np.savez_compressed(path, train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y)
+
+
+def make_npz_b(path, rng):
+    """Grey 24x24 images with 5 multi-label targets (is quadrant q bright; is the centre bright)."""
+    def split(n):
+        images = rng.integers(0, 256, size=(n, 24, 24)).astype(np.uint8)
+        blocks = [images[:, :12, :12], images[:, :12, 12:], images[:, 12:, :12], images[:, 12:, 12:], images[:, 6:18, 6:18]]
+        targets = np.stack([(b.mean(axis=(1, 2)) > 127.5) for b in blocks], axis=1).astype(np.int64)
+        return images, targets
+    train_x, train_y = split(128)
+    test_x, test_y = split(40)
+    np.savez_compressed(path, train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y)
+
+
+def train(ctx, arch, steps, batch):
+    a = ARCHS[arch]
+    shutil.rmtree(ctx.path(a["run"]), ignore_errors=True)  # a run folder with a checkpoint would resume
+    command = [ctx.o.mpicnn, "train", "--data.path", ctx.path(a["data"]), "--model.spec", a["spec"],
+               "--loss.kind", a["loss"], "--train.batch_size", batch, "--train.max_steps", steps,
+               "--train.epochs", 100, "--train.log_interval", 10, "--optimizer.lr", a["lr"],
+               "--optimizer.momentum", 0.9, "--output", ctx.path(a["run"])]
+    if a["ranks"] > 1:
+        command = [ctx.o.mpiexec, "-np", a["ranks"], *command]
+    run(command)
+    check(os.path.exists(ctx.checkpoint(arch)), f"training {arch} wrote no checkpoint")
+
+
+def case_setup(ctx):
+    os.makedirs(ctx.work, exist_ok=True)
+    rng = np.random.default_rng(5)
+    make_npz_a(ctx.path("a.npz"), rng)
+    make_npz_b(ctx.path("b.npz"), rng)
+    ctx.mpicnn("convert", "--format", "npz", "--input", ctx.path("a.npz"), "--output", ctx.path("a.h5"),
+               "--names", ",".join(CLASS_NAMES_A))
+    ctx.mpicnn("convert", "--format", "npz", "--input", ctx.path("b.npz"), "--output", ctx.path("b.h5"))
+    train(ctx, "a", 24, 16)
+    train(ctx, "b", 24, 16)
+
+
+def case_setup_fashion_mnist(ctx):
+    os.makedirs(ctx.work, exist_ok=True)
+    ctx.mpicnn("convert", "--format", "idx", "--input", "/usr/share/datasets/fashion-mnist",
+               "--output", ctx.path("fashion_mnist.h5"), "--names", "fashion-mnist")
+    train(ctx, "fmnist", 60, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+def test_images(ctx, arch, limit=None):
+    """The test split as the exported model expects it: float32 NCHW, uint8 pixels / 255."""
+    import h5py
+    with h5py.File(ctx.path(ARCHS[arch]["data"]), "r") as f:
+        images = f["test/images"]
+        x = images[:limit] if limit else images[:]
+        check(x.dtype == np.uint8, "the test datasets are uint8")
+    return x.astype(np.float32) / np.float32(255)
+
+
+def our_logits(ctx, model_file, arch, out):
+    import h5py
+    run([ctx.o.dump_logits, model_file, ctx.path(ARCHS[arch]["data"]), "test", out])
+    with h5py.File(out, "r") as f:
+        return f["logits"][:]
+
+
+def predict(ctx, arch, out):
+    """mpicnn predict's per-sample outputs: softmax probabilities (classification) or raw outputs (mse)."""
+    import h5py
+    ctx.mpicnn("predict", "--checkpoint", ctx.checkpoint(arch), "--data", ctx.path(ARCHS[arch]["data"]),
+               "--split", "test", "--output", out)
+    with h5py.File(out, "r") as f:
+        return f["probabilities" if "probabilities" in f else "outputs"][:]
+
+
+def softmax(z):
+    z = z.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def compare(label, a, b):
+    check(a.shape == b.shape, f"{label}: shapes {a.shape} and {b.shape} differ")
+    diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    print(f"{label}: max abs diff {diff:.3g} over {a.size} values (largest |value| {float(np.max(np.abs(b))):.3g}; "
+          f"tolerance {TOLERANCE:g})")
+    check(diff <= TOLERANCE, f"{label}: max abs diff {diff:.3g} exceeds {TOLERANCE:g}")
+    return diff
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the ONNX checker, graph structure and metadata
+
+def case_onnx_checker(ctx):
+    import h5py
+    import onnx
+    from onnx import helper, numpy_helper
+    out = ctx.path("checker")
+    os.makedirs(out, exist_ok=True)
+    for arch in ("a", "b"):
+        path = os.path.join(out, f"{arch}.onnx")
+        printed = ctx.export(arch, "onnx", path).stdout
+        check("wrote" in printed and "opset 13" in printed, f"export printed: {printed}")
+        model = onnx.load(path)
+        onnx.checker.check_model(model, full_check=True)
+        check(model.opset_import[0].domain in ("", "ai.onnx") and model.opset_import[0].version >= 13, "opset >= 13")
+
+        graph = model.graph
+        check([i.name for i in graph.input] == ["input"], f"inputs {[i.name for i in graph.input]}")
+        dims = graph.input[0].type.tensor_type.shape.dim
+        check(graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT, "input is float32")
+        check(dims[0].dim_param != "" and not dims[0].HasField("dim_value"), "the batch dimension is symbolic")
+        outputs = [o.name for o in graph.output]
+        expected_outputs = ["logits", "probabilities"] if ARCHS[arch]["loss"] == "cross_entropy" else ["logits"]
+        check(outputs == expected_outputs, f"{arch}: outputs {outputs}, expected {expected_outputs}")
+
+        ckpt = ctx.checkpoint(arch)
+        with h5py.File(ckpt, "r") as f:
+            group = f["model"]
+            params = {name: group[name][:] for name in group}
+            spec = group.attrs["spec"]
+            spec = spec.decode() if isinstance(spec, bytes) else spec
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs.get("class_names", [])]
+            mean, std = list(group.attrs["mean"]), list(group.attrs["std"])
+            shape = list(group.attrs["input_shape"])
+        check([d.dim_value for d in dims[1:]] == shape, f"input dims {dims} vs checkpoint input_shape {shape}")
+        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        for name, value in params.items():
+            check(name in inits, f"{arch}: weight {name} missing from the initializers")
+            check(np.array_equal(inits[name], value), f"{arch}: initializer {name} differs from the checkpoint")
+        check(np.allclose(inits["mean"].ravel(), np.float32(mean)) and np.allclose(inits["std"].ravel(), np.float32(std)),
+              "mean/std initializers")
+
+        meta = {p.key: p.value for p in model.metadata_props}
+        for key in ("spec", "class_names", "mean", "std", "input_scaling", "source_checkpoint_sha256", "mpicnn_version",
+                    "input_shape", "loss"):
+            check(key in meta, f"{arch}: metadata_props lacks '{key}'")
+        check(meta["spec"] == spec, f"metadata spec {meta['spec']!r} vs checkpoint {spec!r}")
+        check(json.loads(meta["class_names"]) == names, f"class_names {meta['class_names']} vs {names}")
+        check([float(v) for v in meta["mean"].split(",")] == mean, "metadata mean")
+        check([float(v) for v in meta["std"].split(",")] == std, "metadata std")
+        check(meta["source_checkpoint_sha256"] == sha256(ckpt), "metadata source_checkpoint_sha256 is not the file's SHA-256")
+        check("pixel/255" in meta["input_scaling"] and "pixel/255" in model.doc_string, "the input scaling is documented")
+
+        ops = [n.op_type for n in graph.node]
+        attrs = {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for n in graph.node}
+        check(ops[:2] == ["Sub", "Div"], f"normalisation first: {ops[:2]}")
+        if arch == "a":
+            check(ops.count("Conv") == 2 and ops.count("MaxPool") == 2 and ops.count("Gemm") == 2 and "Softmax" in ops,
+                  f"a: ops {ops}")
+            check(attrs["layer5_maxpool"]["pads"] == [1, 1, 1, 1] and attrs["layer5_maxpool"]["strides"] == [2, 2], "a: pool")
+            check(attrs["layer0_conv"]["pads"] == [1, 1, 1, 1], "a: conv pads")
+            check(all(attrs[n.name]["transB"] == 1 for n in graph.node if n.op_type == "Gemm"), "Gemm transB=1")
+            check(names == CLASS_NAMES_A, f"a: class names {names}")
+        else:
+            for op in ("AveragePool", "LeakyRelu", "Tanh", "Sigmoid", "MaxPool", "Unsqueeze", "Flatten"):
+                check(op in ops, f"b: no {op} in {ops}")
+            pool = attrs["layer2_avgpool"]
+            check(pool["count_include_pad"] == 1 and pool["pads"] == [1, 1, 1, 1] and pool["strides"] == [2, 2]
+                  and pool["kernel_shape"] == [3, 3], f"b: avgpool attributes {pool}")
+            check(abs(attrs["layer1_leakyrelu"]["alpha"] - 0.2) < 1e-7, "b: leakyrelu alpha")
+            conv0 = attrs["layer0_conv"]
+            check(conv0["strides"] == [2, 2] and conv0["pads"] == [2, 2, 2, 2], f"b: conv0 {conv0}")
+            no_bias = [n for n in graph.node if n.name == "layer3_conv"][0]
+            check(len(no_bias.input) == 2, "b: conv(bias=false) has no bias input")
+
+        again = os.path.join(out, f"{arch}-again.onnx")
+        ctx.export(arch, "onnx", again)
+        check(open(path, "rb").read() == open(again, "rb").read(), "exporting one checkpoint twice gives the same bytes")
+        print(f"{arch}: onnx.checker (full_check) passed; {len(graph.node)} nodes, outputs {outputs}; export is byte-stable")
+
+    only_logits = os.path.join(out, "a-logits.onnx")
+    ctx.export("a", "onnx", only_logits, "--probabilities=false")
+    model = onnx.load(only_logits)
+    onnx.checker.check_model(model, full_check=True)
+    check([o.name for o in model.graph.output] == ["logits"], "--probabilities=false leaves only logits")
+    leftovers = [f for f in os.listdir(out) if ".tmp" in f]
+    check(not leftovers, f"temp files left: {leftovers}")
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) onnxruntime-node against mpicnn predict and mpicnn's own logits, several batch sizes
+
+def case_onnxruntime(ctx, arch):
+    out = ctx.path(f"ort_{arch}")
+    os.makedirs(out, exist_ok=True)
+    model = os.path.join(out, "model.onnx")
+    ctx.export(arch, "onnx", model)
+    limit = 1000 if arch == "fmnist" else None
+    x = test_images(ctx, arch, limit)
+    inputs = os.path.join(out, "inputs.f32")
+    x.tofile(inputs)
+    n = x.shape[0]
+    ours = our_logits(ctx, ctx.checkpoint(arch), arch, os.path.join(out, "ours.h5"))[:n]
+    predicted = predict(ctx, arch, os.path.join(out, "predict.h5"))[:n]
+    classify = ARCHS[arch]["loss"] == "cross_entropy"
+    env = dict(os.environ, NODE_PATH=ctx.o.node_modules)
+    # Training used 16 (64 for fmnist) samples per step: 1, 7 and all-at-once are other batch sizes.
+    for batch in (1, 7, n):
+        prefix = os.path.join(out, f"b{batch}_")
+        info = json.loads(run(["node", os.path.join(os.path.dirname(__file__), "run_onnx.js"), model, inputs,
+                               ",".join(map(str, x.shape)), batch, prefix], env=env).stdout.strip().splitlines()[-1])
+        k = ours.shape[1]
+        logits = np.fromfile(prefix + "logits.f32", dtype=np.float32).reshape(n, k)
+        compare(f"{arch} batch {batch}: onnxruntime logits vs mpicnn logits", logits, ours)
+        if classify:
+            probabilities = np.fromfile(prefix + "probabilities.f32", dtype=np.float32).reshape(n, k)
+            compare(f"{arch} batch {batch}: onnxruntime probabilities vs mpicnn predict", probabilities, predicted)
+            agree = float(np.mean(probabilities.argmax(1) == predicted.argmax(1)))
+            print(f"{arch} batch {batch}: predicted class agrees on {agree:.4f} of {n} samples")
+        else:
+            compare(f"{arch} batch {batch}: onnxruntime logits vs mpicnn predict outputs", logits, predicted)
+        check(info["dims"]["logits"] == [n, k], f"output dims {info['dims']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) the checkpoint's weights, read with h5py alone, in the equivalent PyTorch model
+
+def check_data_only(path):
+    """Every object in the checkpoint is a group, a numeric dataset, or a numeric/string attribute."""
+    import h5py
+    problems = []
+
+    def attributes(obj):
+        for key, value in obj.attrs.items():
+            kind = h5py.check_string_dtype(obj.attrs.get_id(key).dtype)
+            if kind is None and obj.attrs.get_id(key).dtype.kind not in "iuf":
+                problems.append(f"{obj.name} attribute {key}: {obj.attrs.get_id(key).dtype}")
+
+    def visit(name, obj):
+        attributes(obj)
+        if isinstance(obj, h5py.Dataset) and obj.dtype.kind not in "iuf":
+            problems.append(f"/{name}: dtype {obj.dtype}")
+
+    with h5py.File(path, "r") as f:
+        attributes(f)
+        f.visititems(visit)
+    check(not problems, f"{path}: not data-only: {problems}")
+
+
+def parse_spec(spec):
+    layers = []
+    for kind, args in re.findall(r"(\w+)(?:\(([^)]*)\))?", spec):
+        positional, named = [], {}
+        for item in filter(None, (args or "").split(",")):
+            if "=" in item:
+                key, value = item.split("=", 1)
+                named[key] = value
+            else:
+                positional.append(item)
+        layers.append((kind, positional, named))
+    return layers
+
+
+def torch_model(spec, input_shape):
+    """nn.Sequential with one module per spec layer, so state_dict names are the checkpoint's."""
+    import torch
+    from torch import nn
+
+    class SpatialFromAny(nn.Module):  # a dense output (N,F) feeding a spatial layer is (N,F,1,1)
+        def forward(self, x):
+            return super().forward(x if x.dim() == 4 else x.reshape(x.shape[0], -1, 1, 1))
+
+    class Conv(SpatialFromAny, nn.Conv2d):
+        pass
+
+    class MaxPool(SpatialFromAny, nn.MaxPool2d):
+        pass
+
+    class AvgPool(SpatialFromAny, nn.AvgPool2d):
+        pass
+
+    class Dense(nn.Linear):  # our dense reads a (C,1,1) input as C features
+        def forward(self, x):
+            return super().forward(x.flatten(1))
+
+    c, h, w = input_shape
+    modules = []
+    for kind, pos, named in parse_spec(spec):
+        if kind == "conv":
+            k, size = int(pos[0]), int(pos[1])
+            stride, pad = int(named.get("stride", 1)), int(named.get("pad", 0))
+            modules.append(Conv(c, k, size, stride=stride, padding=pad, bias=named.get("bias", "true") == "true"))
+            c, h, w = k, (h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1
+        elif kind in ("maxpool", "avgpool"):
+            window = int(pos[0])
+            stride, pad = int(named.get("stride", window)), int(named.get("pad", 0))
+            if kind == "maxpool":
+                modules.append(MaxPool(window, stride=stride, padding=pad))
+            else:
+                modules.append(AvgPool(window, stride=stride, padding=pad, count_include_pad=True))
+            h, w = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
+        elif kind == "relu":
+            modules.append(nn.ReLU())
+        elif kind == "leakyrelu":
+            modules.append(nn.LeakyReLU(float(named.get("slope", 0.01))))
+        elif kind == "sigmoid":
+            modules.append(nn.Sigmoid())
+        elif kind == "tanh":
+            modules.append(nn.Tanh())
+        elif kind == "flatten":
+            modules.append(nn.Flatten())
+            c, h, w = c * h * w, 1, 1
+        elif kind == "dense":
+            units = int(pos[0])
+            modules.append(Dense(c * h * w, units, bias=named.get("bias", "true") == "true"))
+            c, h, w = units, 1, 1
+        else:
+            raise Failure(f"no PyTorch mapping for layer '{kind}'")
+    return nn.Sequential(*modules)
+
+
+def case_pytorch(ctx, arch):
+    import h5py
+    import torch
+    out = ctx.path(f"torch_{arch}")
+    os.makedirs(out, exist_ok=True)
+    ckpt = ctx.checkpoint(arch)
+    check_data_only(ckpt)
+    with h5py.File(ckpt, "r") as f:
+        group = f["model"]
+        spec = group.attrs["spec"]
+        spec = spec.decode() if isinstance(spec, bytes) else spec
+        input_shape = [int(v) for v in group.attrs["input_shape"]]
+        mean = np.asarray(group.attrs["mean"], dtype=np.float64)
+        std = np.asarray(group.attrs["std"], dtype=np.float64)
+        state = {name: torch.from_numpy(group[name][:]) for name in group}
+        loss = group.attrs["loss"]
+        loss = loss.decode() if isinstance(loss, bytes) else loss
+    model = torch_model(spec, input_shape)
+    model.load_state_dict(state, strict=True)  # every weight present, none extra, shapes equal
+    model.eval()
+    limit = 1000 if arch == "fmnist" else None
+    x = test_images(ctx, arch, limit).astype(np.float64)
+    x = ((x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).astype(np.float32)
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).flatten(1).numpy()
+    n = x.shape[0]
+    ours = our_logits(ctx, ckpt, arch, os.path.join(out, "ours.h5"))[:n]
+    compare(f"{arch}: PyTorch logits vs mpicnn logits", logits, ours)
+    predicted = predict(ctx, arch, os.path.join(out, "predict.h5"))[:n]
+    if loss == "cross_entropy":
+        compare(f"{arch}: PyTorch softmax vs mpicnn predict probabilities", softmax(logits), predicted)
+    else:
+        compare(f"{arch}: PyTorch outputs vs mpicnn predict outputs", logits, predicted)
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) the HDF5 inference bundle
+
+def case_bundle(ctx):
+    import h5py
+    out = ctx.path("bundle")
+    os.makedirs(out, exist_ok=True)
+    ckpt = ctx.checkpoint("a")
+    path = os.path.join(out, "a_bundle.h5")
+    for _ in range(2):  # the second export replaces the first
+        printed = ctx.export("a", "h5", path).stdout
+    check("wrote" in printed, printed)
+    check(not [f for f in os.listdir(out) if ".tmp" in f], "temp files left behind")
+    digest = sha256(ckpt)
+    check_data_only(path)
+    with h5py.File(ckpt, "r") as c, h5py.File(path, "r") as b:
+        check(b.attrs["format"] == "mpicnn-bundle" and int(b.attrs["format_version"]) == 1, "format attributes")
+        check(set(b.keys()) == {"model", "weights", "source", "metrics"}, f"groups {sorted(b.keys())}")
+        check(set(b["weights"].keys()) == set(c["model"].keys()), "the same weight names as the checkpoint")
+        for name in c["model"]:
+            w, v = b["weights"][name], c["model"][name]
+            check(w.dtype == np.float32 and w.shape == v.shape and np.array_equal(w[:], v[:]), f"weight {name} differs")
+        for key in ("spec", "input_shape", "loss", "mean", "std", "class_names"):
+            check(np.array_equal(np.asarray(b["model"].attrs[key]), np.asarray(c["model"].attrs[key])), f"/model {key}")
+        check(b["source"].attrs["sha256"] == digest, "source sha256")
+        check(b["source"].attrs["file"] == os.path.basename(ckpt), "source file name")
+        check(int(b["source"].attrs["ranks"]) == 2, "trained on 2 ranks")
+        check(int(b["source"].attrs["global_step"]) == int(c["trainer"].attrs["global_step"]), "global step")
+        for key, value in c["metrics"].attrs.items():
+            check(float(b["metrics"].attrs[key]) == float(value), f"metric {key}")
+        metrics = dict(c["metrics"].attrs)
+    check("test_accuracy" in metrics, f"checkpoint metrics {metrics}")
+
+    shown = ctx.mpicnn("inspect", path).stdout
+    print(shown)
+    for text in ("mpicnn inference bundle", digest, os.path.basename(ckpt), "pixel/255", 'type "B"', "basal cell",
+                 "test_accuracy", "dense(4)", "weights: 8 tensors", "on 2 ranks"):
+        check(text in shown, f"inspect output lacks {text!r}")
+
+    from_bundle = our_logits(ctx, path, "a", os.path.join(out, "bundle_logits.h5"))
+    from_ckpt = our_logits(ctx, ckpt, "a", os.path.join(out, "ckpt_logits.h5"))
+    check(np.array_equal(from_bundle, from_ckpt), "the bundle's logits are not bitwise the checkpoint's")
+    print(f"bundle: weights bitwise equal to the checkpoint; logits of {len(from_bundle)} samples bitwise equal")
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) bad input: one line "error: ...", non-zero exit, nothing written
+
+def expect_error(ctx, label, args, *needles):
+    result = ctx.mpicnn(*args, expect_ok=False)
+    lines = result.stderr.strip().splitlines()
+    check(result.returncode != 0, f"{label}: exit status 0")
+    check(len(lines) == 1 and lines[0].startswith("error: "), f"{label}: stderr is not one error line: {result.stderr!r}")
+    for needle in needles:
+        check(needle in lines[0], f"{label}: {lines[0]!r} does not mention {needle!r}")
+    print(f"{label}: exit {result.returncode}: {lines[0]}")
+
+
+def case_errors(ctx):
+    out = ctx.path("errors")
+    os.makedirs(out, exist_ok=True)
+    ckpt = ctx.checkpoint("a")
+    target = os.path.join(out, "model.onnx")
+    missing = os.path.join(out, "no-such-checkpoint.h5")
+    expect_error(ctx, "missing checkpoint", ["export", "--checkpoint", missing, "--format", "onnx", "--output", target],
+                 missing, "does not exist")
+    expect_error(ctx, "unknown format", ["export", "--checkpoint", ckpt, "--format", "tflite", "--output", target],
+                 "tflite", "h5, onnx")
+    expect_error(ctx, "dataset instead of checkpoint",
+                 ["export", "--checkpoint", ctx.path("a.h5"), "--format", "onnx", "--output", target], "not an mpicnn checkpoint")
+    for fmt in ("onnx", "h5"):
+        expect_error(ctx, f"{fmt}: output folder missing",
+                     ["export", "--checkpoint", ckpt, "--format", fmt, "--output", os.path.join(out, "nope", "m")],
+                     "does not exist")
+        expect_error(ctx, f"{fmt}: output is a folder", ["export", "--checkpoint", ckpt, "--format", fmt, "--output", out],
+                     "is a folder")
+        expect_error(ctx, f"{fmt}: output not writable (/proc)",
+                     ["export", "--checkpoint", ckpt, "--format", fmt, "--output", "/proc/mpicnn-export-test"], "/proc/mpicnn-export-test")
+    before = sha256(ckpt)
+    expect_error(ctx, "output is the checkpoint", ["export", "--checkpoint", ckpt, "--format", "h5", "--output", ckpt],
+                 "source checkpoint")
+    check(sha256(ckpt) == before, "the checkpoint was changed")
+    check(not os.path.exists(target), "a failed export left an output file")
+    check(not [f for f in os.listdir(out) if ".tmp" in f], "a failed export left a temp file")
+    check(not [f for f in os.listdir("/proc") if f.startswith("mpicnn-export-test")], "left files in /proc")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mpicnn", required=True)
+    parser.add_argument("--dump-logits", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--node-modules", default="")
+    parser.add_argument("--mpiexec", default="mpirun")
+    parser.add_argument("case")
+    parser.add_argument("arch", nargs="?")
+    options = parser.parse_args()
+    ctx = Context(options)
+    cases = {"setup": case_setup, "setup_fashion_mnist": case_setup_fashion_mnist, "onnx_checker": case_onnx_checker,
+             "onnxruntime": case_onnxruntime, "pytorch": case_pytorch, "bundle": case_bundle, "errors": case_errors}
+    try:
+        if options.arch:
+            cases[options.case](ctx, options.arch)
+        else:
+            cases[options.case](ctx)
+    except Failure as failure:
+        print(f"FAILED: {failure}", file=sys.stderr)
+        return 1
+    print(f"{options.case} {options.arch or ''}: passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
