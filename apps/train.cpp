@@ -50,7 +50,7 @@ std::vector<Key> train_keys() {
       {"train.epochs", "10", "epochs to train"},
       {"train.batch_size", "64", "GLOBAL batch: samples per step summed over all ranks"},
       {"train.seed", "1", "seed of weights, data order and augmentation"},
-      {"train.threads", "0", "threads per rank (0 = this node's cores / ranks on this node)"},
+      {"train.threads", "0", "threads per rank (0: $MPICNN_THREADS, else $SLURM_CPUS_PER_TASK, else this node's cores / ranks on it)"},
       {"train.log_interval", "100", "steps between progress lines and metrics records"},
       {"train.max_steps", "0", "stop after this many global steps (0 = no limit)"},
       {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
@@ -150,6 +150,9 @@ int choose_threads(int requested, const dist::Communicator& comm, std::string* w
   const int node_cores = int(std::max(1u, std::thread::hardware_concurrency()));
   cpu_set_t mask;
   const int allowed = sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : node_cores;
+  // Launchers that know the allocation say it: SLURM's cpus-per-task, or scripts/slurm/launch.sh.
+  for (const char* variable : {"MPICNN_THREADS", "SLURM_CPUS_PER_TASK"})
+    if (requested == 0 && std::getenv(variable)) requested = std::max(0, std::atoi(std::getenv(variable)));
   const int threads = requested > 0 ? requested : std::max(1, std::min(allowed, node_cores / comm.ranks_on_node()));
   if (threads * comm.ranks_on_node() > node_cores || threads > allowed)
     *warning = "warning: " + std::to_string(comm.ranks_on_node()) + " ranks x " + std::to_string(threads) +
