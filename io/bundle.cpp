@@ -111,7 +111,8 @@ void write_bundle(hid_t file, const CheckpointHeader& h, const std::string& sha2
   h5::write_attribute(meta.get(), "loss", h.model.loss);
   h5::write_attribute(meta.get(), "mean", std::span<const double>(h.model.mean));
   h5::write_attribute(meta.get(), "std", std::span<const double>(h.model.std));
-  h5::write_attribute(meta.get(), "class_names", h.model.class_names);
+  // HDF5 cannot read back an empty string array: no attribute means no class names (as in checkpoints).
+  if (!h.model.class_names.empty()) h5::write_attribute(meta.get(), "class_names", h.model.class_names);
   h5::write_attribute(meta.get(), "input_scaling", kInputScaling);
   h5::write_attribute(meta.get(), "layout",
                       "NCHW input; /weights: conv weight (K,C,R,S), dense weight (out,in), bias (K); PyTorch "
@@ -229,7 +230,8 @@ BundleHeader read_bundle_header(const std::string& path) {
   b.model.loss = h5::read_string_attribute(model.get(), "loss");
   b.model.mean = h5::read_array_attribute<double>(model.get(), "mean");
   b.model.std = h5::read_array_attribute<double>(model.get(), "std");
-  b.model.class_names = h5::read_string_array_attribute(model.get(), "class_names");
+  if (h5::has_attribute(model.get(), "class_names"))
+    b.model.class_names = h5::read_string_array_attribute(model.get(), "class_names");
   if (b.model.mean.size() != std::size_t(b.model.input.c) || b.model.std.size() != std::size_t(b.model.input.c))
     invalid(path, "/model mean and std need one value per input channel (" + std::to_string(b.model.input.c) + ")");
   std::vector<core::ParamInfo> plan;
