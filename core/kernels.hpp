@@ -24,16 +24,10 @@ struct ConvGeometry {
 // Samples per task in convolution; a chunk's gradient partial is summed in chunk order.
 constexpr int kConvChunk = 4;
 inline int conv_chunks(int batch) { return (batch + kConvChunk - 1) / kConvChunk; }
-// Workspace elements a convolution needs for `batch` samples (im2col and its gradient per chunk,
-// plus per-chunk weight and bias gradient partials).
+// Workspace elements (of the kernel's element type; need not be aligned) a convolution needs for
+// `batch` samples: packed weights, and per chunk the im2col/im2row columns, the column gradient,
+// the packed output gradient and the weight and bias gradient partials (core/conv_kernels.cpp).
 std::size_t conv2d_workspace_size(const ConvGeometry& g, int batch);
-
-// col: (C*R*S, OH*OW) for one sample image: (C,H,W); zero padding.
-template <class T>
-void im2col(T* col, const T* image, const ConvGeometry& g);
-// image_grad (C,H,W) += scatter of col_grad (C*R*S, OH*OW).
-template <class T>
-void col2im_add(T* image_grad, const T* col_grad, const ConvGeometry& g);
 
 template <class T>
 void conv2d_forward(T* out /*N,K,OH,OW*/, T* workspace, const T* in /*N,C,H,W*/,
