@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Fault tests of `mpicnn train` under `mpirun -np 2`, one scenario per run:
+
+  faults.py --mpicnn BIN --workdir DIR SCENARIO
+
+kill_rank               SIGKILL to rank 1 mid-training: the job ends within 10 s, the last checkpoint
+                        loads (`mpicnn inspect`) and training resumes from the run folder.
+checkpoint_write_fails  a file-size limit (RLIMIT_FSIZE, `ulimit -f`) below the checkpoint's size: the
+                        write fails with EFBIG, the error says so, the previous checkpoint is intact.
+checkpoint_write_error_one_line  the same, and the reason ("File too large") is on the one error line.
+nan_loss                optimizer.lr=1e6 after a good checkpoint: the run stops naming the step and the
+                        first layer holding non-finite values; the good checkpoint is kept.
+hang_detector           SIGSTOP to rank 1 with train.collective_timeout=5: the job ends within 20 s
+                        saying which rank has "not arrived".
+checkpoint_without_class_names  a dataset without class names: its checkpoints load.
+empty_option_value      `--data.eval_split=` (the help's "'' = none") is accepted on the command line.
+"""
+import argparse
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (CRASH_PATTERNS, Failure, check, core_files, fresh_dir, hash_files, kill_group,  # noqa: E402
+                    mpicnn_env, processes_in, rank_pids, run, write_dataset)
+
+SPEC = "conv(8,3) relu maxpool(2) flatten dense(3)"
+STEPS_PER_EPOCH = 128  # 2048 samples, global batch 16
+
+
+def train_args(**overrides):
+    options = {"data.path": "data.h5", "model.spec": SPEC, "train.batch_size": "16", "train.epochs": "1000",
+               "train.log_interval": "50", "checkpoint.every_steps": "50", "checkpoint.keep": "3", "output": "run",
+               "data.eval_split": "test"}
+    for key, value in overrides.items():
+        options[key.replace("__", ".")] = value
+    return ["train"] + [f"--{k}={v}" for k, v in options.items() if v is not None]
+
+
+def latest_step(run_dir):
+    try:
+        with open(os.path.join(run_dir, "latest")) as f:
+            return int(re.search(r"ckpt-(\d+)\.h5", f.read()).group(1))
+    except (OSError, AttributeError):
+        return None
+
+
+def latest_file(run_dir):
+    return os.path.join(run_dir, f"ckpt-{latest_step(run_dir):09d}.h5")
+
+
+def inspect(binary, workdir, path):
+    result = run([binary, "inspect", path], workdir, 30)
+    check(result.returncode == 0 and "mpicnn checkpoint" in result.stdout,
+          f"`mpicnn inspect {path}` failed: {result.describe()}")
+    return result.stdout
+
+
+def checkpoint_weights_finite(path):
+    with h5py.File(path, "r") as f:
+        for name, dataset in f["model"].items():
+            if isinstance(dataset, h5py.Dataset) and not np.all(np.isfinite(dataset[()])):
+                return False
+    return True
+
+
+def start(binary, workdir, args, ranks=2, fsize=None):
+    def limits():
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        os.setsid()
+    argv = ["mpirun", "-np", str(ranks), "--oversubscribe", binary] + args
+    return subprocess.Popen(argv, cwd=workdir, env=mpicnn_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, errors="replace", preexec_fn=limits)
+
+
+def wait_for(predicate, seconds, what, process=None):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise Failure(f"training ended before {what}: exit {process.returncode}\n{out[-2000:]}\n{err[-2000:]}")
+        time.sleep(0.05)
+    raise Failure(f"timed out after {seconds} s waiting for {what}")
+
+
+def finish_within(process, seconds, what):
+    """Waits for the job; kills it and fails when it outlives `seconds`. Returns (code, out, err, elapsed)."""
+    begin = time.monotonic()
+    try:
+        out, err = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        kill_group(process.pid)
+        out, err = process.communicate()
+        raise Failure(f"{what}: the job did not end within {seconds} s\n{out[-2000:]}\n{err[-3000:]}")
+    return process.returncode, out, err, time.monotonic() - begin
+
+
+def check_no_leftovers(workdir, what):
+    check(not core_files(workdir), f"{what}: core file left: {core_files(workdir)}")
+    left = processes_in(workdir)
+    check(not left, f"{what}: processes still running after the job ended: {left}")
+
+
+def prepare(workdir):
+    fresh_dir(workdir)
+    write_dataset(os.path.join(workdir, "data.h5"), n_train=2048, n_test=64, shape=(1, 16, 16))
+
+
+def good_run(binary, workdir, steps):
+    result = run([binary] + train_args(train__max_steps=str(steps)), workdir, 60, ranks=2)
+    check(result.returncode == 0, "the first, good training run failed: " + result.describe())
+    check(latest_step(os.path.join(workdir, "run")) == steps, f"no checkpoint of step {steps}: " + result.describe())
+
+
+def kill_rank(binary, workdir):
+    prepare(workdir)
+    run_dir = os.path.join(workdir, "run")
+    job = start(binary, workdir, train_args())
+    try:
+        wait_for(lambda: (latest_step(run_dir) or 0) >= 150, 60, "the checkpoint of step 150", job)
+        ranks = rank_pids(workdir, binary)
+        check(set(ranks) == {0, 1}, f"expected ranks 0 and 1 running, found {ranks}")
+        os.kill(ranks[1], signal.SIGKILL)
+        print(f"SIGKILL to rank 1 (pid {ranks[1]}) at checkpoint step {latest_step(run_dir)}")
+        code, out, err, seconds = finish_within(job, 10, "after SIGKILL to rank 1")
+    finally:
+        kill_group(job.pid)
+    print(f"the job ended {seconds:.1f} s after the kill, exit {code}")
+    check(code != 0, "exit status 0 after a rank was killed")
+    check_no_leftovers(workdir, "after SIGKILL")
+    step = latest_step(run_dir)
+    for name in sorted(os.listdir(run_dir)):
+        if re.fullmatch(r"ckpt-\d{9}\.h5", name):
+            inspect(binary, workdir, os.path.join("run", name))
+    summary = inspect(binary, workdir, latest_file(run_dir))
+    check(f"global step {step}" in summary, f"inspect of the latest checkpoint does not say global step {step}:\n{summary}")
+    resumed = run([binary] + train_args(train__max_steps=str(step + 20)), workdir, 60, ranks=2)
+    check(resumed.returncode == 0, "resuming failed: " + resumed.describe())
+    check(f"resuming from run/ckpt-{step:09d}.h5" in resumed.stdout,
+          f"the resumed run does not say it resumed from step {step}: " + resumed.describe())
+    check(latest_step(run_dir) == step + 20, f"the resumed run did not checkpoint step {step + 20}")
+    print(f"resumed from step {step} and reached step {step + 20}")
+
+
+def checkpoint_write_fails(binary, workdir, one_line=False):
+    # The limit is put on the ranks once training runs (prlimit, what `ulimit -f` sets at start): a
+    # limit from the start would also hit mpirun's and MPI_Init's own files (shared-memory segments).
+    prepare(workdir)
+    run_dir = os.path.join(workdir, "run")
+    job = start(binary, workdir, train_args())
+    try:
+        wait_for(lambda: (latest_step(run_dir) or 0) >= 100, 60, "the checkpoint of step 100", job)
+        size = os.path.getsize(latest_file(run_dir))
+        limit = size // 2
+        ranks = rank_pids(workdir, binary)
+        check(set(ranks) == {0, 1}, f"expected ranks 0 and 1 running, found {ranks}")
+        for pid in ranks.values():
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
+        before = hash_files(run_dir, r"^ckpt-\d{9}\.h5$|^best\.h5$")
+        print(f"checkpoint size {size} bytes; file-size limit {limit} bytes from step {latest_step(run_dir)}")
+        code, out, err, seconds = finish_within(job, 20, "with a failing checkpoint write")
+    finally:
+        kill_group(job.pid)
+    print(f"exit {code} {seconds:.1f} s after the limit")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    print("\n".join(errors))
+    check(code != 0, "exit status 0 although the checkpoint could not be written")
+    check(not CRASH_PATTERNS.search(out + err) and "signal" not in err, f"crash or signal:\n{err[-3000:]}")
+    check(any(re.search(r"cannot write checkpoint '.*(ckpt-\d{9}|best)\.h5'", line) and "previous checkpoint is kept" in line
+              for line in errors), f"no error line saying the checkpoint write failed:\n{err[-3000:]}")
+    check("File too large" in err, f"the error does not give the reason, 'File too large':\n{err[-3000:]}")
+    if one_line:
+        check(any("cannot write checkpoint" in line and "File too large" in line for line in errors),
+              f"the reason 'File too large' is not on the error line (a multi-line message?):\n{err[-3000:]}")
+    check_no_leftovers(workdir, "after the failed write")
+    after = hash_files(run_dir, r"^ckpt-\d{9}\.h5$|^best\.h5$")
+    changed = [name for name in before if after.get(name) != before[name]]
+    check(not changed, f"existing checkpoints changed or removed: {changed}")
+    temps = [name for name in os.listdir(run_dir) if ".tmp" in name]
+    check(not temps, f"temporary files left in the run folder: {temps}")
+    check(os.path.basename(latest_file(run_dir)) in before, "`latest` names a checkpoint that was not complete before")
+    for name in os.listdir(run_dir):
+        if name.endswith(".h5"):
+            inspect(binary, workdir, os.path.join("run", name))
+
+
+def checkpoint_write_error_one_line(binary, workdir):
+    checkpoint_write_fails(binary, workdir, one_line=True)
+
+
+def nan_loss(binary, workdir):
+    prepare(workdir)
+    run_dir = os.path.join(workdir, "run")
+    good_run(binary, workdir, 50)
+    before = hash_files(run_dir)
+    result = run([binary] + train_args(train__max_steps="400", optimizer__lr="1e6"), workdir, 30, ranks=2)
+    errors = result.error_lines()
+    print("\n".join(errors))
+    check(result.returncode != 0 and not result.timed_out, "NaN loss did not stop the run: " + result.describe())
+    check(not CRASH_PATTERNS.search(result.stdout + result.stderr), "crash: " + result.describe())
+    pattern = re.compile(r"step (\d+) .*loss is .*(nan|inf).*layer (\d+) '[^']+'")
+    found = [pattern.search(line) for line in errors if pattern.search(line)]
+    check(found, "no error line naming the step, the non-finite loss and the layer: " + result.describe())
+    check(int(found[0].group(1)) > 50, f"the step named ({found[0].group(1)}) is not after the resumed step 50")
+    check_no_leftovers(workdir, "after NaN")
+    after = hash_files(run_dir)
+    changed = [name for name in before if name != "config.ini" and after.get(name) != before[name]]
+    check(not changed, f"existing checkpoints changed: {changed}")
+    for name in os.listdir(run_dir):
+        if name.endswith(".h5"):
+            check(checkpoint_weights_finite(os.path.join(run_dir, name)), f"{name} holds non-finite weights")
+    inspect(binary, workdir, latest_file(run_dir))
+
+
+def hang_detector(binary, workdir):
+    prepare(workdir)
+    run_dir = os.path.join(workdir, "run")
+    job = start(binary, workdir, train_args(train__collective_timeout="5"))
+    stopped = None
+    try:
+        wait_for(lambda: (latest_step(run_dir) or 0) >= 100, 60, "the checkpoint of step 100", job)
+        ranks = rank_pids(workdir, binary)
+        check(set(ranks) == {0, 1}, f"expected ranks 0 and 1 running, found {ranks}")
+        stopped = ranks[1]
+        os.kill(stopped, signal.SIGSTOP)
+        print(f"SIGSTOP to rank 1 (pid {stopped})")
+        code, out, err, seconds = finish_within(job, 20, "with rank 1 stopped")
+    finally:
+        if stopped:
+            try:
+                os.kill(stopped, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        kill_group(job.pid)
+    print(f"the job ended {seconds:.1f} s after SIGSTOP, exit {code}")
+    print("\n".join(line for line in err.splitlines() if line.startswith("error:")))
+    check(code != 0, "exit status 0 with a stopped rank")
+    check(any("not arrived" in line and re.search(r"\b1\b", line) for line in err.splitlines()),
+          f"no message saying rank 1 has not arrived:\n{err[-3000:]}")
+    check_no_leftovers(workdir, "after the hang")
+
+
+def checkpoint_without_class_names(binary, workdir):
+    fresh_dir(workdir)
+    write_dataset(os.path.join(workdir, "data.h5"), n_train=64, n_test=16, shape=(1, 16, 16),
+                  attrs={"class_names": None})
+    result = run([binary] + train_args(train__epochs="1"), workdir, 60, ranks=2)
+    check(result.returncode == 0, "training failed: " + result.describe())
+    inspect(binary, workdir, latest_file(os.path.join(workdir, "run")))
+
+
+def empty_option_value(binary, workdir):
+    prepare(workdir)
+    result = run([binary] + train_args(train__max_steps="10", data__eval_split=""), workdir, 60, ranks=2)
+    check(result.returncode == 0, "`--data.eval_split=` was rejected: " + result.describe())
+
+
+SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line, nan_loss,
+                                     hang_detector,
+                                     checkpoint_without_class_names, empty_option_value)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--mpicnn", required=True)
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args()
+    workdir = os.path.abspath(os.path.join(args.workdir, args.scenario))
+    try:
+        SCENARIOS[args.scenario](os.path.abspath(args.mpicnn), workdir)
+    except Failure as failure:
+        print("FAILED:", failure)
+        return 1
+    print("passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
