@@ -115,8 +115,12 @@ std::string temp_name(const std::string& path) { return path + ".tmp" + std::to_
 
 void publish(const std::string& temp, const std::string& path) {
   fsync_path(temp, false);
-  if (std::rename(temp.c_str(), path.c_str()) != 0)
-    throw IoError(path + ": cannot rename the new file into place (" + std::strerror(errno) + ")");
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    std::error_code ignored;
+    fs::remove(temp, ignored);
+    throw IoError(path + ": cannot rename the new file into place (" + std::strerror(error) + ")");
+  }
   fsync_path(fs::path(path).parent_path().empty() ? "." : fs::path(path).parent_path().string(), true);
 }
 
