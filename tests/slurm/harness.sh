@@ -12,6 +12,8 @@
 #   submit_and_wait JOBSCRIPT ...  both, and fails unless the job COMPLETED
 #   wait_for WHAT SECONDS CMD...   polls CMD until it succeeds
 #   cluster_down                   stops the cluster (safe to call twice)
+#   start_watchdog SECONDS         SIGTERM to this script after SECONDS, so the EXIT handler still runs
+#   run_bounded SECONDS LOG CMD... runs CMD (output to LOG) for at most SECONDS; ended on exit too
 #
 # A requeued job waits for the cluster's cred_expire (10 s in local_cluster.sh, 120 s by default in
 # SLURM) before it may start again. Releasing it sooner (scontrol update StartTime=now) is no shortcut:
@@ -28,6 +30,8 @@ JOB_STATE=
 JOB_RESTARTS=
 JOB_EXIT=
 JOB_STDOUT=
+BOUNDED_PID=
+WATCHDOG_PID=
 
 log() { echo "[slurm-test $(date +%T)] $*"; }
 
@@ -82,6 +86,11 @@ harness_init() {
 
 harness_exit() {
   local status=$?
+  if [[ -n "$BOUNDED_PID" ]]; then
+    kill -TERM "$BOUNDED_PID" 2>/dev/null || true
+    wait "$BOUNDED_PID" 2>/dev/null || true
+  fi
+  [[ -z "$WATCHDOG_PID" ]] || kill -TERM "$WATCHDOG_PID" 2>/dev/null || true
   cluster_down
   if [[ -n "$WORK_DIR" ]]; then
     if ((status == 0)) && [[ -z "${KEEP_SLURM_TEST:-}" ]]; then
@@ -90,6 +99,32 @@ harness_exit() {
       log "kept $WORK_DIR" >&2
     fi
   fi
+  return "$status"
+}
+
+# CTest ends a test that overruns its TIMEOUT with SIGKILL, which would leave the cluster's daemons (and
+# a job holding both cores) running; a TERM before that runs the EXIT handler. The check every second
+# keeps the watchdog's last sleep short once it is ended.
+start_watchdog() {
+  local seconds=$1 main=$$
+  (
+    trap - EXIT HUP INT TERM
+    deadline=$((SECONDS + seconds))
+    while ((SECONDS < deadline)); do sleep 1; done
+    log "deadline: still running after ${seconds}s, stopping" >&2
+    kill -TERM "$main"
+  ) </dev/null &
+  WATCHDOG_PID=$!
+}
+
+# In the background with `wait`, so that a TERM is handled at once rather than when CMD ends.
+run_bounded() {
+  local seconds=$1 output=$2 status=0
+  shift 2
+  timeout "$seconds" "$@" >"$output" 2>&1 &
+  BOUNDED_PID=$!
+  wait "$BOUNDED_PID" || status=$?
+  BOUNDED_PID=
   return "$status"
 }
 
