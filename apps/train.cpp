@@ -1,5 +1,6 @@
 // `mpicnn train`: data-parallel training. Every rank holds a full replica, trains on its slice of
 // each global batch and sums the gradient arena with the other ranks every step.
+#include <chrono>
 #include <csignal>
 #include <cmath>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include "core/parallel.hpp"
 #include "core/training.hpp"
 #include "datasets/reader.hpp"
+#include "distributed/exact_sum.hpp"
 #include "distributed/grad_sync.hpp"
 #include "io/checkpoint.hpp"
 
@@ -54,7 +56,9 @@ std::vector<Key> train_keys() {
       {"train.log_interval", "100", "steps between progress lines and metrics records"},
       {"train.max_steps", "0", "stop after this many global steps (0 = no limit)"},
       {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
-      {"train.bucket_kb", "256", "gradient allreduce bucket size; buckets start while backward runs"},
+      {"train.reduction", "exact", "gradient sum across ranks: exact (bitwise the same for any rank count) or fast (overlapped with backward, rounding depends on the rank count)"},
+      {"train.micro_batch", "16", "exact reduction: samples per micro-batch, the unit whose gradients are summed exactly"},
+      {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
       {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
       {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
       {"loss.kind", "cross_entropy", "cross_entropy (softmax classification) or mse (regression)"},
@@ -82,7 +86,8 @@ struct TrainConfig {
   std::string data_path, train_split, eval_split, spec, init, run_dir, resume;
   std::vector<double> mean, std;
   bool normalize, random_flip, prefetch;
-  int random_crop_pad, epochs, global_batch, threads, eval_batch, keep;
+  int random_crop_pad, epochs, global_batch, threads, eval_batch, keep, micro_batch;
+  bool exact_reduction;
   long log_interval, max_steps, every_steps;
   std::size_t cache_bytes, bucket_bytes;
   std::uint64_t seed;
@@ -117,6 +122,8 @@ TrainConfig read_config(const Settings& s) {
   c.eval_batch = int(s.integer("train.eval_batch", 1));
   c.bucket_bytes = std::size_t(s.integer("train.bucket_kb", 0)) << 10;
   c.collective_timeout = s.real("train.collective_timeout", 0);
+  c.exact_reduction = s.choice("train.reduction", {"exact", "fast"}) == "exact";
+  c.micro_batch = int(s.integer("train.micro_batch", 1));
   c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
   c.loss.kind = s.choice("loss.kind", {"cross_entropy", "mse"});
   for (double w : s.reals("loss.class_weights")) c.loss.class_weights.push_back(float(w));
@@ -173,17 +180,21 @@ class Trainer {
     if (!warning.empty() && comm.is_root()) std::fprintf(stderr, "%s\n", warning.c_str());
     reader_ = std::make_unique<data::TrainReader>(data::ReaderOptions{
         c_.data_path, c_.train_split, c_.global_batch, comm.rank(), comm.size(), c_.seed, true, c_.normalize, c_.mean,
-        c_.std, c_.random_flip, c_.random_crop_pad, c_.cache_bytes, c_.prefetch});
+        c_.std, c_.random_flip, c_.random_crop_pad, c_.cache_bytes, c_.prefetch, c_.exact_reduction ? c_.micro_batch : 1});
     const data::DatasetInfo& info = reader_->info();
     meta_ = {"", info.shape, c_.loss.kind, c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,
              info.class_names};
     if (!c_.normalize) meta_.mean.assign(info.shape.c, 0.0), meta_.std.assign(info.shape.c, 1.0);
-    model_ = std::make_unique<core::Model>(c_.spec, info.shape, reader_->capacity());
+    model_ = std::make_unique<core::Model>(c_.spec, info.shape,
+                                           c_.exact_reduction ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
     meta_.spec = model_->canonical_spec();
     check_output_fits(info);
     optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params().size());
     sync_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
+    if (c_.exact_reduction)
+      exact_ = std::make_unique<dist::ExactGradientSum>(comm, model_->params(),
+                                                        (reader_->capacity() + c_.micro_batch - 1) / c_.micro_batch);
     if (!c_.eval_split.empty())
       eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
           c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
@@ -306,26 +317,80 @@ class Trainer {
   }
 
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
-    model_->params().zero_grads();
-    const core::BatchView view{batch.images.data(), batch.labels.empty() ? nullptr : batch.labels.data(),
-                               batch.targets.size() ? batch.targets.data() : nullptr, batch.count};
-    const core::LossSum local = worker.accumulate(view, c_.loss, [this](int layer) { sync_->layer_done(layer); });
     StepResult r;
-    watchdog_->arrived(state_.global_step);
-    r.comm_wait = sync_->finish(*watchdog_);
-    // One small allreduce carries the loss sums and the stop request, so all ranks stop together.
-    double totals[4] = {local.sum, local.normalizer, local.correct, double(stop_signal != 0)};
+    const core::LossSum local = exact_ ? accumulate_micro_batches(worker, batch) : accumulate_overlapped(worker, batch, &r);
+    // One small allreduce carries the loss sums, the class histogram and the stop request, so all
+    // ranks stop together and divide by the same normaliser.
+    std::vector<double> totals = {local.sum, local.correct, double(stop_signal != 0)};
+    append_histogram(batch, &totals);
     MPI_Request request;
-    dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals, 4, MPI_DOUBLE, MPI_SUM, comm_.handle(), &request), "MPI_Iallreduce");
+    dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
+                "MPI_Iallreduce");
     watchdog_->wait(std::span<MPI_Request>(&request, 1), "the loss allreduce");
-    r.loss = totals[0] / totals[1];
-    r.accuracy = c_.loss.kind == "cross_entropy" ? totals[2] / batch.global_count : NAN;
-    r.stop = totals[3] > 0;
+    if (exact_) {
+      const auto start = std::chrono::steady_clock::now();
+      exact_->reduce(model_->params(), (batch.global_count + c_.micro_batch - 1) / c_.micro_batch, *watchdog_);
+      r.comm_wait = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    const double normalizer = global_normalizer(totals, batch.global_count);
+    r.loss = totals[0] / normalizer;
+    r.accuracy = c_.loss.kind == "cross_entropy" ? totals[1] / batch.global_count : NAN;
+    r.stop = totals[2] > 0;
     if (!std::isfinite(r.loss)) non_finite(r.loss);
-    core::scale_gradients(model_->params(), 1.0 / totals[1]);
+    core::scale_gradients(model_->params(), 1.0 / normalizer);
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
     optimizer_->step(model_->params(), r.lr);
     return r;
+  }
+
+  // The whole local batch at once; each bucket's allreduce starts as soon as backward has
+  // finished its layers, overlapping the rest of backward.
+  core::LossSum accumulate_overlapped(core::GradientWorker& worker, const data::Batch& batch, StepResult* r) {
+    model_->params().zero_grads();
+    const core::LossSum local = worker.accumulate(view_of(batch, 0, batch.count), c_.loss,
+                                                  [this](int layer) { sync_->layer_done(layer); });
+    watchdog_->arrived(state_.global_step);
+    r->comm_wait = sync_->finish(*watchdog_);
+    return local;
+  }
+
+  // train.reduction = exact: micro-batches of fixed global positions, each one's gradient kept
+  // apart and summed exactly, so the result does not depend on which rank computed what.
+  core::LossSum accumulate_micro_batches(core::GradientWorker& worker, const data::Batch& batch) {
+    exact_->begin_step();
+    core::LossSum local;
+    for (int start = 0; start < batch.count; start += c_.micro_batch) {
+      model_->params().zero_grads();
+      const core::LossSum s = worker.accumulate(view_of(batch, start, std::min(c_.micro_batch, batch.count - start)), c_.loss);
+      local.sum += s.sum, local.correct += s.correct;
+      exact_->add(model_->params());
+    }
+    watchdog_->arrived(state_.global_step);
+    return local;
+  }
+
+  core::BatchView view_of(const data::Batch& batch, int start, int count) const {
+    const std::size_t outputs = model_->output_shape().size();
+    return {batch.images.data() + std::size_t(start) * model_->input_shape().size(),
+            batch.labels.empty() ? nullptr : batch.labels.data() + start,
+            batch.targets.size() ? batch.targets.data() + start * outputs : nullptr, count};
+  }
+
+  // Samples per class (classification), so that the normaliser (the sum of class weights over the
+  // global batch) is computed from integers, identically on every rank for any rank count.
+  void append_histogram(const data::Batch& batch, std::vector<double>* totals) const {
+    if (c_.loss.kind != "cross_entropy") return;
+    const std::size_t first = totals->size();
+    totals->resize(first + model_->output_shape().size(), 0.0);
+    for (int n = 0; n < batch.count; ++n) (*totals)[first + batch.labels[n]] += 1;
+  }
+
+  double global_normalizer(const std::vector<double>& totals, int global_count) const {
+    if (c_.loss.kind != "cross_entropy") return double(global_count) * double(model_->output_shape().size());
+    double normalizer = 0;
+    for (std::size_t k = 0; k + 3 < totals.size(); ++k)
+      normalizer += totals[3 + k] * (c_.loss.class_weights.empty() ? 1.0 : c_.loss.class_weights[k]);
+    return normalizer;
   }
 
   [[noreturn]] void non_finite(double loss) {
@@ -425,6 +490,7 @@ class Trainer {
   std::unique_ptr<core::Optimizer> optimizer_;
   std::unique_ptr<dist::GradientSync> sync_;
   std::unique_ptr<dist::Watchdog> watchdog_;
+  std::unique_ptr<dist::ExactGradientSum> exact_;
   io::ModelMeta meta_;
   io::TrainerState state_;
   long steps_per_epoch_ = 0, total_steps_ = 0;
