@@ -12,29 +12,45 @@ namespace {
 
 using gemm::round_up;
 
-// Copy runs of im2row/im2col are written 8 (float) or 4 (double) elements at a time; a run that is
+// Copy runs of im2col are written 8 (float) or 4 (double) elements at a time; a run that is
 // shorter spills into the next run's place, which is written afterwards. The last run of a buffer
 // spills past it: every buffer has this much slack.
 constexpr std::size_t kSlack = 64;
 
+bool is_pointwise_geometry(const ConvGeometry& g) {
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride == 1 && g.pad == 0;
+}
+bool is_pointwise(const ConvGeometry& g) { return is_pointwise_geometry(g); }
+
 // Leading dimensions: columns rounded up so a register tile never reads past a row's end.
 std::size_t pixels_ld(const ConvGeometry& g) { return round_up(g.out_pixels(), gemm::kColPad); }
 std::size_t rows_ld(const ConvGeometry& g) { return round_up(g.col_rows(), gemm::kColPad); }
+std::size_t filters_ld(const ConvGeometry& g) { return round_up(g.filters, gemm::kColPad); }
+// Filters of dY^T and of the transposed weight gradient partial: whole register tiles (32 filters
+// of 2 float vectors for up to 32 filters, else 64 of 4; for double 16/32, which these cover).
+std::size_t taps_ld(const ConvGeometry& g) { return round_up(g.filters, g.filters > 32 ? 64 : 32); }
 
-bool is_pointwise(const ConvGeometry& g) {
-  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride == 1 && g.pad == 0;
+// Stride 1, no padding, whole rows of 8 output pixels: the forward pass reads its input straight
+// from the image, and the input gradient is scattered from the register tiles (no im2col, no
+// col_grad buffer). Forward only for deep enough filters: each tile ends with a transposing store.
+bool is_dense_rows(const ConvGeometry& g) {
+  return g.stride == 1 && g.pad == 0 && g.out_w % gemm::kRows == 0 && !is_pointwise_geometry(g);
 }
+bool forward_reads_image(const ConvGeometry& g) { return is_dense_rows(g) && g.col_rows() >= 128; }
+
 
 // Workspace layout (elements; every part starts 64-byte aligned for float and double):
 //   packed weights (K rows, C*R*S deep) for the forward pass,
 //   packed transposed weights (C*R*S rows, K deep) for the input gradient,
-//   per chunk: columns  max of im2col (C*R*S, ldP) and im2row (OH*OW, ldCRS), plus slack
+//   transposed weights (C*R*S, ldK) and the bias padded to ldK, for the forward pass from the image,
+//   per chunk: columns  im2col (C*R*S, ldP) or an im2row tile (kDepthBlock, kColPad), plus slack
 //              col_grad (C*R*S, ldP)
-//              packed output gradient (K rows, OH*OW deep)
-//              weight gradient partial (K, ldCRS), then bias gradient partial (K)
+//              packed output gradient (K rows, OH*OW deep), or dY^T (OH*OW, ldT)
+//              weight gradient partial (K, ldCRS) or its transpose (C*R*S, ldT); bias partial (K)
+//              a padded copy of the output gradient's last pixels (K, kColPad)
 struct Layout {
-  std::size_t packed_w, packed_wt, chunk_base, chunk_size;
-  std::size_t columns, col_grad, packed_dy, weight_part, bias_part;
+  std::size_t packed_w, packed_wt, weight_rows, bias_row, chunk_base, chunk_size;
+  std::size_t columns, col_grad, packed_dy, weight_part, bias_part, dy_tail;
 };
 
 std::size_t aligned(std::size_t n) { return round_up(n, 16); }
@@ -44,25 +60,29 @@ Layout layout(const ConvGeometry& g) {
   Layout l{};
   l.packed_w = 0;
   l.packed_wt = aligned(gemm::packed_size(K, CRS));
-  l.chunk_base = l.packed_wt + aligned(gemm::packed_size(CRS, K));
+  l.weight_rows = l.packed_wt + aligned(gemm::packed_size(CRS, K));
+  l.bias_row = l.weight_rows + aligned(CRS * filters_ld(g));
+  l.chunk_base = l.bias_row + aligned(filters_ld(g));
   l.columns = 0;
-  l.col_grad = l.columns + aligned(std::max(CRS * pixels_ld(g), P * rows_ld(g)) + kSlack);
+  l.col_grad = l.columns + aligned(std::max<std::size_t>(CRS * pixels_ld(g), gemm::kDepthBlock * gemm::kColPad) + kSlack);
   l.packed_dy = l.col_grad + aligned(CRS * pixels_ld(g));
-  l.weight_part = l.packed_dy + aligned(gemm::packed_size(K, P));
-  l.bias_part = l.weight_part + K * rows_ld(g);
-  l.chunk_size = aligned(l.bias_part + K);
+  l.weight_part = l.packed_dy + aligned(std::max(gemm::packed_size(K, P), P * taps_ld(g)));
+  l.bias_part = l.weight_part + aligned(std::max(K * rows_ld(g), CRS * taps_ld(g)));
+  l.dy_tail = l.bias_part + aligned(K);
+  l.chunk_size = aligned(l.dy_tail + std::size_t(K) * gemm::kColPad);
   return l;
 }
 
 struct ChunkSpace {
   template <class T>
   struct Of {
-    T *columns, *col_grad, *packed_dy, *weight_part, *bias_part;
+    T *columns, *col_grad, *packed_dy, *weight_part, *bias_part, *dy_tail;
   };
   template <class T>
   static Of<T> at(T* workspace, const Layout& l, int chunk) {
     T* base = workspace + l.chunk_base + std::size_t(chunk) * l.chunk_size;
-    return {base + l.columns, base + l.col_grad, base + l.packed_dy, base + l.weight_part, base + l.bias_part};
+    return {base + l.columns,     base + l.col_grad,  base + l.packed_dy,
+            base + l.weight_part, base + l.bias_part, base + l.dy_tail};
   }
 };
 
@@ -87,18 +107,38 @@ template <class T>
   }
 }
 
+// Per filter column s, the output columns whose input column lies inside the image; computed once
+// per call (two integer divisions each) for the first kCached columns.
+class ColumnRanges {
+ public:
+  explicit ColumnRanges(const ConvGeometry& g) : g_(g) {
+    for (int s = 0; s < std::min(g.kernel_w, kCached); ++s) ranges_[s] = inside_columns(g, s);
+  }
+  ColumnRange operator[](int s) const { return s < kCached ? ranges_[s] : inside_columns(g_, s); }
+
+ private:
+  static constexpr int kCached = 16;
+  ConvGeometry g_;
+  ColumnRange ranges_[kCached];
+};
+
+// Geometry arguments are taken by value in the copy loops below: a reference could alias the
+// buffers written, and the compiler would reload its fields after every store.
+
 // col (C*R*S, ld): row (c,r,s) holds the input pixel each output pixel sees through filter tap (r,s).
 template <class T>
-void im2col_ld(T* col, const T* image, const ConvGeometry& g, std::size_t ld) {
+void im2col_ld(T* col, const T* image, const ConvGeometry g, std::size_t ld) {
   const int OH = g.out_h, OW = g.out_w;
   const T* image_end = image + g.in_size();
   constexpr int kRun = int(32 / sizeof(T));
+  const ColumnRanges inside(g);
   for (int c = 0; c < g.in_channels; ++c)
     for (int r = 0; r < g.kernel_h; ++r)
       for (int s = 0; s < g.kernel_w; ++s) {
         T* row = col + ((std::size_t(c) * g.kernel_h + r) * g.kernel_w + s) * ld;
         const T* plane = image + std::size_t(c) * g.height * g.width;
-        const auto [ow_begin, ow_end] = inside_columns(g, s);
+        const auto [ow_begin, ow_end] = inside[s];
+        const int n = ow_end - ow_begin;
         for (int oh = 0; oh < OH; ++oh) {
           T* dst = row + std::size_t(oh) * OW;
           const int ih = oh * g.stride - g.pad + r;
@@ -106,70 +146,151 @@ void im2col_ld(T* col, const T* image, const ConvGeometry& g, std::size_t ld) {
             std::fill(dst, dst + OW, T(0));
             continue;
           }
-          const T* src = plane + std::size_t(ih) * g.width - g.pad + s;
-          std::fill(dst, dst + ow_begin, T(0));
+          const T* src = plane + std::size_t(ih) * g.width - g.pad + s + ow_begin * g.stride;
+          for (int ow = 0; ow < ow_begin; ++ow) dst[ow] = T(0);
           if (g.stride == 1) {
             // Runs are written in increasing order, so an over-long write is overwritten later.
-            const int n = ow_end - ow_begin;
-            copy_run(dst + ow_begin, src + ow_begin, n, src + ow_begin + kRun <= image_end);
+            copy_run(dst + ow_begin, src, n, src + kRun <= image_end);
           } else {
-            for (int ow = ow_begin; ow < ow_end; ++ow) dst[ow] = src[ow * g.stride];
+            for (int i = 0; i < n; ++i) dst[ow_begin + i] = src[i * g.stride];
           }
-          std::fill(dst + ow_end, dst + OW, T(0));
+          for (int ow = ow_end; ow < OW; ++ow) dst[ow] = T(0);
         }
       }
 }
 
-// rows (OH*OW, ld): row p holds the input patch output pixel p sees, in (c,r,s) order.
+// rows (OH*OW, ld): row p holds the input patch output pixel p sees, in (c,r,s) order. Loops run
+// over one input row at a time, writing its S-element run into each output pixel's row.
 template <class T>
-void im2row(T* rows, const T* image, const ConvGeometry& g, std::size_t ld) {
-  const int R = g.kernel_h, S = g.kernel_w;
+void im2row(T* rows, const T* image, const ConvGeometry g, std::size_t ld) {
+  const int R = g.kernel_h, S = g.kernel_w, OW = g.out_w;
   const T* image_end = image + g.in_size();
   constexpr int kRun = int(32 / sizeof(T));
-  for (int oh = 0; oh < g.out_h; ++oh)
-    for (int ow = 0; ow < g.out_w; ++ow) {
-      T* dst = rows + (std::size_t(oh) * g.out_w + ow) * ld;
-      const int h0 = oh * g.stride - g.pad, w0 = ow * g.stride - g.pad;
-      const bool inside_w = w0 >= 0 && w0 + S <= g.width;
-      for (int c = 0; c < g.in_channels; ++c)
-        for (int r = 0; r < R; ++r) {
-          T* d = dst + (c * R + r) * S;
-          const int ih = h0 + r;
-          if (ih < 0 || ih >= g.height) {
-            std::fill(d, d + S, T(0));
-            continue;
-          }
-          const T* src = image + (std::size_t(c) * g.height + ih) * g.width + w0;
-          if (inside_w) {
-            copy_run(d, src, S, src + kRun <= image_end);
-          } else {
-            for (int s = 0; s < S; ++s) d[s] = (w0 + s >= 0 && w0 + s < g.width) ? src[s] : T(0);
-          }
+  // Output columns whose whole run lies inside the input row.
+  const int ow_lo = std::min(OW, (g.pad + g.stride - 1) / g.stride);
+  const int ow_hi = std::max(ow_lo, std::min(OW, (g.width + g.pad - S) / g.stride + 1));
+  for (int oh = 0; oh < g.out_h; ++oh) {
+    T* row0 = rows + std::size_t(oh) * OW * ld;
+    for (int c = 0; c < g.in_channels; ++c)
+      for (int r = 0; r < R; ++r) {
+        const int offset = (c * R + r) * S;
+        const int ih = oh * g.stride - g.pad + r;
+        if (ih < 0 || ih >= g.height) {
+          for (int ow = 0; ow < OW; ++ow) std::fill_n(row0 + ow * ld + offset, S, T(0));
+          continue;
         }
-    }
+        const T* src_row = image + (std::size_t(c) * g.height + ih) * g.width;
+        auto edge = [&](int ow) {
+          T* d = row0 + ow * ld + offset;
+          const int w0 = ow * g.stride - g.pad;
+          for (int s = 0; s < S; ++s) d[s] = (w0 + s >= 0 && w0 + s < g.width) ? src_row[w0 + s] : T(0);
+        };
+        for (int ow = 0; ow < ow_lo; ++ow) edge(ow);
+        const T* src = src_row + ow_lo * g.stride - g.pad;
+        T* d = row0 + ow_lo * ld + offset;
+        // Over-long runs spill into the next run of the same row, written later; the row's last
+        // run would spill into the next row, already written.
+        const bool last = c == g.in_channels - 1 && r == R - 1;
+        if (S <= kRun && !last && src + (ow_hi - ow_lo - 1) * g.stride + kRun <= image_end) {
+          using H = typename gemm::Simd<T>::Half;
+          for (int ow = ow_lo; ow < ow_hi; ++ow, src += g.stride, d += ld)
+            *reinterpret_cast<H*>(d) = *reinterpret_cast<const H*>(src);
+        } else {
+          for (int ow = ow_lo; ow < ow_hi; ++ow, src += g.stride, d += ld) gemm::copy_short(d, src, S);
+        }
+        for (int ow = ow_hi; ow < OW; ++ow) edge(ow);
+      }
+  }
 }
 
+// Weight gradient straight from the image (stride 1, no padding, S <= 6): for one image,
+// part^T (C*R*S, ldT) (+)= sum over output pixels of its patch (C*R*S) x its dY^T row (ldT). A
+// register tile is the S taps of one filter row (c,r) by NV vectors of filters: per pixel, S
+// neighbouring input values broadcast, NV vectors of dY^T loaded. No im2row.
+bool weight_grad_reads_image(const ConvGeometry& g) {
+  return g.stride == 1 && g.pad == 0 && g.kernel_w <= 6;
+}
+
+template <class T, int TAPS, int NV>
+void taps_tiles(T* part, const T* image, const T* dyt, const ConvGeometry g, bool first) {
+  constexpr int L = gemm::kLanes<T>;
+  const std::size_t ldk = taps_ld(g), plane = std::size_t(g.height) * g.width;
+  for (int k0 = 0; k0 < g.filters; k0 += NV * L)
+    for (int c = 0; c < g.in_channels; ++c)
+      for (int r = 0; r < g.kernel_h; ++r) {
+        T* out = part + std::size_t((c * g.kernel_h + r) * TAPS) * ldk + k0;
+        gemm::Vec<T> acc[TAPS][NV];
+#pragma GCC unroll 8
+        for (int t = 0; t < TAPS; ++t)
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) acc[t][j] = first ? gemm::Vec<T>{} : gemm::load(out + t * ldk + j * L);
+        const T* b = dyt + k0;
+        for (int oh = 0; oh < g.out_h; ++oh) {
+          const T* a = image + c * plane + std::size_t(oh + r) * g.width;
+          for (int ow = 0; ow < g.out_w; ++ow, ++a, b += ldk) {
+            gemm::Vec<T> bv[NV];
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; ++j) bv[j] = gemm::load(b + j * L);
+#pragma GCC unroll 8
+            for (int t = 0; t < TAPS; ++t) {
+              const gemm::Vec<T> at = gemm::splat(a[t]);
+#pragma GCC unroll 4
+              for (int j = 0; j < NV; ++j) acc[t][j] += at * bv[j];
+            }
+          }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < TAPS; ++t)
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) gemm::store(out + t * ldk + j * L, acc[t][j]);
+      }
+}
+
+template <class T, int NV>
+void weight_grad_from_image_nv(T* part, const T* image, const T* dyt, const ConvGeometry g, bool first) {
+  switch (g.kernel_w) {
+    case 1: return taps_tiles<T, 1, NV>(part, image, dyt, g, first);
+    case 2: return taps_tiles<T, 2, NV>(part, image, dyt, g, first);
+    case 3: return taps_tiles<T, 3, NV>(part, image, dyt, g, first);
+    case 4: return taps_tiles<T, 4, NV>(part, image, dyt, g, first);
+    case 5: return taps_tiles<T, 5, NV>(part, image, dyt, g, first);
+    default: return taps_tiles<T, 6, NV>(part, image, dyt, g, first);
+  }
+}
+
+// Columns of part^T past the K filters hold zeros (dY^T is zero-padded).
 template <class T>
-void col2im_add_ld(T* image_grad, const T* col_grad, const ConvGeometry& g, std::size_t ld) {
+void weight_grad_from_image(T* part, const T* image, const T* dyt, const ConvGeometry g, bool first) {
+  if (g.filters > 32) weight_grad_from_image_nv<T, 4>(part, image, dyt, g, first);
+  else weight_grad_from_image_nv<T, 2>(part, image, dyt, g, first);
+}
+
+// image_grad (C,H,W) += col_grad (C*R*S, ld) scattered back. Taps s run outside r, so the
+// read-modify-writes of one image row repeat at the same address and size (store forwarding works).
+template <class T>
+void col2im_add_ld(T* image_grad, const T* col_grad, const ConvGeometry g, std::size_t ld) {
   const int OH = g.out_h, OW = g.out_w;
+  const ColumnRanges inside(g);
   for (int c = 0; c < g.in_channels; ++c)
-    for (int r = 0; r < g.kernel_h; ++r)
-      for (int s = 0; s < g.kernel_w; ++s) {
-        const T* row = col_grad + ((std::size_t(c) * g.kernel_h + r) * g.kernel_w + s) * ld;
-        T* plane = image_grad + std::size_t(c) * g.height * g.width;
-        const auto [ow_begin, ow_end] = inside_columns(g, s);
+    for (int s = 0; s < g.kernel_w; ++s) {
+      const auto [ow_begin, ow_end] = inside[s];
+      const int n = ow_end - ow_begin;
+      T* plane = image_grad + std::size_t(c) * g.height * g.width - g.pad + s + ow_begin * g.stride;
+      for (int r = 0; r < g.kernel_h; ++r) {
+        const T* row = col_grad + ((std::size_t(c) * g.kernel_h + r) * g.kernel_w + s) * ld + ow_begin;
         for (int oh = 0; oh < OH; ++oh) {
           const int ih = oh * g.stride - g.pad + r;
           if (ih < 0 || ih >= g.height) continue;
           const T* src = row + std::size_t(oh) * OW;
-          T* dst = plane + std::size_t(ih) * g.width - g.pad + s;
+          T* dst = plane + std::size_t(ih) * g.width;
           if (g.stride == 1) {
-            gemm::add_short(dst + ow_begin, src + ow_begin, ow_end - ow_begin);
+            gemm::add_short(dst, src, n);
           } else {
-            for (int ow = ow_begin; ow < ow_end; ++ow) dst[ow * g.stride] += src[ow];
+            for (int i = 0; i < n; ++i) dst[i * g.stride] += src[i];
           }
         }
       }
+    }
 }
 
 }  // namespace
@@ -179,13 +300,76 @@ std::size_t conv2d_workspace_size(const ConvGeometry& g, int batch) {
   return l.chunk_base + std::size_t(conv_chunks(batch)) * l.chunk_size;
 }
 
+// Y^T tile: the 8 output pixels of one row whose first input pixel is x0 (kRows rows) by kCols
+// filters; A is read straight from the image (8 neighbouring input pixels per filter tap), B is
+// the weights transposed, (C*R*S, ldk).
+template <class T>
+[[gnu::always_inline]] inline void image_tile(gemm::Tile<T>& t, const T* x0, const T* wt, std::size_t ldk,
+                                              const ConvGeometry g) {
+  constexpr int L = gemm::kLanes<T>;
+  const std::size_t plane = std::size_t(g.height) * g.width;
+  for (int c = 0; c < g.in_channels; ++c)
+    for (int r = 0; r < g.kernel_h; ++r) {
+      const T* a = x0 + c * plane + r * g.width;
+      const T* b = wt + std::size_t((c * g.kernel_h + r) * g.kernel_w) * ldk;
+      for (int s = 0; s < g.kernel_w; ++s, ++a, b += ldk) {
+        gemm::Vec<T> bv[gemm::kColVecs];
+#pragma GCC unroll 4
+        for (int j = 0; j < gemm::kColVecs; ++j) bv[j] = gemm::load(b + j * L);
+#pragma GCC unroll 16
+        for (int i = 0; i < gemm::kRows; ++i) {
+          const gemm::Vec<T> ai = gemm::splat(a[i]);
+#pragma GCC unroll 4
+          for (int j = 0; j < gemm::kColVecs; ++j) t.acc[i][j] += ai * bv[j];
+        }
+      }
+    }
+}
+
+// out (K, OH*OW) for one image, tile by tile from image_tile; bias_row (ldk) holds the bias or zeros.
+template <class T>
+void forward_from_image(T* out, const T* x, const T* wt, const T* bias_row, const ConvGeometry g) {
+  constexpr int L = gemm::kLanes<T>, NR = gemm::kCols<T>;
+  const std::size_t ldk = filters_ld(g), P = g.out_pixels();
+  for (int k0 = 0; k0 < g.filters; k0 += NR) {
+    const int filters = std::min(NR, g.filters - k0);
+    for (int oh = 0; oh < g.out_h; ++oh)
+      for (int ow = 0; ow < g.out_w; ow += gemm::kRows) {
+        gemm::Tile<T> t;
+#pragma GCC unroll 16
+        for (int i = 0; i < gemm::kRows; ++i)
+#pragma GCC unroll 4
+          for (int j = 0; j < gemm::kColVecs; ++j) t.acc[i][j] = gemm::load(bias_row + k0 + j * L);
+        image_tile(t, x + std::size_t(oh) * g.width + ow, wt + k0, ldk, g);
+        alignas(64) T local[gemm::kRows][NR];
+        for (int i = 0; i < gemm::kRows; ++i)
+          for (int j = 0; j < gemm::kColVecs; ++j) gemm::store(&local[i][j * L], t.acc[i][j]);
+        T* y = out + std::size_t(k0) * P + std::size_t(oh) * g.out_w + ow;
+        for (int k = 0; k < filters; ++k)
+          for (int i = 0; i < gemm::kRows; ++i) y[k * P + i] = local[i][k];
+      }
+  }
+}
+
 template <class T>
 void conv2d_forward(T* out, T* workspace, const T* in, const T* weight, const T* bias, const ConvGeometry& g,
                     int batch) {
   const int K = g.filters, P = int(g.out_pixels()), CRS = int(g.col_rows());
   const Layout l = layout(g);
+  const bool from_image = forward_reads_image(g);
   T* packed_w = workspace + l.packed_w;
-  gemm::pack_rows(packed_w, weight, CRS, K, CRS);
+  T* weight_rows = workspace + l.weight_rows;
+  T* bias_row = workspace + l.bias_row;
+  if (from_image) {
+    const std::size_t ldk = filters_ld(g);
+    for (int crs = 0; crs < CRS; ++crs) {
+      for (int k = 0; k < K; ++k) weight_rows[crs * ldk + k] = weight[std::size_t(k) * CRS + crs];
+      std::fill(weight_rows + crs * ldk + K, weight_rows + (crs + 1) * ldk, T(0));
+    }
+    for (std::size_t k = 0; k < ldk; ++k) bias_row[k] = bias && int(k) < K ? bias[k] : T(0);
+  } else {
+    gemm::pack_rows(packed_w, weight, CRS, K, CRS);
+  }
   const std::size_t ld = pixels_ld(g);
   const double flops = 2.0 * K * P * CRS * kConvChunk;
   parallel_for(conv_chunks(batch), flops, [&](std::size_t chunk) {
@@ -193,15 +377,64 @@ void conv2d_forward(T* out, T* workspace, const T* in, const T* weight, const T*
     const int end = std::min(batch, int(chunk + 1) * kConvChunk);
     for (int n = int(chunk) * kConvChunk; n < end; ++n) {
       const T* x = in + n * g.in_size();
+      T* y = out + n * g.out_size();
       const gemm::Start start = bias ? gemm::Start::row_bias : gemm::Start::zero;
-      if (is_pointwise(g)) {
-        gemm::multiply(out + n * g.out_size(), P, packed_w, x, P, K, P, CRS, start, bias, false);
+      if (from_image) {
+        forward_from_image(y, x, weight_rows, bias_row, g);
+      } else if (is_pointwise(g)) {
+        gemm::multiply(y, P, packed_w, x, P, K, P, CRS, start, bias, false);
       } else {
         im2col_ld(ws.columns, x, g, ld);
-        gemm::multiply(out + n * g.out_size(), P, packed_w, ws.columns, ld, K, P, CRS, start, bias, true);
+        gemm::multiply(y, P, packed_w, ws.columns, ld, K, P, CRS, start, bias, true);
       }
     }
   });
+}
+
+// dx (C,H,W) = col2im(W^T (C*R*S, K) * dY (K, P)), each register tile scattered as it is
+// computed (is_dense_rows geometry: every output pixel's patch lies inside the image).
+// dy_tail: (K, kColPad) scratch for the last, partial tile of pixels.
+template <class T>
+void input_grad_scattered(T* dx, const T* dy, const T* packed_wt, T* dy_tail, const ConvGeometry g) {
+  constexpr int NR = gemm::kCols<T>, R8 = gemm::kRows;
+  const int K = g.filters, P = int(g.out_pixels()), CRS = int(g.col_rows());
+  const std::size_t plane = std::size_t(g.height) * g.width;
+  std::fill(dx, dx + g.in_size(), T(0));
+  for (int n0 = 0; n0 < P; n0 += NR) {
+    const int pixels = std::min(NR, P - n0);
+    const T* b = dy + n0;
+    std::size_t ldb = P;
+    if (pixels < NR) {  // the last tile reads a copy padded to full width
+      T* dst = dy_tail;
+      for (int k = 0; k < K; ++k) {
+        std::copy(dy + std::size_t(k) * P + n0, dy + std::size_t(k) * P + P, dst + k * NR);
+        std::fill(dst + k * NR + pixels, dst + (k + 1) * NR, T(0));
+      }
+      b = dst, ldb = NR;
+    }
+    // Each group of 8 pixels lies in one output row: where its patch starts in the image.
+    std::size_t group_at[NR / R8];
+    for (int q = 0; q * R8 < pixels; ++q) {
+      const int p = n0 + q * R8;
+      group_at[q] = std::size_t(p / g.out_w) * g.width + p % g.out_w;
+    }
+    int c = 0, r = 0, s = 0;  // the filter tap of row m0
+    for (int m0 = 0; m0 < CRS; m0 += R8) {
+      gemm::Tile<T> t{};
+      gemm::multiply_tile(t, K, packed_wt + std::size_t(m0) * K, b, ldb);
+      alignas(64) T local[R8][NR];
+      for (int i = 0; i < R8; ++i)
+        for (int j = 0; j < gemm::kColVecs; ++j) gemm::store(&local[i][j * gemm::kLanes<T>], t.acc[i][j]);
+      for (int i = 0; i < R8 && m0 + i < CRS; ++i) {
+        T* base = dx + c * plane + r * g.width + s;
+        for (int q = 0; q * R8 < pixels; ++q) gemm::add_short(base + group_at[q], &local[i][q * R8], R8);
+        if (++s == g.kernel_w) {
+          s = 0;
+          if (++r == g.kernel_h) r = 0, ++c;
+        }
+      }
+    }
+  }
 }
 
 template <class T>
@@ -213,6 +446,7 @@ void conv2d_backward(T* in_grad, T* weight_grad, T* bias_grad, T* workspace, con
   T* packed_wt = workspace + l.packed_wt;
   if (in_grad) gemm::pack_columns(packed_wt, weight, CRS, CRS, K);
   const std::size_t ld_p = pixels_ld(g), ld_crs = rows_ld(g);
+  const bool transposed_part = weight_grad_reads_image(g);
   const double flops = (in_grad ? 4.0 : 2.0) * K * P * CRS * kConvChunk;
   parallel_for(chunks, flops, [&](std::size_t chunk) {
     const auto ws = ChunkSpace::at(workspace, l, int(chunk));
@@ -221,11 +455,18 @@ void conv2d_backward(T* in_grad, T* weight_grad, T* bias_grad, T* workspace, con
       const T* dy = out_grad + n * g.out_size();
       const T* x = in + n * g.in_size();
       const bool first = n == begin;
-      // weight_part (K, CRS) (+)= dY (K, P) * im2row (P, CRS)
-      gemm::pack_rows(ws.packed_dy, dy, P, K, P);
-      im2row(ws.columns, x, g, ld_crs);
-      gemm::multiply(ws.weight_part, ld_crs, ws.packed_dy, ws.columns, ld_crs, K, CRS, P,
-                     first ? gemm::Start::zero : gemm::Start::accumulate, static_cast<const T*>(nullptr), true);
+      if (transposed_part) {
+        const std::size_t ldt = taps_ld(g);
+        gemm::transpose(ws.packed_dy, ldt, dy, P, K, P);
+        for (int p = 0; p < P; ++p) std::fill(ws.packed_dy + p * ldt + K, ws.packed_dy + (p + 1) * ldt, T(0));
+        weight_grad_from_image(ws.weight_part, x, ws.packed_dy, g, first);
+      } else {
+        // weight_part (K, CRS) (+)= dY (K, P) * im2row (P, CRS)
+        gemm::pack_rows(ws.packed_dy, dy, P, K, P);
+        im2row(ws.columns, x, g, ld_crs);
+        gemm::multiply(ws.weight_part, ld_crs, ws.packed_dy, ws.columns, ld_crs, K, CRS, P,
+                       first ? gemm::Start::zero : gemm::Start::accumulate, static_cast<const T*>(nullptr), true);
+      }
       for (int k = 0; k < K; ++k) {
         const T sum = gemm::sum(dy + std::size_t(k) * P, P);
         ws.bias_part[k] = first ? sum : ws.bias_part[k] + sum;
@@ -237,13 +478,41 @@ void conv2d_backward(T* in_grad, T* weight_grad, T* bias_grad, T* workspace, con
         gemm::multiply(dx, P, packed_wt, dy, P, CRS, P, K, gemm::Start::zero, static_cast<const T*>(nullptr), false);
         continue;
       }
+      if (is_dense_rows(g)) {
+        input_grad_scattered(dx, dy, packed_wt, ws.dy_tail, g);
+        continue;
+      }
       gemm::multiply(ws.col_grad, ld_p, packed_wt, dy, P, CRS, P, K, gemm::Start::zero, static_cast<const T*>(nullptr),
                      false);
       std::fill(dx, dx + g.in_size(), T(0));
       col2im_add_ld(dx, ws.col_grad, g, ld_p);
     }
   });
-  // Sum the chunk partials in chunk order, split over filters.
+  // Sum the chunk partials in chunk order.
+  if (transposed_part) {
+    // Blocks of 16 patch elements by 64 filters: sum the part^T blocks, then add them transposed
+    // into dW (K, CRS).
+    const std::size_t ldt = taps_ld(g);
+    constexpr int kBlock = 16, kFilters = 64;
+    parallel_for((CRS + kBlock - 1) / kBlock, 2.0 * kBlock * K * chunks, [&](std::size_t block) {
+      const int i0 = int(block) * kBlock, rows = std::min(kBlock, CRS - i0);
+      for (int k0 = 0; k0 < K; k0 += kFilters) {
+        const int filters = std::min(kFilters, K - k0);
+        alignas(64) T total[kBlock][kFilters];
+        for (int c = 0; c < chunks; ++c) {
+          const T* part = ChunkSpace::at(workspace, l, c).weight_part + std::size_t(i0) * ldt + k0;
+          for (int i = 0; i < rows; ++i)
+            for (int k = 0; k < filters; ++k) total[i][k] = (c ? total[i][k] : T(0)) + part[i * ldt + k];
+        }
+        for (int k = 0; k < filters; ++k)
+          for (int i = 0; i < rows; ++i) weight_grad[std::size_t(k0 + k) * CRS + i0 + i] += total[i][k];
+      }
+    });
+    if (bias_grad)
+      for (int k = 0; k < K; ++k)
+        for (int c = 0; c < chunks; ++c) bias_grad[k] += ChunkSpace::at(workspace, l, c).bias_part[k];
+    return;
+  }
   parallel_for(K, 2.0 * CRS * chunks, [&](std::size_t k) {
     T* __restrict dw = weight_grad + k * CRS;
     for (int c = 0; c < chunks; ++c) {

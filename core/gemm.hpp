@@ -96,6 +96,44 @@ T sum(const T* __restrict p, int n) {
   return total;
 }
 
+// dst (cols, rows) = transpose of src (rows, cols), in 8x8 blocks of vector shuffles.
+template <class T>
+void transpose(T* __restrict dst, std::size_t ldd, const T* __restrict src, std::size_t lds, int rows, int cols) {
+  typedef T V8 __attribute__((vector_size(8 * sizeof(T))));
+  typedef T V8u __attribute__((vector_size(8 * sizeof(T)), aligned(sizeof(T)), may_alias));
+  using I = decltype(V8{} > V8{});
+  const I lo1 = {0, 8, 1, 9, 2, 10, 3, 11}, hi1 = {4, 12, 5, 13, 6, 14, 7, 15};
+  const I lo2 = {0, 1, 8, 9, 2, 3, 10, 11}, hi2 = {4, 5, 12, 13, 6, 7, 14, 15};
+  const I lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  int i0 = 0;
+  for (; i0 + 8 <= rows; i0 += 8) {
+    int j0 = 0;
+    for (; j0 + 8 <= cols; j0 += 8) {
+      V8 r[8], u[8], v[8];
+      for (int i = 0; i < 8; ++i) r[i] = *reinterpret_cast<const V8u*>(src + (i0 + i) * lds + j0);
+      for (int k = 0; k < 4; ++k) {
+        u[2 * k] = __builtin_shuffle(r[2 * k], r[2 * k + 1], lo1);
+        u[2 * k + 1] = __builtin_shuffle(r[2 * k], r[2 * k + 1], hi1);
+      }
+      // v[0..3]: rows 0-3, columns (0,1) (2,3) (4,5) (6,7); v[4..7]: the same for rows 4-7.
+      for (int h = 0; h < 2; ++h) {
+        v[4 * h + 0] = __builtin_shuffle(u[4 * h], u[4 * h + 2], lo2);
+        v[4 * h + 1] = __builtin_shuffle(u[4 * h], u[4 * h + 2], hi2);
+        v[4 * h + 2] = __builtin_shuffle(u[4 * h + 1], u[4 * h + 3], lo2);
+        v[4 * h + 3] = __builtin_shuffle(u[4 * h + 1], u[4 * h + 3], hi2);
+      }
+      for (int k = 0; k < 4; ++k) {
+        *reinterpret_cast<V8u*>(dst + (j0 + 2 * k) * ldd + i0) = __builtin_shuffle(v[k], v[4 + k], lo4);
+        *reinterpret_cast<V8u*>(dst + (j0 + 2 * k + 1) * ldd + i0) = __builtin_shuffle(v[k], v[4 + k], hi4);
+      }
+    }
+    for (; j0 < cols; ++j0)
+      for (int i = 0; i < 8; ++i) dst[j0 * ldd + i0 + i] = src[(i0 + i) * lds + j0];
+  }
+  for (; i0 < rows; ++i0)
+    for (int j = 0; j < cols; ++j) dst[j * ldd + i0] = src[i0 * lds + j];
+}
+
 // Packs rows of a row-major matrix src (M,K), leading dimension lds, into kRows-row panels.
 template <class T>
 void pack_rows(T* __restrict packed, const T* __restrict src, std::size_t lds, int m, int k) {
@@ -172,7 +210,7 @@ void tile(T* c, std::size_t ldc, const T* a, const T* b, std::size_t ldb, int ro
 #pragma GCC unroll 4
     for (int j = 0; j < kColVecs; ++j) {
       if (start == Start::zero) t.acc[i][j] = Vec<T>{};
-      else if (start == Start::row_bias) t.acc[i][j] = splat(i < rows ? bias[i] : T(0));
+      else if (start == Start::row_bias) t.acc[i][j] = splat(bias && i < rows ? bias[i] : T(0));
       else t.acc[i][j] = load(cc + i * ldcc + j * L);
     }
   if (cols == NR || b_readable) {
