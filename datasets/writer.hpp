@@ -1,0 +1,88 @@
+#pragma once
+// Writes the mpicnn dataset format (datasets/README.md): one HDF5 file, splits /train, /test and
+// optional /val, each with images (N,C,H,W) uint8 or float32 chunked along N and gzip-compressed,
+// and labels (N) int32 or targets (N,K) float32. The converters and the tests write through here.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/tensor.hpp"
+#include "datasets/h5.hpp"
+
+namespace mpicnn::data {
+
+inline constexpr const char* kFormatName = "mpicnn-dataset";
+inline constexpr int kFormatVersion = 1;
+
+struct WriterOptions {
+  int compression_level = 4;  // gzip 1..9; 0 writes chunks uncompressed
+  int chunk_samples = 0;      // samples per chunk; 0 = automatic (see chunk_samples_for)
+};
+
+// The automatic chunk length: about 1 KiB of stored pixels, so one sample for any image of 28x28
+// or more, at most 256 samples, rounded down to a power of two. The readers shuffle globally, so
+// a random sample costs the inflation of its whole chunk: measured here, a 784-byte sample costs
+// 10 us alone in its chunk and 45 us in a chunk of 8 (bench/reader_bench.sh); one sample per
+// chunk makes the Fashion-MNIST file 17% larger than chunks of 256.
+int chunk_samples_for(const core::Shape& shape, bool uint8);
+
+struct DatasetMeta {
+  int num_classes = 0;                   // 0 for regression
+  std::vector<std::string> class_names;  // empty or num_classes names
+};
+
+// Usage: DatasetWriter w(path, meta); w.begin_split("train", shape, n, true); w.append(...) until
+// n samples; w.begin_split("test", ...); ...; w.finish(). The file is written as "<path>.partial"
+// and renamed to `path` by finish(), so an interrupted conversion never leaves a file that looks
+// complete. Memory: whole chunks of at least 64 KiB.
+class DatasetWriter {
+ public:
+  DatasetWriter(const std::string& path, DatasetMeta meta, WriterOptions options = {});
+  ~DatasetWriter();  // without finish(): removes the partial file
+  DatasetWriter(const DatasetWriter&) = delete;
+  DatasetWriter& operator=(const DatasetWriter&) = delete;
+
+  // target_size 0: the split has labels (N) int32; K > 0: targets (N,K) float32.
+  void begin_split(const std::string& split, core::Shape shape, std::size_t count, bool uint8, int target_size = 0);
+  // Appends samples: images (n,C,H,W) in the split's dtype, with n labels or n*K targets.
+  void append(std::span<const std::uint8_t> images, std::span<const std::int32_t> labels);
+  void append(std::span<const float> images, std::span<const std::int32_t> labels);
+  void append_targets(std::span<const std::uint8_t> images, std::span<const float> targets);
+  void append_targets(std::span<const float> images, std::span<const float> targets);
+  // Writes the root attributes (mean and std from the train split) and renames the file.
+  void finish();
+
+ private:
+  struct Moments {  // per channel, merged with Chan et al.'s pairwise formula
+    double count = 0, mean = 0, m2 = 0;
+    void merge(double n, double block_mean, double block_m2);
+  };
+  void append_images(const void* images, std::size_t n, bool uint8);
+  void append_labels(const std::int32_t* labels, const float* targets, std::size_t n);
+  void flush_chunk();
+  void end_split();
+  std::string where() const;
+
+  std::string path_, partial_path_;
+  DatasetMeta meta_;
+  WriterOptions options_;
+  h5::Handle file_;
+  // the open split
+  std::string split_;
+  core::Shape shape_;
+  std::size_t count_ = 0, written_ = 0, buffered_ = 0, labels_written_ = 0;
+  bool uint8_ = true;
+  int target_size_ = 0;
+  int chunk_samples_ = 1;
+  h5::Handle images_, labels_;
+  std::size_t buffer_samples_ = 0;    // whole chunks, >= 64 KiB
+  std::vector<unsigned char> chunk_;  // buffer_samples_ samples in the stored dtype
+  std::vector<Moments> moments_;      // train split only
+  bool collect_moments_ = false;
+  std::vector<std::string> splits_done_;
+  bool finished_ = false;
+};
+
+}  // namespace mpicnn::data
