@@ -266,9 +266,13 @@ ConvertSummary convert_npz(const std::string& file, const std::string& output_pa
     split.images = zip.find(split.name + "_images.npy");
     split.labels = zip.find(split.name + "_labels.npy");
     if (!split.images && !split.labels && split.name != "train") continue;
-    if (!split.images || !split.labels)
+    if (!split.images || !split.labels) {
+      std::string members;
+      for (const npz::ZipEntry& e : zip.entries()) members += (members.empty() ? "" : ", ") + e.name;
       throw IoError(file + ": no member '" + split.name + (split.images ? "_labels" : "_images") +
-                    ".npy' (expected MedMNIST layout: train_images, train_labels, optional val_* and test_*)");
+                    ".npy' (expected MedMNIST layout: train_images, train_labels, optional val_* and test_*; found " +
+                    (members.empty() ? std::string("none") : members) + ")");
+    }
     read_npz_labels(zip, split);
     splits.push_back(std::move(split));
   }

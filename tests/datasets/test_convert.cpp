@@ -249,6 +249,7 @@ TEST(ConvertNpz, Errors) {
     FAIL();
   } catch (const IoError& e) {
     EXPECT_THAT(e.what(), HasSubstr(npz + ": no member 'train_labels.npy'"));
+    EXPECT_THAT(e.what(), HasSubstr("found train_images.npy)"));
   }
   python = run_python(dir, "import numpy as np\nnp.savez('" + npz +
                                "', train_images=np.zeros((3, 4, 4), np.float32), train_labels=np.zeros(3, np.int64))\n");
