@@ -309,10 +309,11 @@ void with_min(benchmark::internal::Benchmark* b) {
   b->ComputeStatistics("min", [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); });
 }
 
-// Batch sizes: a rank's share of the global batch 64 on 2 ranks, and the whole batch.
+// Batch sizes: the trainer's micro-batch under the exact gradient sum (train.micro_batch = 16), a
+// rank's share of the global batch 64 on 2 ranks, and the whole batch.
 void batches_threads(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "threads"});
-  for (int batch : {32, 64})
+  for (int batch : {16, 32, 64})
     for (int threads : {1, 2}) b->Args({batch, threads});
   with_min(b);
 }

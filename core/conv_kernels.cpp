@@ -44,10 +44,10 @@ bool forward_reads_image(const ConvGeometry& g) { return is_dense_rows(g) && g.c
 //   packed transposed weights (C*R*S rows, K deep) for the input gradient,
 //   transposed weights (C*R*S, ldK) and the bias padded to ldK, for the forward pass from the image,
 //   per chunk: columns  im2col (C*R*S, ldP) or an im2row tile (kDepthBlock, kColPad), plus slack
-//              col_grad (C*R*S, ldP)
+//              col_grad (C*R*S, ldP), or the forward pass's partial tiles (kConvChunk, OH*OW, ldK)
 //              packed output gradient (K rows, OH*OW deep), or dY^T (OH*OW, ldT)
 //              weight gradient partial (K, ldCRS) or its transpose (C*R*S, ldT); bias partial (K)
-//              a padded copy of the output gradient's last pixels (K, kColPad)
+//              padded copies of the output gradient's last pixels (kConvChunk, K, kColPad)
 struct Layout {
   std::size_t packed_w, packed_wt, weight_rows, bias_row, chunk_base, chunk_size;
   std::size_t columns, col_grad, packed_dy, weight_part, bias_part, dy_tail;
@@ -65,11 +65,11 @@ Layout layout(const ConvGeometry& g) {
   l.chunk_base = l.bias_row + aligned(filters_ld(g));
   l.columns = 0;
   l.col_grad = l.columns + aligned(std::max<std::size_t>(CRS * pixels_ld(g), gemm::kDepthBlock * gemm::kColPad) + kSlack);
-  l.packed_dy = l.col_grad + aligned(CRS * pixels_ld(g));
+  l.packed_dy = l.col_grad + aligned(std::max(CRS * pixels_ld(g), kConvChunk * P * filters_ld(g)));
   l.weight_part = l.packed_dy + aligned(std::max(gemm::packed_size(K, P), P * taps_ld(g)));
   l.bias_part = l.weight_part + aligned(std::max(K * rows_ld(g), CRS * taps_ld(g)));
   l.dy_tail = l.bias_part + aligned(K);
-  l.chunk_size = aligned(l.dy_tail + std::size_t(K) * gemm::kColPad);
+  l.chunk_size = aligned(l.dy_tail + std::size_t(kConvChunk) * K * gemm::kColPad);
   return l;
 }
 
@@ -305,10 +305,10 @@ std::size_t conv2d_workspace_size(const ConvGeometry& g, int batch) {
 // the weights transposed, (C*R*S, ldk).
 template <class T>
 [[gnu::always_inline]] inline void image_tile(gemm::Tile<T>& t, const T* x0, const T* wt, std::size_t ldk,
-                                              const ConvGeometry g) {
+                                              const ConvGeometry g, int c0, int c1) {
   constexpr int L = gemm::kLanes<T>;
   const std::size_t plane = std::size_t(g.height) * g.width;
-  for (int c = 0; c < g.in_channels; ++c)
+  for (int c = c0; c < c1; ++c)
     for (int r = 0; r < g.kernel_h; ++r) {
       const T* a = x0 + c * plane + r * g.width;
       const T* b = wt + std::size_t((c * g.kernel_h + r) * g.kernel_w) * ldk;
@@ -326,28 +326,48 @@ template <class T>
     }
 }
 
-// out (K, OH*OW) for one image, tile by tile from image_tile; bias_row (ldk) holds the bias or zeros.
+// out (K, OH*OW) for `count` images (consecutive in `x` and `out`), tile by tile from image_tile;
+// bias_row (ldk) holds the bias or zeros. Channels run in blocks whose weight rows stay in L1 while
+// every pixel tile of every image uses them; between blocks the tiles wait in `partial`
+// (count, OH*OW, ldk), and the last block stores them transposed into `out`.
 template <class T>
-void forward_from_image(T* out, const T* x, const T* wt, const T* bias_row, const ConvGeometry g) {
+void forward_from_image(T* out, const T* x, int count, const T* wt, const T* bias_row, T* partial,
+                        const ConvGeometry g) {
   constexpr int L = gemm::kLanes<T>, NR = gemm::kCols<T>;
+  constexpr int kBlockRows = 176;  // rows of NR weights per block: 22 KB of float
   const std::size_t ldk = filters_ld(g), P = g.out_pixels();
-  for (int k0 = 0; k0 < g.filters; k0 += NR) {
-    const int filters = std::min(NR, g.filters - k0);
-    for (int oh = 0; oh < g.out_h; ++oh)
-      for (int ow = 0; ow < g.out_w; ow += gemm::kRows) {
-        gemm::Tile<T> t;
+  const int taps = g.kernel_h * g.kernel_w;
+  const int block = std::max(1, kBlockRows / taps);
+  for (int c0 = 0; c0 < g.in_channels; c0 += block) {
+    const int c1 = std::min(g.in_channels, c0 + block);
+    for (int k0 = 0; k0 < g.filters; k0 += NR) {
+      const int filters = std::min(NR, g.filters - k0);
+      for (int n = 0; n < count; ++n)
+        for (int oh = 0; oh < g.out_h; ++oh)
+          for (int ow = 0; ow < g.out_w; ow += gemm::kRows) {
+            T* part = partial + (n * P + std::size_t(oh) * g.out_w + ow) * ldk + k0;
+            gemm::Tile<T> t;
 #pragma GCC unroll 16
-        for (int i = 0; i < gemm::kRows; ++i)
+            for (int i = 0; i < gemm::kRows; ++i)
 #pragma GCC unroll 4
-          for (int j = 0; j < gemm::kColVecs; ++j) t.acc[i][j] = gemm::load(bias_row + k0 + j * L);
-        image_tile(t, x + std::size_t(oh) * g.width + ow, wt + k0, ldk, g);
-        alignas(64) T local[gemm::kRows][NR];
-        for (int i = 0; i < gemm::kRows; ++i)
-          for (int j = 0; j < gemm::kColVecs; ++j) gemm::store(&local[i][j * L], t.acc[i][j]);
-        T* y = out + std::size_t(k0) * P + std::size_t(oh) * g.out_w + ow;
-        for (int k = 0; k < filters; ++k)
-          for (int i = 0; i < gemm::kRows; ++i) y[k * P + i] = local[i][k];
-      }
+              for (int j = 0; j < gemm::kColVecs; ++j)
+                t.acc[i][j] = c0 == 0 ? gemm::load(bias_row + k0 + j * L) : gemm::load(part + i * ldk + j * L);
+            image_tile(t, x + n * g.in_size() + std::size_t(oh) * g.width + ow, wt + k0, ldk, g, c0, c1);
+            if (c1 < g.in_channels) {
+#pragma GCC unroll 16
+              for (int i = 0; i < gemm::kRows; ++i)
+#pragma GCC unroll 4
+                for (int j = 0; j < gemm::kColVecs; ++j) gemm::store(part + i * ldk + j * L, t.acc[i][j]);
+              continue;
+            }
+            alignas(64) T local[gemm::kRows][NR];
+            for (int i = 0; i < gemm::kRows; ++i)
+              for (int j = 0; j < gemm::kColVecs; ++j) gemm::store(&local[i][j * L], t.acc[i][j]);
+            T* y = out + n * g.out_size() + std::size_t(k0) * P + std::size_t(oh) * g.out_w + ow;
+            for (int k = 0; k < filters; ++k)
+              for (int i = 0; i < gemm::kRows; ++i) y[k * P + i] = local[i][k];
+          }
+    }
   }
 }
 
@@ -374,14 +394,17 @@ void conv2d_forward(T* out, T* workspace, const T* in, const T* weight, const T*
   const double flops = 2.0 * K * P * CRS * kConvChunk;
   parallel_for(conv_chunks(batch), flops, [&](std::size_t chunk) {
     const auto ws = ChunkSpace::at(workspace, l, int(chunk));
-    const int end = std::min(batch, int(chunk + 1) * kConvChunk);
-    for (int n = int(chunk) * kConvChunk; n < end; ++n) {
+    const int begin = int(chunk) * kConvChunk, end = std::min(batch, begin + kConvChunk);
+    if (from_image) {
+      forward_from_image(out + begin * g.out_size(), in + begin * g.in_size(), end - begin, weight_rows, bias_row,
+                         ws.col_grad, g);
+      return;
+    }
+    for (int n = begin; n < end; ++n) {
       const T* x = in + n * g.in_size();
       T* y = out + n * g.out_size();
       const gemm::Start start = bias ? gemm::Start::row_bias : gemm::Start::zero;
-      if (from_image) {
-        forward_from_image(y, x, weight_rows, bias_row, g);
-      } else if (is_pointwise(g)) {
+      if (is_pointwise(g)) {
         gemm::multiply(y, P, packed_w, x, P, K, P, CRS, start, bias, false);
       } else {
         im2col_ld(ws.columns, x, g, ld);
@@ -391,46 +414,53 @@ void conv2d_forward(T* out, T* workspace, const T* in, const T* weight, const T*
   });
 }
 
-// dx (C,H,W) = col2im(W^T (C*R*S, K) * dY (K, P)), each register tile scattered as it is
-// computed (is_dense_rows geometry: every output pixel's patch lies inside the image).
-// dy_tail: (K, kColPad) scratch for the last, partial tile of pixels.
+// dx (C,H,W) = col2im(W^T (C*R*S, K) * dY (K, P)) for `count` images (consecutive in dx and dy),
+// each register tile scattered as it is computed (is_dense_rows geometry: every output pixel's
+// patch lies inside the image). A tile of dY stays in L1 while the packed W^T streams past it
+// (panels outermost, reading dY from L2, measured 30% slower). dy_tail: (count, K, kColPad)
+// scratch for the last, partial tile of pixels.
 template <class T>
-void input_grad_scattered(T* dx, const T* dy, const T* packed_wt, T* dy_tail, const ConvGeometry g) {
+void input_grad_scattered(T* dx, const T* dy, int count, const T* packed_wt, T* dy_tail, const ConvGeometry g) {
   constexpr int NR = gemm::kCols<T>, R8 = gemm::kRows;
   const int K = g.filters, P = int(g.out_pixels()), CRS = int(g.col_rows());
   const std::size_t plane = std::size_t(g.height) * g.width;
-  std::fill(dx, dx + g.in_size(), T(0));
-  for (int n0 = 0; n0 < P; n0 += NR) {
-    const int pixels = std::min(NR, P - n0);
-    const T* b = dy + n0;
-    std::size_t ldb = P;
-    if (pixels < NR) {  // the last tile reads a copy padded to full width
-      T* dst = dy_tail;
+  std::fill(dx, dx + count * g.in_size(), T(0));
+  const int tail = P % NR, full = P - tail;
+  if (tail)  // the last pixel tile reads copies padded to full width
+    for (int n = 0; n < count; ++n)
       for (int k = 0; k < K; ++k) {
-        std::copy(dy + std::size_t(k) * P + n0, dy + std::size_t(k) * P + P, dst + k * NR);
-        std::fill(dst + k * NR + pixels, dst + (k + 1) * NR, T(0));
+        const T* src = dy + n * g.out_size() + std::size_t(k) * P + full;
+        T* dst = dy_tail + (std::size_t(n) * K + k) * NR;
+        std::copy(src, src + tail, dst);
+        std::fill(dst + tail, dst + NR, T(0));
       }
-      b = dst, ldb = NR;
-    }
-    // Each group of 8 pixels lies in one output row: where its patch starts in the image.
-    std::size_t group_at[NR / R8];
-    for (int q = 0; q * R8 < pixels; ++q) {
-      const int p = n0 + q * R8;
-      group_at[q] = std::size_t(p / g.out_w) * g.width + p % g.out_w;
-    }
-    int c = 0, r = 0, s = 0;  // the filter tap of row m0
-    for (int m0 = 0; m0 < CRS; m0 += R8) {
-      gemm::Tile<T> t{};
-      gemm::multiply_tile(t, K, packed_wt + std::size_t(m0) * K, b, ldb);
-      alignas(64) T local[R8][NR];
-      for (int i = 0; i < R8; ++i)
-        for (int j = 0; j < gemm::kColVecs; ++j) gemm::store(&local[i][j * gemm::kLanes<T>], t.acc[i][j]);
-      for (int i = 0; i < R8 && m0 + i < CRS; ++i) {
-        T* base = dx + c * plane + r * g.width + s;
-        for (int q = 0; q * R8 < pixels; ++q) gemm::add_short(base + group_at[q], &local[i][q * R8], R8);
-        if (++s == g.kernel_w) {
-          s = 0;
-          if (++r == g.kernel_h) r = 0, ++c;
+  for (int n = 0; n < count; ++n) {
+    T* dxn = dx + n * g.in_size();
+    int oh = 0, ow = 0;  // the output pixel of n0
+    for (int n0 = 0; n0 < P; n0 += NR) {
+      const int pixels = std::min(NR, P - n0);
+      const T* b = pixels == NR ? dy + n * g.out_size() + n0 : dy_tail + std::size_t(n) * K * NR;
+      const std::size_t ldb = pixels == NR ? P : NR;
+      // Each group of 8 pixels lies in one output row: where its patch starts in the image.
+      std::size_t group_at[NR / R8];
+      for (int q = 0; q * R8 < pixels; ++q) {
+        group_at[q] = std::size_t(oh) * g.width + ow;
+        if ((ow += R8) == g.out_w) ow = 0, ++oh;
+      }
+      int c = 0, r = 0, s = 0;  // the filter tap of row m0
+      for (int m0 = 0; m0 < CRS; m0 += R8) {
+        gemm::Tile<T> t{};
+        gemm::multiply_tile(t, K, packed_wt + std::size_t(m0) * K, b, ldb);
+        alignas(64) T local[R8][NR];
+        for (int i = 0; i < R8; ++i)
+          for (int j = 0; j < gemm::kColVecs; ++j) gemm::store(&local[i][j * gemm::kLanes<T>], t.acc[i][j]);
+        for (int i = 0; i < R8 && m0 + i < CRS; ++i) {
+          T* base = dxn + c * plane + r * g.width + s;
+          for (int q = 0; q * R8 < pixels; ++q) gemm::add_short(base + group_at[q], &local[i][q * R8], R8);
+          if (++s == g.kernel_w) {
+            s = 0;
+            if (++r == g.kernel_h) r = 0, ++c;
+          }
         }
       }
     }
@@ -478,15 +508,15 @@ void conv2d_backward(T* in_grad, T* weight_grad, T* bias_grad, T* workspace, con
         gemm::multiply(dx, P, packed_wt, dy, P, CRS, P, K, gemm::Start::zero, static_cast<const T*>(nullptr), false);
         continue;
       }
-      if (is_dense_rows(g)) {
-        input_grad_scattered(dx, dy, packed_wt, ws.dy_tail, g);
-        continue;
-      }
+      if (is_dense_rows(g)) continue;  // after the loop, for the whole chunk
       gemm::multiply(ws.col_grad, ld_p, packed_wt, dy, P, CRS, P, K, gemm::Start::zero, static_cast<const T*>(nullptr),
                      false);
       std::fill(dx, dx + g.in_size(), T(0));
       col2im_add_ld(dx, ws.col_grad, g, ld_p);
     }
+    if (in_grad && is_dense_rows(g))
+      input_grad_scattered(in_grad + begin * g.in_size(), out_grad + begin * g.out_size(), end - begin, packed_wt,
+                           ws.dy_tail, g);
   });
   // Sum the chunk partials in chunk order.
   if (transposed_part) {
