@@ -13,8 +13,9 @@
 namespace mpicnn::core {
 namespace {
 
-// Rows of a dense layer's batch (or of its weight gradient) per task: fixed, for determinism.
-constexpr int kDenseRows = 16;
+// Per task, fixed for determinism: outputs of a dense layer (forward), inputs (input gradient),
+// rows of the weight gradient.
+constexpr int kDenseCols = 32, kDenseInputs = 256, kDenseRows = 16;
 // Floats per task in element-wise loops.
 constexpr std::size_t kElementChunk = 1 << 14;
 
@@ -249,16 +250,18 @@ void avgpool_backward(T* in_grad, const T* out_grad, const PoolGeometry& g, int 
   });
 }
 
+// Split over blocks of outputs (and of inputs for the input gradient), not over samples: the
+// exact gradient sum feeds micro-batches of 16 samples, one block of rows, which would leave a
+// second thread idle.
 template <class T>
 void dense_forward(T* out, const T* in, const T* weight, const T* bias, int batch, int inputs,
                    int outputs) {
-  parallel_for(blocks_of(batch, kDenseRows), 2.0 * kDenseRows * inputs * outputs, [&](std::size_t block) {
-    const int n0 = int(block) * kDenseRows, rows = std::min(kDenseRows, batch - n0);
-    T* y = out + std::size_t(n0) * outputs;
-    for (int n = 0; n < rows; ++n)
-      for (int o = 0; o < outputs; ++o) y[std::size_t(n) * outputs + o] = bias ? bias[o] : T(0);
-    gemm(CblasNoTrans, CblasTrans, rows, outputs, inputs, T(1), in + std::size_t(n0) * inputs,
-                inputs, weight, inputs, T(1), y, outputs);
+  parallel_for(blocks_of(outputs, kDenseCols), 2.0 * kDenseCols * inputs * batch, [&](std::size_t block) {
+    const int o0 = int(block) * kDenseCols, cols = std::min(kDenseCols, outputs - o0);
+    for (int n = 0; n < batch; ++n)
+      for (int o = o0; o < o0 + cols; ++o) out[std::size_t(n) * outputs + o] = bias ? bias[o] : T(0);
+    gemm(CblasNoTrans, CblasTrans, batch, cols, inputs, T(1), in, inputs, weight + std::size_t(o0) * inputs, inputs,
+         T(1), out + o0, outputs);
   });
 }
 
@@ -266,11 +269,10 @@ template <class T>
 void dense_backward(T* in_grad, T* weight_grad, T* bias_grad, const T* out_grad, const T* in,
                     const T* weight, int batch, int inputs, int outputs) {
   if (in_grad) {
-    parallel_for(blocks_of(batch, kDenseRows), 2.0 * kDenseRows * inputs * outputs, [&](std::size_t block) {
-      const int n0 = int(block) * kDenseRows, rows = std::min(kDenseRows, batch - n0);
-      gemm(CblasNoTrans, CblasNoTrans, rows, inputs, outputs, T(1),
-                  out_grad + std::size_t(n0) * outputs, outputs, weight, inputs, T(0), in_grad + std::size_t(n0) * inputs,
-                  inputs);
+    parallel_for(blocks_of(inputs, kDenseInputs), 2.0 * kDenseInputs * outputs * batch, [&](std::size_t block) {
+      const int i0 = int(block) * kDenseInputs, cols = std::min(kDenseInputs, inputs - i0);
+      gemm(CblasNoTrans, CblasNoTrans, batch, cols, outputs, T(1), out_grad, outputs, weight + i0, inputs, T(0),
+           in_grad + i0, inputs);
     });
   }
   parallel_for(blocks_of(outputs, kDenseRows), 2.0 * kDenseRows * inputs * batch, [&](std::size_t block) {
