@@ -96,7 +96,9 @@ T sum(const T* __restrict p, int n) {
   return total;
 }
 
-// dst (cols, rows) = transpose of src (rows, cols), in 8x8 blocks of vector shuffles.
+// dst (cols, rows) = transpose of src (rows, cols), in 8x8 blocks of vector shuffles. Blocks run
+// down a column of blocks first, so the halves of each destination cache line are written back to
+// back (and each source line is read twice in a row).
 template <class T>
 void transpose(T* __restrict dst, std::size_t ldd, const T* __restrict src, std::size_t lds, int rows, int cols) {
   typedef T V8 __attribute__((vector_size(8 * sizeof(T))));
@@ -105,10 +107,9 @@ void transpose(T* __restrict dst, std::size_t ldd, const T* __restrict src, std:
   const I lo1 = {0, 8, 1, 9, 2, 10, 3, 11}, hi1 = {4, 12, 5, 13, 6, 14, 7, 15};
   const I lo2 = {0, 1, 8, 9, 2, 3, 10, 11}, hi2 = {4, 5, 12, 13, 6, 7, 14, 15};
   const I lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
-  int i0 = 0;
-  for (; i0 + 8 <= rows; i0 += 8) {
-    int j0 = 0;
-    for (; j0 + 8 <= cols; j0 += 8) {
+  const int full_rows = rows / 8 * 8, full_cols = cols / 8 * 8;
+  for (int j0 = 0; j0 < full_cols; j0 += 8)
+    for (int i0 = 0; i0 < full_rows; i0 += 8) {
       V8 r[8], u[8], v[8];
       for (int i = 0; i < 8; ++i) r[i] = *reinterpret_cast<const V8u*>(src + (i0 + i) * lds + j0);
       for (int k = 0; k < 4; ++k) {
@@ -127,11 +128,10 @@ void transpose(T* __restrict dst, std::size_t ldd, const T* __restrict src, std:
         *reinterpret_cast<V8u*>(dst + (j0 + 2 * k + 1) * ldd + i0) = __builtin_shuffle(v[k], v[4 + k], hi4);
       }
     }
-    for (; j0 < cols; ++j0)
-      for (int i = 0; i < 8; ++i) dst[j0 * ldd + i0 + i] = src[(i0 + i) * lds + j0];
-  }
-  for (; i0 < rows; ++i0)
-    for (int j = 0; j < cols; ++j) dst[j * ldd + i0] = src[i0 * lds + j];
+  for (int i = 0; i < full_rows; ++i)
+    for (int j = full_cols; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
+  for (int i = full_rows; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
 }
 
 // Packs rows of a row-major matrix src (M,K), leading dimension lds, into kRows-row panels.
