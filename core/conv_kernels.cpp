@@ -414,11 +414,27 @@ void conv2d_forward(T* out, T* workspace, const T* in, const T* weight, const T*
   });
 }
 
+// W^T (C*R*S, K) packed in kRows-row panels with its rows in tap order: s outermost, then c, r.
+// The 8 rows of a register tile then share s and differ in (c,r), so the read-modify-writes that
+// scatter them touch different image rows; in (c,r,s) order neighbouring rows overlap shifted by
+// one element, and each load waits for the previous store to reach the cache (no forwarding).
+template <class T>
+void pack_transposed_by_tap(T* packed, const T* weight, const ConvGeometry g) {
+  const int K = g.filters, CRS = int(g.col_rows()), CR = g.in_channels * g.kernel_h, S = g.kernel_w;
+  for (int m0 = 0; m0 < CRS; m0 += gemm::kRows) {
+    T* panel = packed + std::size_t(m0) * K;
+    for (int i = 0; i < gemm::kRows; ++i) {
+      const int m = m0 + i, crs = m % CR * S + m / CR;  // row m is tap (c,r) = m % CR, s = m / CR
+      for (int k = 0; k < K; ++k) panel[k * gemm::kRows + i] = m < CRS ? weight[std::size_t(k) * CRS + crs] : T(0);
+    }
+  }
+}
+
 // dx (C,H,W) = col2im(W^T (C*R*S, K) * dY (K, P)) for `count` images (consecutive in dx and dy),
 // each register tile scattered as it is computed (is_dense_rows geometry: every output pixel's
 // patch lies inside the image). A tile of dY stays in L1 while the packed W^T streams past it
 // (panels outermost, reading dY from L2, measured 30% slower). dy_tail: (count, K, kColPad)
-// scratch for the last, partial tile of pixels.
+// scratch for the last, partial tile of pixels. packed_wt: from pack_transposed_by_tap.
 template <class T>
 void input_grad_scattered(T* dx, const T* dy, int count, const T* packed_wt, T* dy_tail, const ConvGeometry g) {
   constexpr int NR = gemm::kCols<T>, R8 = gemm::kRows;
@@ -447,7 +463,7 @@ void input_grad_scattered(T* dx, const T* dy, int count, const T* packed_wt, T* 
         group_at[q] = std::size_t(oh) * g.width + ow;
         if ((ow += R8) == g.out_w) ow = 0, ++oh;
       }
-      int c = 0, r = 0, s = 0;  // the filter tap of row m0
+      int c = 0, r = 0, s = 0;  // the filter tap of row m0, rows in tap_order
       for (int m0 = 0; m0 < CRS; m0 += R8) {
         gemm::Tile<T> t{};
         gemm::multiply_tile(t, K, packed_wt + std::size_t(m0) * K, b, ldb);
@@ -457,9 +473,9 @@ void input_grad_scattered(T* dx, const T* dy, int count, const T* packed_wt, T* 
         for (int i = 0; i < R8 && m0 + i < CRS; ++i) {
           T* base = dxn + c * plane + r * g.width + s;
           for (int q = 0; q * R8 < pixels; ++q) gemm::add_short(base + group_at[q], &local[i][q * R8], R8);
-          if (++s == g.kernel_w) {
-            s = 0;
-            if (++r == g.kernel_h) r = 0, ++c;
+          if (++r == g.kernel_h) {
+            r = 0;
+            if (++c == g.in_channels) c = 0, ++s;
           }
         }
       }
@@ -474,7 +490,8 @@ void conv2d_backward(T* in_grad, T* weight_grad, T* bias_grad, T* workspace, con
   const Layout l = layout(g);
   const int chunks = conv_chunks(batch);
   T* packed_wt = workspace + l.packed_wt;
-  if (in_grad) gemm::pack_columns(packed_wt, weight, CRS, CRS, K);
+  if (in_grad && is_dense_rows(g)) pack_transposed_by_tap(packed_wt, weight, g);
+  else if (in_grad) gemm::pack_columns(packed_wt, weight, CRS, CRS, K);
   const std::size_t ld_p = pixels_ld(g), ld_crs = rows_ld(g);
   const bool transposed_part = weight_grad_reads_image(g);
   const double flops = (in_grad ? 4.0 : 2.0) * K * P * CRS * kConvChunk;
