@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (CRASH_PATTERNS, Failure, check, core_files, fresh_dir, hash_files, kill_group,  # noqa: E402
-                    mpicnn_env, processes_in, rank_pids, run, write_dataset)
+                    mpicnn_env, rank_pids, run, wait_gone, write_dataset)
 
 SPEC = "conv(8,3) relu maxpool(2) flatten dense(3)"
 STEPS_PER_EPOCH = 128  # 2048 samples, global batch 16
@@ -108,7 +108,7 @@ def finish_within(process, seconds, what):
 
 def check_no_leftovers(workdir, what):
     check(not core_files(workdir), f"{what}: core file left: {core_files(workdir)}")
-    left = processes_in(workdir)
+    left = wait_gone(workdir, 2)
     check(not left, f"{what}: processes still running after the job ended: {left}")
 
 
