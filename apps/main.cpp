@@ -56,10 +56,12 @@ int run(int argc, char** argv, const mpicnn::dist::Communicator& comm) {
   return it->second.first(mpicnn::app::Args(argv + 2, argv + argc), comm);
 }
 
-// Errors every rank meets alike (a bad option, a bad config) are printed once, by rank 0; the
-// other ranks give rank 0 a moment to print before they end the job themselves.
+// Errors every rank meets alike (a bad option or config; a non-finite loss, known to all ranks
+// after the step's allreduce) are printed once, by rank 0; the other ranks give rank 0 a moment
+// to print before they end the job themselves.
 void fail(const std::exception& error, const mpicnn::dist::Communicator* comm) {
-  const bool alike_everywhere = dynamic_cast<const mpicnn::ConfigError*>(&error) != nullptr;
+  const bool alike_everywhere = dynamic_cast<const mpicnn::ConfigError*>(&error) != nullptr ||
+                                dynamic_cast<const mpicnn::NumericError*>(&error) != nullptr;
   const int rank = comm ? comm->rank() : 0, size = comm ? comm->size() : 1;
   if (rank == 0 || !alike_everywhere) {
     if (size > 1 && rank != 0) std::fprintf(stderr, "error: [rank %d] %s\n", rank, error.what());

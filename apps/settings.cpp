@@ -64,7 +64,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
   po::options_description description;
   for (const auto& k : keys_) {
     if (k.is_switch) description.add_options()(k.name.c_str(), "");
-    else description.add_options()(k.name.c_str(), po::value<std::string>(), "");
+    else description.add_options()(k.name.c_str(), po::value<std::vector<std::string>>(), "");  // the last one wins
   }
   std::vector<std::string> known;
   for (const auto& k : keys_) known.push_back(k.name);
@@ -88,7 +88,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
     throw ConfigError(std::string(e.what()) + "; see 'mpicnn " + command_ + " --help'");
   }
   for (const auto& [name, value] : vm) {
-    values_[name] = key(name).is_switch ? "true" : value.as<std::string>();
+    values_[name] = key(name).is_switch ? "true" : value.as<std::vector<std::string>>().back();
     sources_[name] = "option '--" + name + "'";
   }
   if (vm.count("config") && !vm.count("help")) {
@@ -100,7 +100,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
       for (const auto& option : parsed.options) {
         if (option.string_key.find('.') == std::string::npos)
           throw ConfigError(path + ": key '" + option.string_key + "' must be inside a [section]");
-        if (values_.count(option.string_key)) continue;  // the command line wins
+        if (vm.count(option.string_key)) continue;  // the command line wins; in the file, the last one
         values_[option.string_key] = option.value.empty() ? "" : option.value[0];
         sources_[option.string_key] = "key '" + option.string_key + "' in " + path;
       }

@@ -1,5 +1,6 @@
 // `mpicnn train`: data-parallel training. Every rank holds a full replica, trains on its slice of
 // each global batch and sums the gradient arena with the other ranks every step.
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -327,16 +328,17 @@ class Trainer {
     dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
                 "MPI_Iallreduce");
     watchdog_->wait(std::span<MPI_Request>(&request, 1), "the loss allreduce");
+    bool finite = true;
     if (exact_) {
       const auto start = std::chrono::steady_clock::now();
-      exact_->reduce(model_->params(), (batch.global_count + c_.micro_batch - 1) / c_.micro_batch, *watchdog_);
+      finite = exact_->reduce(model_->params(), (batch.global_count + c_.micro_batch - 1) / c_.micro_batch, *watchdog_);
       r.comm_wait = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     const double normalizer = global_normalizer(totals, batch.global_count);
     r.loss = totals[0] / normalizer;
     r.accuracy = c_.loss.kind == "cross_entropy" ? totals[1] / batch.global_count : NAN;
     r.stop = totals[2] > 0;
-    if (!std::isfinite(r.loss)) non_finite(r.loss);
+    if (!std::isfinite(r.loss) || !finite) non_finite(r.loss);
     core::scale_gradients(model_->params(), 1.0 / normalizer);
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
     optimizer_->step(model_->params(), r.lr);
@@ -394,16 +396,28 @@ class Trainer {
   }
 
   [[noreturn]] void non_finite(double loss) {
-    std::string where = "no layer holds non-finite weights or gradients: the input batch may";
+    throw NumericError("step " + std::to_string(state_.global_step + 1) + " (epoch " + std::to_string(state_.epoch + 1) +
+                       "): loss is " + std::to_string(loss) + "; " + first_non_finite_layer() +
+                       "; lower optimizer.lr? The last checkpoint is kept unchanged");
+  }
+
+  // Where non-finite values first appear: in a layer's weights or gradients, else in a layer's
+  // output of the last forward pass.
+  std::string first_non_finite_layer() const {
     const int param = core::first_non_finite_param(model_->params());
     if (param >= 0) {
       const core::ParamInfo& info = model_->params().info(param);
-      where = "first non-finite values in layer " + std::to_string(info.layer) + " '" +
-              model_->layers()[info.layer]->spec() + "' (" + info.name + ")";
+      return "first non-finite values in layer " + std::to_string(info.layer) + " '" +
+             model_->layers()[info.layer]->spec() + "' (" + info.name + ", weights or gradients)";
     }
-    throw NumericError("step " + std::to_string(state_.global_step + 1) + " (epoch " + std::to_string(state_.epoch + 1) +
-                       "): loss is " + std::to_string(loss) + "; " + where +
-                       "; lower optimizer.lr? The last checkpoint is kept unchanged");
+    const auto& layers = model_->layers();
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const float* out = model_->activation(int(i));
+      const std::size_t n = std::size_t(model_->max_batch()) * layers[i]->output_shape().size();
+      if (!std::all_of(out, out + n, [](float v) { return std::isfinite(v); }))
+        return "first non-finite values in the output of layer " + std::to_string(i) + " '" + layers[i]->spec() + "'";
+    }
+    return "no weight, gradient or layer output is non-finite: the input data may hold NaN or Inf";
   }
 
   std::vector<std::pair<std::string, double>> evaluate_now(Reporter& report) {

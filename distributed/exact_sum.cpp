@@ -23,7 +23,7 @@ void ExactGradientSum::add(const core::ParamStore& params) {
   std::memcpy(stored_.data() + std::size_t(partials_++) * arena_size_, params.grads().data(), arena_size_ * sizeof(float));
 }
 
-void ExactGradientSum::reduce(core::ParamStore& params, long global_partials, Watchdog& watchdog) {
+bool ExactGradientSum::reduce(core::ParamStore& params, long global_partials, Watchdog& watchdog) {
   // 1. The largest magnitude of every parameter tensor over all contributions of all ranks.
   // A non-finite value makes the tensor's largest magnitude infinite on every rank.
   std::vector<float> largest(infos_.size(), 0.f);
@@ -43,8 +43,9 @@ void ExactGradientSum::reduce(core::ParamStore& params, long global_partials, Wa
   watchdog.wait(std::span<MPI_Request>(&request, 1), "the gradient scale allreduce");
   // 2. A scale per tensor, a power of two, so that the sum of all contributions stays below 2^62.
   const int headroom = int(std::ceil(std::log2(double(std::max(1L, global_partials))))) + 1;
+  bool finite = true;
   for (std::size_t p = 0; p < infos_.size(); ++p) {
-    if (!std::isfinite(largest[p])) throw NumericError("non-finite gradient in parameter '" + infos_[p].name + "'");
+    finite &= std::isfinite(largest[p]);
     int exponent = 0;
     std::frexp(largest[p], &exponent);  // largest < 2^exponent
     scales_[p] = largest[p] > 0 ? std::ldexp(1.0, 62 - headroom - exponent) : 1.0;
@@ -54,6 +55,7 @@ void ExactGradientSum::reduce(core::ParamStore& params, long global_partials, Wa
     const core::ParamInfo& info = infos_[p];
     std::int64_t* sum = fixed_.data() + info.offset;
     std::fill(sum, sum + info.size, 0);
+    if (!std::isfinite(largest[p])) return;  // rounding NaN or infinity to an integer is undefined
     for (int k = 0; k < partials_; ++k) {
       const float* g = stored_.data() + std::size_t(k) * arena_size_ + info.offset;
       for (std::size_t i = 0; i < info.size; ++i) sum[i] += std::llrint(double(g[i]) * scales_[p]);
@@ -65,9 +67,10 @@ void ExactGradientSum::reduce(core::ParamStore& params, long global_partials, Wa
   float* grads = params.grads().data();
   for (std::size_t p = 0; p < infos_.size(); ++p) {
     const core::ParamInfo& info = infos_[p];
-    const double unscale = 1.0 / scales_[p];
+    const double unscale = std::isfinite(largest[p]) ? 1.0 / scales_[p] : NAN;
     for (std::size_t i = 0; i < info.size; ++i) grads[info.offset + i] = float(double(fixed_[info.offset + i]) * unscale);
   }
+  return finite;
 }
 
 }  // namespace mpicnn::dist

@@ -21,8 +21,9 @@ class ExactGradientSum {
   // Keeps a copy of the arena's gradients: one micro-batch's contribution.
   void add(const core::ParamStore& params);
   // Sums every rank's contributions of this step (`global_partials` of them) into params' gradient
-  // arena, identically on every rank.
-  void reduce(core::ParamStore& params, long global_partials, Watchdog& watchdog);
+  // arena, identically on every rank. Returns false when some contribution was not finite (then
+  // the tensors holding one are filled with NaN, on every rank).
+  bool reduce(core::ParamStore& params, long global_partials, Watchdog& watchdog);
 
  private:
   const Communicator& comm_;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <string>
+#include <thread>
 
 namespace mpicnn::dist {
 namespace {
@@ -63,7 +64,10 @@ void Watchdog::wait(std::span<MPI_Request> requests, const char* what) {
   while (true) {
     check(MPI_Testall(int(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
     if (done) return;
-    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit) break;
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (waited > limit) break;
+    // Past a millisecond the peer is computing, not in flight: stop spinning on a core it may need.
+    if (waited > 1e-3) std::this_thread::yield();
   }
   std::string message = std::string(what) + " of step " + std::to_string(step_ + 1) + " waited more than " +
                         std::to_string(int(timeout_)) + " s (train.collective_timeout)";

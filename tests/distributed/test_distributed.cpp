@@ -239,19 +239,24 @@ TEST(ExactResume, ResumeOnAnotherRankCountContinuesTheSameDataOrder) {
 
 TEST(Signals, UsrOneCheckpointsAndExits75ThenResumesExactly) {
   const std::string data = make_dataset("resume.h5", 3200, 100);
-  const Weights straight = load(train(2, data, "straight_s", "--train.max_steps=400 --data.eval_split=none"));
+  const std::string steps = "--train.max_steps=3000 --data.eval_split=none --train.log_interval=20";
+  const Weights straight = load(train(2, data, "straight_s", steps));
   const std::string out = (work_dir() / "signalled").string();
   const std::string log = (work_dir() / "signalled.log").string();
   // mpirun forwards SIGUSR1 to the ranks.
   const pid_t pid = fork();
   if (pid == 0) {
-    const std::string command = "exec " + train_command(2, data, out, "--train.max_steps=400 --data.eval_split=none") + " > " + log + " 2>&1";
+    const std::string command = "exec " + train_command(2, data, out, steps) + " > " + log + " 2>&1";
     execl("/bin/sh", "sh", "-c", command.c_str(), nullptr);
     _exit(127);
   }
-  // Wait until training has taken steps, then signal.
-  for (int i = 0; i < 200 && !fs::exists(out + "/metrics.jsonl"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // Signal once training has recorded its first 20 steps.
+  auto has_steps = [&] {
+    std::ifstream metrics(out + "/metrics.jsonl");
+    std::string line;
+    return std::getline(metrics, line) && line.find("\"train\"") != std::string::npos;
+  };
+  for (int i = 0; i < 600 && !has_steps(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   kill(pid, SIGUSR1);
   int status = 0;
   waitpid(pid, &status, 0);
@@ -263,8 +268,8 @@ TEST(Signals, UsrOneCheckpointsAndExits75ThenResumesExactly) {
   EXPECT_THAT(text.str(), ::testing::HasSubstr("stop requested by a signal"));
   const io::CheckpointHeader h = io::read_checkpoint_header(io::resolve_checkpoint(out));
   std::printf("[ figure ] stopped by SIGUSR1 at global step %ld\n", h.trainer.global_step);
-  EXPECT_LT(h.trainer.global_step, 400);
-  train(2, data, "signalled", "--train.max_steps=400 --data.eval_split=none");
+  EXPECT_LT(h.trainer.global_step, 3000);
+  train(2, data, "signalled", steps);
   const Weights resumed = load(out);
   EXPECT_EQ(0, std::memcmp(straight.values.data(), resumed.values.data(), straight.values.size() * 4));
 }
