@@ -78,7 +78,14 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
   try {
     po::positional_options_description bare;
     if (!positional.empty()) bare.add(positional.c_str(), -1);
-    po::store(po::command_line_parser(args).options(description).positional(bare).run(), vm);
+    // program_options refuses "--key=" (an empty value); pass it as "--key" "".
+    std::vector<std::string> split_args;
+    for (const auto& arg : args) {
+      const bool empty_value = arg.size() > 3 && arg.rfind("--", 0) == 0 && arg.back() == '=' && arg.find('=') == arg.size() - 1;
+      if (empty_value) split_args.insert(split_args.end(), {arg.substr(0, arg.size() - 1), ""});
+      else split_args.push_back(arg);
+    }
+    po::store(po::command_line_parser(split_args).options(description).positional(bare).run(), vm);
   } catch (const po::unknown_option& e) {
     throw unknown(strip_dashes(e.get_option_name()), "option");
   } catch (const po::too_many_positional_options_error&) {

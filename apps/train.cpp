@@ -40,7 +40,7 @@ std::vector<Key> train_keys() {
       {"resume", "", "checkpoint file or run folder to continue from (a run folder holding a checkpoint resumes by itself)"},
       {"data.path", "", "HDF5 dataset file (format: datasets/README.md)", true},
       {"data.train_split", "train", "split to train on"},
-      {"data.eval_split", "test", "split evaluated after every epoch ('none': no evaluation)"},
+      {"data.eval_split", "test", "split evaluated after every epoch ('none' or '': no evaluation)"},
       {"data.normalize", "true", "subtract the per-channel mean and divide by the std"},
       {"data.mean", "", "per-channel means overriding the file's, comma-separated"},
       {"data.std", "", "per-channel stds overriding the file's, comma-separated"},
@@ -104,7 +104,7 @@ TrainConfig read_config(const Settings& s) {
   TrainConfig c;
   c.data_path = s.text("data.path");
   c.train_split = s.text("data.train_split");
-  c.eval_split = s.text("data.eval_split") == "none" ? "" : s.text("data.eval_split");
+  c.eval_split = s.text("data.eval_split") == "none" ? "" : s.text("data.eval_split");  // "" too
   c.normalize = s.flag("data.normalize");
   c.mean = s.reals("data.mean");
   c.std = s.reals("data.std");
