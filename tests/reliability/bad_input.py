@@ -158,6 +158,11 @@ case("config_lr_nan", train(optimizer__lr="nan"), ["optimizer.lr", "finite", "'n
 case("config_epochs_zero", train(train__epochs="0"), ["train.epochs", ">= 1", "'0'"])
 case("config_epochs_negative", train(train__epochs="-3"), ["train.epochs", ">= 1", "'-3'"])
 case("config_epochs_overflow", train(train__epochs="99999999999999999999999"), ["train.epochs", "integer", "99999999999999999999999"])
+case("config_epochs_beyond_int", train(train__epochs="4294967296"), ["train.epochs", "4294967296"],
+     bug="Settings::integer returns a long and read_config narrows it with int(): epochs 2^32 becomes 0, "
+         "the run trains 0 steps and exits 0")
+case("config_batch_beyond_int", train(train__batch_size="4294967304"), ["train.batch_size", "4294967304"],
+     bug="int(4294967304) is 8: the run trains with a global batch of 8 and no error")
 case("config_batch_zero", train(train__batch_size="0"), ["train.batch_size", ">= 1", "'0'"])
 case("config_batch_negative", train(train__batch_size="-8"), ["train.batch_size", ">= 1", "'-8'"])
 case("config_batch_below_ranks", train(train__batch_size="1"), ["train.batch_size", "1", "2 ranks"], mpi_only=True)
@@ -275,6 +280,20 @@ case("ckpt_huge_activations", ["inspect", "ckpt.h5"], ["ckpt.h5", "input_shape",
      crafted_model("conv(4,1,bias=false)", [1, 65536, 65536], {"0.weight": (4, 1, 1, 1)}), memory_cap=True,
      bug="4 parameters pass the parameter limit but the model's activations need 16 GiB: `mpicnn inspect` "
          "allocates them and ends with 'error: std::bad_alloc' (or takes 16 GiB) instead of rejecting the header")
+KNOWN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz", "known")
+
+
+def known_input(target, name, as_name):
+    def setup(w, fx):
+        shutil.copy(os.path.join(KNOWN, target, name), os.path.join(w, as_name))
+    return setup
+
+
+case("ckpt_corrupt_global_heap", evaluate(), ["ckpt.h5"],
+     known_input("checkpoint", "hdf5-global-heap-hang", "ckpt.h5"),
+     bug="a checkpoint whose variable-length string attribute points into a corrupted global heap (found by "
+         "fuzz_checkpoint) makes HDF5 1.10.8 loop in H5HG_read: `mpicnn eval`/`inspect` never end, and under "
+         "mpirun every rank hangs")
 case("ckpt_empty_run_folder", evaluate(checkpoint="empty_run"), ["empty_run", "no checkpoint"],
      lambda w, fx: os.makedirs(os.path.join(w, "empty_run")))
 case("ckpt_resume_spec_mismatch", train(resume=f"run/{CKPT}", output="run2",

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora under tests/fuzz/corpus/ (committed; rerun after a format change):
+  make_seeds.py --mpicnn build/mpicnn
+The checkpoint seeds are trained by mpicnn itself on a tiny dataset."""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reliability"))
+from common import mpicnn_env, write_dataset  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def put(target, name, data):
+    folder = os.path.join(HERE, "corpus", target)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mpicnn", required=True)
+    args = parser.parse_args()
+    shutil.rmtree(os.path.join(HERE, "corpus"), ignore_errors=True)
+
+    put("settings", "full.ini", "[data]\npath = data.h5\nnormalize = true\nmean = 0.5\n[model]\n"
+        "spec = conv(4,3) relu flatten dense(3)\ninit = xavier\n[train]\nepochs = 2\nbatch_size = 64\nseed = 7\n"
+        "[optimizer]\nlr = 0.05\nmomentum = 0.9\n")
+    put("settings", "comments.ini", "# comment\n; other\n[train]\nepochs=3 \n\n[optimizer]\nlr = 1e-3\n[data]\npath=x.h5\n")
+    put("settings", "with_args.ini", "[data]\npath = a.h5\n\0--train.epochs=4\0--optimizer.lr\x000.1\0--json")
+    put("settings", "unknown.ini", "[trian]\nepoch = 2\n[data]\npath = a.h5\n")
+    put("settings", "help.ini", "\0--help")
+
+    specs = ["conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)",
+             "conv(8,3,stride=2,pad=1,bias=false) leakyrelu(slope=0.1) avgpool(2,stride=1) flatten dense(4)",
+             "conv(filters=4,kernel=3) sigmoid maxpool(window=2,stride=2,pad=1) tanh flatten dense(3)",
+             "flatten dense(3) relu dense(2)"]
+    for i, spec in enumerate(specs):
+        put("spec", f"spec{i}", bytes([0, 27, 27]) + spec.encode())
+    put("spec", "rgb", bytes([2, 31, 31]) + specs[0].encode())
+
+    with tempfile.TemporaryDirectory() as work:
+        data = os.path.join(work, "data.h5")
+        write_dataset(data, n_train=4, n_test=2, shape=(1, 4, 4), classes=3)
+        with open(data, "rb") as f:
+            put("dataset", "valid_uint8", b"\0" + f.read())
+        write_dataset(data, n_train=3, n_test=2, shape=(2, 3, 3), classes=2, dtype="float32")
+        with open(data, "rb") as f:
+            put("dataset", "valid_float32", b"\0" + f.read())
+        # Recipes (odd first byte): a few byte strings the recipe reader turns into files.
+        put("dataset", "recipe_valid", bytes([1, 2, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 3, 0, 3, 1, 1, 3, 0]) + bytes(range(64)))
+        put("dataset", "recipe_random", bytes([1]) + bytes((i * 37) % 256 for i in range(200)))
+
+        # no_class_names: the checkpoint of a dataset without class names (an empty string array;
+        # such checkpoints could not be read back once).
+        for name, spec, extra, attrs in (
+                ("sgd", "conv(2,3) relu flatten dense(3)", [], {}),
+                ("adam", "conv(2,3,bias=false) maxpool(2) flatten dense(3)", ["--optimizer.name=adam"], {}),
+                ("no_class_names", "flatten dense(3)", [], {"class_names": None})):
+            write_dataset(data, n_train=16, n_test=4, shape=(1, 6, 6), classes=3, attrs=attrs)
+            subprocess.run([os.path.abspath(args.mpicnn), "train", "--data.path=data.h5", f"--model.spec={spec}",
+                            "--train.epochs=1", "--train.batch_size=8", "--output=run", "--checkpoint.keep=1"] + extra,
+                           cwd=work, env=mpicnn_env(), check=True, stdout=subprocess.DEVNULL)
+            with open(os.path.join(work, "run", "ckpt-000000002.h5"), "rb") as f:
+                put("checkpoint", name, f.read())
+            shutil.rmtree(os.path.join(work, "run"))
+
+
+if __name__ == "__main__":
+    main()
