@@ -294,6 +294,10 @@ case("ckpt_corrupt_global_heap", evaluate(), ["ckpt.h5"],
      bug="a checkpoint whose variable-length string attribute points into a corrupted global heap (found by "
          "fuzz_checkpoint) makes HDF5 1.10.8 loop in H5HG_read: `mpicnn eval`/`inspect` never end, and under "
          "mpirun every rank hangs")
+case("ckpt_corrupt_global_heap_segv", evaluate(), ["ckpt.h5"],
+     known_input("checkpoint", "hdf5-global-heap-segv", "ckpt.h5"),
+     bug="the same kind of corrupted variable-length string attribute makes HDF5 1.10.8 crash in H5HG_read: "
+         "`mpicnn inspect`/`eval` end with SIGSEGV (status 139) instead of an error line")
 case("ckpt_empty_run_folder", evaluate(checkpoint="empty_run"), ["empty_run", "no checkpoint"],
      lambda w, fx: os.makedirs(os.path.join(w, "empty_run")))
 case("ckpt_resume_spec_mismatch", train(resume=f"run/{CKPT}", output="run2",

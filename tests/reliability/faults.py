@@ -10,8 +10,9 @@ checkpoint_write_fails  a file-size limit (RLIMIT_FSIZE, `ulimit -f`) below the 
 checkpoint_write_error_one_line  the same, and the reason ("File too large") is on the one error line.
 nan_loss                optimizer.lr=1e6 after a good checkpoint: the run stops naming the step and the
                         first layer holding non-finite values; the good checkpoint is kept.
-hang_detector           SIGSTOP to rank 1 with train.collective_timeout=5: the job ends within 20 s
-                        saying which rank has "not arrived".
+hang_detector           SIGSTOP to rank 1 mid-epoch with train.collective_timeout=5: the job ends
+                        within 20 s saying which rank has "not arrived".
+hang_detector_in_evaluation  the same with rank 1 stopped during the evaluation after an epoch.
 checkpoint_without_class_names  a dataset without class names: its checkpoints load.
 empty_option_value      `--data.eval_split=` (the help's "'' = none") is accepted on the command line.
 """
@@ -112,9 +113,9 @@ def check_no_leftovers(workdir, what):
     check(not left, f"{what}: processes still running after the job ended: {left}")
 
 
-def prepare(workdir):
+def prepare(workdir, n_train=2048, n_test=64):
     fresh_dir(workdir)
-    write_dataset(os.path.join(workdir, "data.h5"), n_train=2048, n_test=64, shape=(1, 16, 16))
+    write_dataset(os.path.join(workdir, "data.h5"), n_train=n_train, n_test=n_test, shape=(1, 16, 16))
 
 
 def good_run(binary, workdir, steps):
@@ -158,7 +159,8 @@ def checkpoint_write_fails(binary, workdir, one_line=False):
     # limit from the start would also hit mpirun's and MPI_Init's own files (shared-memory segments).
     prepare(workdir)
     run_dir = os.path.join(workdir, "run")
-    job = start(binary, workdir, train_args())
+    # checkpoint.keep large: no checkpoint is rotated away while the limit is being put in place.
+    job = start(binary, workdir, train_args(checkpoint__keep="1000"))
     try:
         wait_for(lambda: (latest_step(run_dir) or 0) >= 100, 60, "the checkpoint of step 100", job)
         size = os.path.getsize(latest_file(run_dir))
@@ -168,7 +170,8 @@ def checkpoint_write_fails(binary, workdir, one_line=False):
         for pid in ranks.values():
             resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
         before = hash_files(run_dir, r"^ckpt-\d{9}\.h5$|^best\.h5$")
-        print(f"checkpoint size {size} bytes; file-size limit {limit} bytes from step {latest_step(run_dir)}")
+        limited_at = latest_step(run_dir)
+        print(f"checkpoint size {size} bytes; file-size limit {limit} bytes from step {limited_at}")
         code, out, err, seconds = finish_within(job, 20, "with a failing checkpoint write")
     finally:
         kill_group(job.pid)
@@ -189,7 +192,11 @@ def checkpoint_write_fails(binary, workdir, one_line=False):
     check(not changed, f"existing checkpoints changed or removed: {changed}")
     temps = [name for name in os.listdir(run_dir) if ".tmp" in name]
     check(not temps, f"temporary files left in the run folder: {temps}")
-    check(os.path.basename(latest_file(run_dir)) in before, "`latest` names a checkpoint that was not complete before")
+    # A write already under way when the limit came may still have completed: `latest` may be newer
+    # than the step the limit was set at, but never the step whose write failed.
+    failed = [int(m.group(1)) for m in (re.search(r"cannot write checkpoint '.*ckpt-(\d{9})\.h5'", e) for e in errors) if m]
+    check(latest_step(run_dir) >= limited_at, f"`latest` went back to step {latest_step(run_dir)}")
+    check(all(step > latest_step(run_dir) for step in failed), f"`latest` names the checkpoint whose write failed")
     for name in os.listdir(run_dir):
         if name.endswith(".h5"):
             inspect(binary, workdir, os.path.join("run", name))
@@ -223,18 +230,19 @@ def nan_loss(binary, workdir):
     inspect(binary, workdir, latest_file(run_dir))
 
 
-def hang_detector(binary, workdir):
-    prepare(workdir)
+def stop_rank_and_expect_report(binary, workdir, args, ready, what):
+    """Starts training, waits for `ready(run_dir)`, stops rank 1 with SIGSTOP and expects the job to
+    end within 20 s with a message saying rank 1 has not arrived."""
     run_dir = os.path.join(workdir, "run")
-    job = start(binary, workdir, train_args(train__collective_timeout="5"))
+    job = start(binary, workdir, args)
     stopped = None
     try:
-        wait_for(lambda: (latest_step(run_dir) or 0) >= 100, 60, "the checkpoint of step 100", job)
+        wait_for(lambda: ready(run_dir), 60, what, job)
         ranks = rank_pids(workdir, binary)
         check(set(ranks) == {0, 1}, f"expected ranks 0 and 1 running, found {ranks}")
         stopped = ranks[1]
         os.kill(stopped, signal.SIGSTOP)
-        print(f"SIGSTOP to rank 1 (pid {stopped})")
+        print(f"SIGSTOP to rank 1 (pid {stopped}) after {what}")
         code, out, err, seconds = finish_within(job, 20, "with rank 1 stopped")
     finally:
         if stopped:
@@ -249,6 +257,22 @@ def hang_detector(binary, workdir):
     check(any("not arrived" in line and re.search(r"\b1\b", line) for line in err.splitlines()),
           f"no message saying rank 1 has not arrived:\n{err[-3000:]}")
     check_no_leftovers(workdir, "after the hang")
+
+
+def hang_detector(binary, workdir):
+    # 1024 steps per epoch: rank 1 is stopped in the middle of an epoch's steps, far from its end.
+    prepare(workdir, n_train=16384)
+    stop_rank_and_expect_report(binary, workdir, train_args(train__collective_timeout="5"),
+                                lambda run_dir: (latest_step(run_dir) or 0) >= 100, "the checkpoint of step 100")
+
+
+def hang_detector_in_evaluation(binary, workdir):
+    # 32 steps per epoch and a test split of 40000 samples: most of the time goes to the evaluation
+    # after each epoch, where rank 1 is stopped.
+    prepare(workdir, n_train=512, n_test=40000)
+    eval_started = lambda run_dir: (latest_step(run_dir) or 0) >= 32 and (time.sleep(0.3) or True)
+    stop_rank_and_expect_report(binary, workdir, train_args(train__collective_timeout="5", train__eval_batch="64"),
+                                eval_started, "the first epoch's checkpoint and 0.3 s of the next")
 
 
 def checkpoint_without_class_names(binary, workdir):
@@ -267,7 +291,7 @@ def empty_option_value(binary, workdir):
 
 
 SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line, nan_loss,
-                                     hang_detector,
+                                     hang_detector, hang_detector_in_evaluation,
                                      checkpoint_without_class_names, empty_option_value)}
 
 
