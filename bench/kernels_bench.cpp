@@ -355,14 +355,14 @@ void batches_threads(benchmark::internal::Benchmark* b) {
 // conv1's input gradient is never needed (dx 0 only); conv2 runs with and without it, so dX's rate follows.
 void conv1_backward_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "threads", "dx"});
-  for (int batch : {32, 64})
+  for (int batch : {16, 32, 64})
     for (int threads : {1, 2}) b->Args({batch, threads, 0});
   with_min(b);
 }
 
 void conv2_backward_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "threads", "dx"});
-  for (int batch : {32, 64})
+  for (int batch : {16, 32, 64})
     for (int threads : {1, 2})
       for (int dx : {0, 1}) b->Args({batch, threads, dx});
   with_min(b);
