@@ -6,7 +6,7 @@ namespace mpicnn::app {
 
 Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::EvalReader& reader,
                     const dist::Communicator& comm,
-                    const OutputSink& sink) {
+                    const OutputSink& sink, dist::Watchdog* watchdog) {
   Evaluation result;
   const int outputs = int(model.output_shape().size());
   const bool classify = loss.kind == "cross_entropy";
@@ -36,13 +36,19 @@ Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::Eval
     }
   }
   double totals[3] = {sums.sum, sums.normalizer, sums.correct};
-  comm.allreduce_sum(std::span<double>(totals));
-  std::int64_t count = result.count;
-  comm.allreduce_sum(std::span<std::int64_t>(&count, 1));
-  comm.allreduce_sum(std::span<std::int64_t>(result.confusion));
-  result.count = count;
+  std::vector<std::int64_t> counts = {result.count};  // then the confusion matrix
+  counts.insert(counts.end(), result.confusion.begin(), result.confusion.end());
+  if (watchdog) {
+    watchdog->allreduce_sum(std::span<double>(totals), "evaluation");
+    watchdog->allreduce_sum(std::span<std::int64_t>(counts), "evaluation");
+  } else {
+    comm.allreduce_sum(std::span<double>(totals));
+    comm.allreduce_sum(std::span<std::int64_t>(counts));
+  }
+  result.count = counts[0];
+  std::copy(counts.begin() + 1, counts.end(), result.confusion.begin());
   result.loss = totals[1] > 0 ? totals[0] / totals[1] : 0;
-  result.accuracy = count > 0 ? totals[2] / double(count) : 0;
+  result.accuracy = result.count > 0 ? totals[2] / double(result.count) : 0;
   return result;
 }
 

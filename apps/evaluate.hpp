@@ -9,6 +9,7 @@
 #include "core/training.hpp"
 #include "datasets/reader.hpp"
 #include "distributed/comm.hpp"
+#include "distributed/watchdog.hpp"
 
 namespace mpicnn::app {
 
@@ -23,7 +24,8 @@ struct Evaluation {
 // Sees the model's outputs (count, outputs) for samples [start, start + count) of `batch`.
 using OutputSink = std::function<void(const data::Batch& batch, int start, int count, const float* outputs)>;
 
+// With a watchdog (training), a rank that stops during evaluation ends the job instead of hanging it.
 Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::EvalReader& reader,
-                    const dist::Communicator& comm, const OutputSink& sink = {});
+                    const dist::Communicator& comm, const OutputSink& sink = {}, dist::Watchdog* watchdog = nullptr);
 
 }  // namespace mpicnn::app

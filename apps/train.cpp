@@ -351,7 +351,7 @@ class Trainer {
     model_->params().zero_grads();
     const core::LossSum local = worker.accumulate(view_of(batch, 0, batch.count), c_.loss,
                                                   [this](int layer) { sync_->layer_done(layer); });
-    watchdog_->arrived(state_.global_step);
+    watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
     r->comm_wait = sync_->finish(*watchdog_);
     return local;
   }
@@ -367,7 +367,7 @@ class Trainer {
       local.sum += s.sum, local.correct += s.correct;
       exact_->add(model_->params());
     }
-    watchdog_->arrived(state_.global_step);
+    watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
     return local;
   }
 
@@ -422,7 +422,7 @@ class Trainer {
 
   std::vector<std::pair<std::string, double>> evaluate_now(Reporter& report) {
     if (!eval_reader_) return {};
-    const Evaluation e = evaluate(*model_, c_.loss, *eval_reader_, comm_);
+    const Evaluation e = evaluate(*model_, c_.loss, *eval_reader_, comm_, {}, watchdog_.get());
     std::map<std::string, double> fields = {{"epoch", state_.epoch + 1}, {"global_step", double(state_.global_step)},
                                             {"test_loss", e.loss}, {"samples", double(e.count)}, {"elapsed_s", report.elapsed()}};
     if (e.classes) fields["test_accuracy"] = e.accuracy;

@@ -1,15 +1,26 @@
 #include "watchdog.hpp"
 
 #include <chrono>
-#include <string>
 #include <thread>
 
 namespace mpicnn::dist {
 namespace {
 
-constexpr int kArrivalTag = 7301;
+constexpr int kArrivalTag = 7301, kPingTag = 7302, kPongTag = 7303;
 // Non-root ranks give rank 0 this much longer, so the report that names the missing ranks wins.
 constexpr double kRootFirstSeconds = 5.0;
+// How long rank 0 waits for answers to its pings.
+constexpr double kPingSeconds = 2.0;
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::string rank_list(const std::vector<int>& ranks) {
+  std::string text;
+  for (int r : ranks) text += (text.empty() ? "" : ", ") + std::to_string(r);
+  return text;
+}
 
 }  // namespace
 
@@ -26,18 +37,19 @@ Watchdog::~Watchdog() {
   if (send_request_ != MPI_REQUEST_NULL) MPI_Request_free(&send_request_);
 }
 
-void Watchdog::arrived(long step) {
+void Watchdog::arrived(const std::string& context) {
   if (timeout_ <= 0 || comm_.size() == 1) return;
-  step_ = step;
+  ++sequence_;
+  context_ = context;
   if (!comm_.is_root()) {
     // The previous report went out eagerly (8 bytes); this wait does not block in practice.
     check(MPI_Wait(&send_request_, MPI_STATUS_IGNORE), "MPI_Wait");
-    send_buffer_ = step;
+    send_buffer_ = sequence_;
     check(MPI_Isend(&send_buffer_, 1, MPI_LONG, 0, kArrivalTag, comm_.handle(), &send_request_), "MPI_Isend");
     return;
   }
   for (int r = 1; r < comm_.size(); ++r) {
-    // A report of the previous step may still be in flight; it has been sent, so this completes.
+    // A report of the previous collective may still be in flight; it has been sent, so this completes.
     check(MPI_Wait(&recv_requests_[r], MPI_STATUS_IGNORE), "MPI_Wait");
     check(MPI_Irecv(&arrivals_[r], 1, MPI_LONG, r, kArrivalTag, comm_.handle(), &recv_requests_[r]), "MPI_Irecv");
   }
@@ -48,12 +60,43 @@ std::vector<int> Watchdog::missing_ranks() {
   for (int r = 1; r < comm_.size(); ++r) {
     int done = 0;
     check(MPI_Test(&recv_requests_[r], &done, MPI_STATUS_IGNORE), "MPI_Test");
-    if (!done || arrivals_[r] < step_) missing.push_back(r);
+    if (!done || arrivals_[r] < sequence_) missing.push_back(r);
   }
   return missing;
 }
 
-void Watchdog::wait(std::span<MPI_Request> requests, const char* what) {
+// Rank 0: the ranks that do not answer a ping within kPingSeconds (stopped, or stuck outside MPI).
+std::vector<int> Watchdog::silent_ranks() {
+  const int size = comm_.size();
+  std::vector<int> ping(size, 1), pong(size, 0);
+  std::vector<MPI_Request> sends(size, MPI_REQUEST_NULL), receives(size, MPI_REQUEST_NULL);
+  for (int r = 1; r < size; ++r) {
+    check(MPI_Isend(&ping[r], 1, MPI_INT, r, kPingTag, comm_.handle(), &sends[r]), "MPI_Isend");
+    check(MPI_Irecv(&pong[r], 1, MPI_INT, r, kPongTag, comm_.handle(), &receives[r]), "MPI_Irecv");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  int done = 0;
+  while (!done && seconds_since(start) < kPingSeconds) {
+    check(MPI_Testall(size, receives.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+    std::this_thread::yield();
+  }
+  std::vector<int> silent;
+  for (int r = 1; r < size; ++r)
+    if (receives[r] != MPI_REQUEST_NULL) silent.push_back(r);
+  // The job ends next; requests still open are left to MPI_Abort.
+  return silent;
+}
+
+void Watchdog::answer_pings() {
+  int waiting = 0;
+  check(MPI_Iprobe(0, kPingTag, comm_.handle(), &waiting, MPI_STATUS_IGNORE), "MPI_Iprobe");
+  if (!waiting) return;
+  int ping = 0;
+  check(MPI_Recv(&ping, 1, MPI_INT, 0, kPingTag, comm_.handle(), MPI_STATUS_IGNORE), "MPI_Recv");
+  check(MPI_Send(&ping, 1, MPI_INT, 0, kPongTag, comm_.handle()), "MPI_Send");
+}
+
+void Watchdog::wait(std::span<MPI_Request> requests, const std::string& what) {
   if (timeout_ <= 0 || comm_.size() == 1) {
     check(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
     return;
@@ -64,20 +107,37 @@ void Watchdog::wait(std::span<MPI_Request> requests, const char* what) {
   while (true) {
     check(MPI_Testall(int(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
     if (done) return;
-    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double waited = seconds_since(start);
     if (waited > limit) break;
+    if (!comm_.is_root()) answer_pings();
     // Past a millisecond the peer is computing, not in flight: stop spinning on a core it may need.
     if (waited > 1e-3) std::this_thread::yield();
   }
-  std::string message = std::string(what) + " of step " + std::to_string(step_ + 1) + " waited more than " +
-                        std::to_string(int(timeout_)) + " s (train.collective_timeout)";
+  std::string message = context_ + ": " + what + " waited more than " + std::to_string(int(timeout_)) + " s (train.collective_timeout)";
   if (comm_.is_root()) {
-    std::string ranks;
-    for (int r : missing_ranks()) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
-    message += ranks.empty() ? "; every rank arrived, the network may be stalled"
-                             : "; ranks not arrived: " + ranks + " (stopped, stalled or much slower)";
+    const std::vector<int> missing = missing_ranks();
+    const std::vector<int> silent = missing.empty() ? silent_ranks() : std::vector<int>{};
+    if (!missing.empty()) message += "; ranks not arrived: " + rank_list(missing) + " (stopped, stalled or much slower)";
+    else if (!silent.empty()) message += "; every rank arrived, but ranks not responding: " + rank_list(silent) + " (stopped?)";
+    else message += "; every rank arrived and responds: the network may be stalled";
   }
   throw HangError(message);
+}
+
+void Watchdog::allreduce_sum(std::span<double> values, const std::string& context) {
+  arrived(context);
+  MPI_Request request;
+  check(MPI_Iallreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
+        "MPI_Iallreduce");
+  wait(std::span<MPI_Request>(&request, 1), "an allreduce");
+}
+
+void Watchdog::allreduce_sum(std::span<std::int64_t> values, const std::string& context) {
+  arrived(context);
+  MPI_Request request;
+  check(MPI_Iallreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_INT64_T, MPI_SUM, comm_.handle(), &request),
+        "MPI_Iallreduce");
+  wait(std::span<MPI_Request>(&request, 1), "an allreduce");
 }
 
 }  // namespace mpicnn::dist

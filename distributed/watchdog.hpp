@@ -1,11 +1,13 @@
 #pragma once
-// The hang detector. Before waiting on a step's collectives every rank reports its arrival to
-// rank 0 with a tiny message; waits poll with a timeout. When a wait exceeds it, rank 0 names the
-// ranks that have not arrived and the job is ended, instead of every rank blocking forever
-// behind one stopped or stalled peer.
+// The hang detector. Before waiting on a collective every rank reports its arrival to rank 0
+// with a tiny message, and waits poll with a timeout. When a wait exceeds it, rank 0 names the
+// ranks that have not arrived; if all arrived (a rank stopped inside the collective), it pings
+// every rank and names those that do not answer. Then the job is ended, instead of every rank
+// blocking forever behind one stopped or stalled peer.
 #include <mpi.h>
 
 #include <span>
+#include <string>
 #include <vector>
 
 #include "core/errors.hpp"
@@ -25,20 +27,28 @@ class Watchdog {
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
 
-  // This rank has finished computing `step` and is about to wait on its collectives.
-  void arrived(long step);
+  // This rank has reached the next collectives (every rank calls this in the same sequence);
+  // `context` ("step 12", "evaluation after epoch 3") starts the messages of the waits that follow.
+  void arrived(const std::string& context);
   // Waits for `requests`; throws HangError after the timeout (rank 0's message names the ranks
-  // missing; other ranks wait a little longer so that rank 0 reports first).
-  void wait(std::span<MPI_Request> requests, const char* what);
+  // missing; other ranks wait a little longer so that rank 0 reports first). `what` names the
+  // collective for the message, e.g. "the gradient allreduce".
+  void wait(std::span<MPI_Request> requests, const std::string& what);
+  // A blocking allreduce (sum) through the detector, after arrived(context).
+  void allreduce_sum(std::span<double> values, const std::string& context);
+  void allreduce_sum(std::span<std::int64_t> values, const std::string& context);
 
  private:
+  void answer_pings();
   std::vector<int> missing_ranks();
+  std::vector<int> silent_ranks();
   const Communicator& comm_;
   double timeout_;
-  long step_ = -1;
+  long sequence_ = 0;  // arrivals so far
+  std::string context_;
   long send_buffer_ = 0;
   MPI_Request send_request_ = MPI_REQUEST_NULL;
-  std::vector<long> arrivals_;             // rank 0: the step each rank last reported
+  std::vector<long> arrivals_;              // rank 0: the sequence number each rank last reported
   std::vector<MPI_Request> recv_requests_;  // rank 0: one per other rank
 };
 
