@@ -99,7 +99,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
     sources_[name] = "option '--" + name + "'";
   }
   if (vm.count("config") && !vm.count("help")) {
-    const std::string path = vm["config"].as<std::string>();
+    const std::string path = values_["config"];
     if (!std::filesystem::is_regular_file(path)) throw ConfigError("config file '" + path + "' does not exist");
     std::ifstream file(path);
     try {
