@@ -254,7 +254,9 @@ def stop_rank_and_expect_report(binary, workdir, args, ready, what):
     print(f"the job ended {seconds:.1f} s after SIGSTOP, exit {code}")
     print("\n".join(line for line in err.splitlines() if line.startswith("error:")))
     check(code != 0, "exit status 0 with a stopped rank")
-    check(any("not arrived" in line and re.search(r"\b1\b", line) for line in err.splitlines()),
+    # "not arrived" (rank 1 stopped before the collective) or "not responding" (stopped inside it,
+    # found by the detector's pings), naming rank 1 either way.
+    check(any(re.search(r"not (arrived|responding)", line) and re.search(r"\b1\b", line) for line in err.splitlines()),
           f"no message saying rank 1 has not arrived:\n{err[-3000:]}")
     check_no_leftovers(workdir, "after the hang")
 
