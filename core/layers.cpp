@@ -171,7 +171,12 @@ class ActivationLayer final : public Layer {
   std::string spec() const override {
     switch (kind_) {
       case Activation::relu: return "relu";
-      case Activation::leaky_relu: return "leakyrelu(slope=" + std::to_string(slope_) + ")";
+      case Activation::leaky_relu: {
+        // Shortest text that reads back as the same float: the spec must rebuild this exact model.
+        char text[32];
+        const auto end = std::to_chars(text, text + sizeof text, slope_).ptr;
+        return "leakyrelu(slope=" + std::string(text, end) + ")";
+      }
       case Activation::sigmoid: return "sigmoid";
       case Activation::tanh: return "tanh";
     }

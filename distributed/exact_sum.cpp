@@ -58,7 +58,10 @@ bool ExactGradientSum::reduce(core::ParamStore& params, long global_partials, Wa
     if (!std::isfinite(largest[p])) return;  // rounding NaN or infinity to an integer is undefined
     for (int k = 0; k < partials_; ++k) {
       const float* g = stored_.data() + std::size_t(k) * arena_size_ + info.offset;
-      for (std::size_t i = 0; i < info.size; ++i) sum[i] += std::llrint(double(g[i]) * scales_[p]);
+      // Truncation toward zero: any fixed rounding rule is exact enough at 2^-59 of the largest
+      // value, and this one compiles to one vector instruction (llrint is a library call).
+      const double scale = scales_[p];
+      for (std::size_t i = 0; i < info.size; ++i) sum[i] += static_cast<std::int64_t>(double(g[i]) * scale);
     }
   });
   check(MPI_Iallreduce(MPI_IN_PLACE, fixed_.data(), int(fixed_.size()), MPI_INT64_T, MPI_SUM, comm_.handle(), &request),

@@ -47,6 +47,11 @@ TEST(Model, NamedArgumentsAndCanonicalSpecRoundTrip) {
   EXPECT_EQ(again.params().count(), model.params().count());
 }
 
+TEST(Model, CanonicalSpecKeepsEveryDigitOfAFloatArgument) {
+  Model model("flatten leakyrelu(slope=1e-7) dense(2)", {1, 2, 2}, 1);
+  EXPECT_EQ(model.canonical_spec(), "flatten leakyrelu(slope=1e-07) dense(2)");
+}
+
 TEST(Model, SummaryListsLayersParametersAndFlops) {
   Model model(kReference, {1, 28, 28}, 1);
   const std::string summary = model.summary();
