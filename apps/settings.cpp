@@ -159,12 +159,15 @@ void Settings::bad_value(const std::string& name, const std::string& expected) c
                     text(name) + "'");
 }
 
-long Settings::integer(const std::string& name, long min_value) const {
+long Settings::integer(const std::string& name, long min_value, long max_value) const {
   const std::string value = text(name);
+  const std::string range = "an integer in [" + std::to_string(min_value) + ", " + std::to_string(max_value) + "]";
   long result = 0;
   const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), result);
+  if (ec == std::errc::result_out_of_range) bad_value(name, range);
   if (ec != std::errc() || end != value.data() + value.size()) bad_value(name, "an integer");
   if (result < min_value) bad_value(name, "an integer >= " + std::to_string(min_value));
+  if (result > max_value) bad_value(name, range);
   return result;
 }
 

@@ -3,6 +3,7 @@
 // epochs = 3") is also a command-line option ("--train.epochs=3"); the command line wins. Values
 // are kept as text and converted on use, so that every error names the key, the value and what
 // was expected.
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,7 +30,7 @@ class Settings {
 
   bool given(const std::string& key) const;
   std::string text(const std::string& key) const;
-  long integer(const std::string& key, long min_value) const;
+  long integer(const std::string& key, long min_value, long max_value = std::numeric_limits<int>::max()) const;
   double real(const std::string& key, double min_value, bool allow_equal = true) const;
   bool flag(const std::string& key) const;
   std::vector<double> reals(const std::string& key) const;  // comma-separated; "" gives {}

@@ -116,7 +116,7 @@ TrainConfig read_config(const Settings& s) {
   c.init = s.choice("model.init", core::known_init_schemes());
   c.epochs = int(s.integer("train.epochs", 1));
   c.global_batch = int(s.integer("train.batch_size", 1));
-  c.seed = std::uint64_t(s.integer("train.seed", 0));
+  c.seed = std::uint64_t(s.integer("train.seed", 0, std::numeric_limits<long>::max()));
   c.threads = int(s.integer("train.threads", 0));
   c.log_interval = s.integer("train.log_interval", 1);
   c.max_steps = s.integer("train.max_steps", 0);
@@ -208,6 +208,8 @@ class Trainer {
   int run() {
     prepare_run_dir();
     start_from_checkpoint_or_init();
+    // Only now: a resume that fails its checks must leave the run folder's config.ini as it was.
+    if (comm_.is_root()) io::write_file_atomically(c_.run_dir + "/config.ini", config_ini_);
     std::signal(SIGTERM, on_stop_signal);
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGUSR1, on_stop_signal);
@@ -266,7 +268,6 @@ class Trainer {
       fs::create_directories(c_.run_dir, error);
       if (error || !fs::is_directory(c_.run_dir))
         throw IoError("output folder '" + c_.run_dir + "' cannot be created (" + error.message() + ")");
-      io::write_file_atomically(c_.run_dir + "/config.ini", config_ini_);
     }
     comm_.barrier();
   }

@@ -55,9 +55,12 @@ struct Pool8 {
   using Index = decltype(V{} > V{});  // eight signed integers of T's width
   static V load(const T* p) { return *reinterpret_cast<const Vu*>(p); }
   static void store(T* p, V v) { *reinterpret_cast<Vu*>(p) = v; }
-  static V join(const T* lo, const T* hi) {  // 4 elements from each
-    const Index pick = {0, 1, 2, 3, 8, 9, 10, 11};
-    return __builtin_shuffle(load(lo), load(hi), pick);
+  // 4 elements from each. Exactly 4 are read: the last quad of a buffer has nothing after it.
+  static V join(const T* lo, const T* hi) {
+    T both[8];
+    std::memcpy(both, lo, 4 * sizeof(T));
+    std::memcpy(both + 4, hi, 4 * sizeof(T));
+    return load(both);
   }
 };
 

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <functional>
+#include <limits>
 #include <set>
 
 #include "errors.hpp"
@@ -197,6 +198,8 @@ class ActivationLayer final : public Layer {
 class Flatten final : public Layer {
  public:
   explicit Flatten(const Shape& in) {
+    if (in.size() > std::size_t(std::numeric_limits<int>::max()))
+      throw ShapeError("flatten: input " + in.str() + " has more than 2^31 values");
     input_ = in;
     output_ = {int(in.size()), 1, 1};
   }

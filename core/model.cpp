@@ -49,7 +49,8 @@ std::vector<LayerArgs> parse_spec(const std::string& spec) {
     layer.kind = spec.substr(start, i - start);
     if (i < spec.size() && spec[i] == '(') {
       const std::size_t close = spec.find(')', i);
-      if (close == std::string::npos) spec_error(spec, i, "unclosed '(' after '" + layer.kind + "'");
+      if (close == std::string::npos || spec.find('(', i + 1) < close)
+        spec_error(spec, i, "unclosed '(' after '" + layer.kind + "'");
       parse_arguments(layer, spec.substr(i + 1, close - i - 1), spec, i);
       i = close + 1;
     }
@@ -80,6 +81,12 @@ std::vector<ParamInfo> plan_params(const std::string& spec, const Shape& input) 
   const auto layers = build_layers(spec, input);
   for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->declare_params(store, int(i));
   return store.infos();
+}
+
+std::size_t plan_activation_floats(const std::string& spec, const Shape& input) {
+  std::size_t total = 0;
+  for (const auto& layer : build_layers(spec, input)) total += layer->output_shape().size();
+  return total;
 }
 
 Model::Model(const std::string& spec, const Shape& input, int max_batch)

@@ -18,6 +18,8 @@ std::vector<LayerArgs> parse_spec(const std::string& spec);
 // The parameters a spec declares for an input shape, computed without allocating any of them
 // (checks a file's declared shapes before trusting its sizes). Throws like the Model constructor.
 std::vector<ParamInfo> plan_params(const std::string& spec, const Shape& input);
+// Floats of every layer's output for one sample, also computed without allocating.
+std::size_t plan_activation_floats(const std::string& spec, const Shape& input);
 
 class Model {
  public:

@@ -24,6 +24,8 @@ namespace {
 // Bounds a file's declared sizes are checked against before anything is allocated.
 constexpr long kMaxInputSide = 1 << 16;
 constexpr std::size_t kMaxParams = std::size_t(1) << 31;
+constexpr std::size_t kMaxInputValues = std::size_t(1) << 26;       // C*H*W of one input
+constexpr std::size_t kMaxActivationFloats = std::size_t(1) << 28;  // all layer outputs of one sample
 
 std::string utc_now() {
   const std::time_t now = std::time(nullptr);
@@ -190,6 +192,9 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   if (input.size() != 3 || std::any_of(input.begin(), input.end(), [](auto d) { return d < 1 || d > kMaxInputSide; }))
     invalid(path, "/model input_shape must be 3 sizes in [1, " + std::to_string(kMaxInputSide) + "]");
   h.model.input = {int(input[0]), int(input[1]), int(input[2])};
+  if (h.model.input.size() > kMaxInputValues)
+    invalid(path, "/model input_shape " + h.model.input.str() + " has more than " + std::to_string(kMaxInputValues) +
+                      " values per sample");
   h.model.loss = h5::read_string_attribute(model.get(), "loss");
   h.model.mean = h5::read_array_attribute<double>(model.get(), "mean");
   h.model.std = h5::read_array_attribute<double>(model.get(), "std");
@@ -204,6 +209,9 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   std::size_t total = 0;
   for (const auto& p : plan) total += p.size;
   if (total > kMaxParams) invalid(path, "/model spec declares " + std::to_string(total) + " parameters, more than the limit");
+  if (core::plan_activation_floats(h.model.spec, h.model.input) > kMaxActivationFloats)
+    invalid(path, "/model spec needs more than " + std::to_string(kMaxActivationFloats) +
+                      " activation values per sample on input " + h.model.input.str());
   for (const auto& p : plan) {
     if (!h5::exists(model.get(), p.name)) invalid(path, "missing dataset '/model/" + p.name + "'");
     h5::Handle dataset = h5::open_dataset(model.get(), p.name);

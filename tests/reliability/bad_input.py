@@ -158,11 +158,8 @@ case("config_lr_nan", train(optimizer__lr="nan"), ["optimizer.lr", "finite", "'n
 case("config_epochs_zero", train(train__epochs="0"), ["train.epochs", ">= 1", "'0'"])
 case("config_epochs_negative", train(train__epochs="-3"), ["train.epochs", ">= 1", "'-3'"])
 case("config_epochs_overflow", train(train__epochs="99999999999999999999999"), ["train.epochs", "integer", "99999999999999999999999"])
-case("config_epochs_beyond_int", train(train__epochs="4294967296"), ["train.epochs", "4294967296"],
-     bug="Settings::integer returns a long and read_config narrows it with int(): epochs 2^32 becomes 0, "
-         "the run trains 0 steps and exits 0")
-case("config_batch_beyond_int", train(train__batch_size="4294967304"), ["train.batch_size", "4294967304"],
-     bug="int(4294967304) is 8: the run trains with a global batch of 8 and no error")
+case("config_epochs_beyond_int", train(train__epochs="4294967296"), ["train.epochs", "4294967296"])
+case("config_batch_beyond_int", train(train__batch_size="4294967304"), ["train.batch_size", "4294967304"])
 case("config_batch_zero", train(train__batch_size="0"), ["train.batch_size", ">= 1", "'0'"])
 case("config_batch_negative", train(train__batch_size="-8"), ["train.batch_size", ">= 1", "'-8'"])
 case("config_batch_below_ranks", train(train__batch_size="1"), ["train.batch_size", "1", "2 ranks"], mpi_only=True)
@@ -182,9 +179,7 @@ case("spec_unknown_argument", train(model__spec="conv(4,3,strid=2) relu flatten 
 case("spec_too_many_arguments", train(model__spec="dense(3,4,5,6,7)"), ["'dense'", "at most"])
 case("spec_unclosed_paren", train(model__spec="conv(4,3) relu flatten dense(3"), ["model spec", "unclosed '('", "dense"])
 case("spec_unclosed_paren_before_next_layer", train(model__spec="conv(4,3 relu flatten dense(3)"),
-     ["model spec", "unclosed '('", "conv"],
-     bug="parse_spec takes the ')' of a later layer: 'conv(4,3 relu flatten dense(3)' reports "
-         "\"argument 'kernel' must be an integer, got '3 relu flatten dense(3'\" instead of the unclosed '('")
+     ["model spec", "unclosed '('", "conv"])
 case("spec_empty", train(config="bad.ini", model__spec=None), ["model spec is empty", "expected"], ini("[model]\nspec =\n"))
 case("spec_kernel_too_big", train(model__spec="conv(4,9) relu flatten dense(3)"), ["'conv'", "kernel 9", "(1,8,8)"])
 case("spec_pool_too_big", train(model__spec="maxpool(16) flatten dense(3)"), ["'maxpool'", "window 16", "(1,8,8)"])
@@ -273,13 +268,9 @@ def crafted_model(spec, input_shape, weights):
 
 
 case("ckpt_input_size_overflows", ["inspect", "ckpt.h5"], ["ckpt.h5", "input_shape", "(65536,65536,2)"],
-     crafted_model("flatten dense(3)", [65536, 65536, 2], {"1.weight": (3, 0), "1.bias": (3,)}),
-     bug="65536*65536*2 values per sample overflow the int of Flatten's output shape: the header check passes, "
-         "the model becomes flatten -> (0,1,1) and `mpicnn inspect` exits 0")
+     crafted_model("flatten dense(3)", [65536, 65536, 2], {"1.weight": (3, 0), "1.bias": (3,)}))
 case("ckpt_huge_activations", ["inspect", "ckpt.h5"], ["ckpt.h5", "input_shape", "(1,65536,65536)"],
-     crafted_model("conv(4,1,bias=false)", [1, 65536, 65536], {"0.weight": (4, 1, 1, 1)}), memory_cap=True,
-     bug="4 parameters pass the parameter limit but the model's activations need 16 GiB: `mpicnn inspect` "
-         "allocates them and ends with 'error: std::bad_alloc' (or takes 16 GiB) instead of rejecting the header")
+     crafted_model("conv(4,1,bias=false)", [1, 65536, 65536], {"0.weight": (4, 1, 1, 1)}), memory_cap=True)
 KNOWN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz", "known")
 
 
@@ -307,9 +298,7 @@ case("ckpt_resume_into_folder_spec_mismatch", train(model__spec="conv(8,3) relu 
      [CKPT, "differs"], copy_run)
 case("ckpt_resume_optimizer_mismatch", train(optimizer__name="adam"), [CKPT, "'sgd'", "'adam'"], copy_run)
 case("ckpt_resume_mismatch_keeps_config", train(model__spec="conv(8,3) relu maxpool(2) flatten dense(3)"),
-     [CKPT, "differs"], copy_run, protect=r"\.h5$|^latest$|^config\.ini$",
-     bug="train writes the run folder's config.ini before it reads the checkpoint, so a resume that fails "
-         "(spec or optimizer mismatch) has already replaced the config that matches the checkpoint")
+     [CKPT, "differs"], copy_run, protect=r"\.h5$|^latest$|^config\.ini$")
 case("ckpt_resume_missing", train(resume="missing.h5"), ["missing.h5", "does not exist"])
 case("ckpt_resume_image_shape_differs", train(resume=f"run/{CKPT}", output="run2"), [CKPT, "(1,10,10)", "(1,8,8)"],
      lambda w, fx: (copy_run(w, fx), dataset(shape=(1, 10, 10))(w, fx)))
