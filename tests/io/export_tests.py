@@ -519,7 +519,7 @@ def case_bundle(ctx, arch):
     if arch == "a":
         expected += ['type "B"', "basal cell", "test_accuracy", "dense(4)", "loss cross_entropy"]
     else:
-        expected += ["leakyrelu(slope=0.200000)", "loss mse"]
+        expected += ["leakyrelu(slope=0.2)", "loss mse"]
     for text in expected:
         check(text in shown, f"inspect output lacks {text!r}")
 
