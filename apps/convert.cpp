@@ -102,11 +102,7 @@ int run_convert(const Args& args, const dist::Communicator&) {
       {"compression", "4", "gzip level 0-9"},
       {"chunk", "0", "samples per HDF5 chunk (0 = automatic)"},
   });
-  s.parse(args);
-  if (s.help_requested()) {
-    std::fputs(s.help().c_str(), stdout);
-    return 0;
-  }
+  if (!parse_or_help(s, args)) return 0;
   data::ConvertOptions o;
   o.class_names = split_names(s.text("names"));
   o.height = int(s.integer("height", 0));
@@ -130,11 +126,7 @@ int run_convert(const Args& args, const dist::Communicator&) {
 
 int run_inspect(const Args& args, const dist::Communicator&) {
   Settings s("inspect", {{"file", "", "dataset, checkpoint or bundle to summarise", true}});
-  s.parse(args, "file");
-  if (s.help_requested()) {
-    std::fputs(s.help().c_str(), stdout);
-    return 0;
-  }
+  if (!parse_or_help(s, args, true, "file")) return 0;
   const std::string path = s.text("file");
   std::string format;
   {

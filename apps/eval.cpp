@@ -176,11 +176,7 @@ void write_predictions(const std::string& path, const Outputs& o, int k, bool cl
 
 int run_eval(const Args& args, const dist::Communicator& comm) {
   Settings s("eval", apply_keys(false));
-  s.parse(args);
-  if (s.help_requested()) {
-    if (comm.is_root()) std::fputs(s.help().c_str(), stdout);
-    return 0;
-  }
+  if (!parse_or_help(s, args, comm.is_root())) return 0;
   Loaded l = load(s, comm);
   Outputs o;
   const Evaluation e = run_collecting(l, comm, &o);
@@ -196,11 +192,7 @@ int run_eval(const Args& args, const dist::Communicator& comm) {
 
 int run_predict(const Args& args, const dist::Communicator& comm) {
   Settings s("predict", apply_keys(true));
-  s.parse(args);
-  if (s.help_requested()) {
-    if (comm.is_root()) std::fputs(s.help().c_str(), stdout);
-    return 0;
-  }
+  if (!parse_or_help(s, args, comm.is_root())) return 0;
   Loaded l = load(s, comm);
   Outputs o;
   run_collecting(l, comm, &o);

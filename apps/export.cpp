@@ -18,11 +18,7 @@ int run_export(const Args& args, const dist::Communicator& comm) {
       {"output", "", "file to write (replaced atomically)", true},
       {"probabilities", "true", "onnx: add a 'probabilities' output (softmax) for classification models"},
   });
-  s.parse(args);
-  if (s.help_requested()) {
-    if (comm.is_root()) std::fputs(s.help().c_str(), stdout);
-    return 0;
-  }
+  if (!parse_or_help(s, args, comm.is_root())) return 0;
   const std::string format = s.choice("format", {"h5", "onnx"});
   const bool probabilities = s.flag("probabilities");
   const std::string checkpoint = io::resolve_checkpoint(s.text("checkpoint"));

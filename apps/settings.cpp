@@ -4,6 +4,7 @@
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -36,6 +37,13 @@ std::string strip_dashes(std::string s) {
 }
 
 }  // namespace
+
+bool parse_or_help(Settings& settings, const std::vector<std::string>& args, bool print, const std::string& positional) {
+  settings.parse(args, positional);
+  if (!settings.help_requested()) return true;
+  if (print) std::fputs(settings.help().c_str(), stdout);
+  return false;
+}
 
 std::string nearest(const std::string& word, const std::vector<std::string>& known) {
   std::string best;

@@ -48,6 +48,11 @@ class Settings {
   std::map<std::string, std::string> sources_;  // where each value came from, for messages
 };
 
+// Parses `args` into `settings`; when --help was asked for, prints the help (on rank 0 only, when
+// `print` is false elsewhere) and returns false: the command then has nothing more to do.
+bool parse_or_help(Settings& settings, const std::vector<std::string>& args, bool print = true,
+                   const std::string& positional = "");
+
 // The nearest known name to `word`, or "" when none is close (edit distance).
 std::string nearest(const std::string& word, const std::vector<std::string>& known);
 

@@ -516,11 +516,7 @@ class Trainer {
 
 int run_train(const Args& args, const dist::Communicator& comm) {
   Settings settings("train", train_keys());
-  settings.parse(args);
-  if (settings.help_requested()) {
-    if (comm.is_root()) std::fputs(settings.help().c_str(), stdout);
-    return 0;
-  }
+  if (!parse_or_help(settings, args, comm.is_root())) return 0;
   return Trainer(read_config(settings), settings.resolved_ini(), comm).run();
 }
 
