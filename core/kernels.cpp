@@ -143,32 +143,29 @@ void unpool_quads(T* dx, const T* dy, const std::int32_t* arg, Quad a, Quad b, s
   P::store(dx + b.input + W, __builtin_shuffle(e1, o1, hi));
 }
 
-template <class T>
-void maxpool_2x2_forward(T* y, std::int32_t* arg, const T* x, const PoolGeometry& g) {
+// Calls pair(a, b, both) for the quads of a sample two by two; a lone last quad comes as (a, a, false).
+template <class Pair>
+void for_each_quad_pair(const PoolGeometry& g, Pair&& pair) {
   const std::size_t quads = g.out_size() / 4;
   QuadWalk walk(g);
   for (std::size_t q = 0; q + 1 < quads; q += 2) {
     const Quad a = walk.next(), b = walk.next();
-    max_of_quads(y, arg, x, a, b, g.width, true);
+    pair(a, b, true);
   }
   if (quads % 2) {
     const Quad a = walk.next();
-    max_of_quads(y, arg, x, a, a, g.width, false);
+    pair(a, a, false);
   }
 }
 
 template <class T>
+void maxpool_2x2_forward(T* y, std::int32_t* arg, const T* x, const PoolGeometry& g) {
+  for_each_quad_pair(g, [&](Quad a, Quad b, bool both) { max_of_quads(y, arg, x, a, b, g.width, both); });
+}
+
+template <class T>
 void maxpool_2x2_backward(T* dx, const T* dy, const std::int32_t* arg, const PoolGeometry& g) {
-  const std::size_t quads = g.out_size() / 4;
-  QuadWalk walk(g);
-  for (std::size_t q = 0; q + 1 < quads; q += 2) {
-    const Quad a = walk.next(), b = walk.next();
-    unpool_quads(dx, dy, arg, a, b, g.width, true);
-  }
-  if (quads % 2) {
-    const Quad a = walk.next();
-    unpool_quads(dx, dy, arg, a, a, g.width, false);
-  }
+  for_each_quad_pair(g, [&](Quad a, Quad b, bool both) { unpool_quads(dx, dy, arg, a, b, g.width, both); });
 }
 
 template <class T>
