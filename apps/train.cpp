@@ -191,7 +191,8 @@ class Trainer {
     meta_.spec = model_->canonical_spec();
     check_output_fits(info);
     optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params().size());
-    sync_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
+    if (!c_.exact_reduction)
+      sync_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
     if (c_.exact_reduction)
       exact_ = std::make_unique<dist::ExactGradientSum>(comm, model_->params(),
