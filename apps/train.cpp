@@ -46,7 +46,7 @@ std::vector<Key> train_keys() {
       {"data.std", "", "per-channel stds overriding the file's, comma-separated"},
       {"data.random_flip", "false", "augmentation: random horizontal flip"},
       {"data.random_crop_pad", "0", "augmentation: pad by this many pixels and crop back at random"},
-      {"data.cache_mb", "0", "keep the rank's data in memory when it fits in this many MB"},
+      {"data.cache_mb", "0", "read the training split into memory before the first step when it fits in this many MB (0 = stream from the file)"},
       {"data.prefetch", "true", "read the next batch in a background thread"},
       {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
       {"model.init", "he", "weight initialisation: he, he_uniform, xavier, xavier_normal"},
@@ -194,9 +194,7 @@ class Trainer {
     if (!c_.exact_reduction)
       sync_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
-    if (c_.exact_reduction)
-      exact_ = std::make_unique<dist::ExactGradientSum>(comm, model_->params(),
-                                                        (reader_->capacity() + c_.micro_batch - 1) / c_.micro_batch);
+    if (c_.exact_reduction) exact_ = std::make_unique<dist::ExactGradientSum>(comm, model_->params());
     if (!c_.eval_split.empty())
       eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
           c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
@@ -240,7 +238,7 @@ class Trainer {
  private:
   struct StepResult {
     double loss = 0, accuracy = 0, lr = 0, comm_wait = 0;
-    bool stop = false;
+    bool stop = false, finite = true;
   };
   struct EpochSums {
     double loss = 0, accuracy = 0;
@@ -285,6 +283,12 @@ class Trainer {
                           " differs from the config's '" + meta_.spec + "' on " + meta_.input.str());
       io::load_checkpoint(path, *model_, optimizer_.get());
       state_ = header.trainer;
+      if (exact_ && !state_.gradient_grid.empty()) {
+        if (state_.gradient_grid.size() != model_->params().infos().size())
+          throw IoError(path + ": /trainer attribute 'gradient_grid' has " + std::to_string(state_.gradient_grid.size()) +
+                        " exponents, expected " + std::to_string(model_->params().infos().size()) + " (one per parameter tensor)");
+        exact_->set_grid(state_.gradient_grid);
+      }
       last_saved_step_ = state_.global_step;
       if (state_.seed != c_.seed && comm_.is_root())
         std::fprintf(stderr, "warning: resuming with train.seed %llu from the checkpoint (config says %llu)\n",
@@ -321,26 +325,33 @@ class Trainer {
 
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
     StepResult r;
-    const core::LossSum local = exact_ ? accumulate_micro_batches(worker, batch) : accumulate_overlapped(worker, batch, &r);
-    // One small allreduce carries the loss sums, the class histogram and the stop request, so all
-    // ranks stop together and divide by the same normaliser.
-    std::vector<double> totals = {local.sum, local.correct, double(stop_signal != 0)};
-    append_histogram(batch, &totals);
-    MPI_Request request;
-    dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
-                "MPI_Iallreduce");
-    watchdog_->wait(std::span<MPI_Request>(&request, 1), "the loss allreduce");
-    bool finite = true;
-    if (exact_) {
-      const auto start = std::chrono::steady_clock::now();
-      finite = exact_->reduce(model_->params(), (batch.global_count + c_.micro_batch - 1) / c_.micro_batch, *watchdog_);
-      r.comm_wait = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::vector<double> totals;
+    for (bool again = true; again;) {
+      const core::LossSum local = exact_ ? accumulate_micro_batches(worker, batch) : accumulate_overlapped(worker, batch);
+      watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
+      // One small allreduce carries the loss sums, the class histogram and the stop request, so
+      // all ranks stop together and divide by the same normaliser. It is waited for with the
+      // gradients: the wait measured is all the communication backward did not hide.
+      totals = {local.sum, local.correct, double(stop_signal != 0)};
+      append_histogram(batch, &totals);
+      MPI_Request request;
+      dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
+                  "MPI_Iallreduce");
+      again = false;
+      if (!exact_) {
+        r.comm_wait = sync_->finish(*watchdog_, &request);
+        break;
+      }
+      const dist::ExactGradientSum::Result sum = exact_->finish(*watchdog_, &request);
+      r.comm_wait += sum.wait_seconds;
+      r.finite = sum.outcome != dist::ExactGradientSum::Outcome::non_finite;
+      again = sum.outcome == dist::ExactGradientSum::Outcome::retry;  // the same on every rank
     }
     const double normalizer = global_normalizer(totals, batch.global_count);
     r.loss = totals[0] / normalizer;
     r.accuracy = c_.loss.kind == "cross_entropy" ? totals[1] / batch.global_count : NAN;
     r.stop = totals[2] > 0;
-    if (!std::isfinite(r.loss) || !finite) non_finite(r.loss);
+    if (!std::isfinite(r.loss) || !r.finite) non_finite(r.loss);
     core::scale_gradients(model_->params(), 1.0 / normalizer);
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
     optimizer_->step(model_->params(), r.lr);
@@ -349,27 +360,27 @@ class Trainer {
 
   // The whole local batch at once; each bucket's allreduce starts as soon as backward has
   // finished its layers, overlapping the rest of backward.
-  core::LossSum accumulate_overlapped(core::GradientWorker& worker, const data::Batch& batch, StepResult* r) {
+  core::LossSum accumulate_overlapped(core::GradientWorker& worker, const data::Batch& batch) {
     model_->params().zero_grads();
-    const core::LossSum local = worker.accumulate(view_of(batch, 0, batch.count), c_.loss,
-                                                  [this](int layer) { sync_->layer_done(layer); });
-    watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
-    r->comm_wait = sync_->finish(*watchdog_);
-    return local;
+    return worker.accumulate(view_of(batch, 0, batch.count), c_.loss, [this](int layer) { sync_->layer_done(layer); });
   }
 
-  // train.reduction = exact: micro-batches of fixed global positions, each one's gradient kept
-  // apart and summed exactly, so the result does not depend on which rank computed what.
+  // train.reduction = exact: micro-batches of fixed global positions, each one's gradient added
+  // exactly onto a fixed-point grid as backward finishes its layers, so the result does not
+  // depend on which rank computed what. A rank without samples still takes part in every
+  // allreduce (an empty pass calls layer_done for every layer).
   core::LossSum accumulate_micro_batches(core::GradientWorker& worker, const data::Batch& batch) {
-    exact_->begin_step();
+    exact_->begin_step((batch.global_count + c_.micro_batch - 1) / c_.micro_batch);
     core::LossSum local;
-    for (int start = 0; start < batch.count; start += c_.micro_batch) {
-      model_->params().zero_grads();
-      const core::LossSum s = worker.accumulate(view_of(batch, start, std::min(c_.micro_batch, batch.count - start)), c_.loss);
+    int start = 0;
+    do {
+      const int count = std::min(c_.micro_batch, batch.count - start);
+      const bool last = start + count >= batch.count;
+      const core::LossSum s = worker.accumulate(view_of(batch, start, count), c_.loss,
+                                                [this, last](int layer) { exact_->layer_done(layer, last); });
       local.sum += s.sum, local.correct += s.correct;
-      exact_->add(model_->params());
-    }
-    watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
+      start += count;
+    } while (start < batch.count);
     return local;
   }
 
@@ -461,6 +472,7 @@ class Trainer {
   void save(Reporter& report, const std::vector<std::pair<std::string, double>>& metrics,
             std::optional<io::TrainerState> position = std::nullopt) {
     io::TrainerState at = position.value_or(state_);
+    at.gradient_grid = exact_ ? exact_->grid() : std::vector<int>{};
     bool best = false;
     for (const auto& [name, value] : metrics)
       if (name == "test_" + c_.best_metric) {

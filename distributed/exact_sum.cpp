@@ -1,79 +1,145 @@
 #include "exact_sum.hpp"
 
 #include <algorithm>
+#include <bit>
+#include <chrono>
 #include <cmath>
-#include <cstring>
 
 #include "core/errors.hpp"
 #include "core/parallel.hpp"
 
 namespace mpicnn::dist {
+namespace {
 
-ExactGradientSum::ExactGradientSum(const Communicator& comm, const core::ParamStore& params, int max_partials)
-    : comm_(comm),
-      infos_(params.infos()),
-      arena_size_(params.size()),
-      max_partials_(max_partials),
-      stored_(std::size_t(max_partials) * params.size()),
-      fixed_(params.size()),
-      scales_(params.infos().size()) {}
+// The grid a fresh run starts from (|g| < 1); the first step widens it where gradients are larger.
+constexpr int kInitialExponent = 0;
+// How far (as a power of two) gradients may grow from one step to the next without a recomputed
+// step. The grid keeps 62 - log2(micro-batches) - margin bits below its top: far finer than float.
+constexpr int kMargin = 4;
+constexpr std::uint32_t kNonFiniteBits = 0x7f800000u;  // |g| as bits at or above this: inf or NaN
+constexpr std::size_t kChunk = 1 << 13;
 
-void ExactGradientSum::add(const core::ParamStore& params) {
-  if (partials_ == max_partials_) throw Error("internal: more micro-batch gradients than room for them");
-  std::memcpy(stored_.data() + std::size_t(partials_++) * arena_size_, params.grads().data(), arena_size_ * sizeof(float));
+// Adds trunc(g * scale) to `sum` for the values on the grid (|g * scale| < limit; others, NaN
+// included, add nothing: their step is recomputed or rejected) and zeroes g. Returns the largest
+// |g| as float bits. Truncation toward zero: any fixed rule is exact enough at 2^-50 of the grid's
+// top, and this one is one vector instruction (llrint is a library call).
+std::uint32_t add_to_grid(float* g, std::int64_t* sum, std::size_t n, double scale, double limit) {
+  std::uint32_t largest = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    largest = std::max(largest, std::bit_cast<std::uint32_t>(g[i]) & 0x7fffffffu);
+    const double x = double(g[i]) * scale;
+    sum[i] += static_cast<std::int64_t>(std::fabs(x) < limit ? x : 0.0);
+    g[i] = 0.f;
+  }
+  return largest;
 }
 
-bool ExactGradientSum::reduce(core::ParamStore& params, long global_partials, Watchdog& watchdog) {
-  // 1. The largest magnitude of every parameter tensor over all contributions of all ranks.
-  // A non-finite value makes the tensor's largest magnitude infinite on every rank.
-  std::vector<float> largest(infos_.size(), 0.f);
-  for (std::size_t p = 0; p < infos_.size(); ++p)
-    for (int k = 0; k < partials_; ++k) {
-      const float* g = stored_.data() + std::size_t(k) * arena_size_ + infos_[p].offset;
-      bool finite = true;
-      for (std::size_t i = 0; i < infos_[p].size; ++i) {
-        largest[p] = std::max(largest[p], std::abs(g[i]));
-        finite &= std::isfinite(g[i]);
-      }
-      if (!finite) largest[p] = INFINITY;
-    }
-  MPI_Request request;
-  check(MPI_Iallreduce(MPI_IN_PLACE, largest.data(), int(largest.size()), MPI_FLOAT, MPI_MAX, comm_.handle(), &request),
-        "MPI_Iallreduce");
-  watchdog.wait(std::span<MPI_Request>(&request, 1), "the gradient scale allreduce");
-  // 2. A scale per tensor, a power of two, so that the sum of all contributions stays below 2^62.
-  const int headroom = int(std::ceil(std::log2(double(std::max(1L, global_partials))))) + 1;
-  bool finite = true;
-  for (std::size_t p = 0; p < infos_.size(); ++p) {
-    finite &= std::isfinite(largest[p]);
-    int exponent = 0;
-    std::frexp(largest[p], &exponent);  // largest < 2^exponent
-    scales_[p] = largest[p] > 0 ? std::ldexp(1.0, 62 - headroom - exponent) : 1.0;
+}  // namespace
+
+ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& params)
+    : comm_(comm), params_(params), sum_(params.size(), 0) {
+  int layers = 0;
+  for (const core::ParamInfo& info : params.infos()) {
+    tensors_.push_back({info.offset, info.size, info.layer});
+    layers = std::max(layers, info.layer + 1);
   }
-  // 3. Round every contribution onto the grid and add (exact); then sum across ranks (exact).
-  core::parallel_for(infos_.size(), 2.0 * partials_ * 1e4, [&](std::size_t p) {
-    const core::ParamInfo& info = infos_[p];
-    std::int64_t* sum = fixed_.data() + info.offset;
-    std::fill(sum, sum + info.size, 0);
-    if (!std::isfinite(largest[p])) return;  // rounding NaN or infinity to an integer is undefined
-    for (int k = 0; k < partials_; ++k) {
-      const float* g = stored_.data() + std::size_t(k) * arena_size_ + info.offset;
-      // Truncation toward zero: any fixed rounding rule is exact enough at 2^-59 of the largest
-      // value, and this one compiles to one vector instruction (llrint is a library call).
-      const double scale = scales_[p];
-      for (std::size_t i = 0; i < info.size; ++i) sum[i] += static_cast<std::int64_t>(double(g[i]) * scale);
-    }
-  });
-  check(MPI_Iallreduce(MPI_IN_PLACE, fixed_.data(), int(fixed_.size()), MPI_INT64_T, MPI_SUM, comm_.handle(), &request),
-        "MPI_Iallreduce");
-  watchdog.wait(std::span<MPI_Request>(&request, 1), "the gradient allreduce");
-  float* grads = params.grads().data();
-  for (std::size_t p = 0; p < infos_.size(); ++p) {
-    const core::ParamInfo& info = infos_[p];
-    const double unscale = std::isfinite(largest[p]) ? 1.0 / scales_[p] : NAN;
-    for (std::size_t i = 0; i < info.size; ++i) grads[info.offset + i] = float(double(fixed_[info.offset + i]) * unscale);
+  exponent_.assign(tensors_.size(), kInitialExponent);
+  scale_.assign(tensors_.size(), 1.0);
+  largest_.assign(tensors_.size(), 0);
+  requests_.assign(std::size_t(layers) + 1, MPI_REQUEST_NULL);
+}
+
+ExactGradientSum::~ExactGradientSum() {
+  for (MPI_Request& r : requests_)
+    if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+}
+
+void ExactGradientSum::set_grid(const std::vector<int>& exponents) {
+  if (exponents.size() != exponent_.size())
+    throw Error("gradient grid has " + std::to_string(exponents.size()) + " exponents, expected " +
+                std::to_string(exponent_.size()) + " (one per parameter tensor)");
+  exponent_ = exponents;
+}
+
+void ExactGradientSum::begin_step(long global_micro_batches) {
+  // The sum of all micro-batches' values, each below limit_, stays below 2^62.
+  const int headroom = int(std::ceil(std::log2(double(std::max(1L, global_micro_batches))))) + 1;
+  limit_ = std::ldexp(1.0, 62 - headroom);
+  for (std::size_t t = 0; t < tensors_.size(); ++t) scale_[t] = std::ldexp(1.0, 62 - headroom - exponent_[t]);
+  std::fill(largest_.begin(), largest_.end(), 0u);
+  params_.zero_grads();
+}
+
+void ExactGradientSum::layer_done(int layer, bool last) {
+  float* grads = params_.grads().data();
+  for (std::size_t t = 0; t < tensors_.size(); ++t) {
+    if (tensors_[t].layer != layer) continue;
+    const Tensor& tensor = tensors_[t];
+    const std::size_t chunks = (tensor.size + kChunk - 1) / kChunk;
+    std::vector<std::uint32_t> largest(chunks, 0);
+    core::parallel_for(chunks, 4.0 * kChunk, [&](std::size_t c) {
+      const std::size_t begin = c * kChunk, n = std::min(kChunk, tensor.size - begin);
+      largest[c] = add_to_grid(grads + tensor.offset + begin, sum_.data() + tensor.offset + begin, n, scale_[t], limit_);
+    });
+    for (std::uint32_t bits : largest) largest_[t] = std::max(largest_[t], bits);
   }
-  return finite;
+  if (!last || comm_.size() == 1) return;
+  start_allreduce(layer);
+  progress();
+}
+
+void ExactGradientSum::start_allreduce(int layer) {
+  const auto [begin, end] = params_.layer_range(layer, layer);
+  if (end > begin)
+    check(MPI_Iallreduce(MPI_IN_PLACE, sum_.data() + begin, int(end - begin), MPI_INT64_T, MPI_SUM, comm_.handle(),
+                         &requests_[std::size_t(layer)]),
+          "MPI_Iallreduce");
+  if (layer == 0)  // backward ends with layer 0: every tensor's largest magnitude is known
+    check(MPI_Iallreduce(MPI_IN_PLACE, largest_.data(), int(largest_.size()), MPI_UINT32_T, MPI_MAX, comm_.handle(),
+                         &requests_.back()),
+          "MPI_Iallreduce");
+}
+
+// Open MPI progresses non-blocking collectives only inside MPI calls: nudge them between layers.
+void ExactGradientSum::progress() {
+  for (MPI_Request& r : requests_) {
+    int done = 0;
+    if (r != MPI_REQUEST_NULL) check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
+  }
+}
+
+ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, MPI_Request* also) {
+  Result result;
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<MPI_Request> requests = requests_;
+  if (also) requests.push_back(*also);
+  watchdog.wait(requests, "the gradient allreduce");
+  std::fill(requests_.begin(), requests_.end(), MPI_REQUEST_NULL);
+  if (also) *also = MPI_REQUEST_NULL;
+  result.wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  // Every rank decides from the same allreduced magnitudes, so all take the same branch.
+  for (std::size_t t = 0; t < tensors_.size(); ++t) {
+    const float largest = std::bit_cast<float>(largest_[t]);
+    if (largest_[t] >= kNonFiniteBits) result.outcome = Outcome::non_finite;
+    else if (largest >= std::ldexp(1.f, exponent_[t]) && result.outcome == Outcome::ok) result.outcome = Outcome::retry;
+  }
+  float* grads = params_.grads().data();
+  for (std::size_t t = 0; t < tensors_.size(); ++t) {
+    const Tensor& tensor = tensors_[t];
+    const double unscale = largest_[t] >= kNonFiniteBits ? NAN : 1.0 / scale_[t];
+    std::int64_t* sum = sum_.data() + tensor.offset;
+    float* g = grads + tensor.offset;
+    for (std::size_t i = 0; i < tensor.size; ++i) g[i] = float(double(sum[i]) * unscale);
+    std::fill(sum, sum + tensor.size, 0);
+    // The grid follows the gradients' size; a recomputed step fits it by construction.
+    if (largest_[t] > 0 && largest_[t] < kNonFiniteBits) {
+      int top = 0;
+      std::frexp(std::bit_cast<float>(largest_[t]), &top);  // largest < 2^top
+      exponent_[t] = top + kMargin;
+    }
+  }
+  return result;
 }
 
 }  // namespace mpicnn::dist

@@ -1,9 +1,21 @@
 #pragma once
-// Rank-count-independent gradient sums. Each micro-batch's gradient (a float copy of the arena) is
-// rounded onto a fixed-point grid of 64-bit integers whose scale all ranks agree on, and integers
-// add exactly, in any grouping and order. So the summed gradient is bitwise the same whether one
-// rank computed every micro-batch or many ranks shared them: N ranks give the result of one.
+// Rank-count-independent gradient sums. As backward finishes a layer of a micro-batch, its
+// gradients are rounded onto a fixed-point grid of 64-bit integers and added to a per-rank sum;
+// integers add exactly, in any grouping and order, so the summed gradient is bitwise the same
+// whether one rank computed every micro-batch or many ranks shared them: N ranks give the result
+// of one. In a rank's last micro-batch each layer's sums start their allreduce at once, so the
+// communication overlaps the rest of backward.
+//
+// The grid of a parameter tensor holds magnitudes below 2^e. Its exponent e is chosen from the
+// previous steps (the largest gradient seen, plus a margin), identically on every rank, so that
+// no pass over the gradients is needed before rounding. A step whose gradients outgrow the grid
+// (rare: a jump beyond the margin, or the first step) is detected from the allreduced largest
+// magnitudes, the grid is widened and the step computed again. The exponents are part of the
+// training state: a checkpoint stores them so that a resumed run rounds like an uninterrupted one.
+#include <mpi.h>
+
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "core/params.hpp"
@@ -14,25 +26,50 @@ namespace mpicnn::dist {
 
 class ExactGradientSum {
  public:
-  // Room for `max_partials` micro-batch gradients of this rank per step.
-  ExactGradientSum(const Communicator& comm, const core::ParamStore& params, int max_partials);
+  enum class Outcome { ok, retry, non_finite };
+  struct Result {
+    Outcome outcome = Outcome::ok;
+    double wait_seconds = 0;  // blocked on communication that backward did not hide
+  };
 
-  void begin_step() { partials_ = 0; }
-  // Keeps a copy of the arena's gradients: one micro-batch's contribution.
-  void add(const core::ParamStore& params);
-  // Sums every rank's contributions of this step (`global_partials` of them) into params' gradient
-  // arena, identically on every rank. Returns false when some contribution was not finite (then
-  // the tensors holding one are filled with NaN, on every rank).
-  bool reduce(core::ParamStore& params, long global_partials, Watchdog& watchdog);
+  ExactGradientSum(const Communicator& comm, core::ParamStore& params);
+  ~ExactGradientSum();
+  ExactGradientSum(const ExactGradientSum&) = delete;
+  ExactGradientSum& operator=(const ExactGradientSum&) = delete;
+
+  // A new step of `global_micro_batches` micro-batches over all ranks; zeroes the gradient arena.
+  void begin_step(long global_micro_batches);
+  // Backward has finished layer `layer` of a micro-batch: its gradients go onto the grid and its
+  // part of the arena is zeroed for the next micro-batch. In this rank's last micro-batch
+  // (`last`; a rank without samples calls it once per layer too) the layer's allreduce starts.
+  void layer_done(int layer, bool last);
+  // Waits for the sums and for `also` (another request of this step, e.g. the loss sums), then
+  // writes the summed gradient into the arena, identically on every rank. retry: some gradient
+  // outgrew its grid, which is now wider; compute the step again. non_finite: the tensors holding
+  // a NaN or infinity are filled with NaN.
+  Result finish(Watchdog& watchdog, MPI_Request* also);
+
+  // Grid exponents per parameter tensor, for checkpoints.
+  const std::vector<int>& grid() const { return exponent_; }
+  void set_grid(const std::vector<int>& exponents);
 
  private:
+  struct Tensor {
+    std::size_t offset, size;
+    int layer;
+  };
+  void start_allreduce(int layer);
+  void progress();
+
   const Communicator& comm_;
-  std::vector<core::ParamInfo> infos_;
-  std::size_t arena_size_;
-  int max_partials_, partials_ = 0;
-  core::Buffer stored_;               // (max_partials, arena) floats
-  std::vector<std::int64_t> fixed_;   // arena-sized fixed-point sum
-  std::vector<double> scales_;        // per parameter tensor: fixed = round(value * scale)
+  core::ParamStore& params_;
+  std::vector<Tensor> tensors_;
+  std::vector<int> exponent_;            // per tensor: the grid holds |g| < 2^exponent
+  std::vector<double> scale_;            // per tensor, this step: sum += trunc(g * scale)
+  double limit_ = 0;                     // this step: |g * scale| stays below it on the grid
+  std::vector<std::int64_t> sum_;        // arena-sized fixed-point sum
+  std::vector<std::uint32_t> largest_;   // per tensor: the largest |g| seen this step, as float bits
+  std::vector<MPI_Request> requests_;    // per layer's sums, then one for the largest magnitudes
 };
 
 }  // namespace mpicnn::dist

@@ -93,6 +93,10 @@ void write_header(hid_t file, const ModelMeta& meta, const core::Optimizer& opti
   h5::write_attribute(trainer.get(), "best_metric", state.best_metric);
   h5::write_attribute(trainer.get(), "best_metric_name", state.best_metric_name);
   h5::write_attribute(trainer.get(), "rng", "none: the data order and augmentation are pure functions of (seed, epoch, sample index)");
+  if (!state.gradient_grid.empty()) {
+    const std::vector<std::int64_t> grid(state.gradient_grid.begin(), state.gradient_grid.end());
+    h5::write_attribute(trainer.get(), "gradient_grid", std::span<const std::int64_t>(grid));
+  }
 
   h5::Handle config = h5::create_group(file, "config");
   h5::write_attribute(config.get(), "ini", config_ini);
@@ -239,6 +243,13 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   h.trainer.best_metric_name = h5::read_string_attribute(trainer.get(), "best_metric_name");
   if (h.trainer.epoch < 0 || h.trainer.step_in_epoch < 0 || h.trainer.global_step < 0)
     invalid(path, "/trainer position is negative");
+  if (h5::has_attribute(trainer.get(), "gradient_grid"))
+    for (std::int64_t exponent : h5::read_array_attribute<std::int64_t>(trainer.get(), "gradient_grid")) {
+      if (exponent < -kGridExponentBound || exponent > kGridExponentBound)
+        invalid(path, "/trainer attribute 'gradient_grid' holds " + std::to_string(exponent) + ", expected exponents within +-" +
+                          std::to_string(kGridExponentBound));
+      h.trainer.gradient_grid.push_back(int(exponent));
+    }
 
   h5::Handle config = h5::open_group(f, "config");
   h.config_ini = h5::read_string_attribute(config.get(), "ini");

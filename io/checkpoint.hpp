@@ -24,7 +24,12 @@ struct TrainerState {
   std::uint64_t seed = 0;     // the data order and augmentation derive from (seed, epoch, index)
   double best_metric = -1e300;
   std::string best_metric_name = "accuracy";
+  // Exact reduction: the fixed-point grid exponent of every parameter tensor (distributed/
+  // exact_sum.hpp), so that a resumed run rounds gradients as the uninterrupted one; empty otherwise.
+  std::vector<int> gradient_grid;
 };
+// Float exponents span -149..128; a grid exponent adds a small margin.
+inline constexpr int kGridExponentBound = 200;
 
 // What a model needs besides its weights to be rebuilt and fed correctly.
 struct ModelMeta {

@@ -210,6 +210,9 @@ TEST(ExactResume, StopMidEpochAndResumeGivesBitwiseIdenticalWeights) {
   const std::string data = make_dataset("resume.h5", 3200, 100);
   const Weights straight = load(train(2, data, "straight", "--train.max_steps=50"));
   const std::string run = train(2, data, "stopped", "--train.max_steps=20");  // step 20 of a 50-step epoch
+  // The fixed-point grid of the exact sum is training state: one exponent per parameter tensor.
+  const io::CheckpointHeader stopped = io::read_checkpoint_header(io::resolve_checkpoint(run));
+  EXPECT_EQ(stopped.trainer.gradient_grid.size(), core::Model(stopped.model.spec, stopped.model.input, 1).params().infos().size());
   train(2, data, "stopped", "--train.max_steps=50");                          // resumes from the run folder
   const Weights resumed = load(run);
   EXPECT_EQ(0, std::memcmp(straight.values.data(), resumed.values.data(), straight.values.size() * 4));

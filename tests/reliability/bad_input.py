@@ -289,6 +289,11 @@ case("ckpt_corrupt_global_heap_segv", evaluate(), ["ckpt.h5"],
      known_input("checkpoint", "hdf5-global-heap-segv", "ckpt.h5"),
      bug="the same kind of corrupted variable-length string attribute makes HDF5 1.10.8 crash in H5HG_read: "
          "`mpicnn inspect`/`eval` end with SIGSEGV (status 139) instead of an error line")
+case("ckpt_gradient_grid_out_of_range", evaluate(), ["ckpt.h5", "gradient_grid", "1000"],
+     edited_checkpoint(set_attr("trainer", "gradient_grid", np.array([1000, 0, 0, 0], np.int64))))
+case("ckpt_resume_gradient_grid_wrong_size", train(resume="ckpt.h5", output="run2"),
+     ["ckpt.h5", "gradient_grid", "2 exponents", "expected 4"],
+     edited_checkpoint(set_attr("trainer", "gradient_grid", np.array([3, 3], np.int64))))
 case("ckpt_empty_run_folder", evaluate(checkpoint="empty_run"), ["empty_run", "no checkpoint"],
      lambda w, fx: os.makedirs(os.path.join(w, "empty_run")))
 case("ckpt_resume_spec_mismatch", train(resume=f"run/{CKPT}", output="run2",
