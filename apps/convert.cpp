@@ -99,7 +99,7 @@ int run_convert(const Args& args, const dist::Communicator&) {
       {"channels", "0", "folder: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
       {"test_fraction", "0", "folder: share of each class written to /test"},
       {"seed", "0", "folder: which images go to /test"},
-      {"compression", "4", "gzip level 0-9"},
+      {"compression", "auto", "gzip level 0-9, or auto: 4 for chunks of 16 KiB or more, none for smaller ones"},
       {"chunk", "0", "samples per HDF5 chunk (0 = automatic)"},
   });
   if (!parse_or_help(s, args)) return 0;
@@ -110,9 +110,8 @@ int run_convert(const Args& args, const dist::Communicator&) {
   o.channels = int(s.integer("channels", 0));
   o.test_fraction = s.real("test_fraction", 0);
   o.seed = std::uint64_t(s.integer("seed", 0));
-  o.writer.compression_level = int(s.integer("compression", 0));
+  o.writer.compression_level = s.text("compression") == "auto" ? -1 : int(s.integer("compression", 0, 9));
   o.writer.chunk_samples = int(s.integer("chunk", 0));
-  if (o.writer.compression_level > 9) throw ConfigError("option '--compression': expected 0-9, got " + s.text("compression"));
   const std::string format = s.choice("format", {"idx", "npz", "folder"});
   const std::string in = s.text("input"), out = s.text("output");
   const data::ConvertSummary summary = format == "idx"   ? data::convert_idx(in, out, o)

@@ -224,9 +224,9 @@ Handle open_file(const std::string& path, bool writable, hid_t access) {
   return Handle(file);
 }
 
-Handle create_file(const std::string& path) {
+Handle create_file(const std::string& path, hid_t access) {
   silence_errors();
-  const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access);
   if (file < 0) fail_file(path, "cannot create HDF5 file");
   return Handle(file);
 }

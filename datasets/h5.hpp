@@ -79,7 +79,7 @@ T check(T status, hid_t object, const char* action, const std::string& name = {}
 // Files. open_file distinguishes a missing file, a zero-byte file, a file that is not HDF5 and one
 // HDF5 cannot open (truncated or damaged), each with its own message.
 Handle open_file(const std::string& path, bool writable = false, hid_t access = H5P_DEFAULT);  // access: file access properties
-Handle create_file(const std::string& path);  // truncates an existing file
+Handle create_file(const std::string& path, hid_t access = H5P_DEFAULT);  // truncates an existing file
 
 // Links inside a file: `name` is relative to `location` and may contain '/'.
 bool exists(hid_t location, const std::string& name);

@@ -14,6 +14,7 @@
 
 #include "core/errors.hpp"
 #include "core/rng.hpp"
+#include "datasets/direct_chunks.hpp"
 #include "datasets/h5.hpp"
 #include "datasets/writer.hpp"
 
@@ -222,10 +223,11 @@ class SampleReader {
     // Reads take whole chunks, which HDF5 inflates straight into our buffer: its own chunk cache
     // is not needed beyond one chunk.
     block_rows_ = info_.chunk_samples > 0 ? std::size_t(info_.chunk_samples) : 256;
-    cache_rows_ = block_rows_ * std::max<std::size_t>(1, (64u << 10) / (block_rows_ * sample_bytes_));
     h5::Handle access(H5Pcreate(H5P_DATASET_ACCESS));
     H5Pset_chunk_cache(access.get(), 521, std::max<std::size_t>(1 << 20, 2 * block_rows_ * sample_bytes_), 1.0);
     images_ = h5::open_dataset(file_.get(), images_name_, access.get());
+    direct_ = DirectChunks::open(images_.get(), info_.uint8 ? H5T_NATIVE_UINT8 : H5T_NATIVE_FLOAT, path, images_name_,
+                                 sample_bytes_);
     labels_ = h5::open_dataset(file_.get(), labels_name_);
     image_space_ = h5::Handle(h5::check(H5Dget_space(images_.get()), images_.get(), "get the shape of"));
     label_space_ = h5::Handle(h5::check(H5Dget_space(labels_.get()), labels_.get(), "get the shape of"));
@@ -240,8 +242,7 @@ class SampleReader {
     }
     const std::size_t target_bytes = info_.count * std::size_t(info_.target_size) * sizeof(float);
     if (cache_bytes > 0 && info_.count * sample_bytes_ + target_bytes <= cache_bytes) {
-      cache_.resize(info_.count * sample_bytes_);
-      block_loaded_.assign((info_.count + cache_rows_ - 1) / cache_rows_, 0);
+      load_cache();
       if (info_.target_size) targets_all_ = h5::read_dataset<float>(file_.get(), labels_name_);
     }
   }
@@ -259,8 +260,7 @@ class SampleReader {
     batch.labels.resize(info_.target_size ? 0 : n);
     if (n == 0) return;
     const bool cached = !cache_.empty();
-    if (cached) load_blocks();
-    else read_images();
+    if (!cached) read_images();
     const std::size_t k = std::size_t(info_.target_size);
     if (k && !cached) read_targets();
     const std::size_t sample = info_.shape.size();
@@ -300,6 +300,7 @@ class SampleReader {
   void read_images() {
     const std::size_t n = order_.size();
     staging_.resize(n * sample_bytes_);
+    if (direct_) return read_images_direct();
     const bool chunked = info_.chunk_samples > 0;
     std::size_t last_chunk = SIZE_MAX;
     for (std::size_t j = 0; j < n;) {
@@ -333,6 +334,18 @@ class SampleReader {
     }
   }
 
+  // The same through direct chunk reads: every chunk the step touches, once, then its samples.
+  void read_images_direct() {
+    chunk_.resize(block_rows_ * sample_bytes_);
+    std::size_t last_chunk = SIZE_MAX;
+    for (std::size_t j = 0; j < order_.size(); ++j) {
+      const std::size_t index = order_[j].first, chunk = index / block_rows_;
+      if (chunk != last_chunk) direct_->read(chunk * block_rows_, chunk_.data()), last_chunk = chunk;
+      std::memcpy(staging_.data() + j * sample_bytes_, chunk_.data() + (index - chunk * block_rows_) * sample_bytes_,
+                  sample_bytes_);
+    }
+  }
+
   void read_targets() {
     const std::size_t n = order_.size(), k = std::size_t(info_.target_size);
     target_staging_.resize(n * k);
@@ -344,17 +357,14 @@ class SampleReader {
     }
   }
 
-  // Cached: every block of whole chunks (at least 64 KiB) the step needs that is not in memory
-  // yet is read into its place in cache_.
-  void load_blocks() {
-    for (const auto& entry : order_) {
-      const std::size_t block = entry.first / cache_rows_;
-      if (block_loaded_[block]) continue;
-      const std::size_t first = block * cache_rows_;
-      read_rows(images_.get(), image_space_.get(), first, std::min(cache_rows_, info_.count - first),
+  // The whole split's stored pixels, read before training starts (as an in-memory dataset is), in
+  // blocks of whole chunks of at least 64 KiB.
+  void load_cache() {
+    cache_.resize(info_.count * sample_bytes_);
+    const std::size_t rows = block_rows_ * std::max<std::size_t>(1, (64u << 10) / (block_rows_ * sample_bytes_));
+    for (std::size_t first = 0; first < info_.count; first += rows)
+      read_rows(images_.get(), image_space_.get(), first, std::min(rows, info_.count - first),
                 cache_.data() + first * sample_bytes_);
-      block_loaded_[block] = 1;
-    }
   }
 
   // One sample from stored pixels to normalised floats, with its seeded augmentation.
@@ -407,10 +417,10 @@ class SampleReader {
   h5::Handle file_;
   DatasetInfo info_;
   h5::Handle images_, labels_, image_space_, label_space_;
+  std::unique_ptr<DirectChunks> direct_;  // null: HDF5's general read path
   std::string images_name_, labels_name_;
   std::size_t sample_bytes_ = 0;
   std::size_t block_rows_ = 0;  // samples per stored chunk; 256 when not chunked
-  std::size_t cache_rows_ = 0;  // samples per block of the in-memory cache: whole chunks, >= 64 KiB
   std::vector<float> scale_, bias_, lut_;  // y = x * scale + bias per channel; lut_: C x 256 for uint8
   std::vector<std::pair<std::uint32_t, std::uint32_t>> order_;  // (sample index, batch row), sorted
   std::vector<unsigned char> staging_;  // stored pixels of the step in sorted order
@@ -418,7 +428,6 @@ class SampleReader {
   std::vector<float> target_staging_;
   std::vector<std::int32_t> labels_all_;  // class labels of the whole split
   std::vector<unsigned char> cache_;    // the whole split's stored pixels when cache_bytes allows
-  std::vector<char> block_loaded_;
   std::vector<float> targets_all_;
 };
 

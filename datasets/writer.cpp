@@ -10,6 +10,8 @@
 
 namespace mpicnn::data {
 
+int compression_for(std::size_t chunk_bytes) { return chunk_bytes >= (16u << 10) ? 4 : 0; }
+
 int chunk_samples_for(const core::Shape& shape, bool uint8) {
   const std::size_t sample_bytes = std::max<std::size_t>(1, shape.size() * (uint8 ? 1 : 4));
   const std::size_t samples = std::clamp<std::size_t>((1u << 10) / sample_bytes, 1, 256);
@@ -30,8 +32,9 @@ DatasetWriter::DatasetWriter(const std::string& path, DatasetMeta meta, WriterOp
   if (!meta_.class_names.empty() && int(meta_.class_names.size()) != meta_.num_classes)
     throw ConfigError(path_ + ": " + std::to_string(meta_.class_names.size()) + " class names given for " +
                       std::to_string(meta_.num_classes) + " classes");
-  if (options_.compression_level < 0 || options_.compression_level > 9)
-    throw ConfigError(path_ + ": compression level must be 0..9, got " + std::to_string(options_.compression_level));
+  if (options_.compression_level < -1 || options_.compression_level > 9)
+    throw ConfigError(path_ + ": compression level must be 0..9 or -1 (automatic), got " +
+                      std::to_string(options_.compression_level));
   if (options_.chunk_samples < 0)
     throw ConfigError(path_ + ": chunk samples must be >= 0, got " + std::to_string(options_.chunk_samples));
   if (options_.compression_level > 0 && H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0)
@@ -39,7 +42,12 @@ DatasetWriter::DatasetWriter(const std::string& path, DatasetMeta meta, WriterOp
   const std::filesystem::path parent = std::filesystem::path(path_).parent_path();
   if (!parent.empty() && !std::filesystem::is_directory(parent))
     throw IoError(path_ + ": output folder " + parent.string() + " does not exist");
-  file_ = h5::create_file(partial_path_);
+  // The HDF5 1.10 file format indexes the chunks of a fixed-size dataset with a fixed array:
+  // finding a random sample's chunk is arithmetic, not a B-tree walk (1.8's format). Readable by
+  // HDF5 1.10 and later (h5py included).
+  h5::Handle access(H5Pcreate(H5P_FILE_ACCESS));
+  H5Pset_libver_bounds(access.get(), H5F_LIBVER_V110, H5F_LIBVER_V110);
+  file_ = h5::create_file(partial_path_, access.get());
 }
 
 DatasetWriter::~DatasetWriter() {
@@ -84,8 +92,10 @@ void DatasetWriter::begin_split(const std::string& split, core::Shape shape, std
   h5::Handle space(H5Screate_simple(4, dims, nullptr));
   h5::Handle create(H5Pcreate(H5P_DATASET_CREATE));
   h5::check(H5Pset_chunk(create.get(), 4, chunk), group.get(), "set chunking on", "images");
-  if (options_.compression_level > 0)
-    h5::check(H5Pset_deflate(create.get(), unsigned(options_.compression_level)), group.get(), "set gzip on", "images");
+  const int level = options_.compression_level >= 0
+                        ? options_.compression_level
+                        : compression_for(std::size_t(chunk_samples_) * shape.size() * (uint8 ? 1 : 4));
+  if (level > 0) h5::check(H5Pset_deflate(create.get(), unsigned(level)), group.get(), "set gzip on", "images");
   images_ = h5::Handle(h5::check(H5Dcreate2(group.get(), "images", uint8 ? H5T_STD_U8LE : H5T_IEEE_F32LE, space.get(),
                                             H5P_DEFAULT, create.get(), H5P_DEFAULT),
                                  group.get(), "create dataset", "images"));

@@ -66,7 +66,8 @@ import h5py, numpy as np
 f = h5py.File(")" + path + R"(", "r")
 for split in ("train", "test"):
     images, labels = f[split + "/images"], f[split + "/labels"]
-    assert images.dtype == np.uint8 and images.compression == "gzip"
+    # Automatic storage for 784-byte samples: one per chunk, uncompressed (see compression_for).
+    assert images.dtype == np.uint8 and images.chunks == (1, 1, 28, 28) and images.compression is None
     counts = np.bincount(labels[...], minlength=10)
     print(split, images.shape[0], int(images[...].sum(dtype=np.uint64)), " ".join(str(int(c)) for c in counts))
 print("classes", "|".join(f.attrs["class_names"]))

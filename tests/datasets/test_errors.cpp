@@ -115,10 +115,19 @@ TEST(DatasetErrors, DamagedChunkIsReportedWhenRead) {
   TempDir dir;
   const std::string path = dir.file("damaged.h5");
   testing::write_indexed_dataset(path, 2000, 3, {2, 3, 4}, 5, {6, 64});
-  {  // overwrite the middle of the file (compressed chunks) with garbage
+  haddr_t address = 0;  // where the chunk holding sample 1000 is stored
+  hsize_t stored = 0;
+  {
+    h5::Handle file = h5::open_file(path);
+    h5::Handle images = h5::open_dataset(file.get(), "/train/images");
+    const hsize_t offset[4] = {1000 / 64 * 64, 0, 0, 0};
+    unsigned filters = 0;
+    ASSERT_GE(H5Dget_chunk_info_by_coord(images.get(), offset, &filters, &address, &stored), 0);
+  }
+  {  // overwrite that compressed chunk with garbage
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(std::streamoff(std::filesystem::file_size(path) / 3));
-    const std::string junk(4096, '\x5a');
+    f.seekp(std::streamoff(address));
+    const std::string junk(std::size_t(stored), '\x5a');
     f.write(junk.data(), std::streamsize(junk.size()));
   }
   expect_error<IoError>(

@@ -109,34 +109,37 @@ TEST(TrainReader, UnionOverRanksIsTheGlobalBatchForAnyRankCount) {
   }
 }
 
-// Every chunk length (one sample, lengths that do not divide N or the batch, one chunk for all)
-// and the in-memory cache return the right samples in the right order.
+// Every chunk length (one sample, lengths that do not divide N or the batch, one chunk for all),
+// raw or deflated chunks (both read directly), and the in-memory cache return the right samples
+// in the right order.
 TEST(TrainReader, ReadsTheRightSamplesForEveryChunkLength) {
   TempDir dir;
-  for (int chunk : {1, 3, 7, 64}) {
-    const std::string path = dir.file("chunk" + std::to_string(chunk) + ".h5");
-    write_indexed_dataset(path, 50, 3, {2, 3, 4}, 5, {.compression_level = 2, .chunk_samples = chunk});
-    EXPECT_EQ(read_info(path, "train").chunk_samples, std::min(chunk, 50));
-    for (std::size_t cache : {std::size_t(0), std::size_t(1) << 20}) {
-      TrainReader reader({.path = path, .global_batch = 16, .seed = 1, .normalize = false, .cache_bytes = cache});
-      Batch batch;
-      for (int epoch = 0; epoch < 2; ++epoch) {
-        const auto order = epoch_order(50, 1, epoch, true);
-        std::size_t position = 0;
-        while (reader.next(batch))
-          for (int i = 0; i < batch.count; ++i, ++position) {
-            ASSERT_EQ(sample_of(batch.images.data() + i * 24), long(order[position])) << "chunk " << chunk;
-            ASSERT_FLOAT_EQ(batch.images[std::size_t(i) * 24 + 12], float(order[position]) + 0.25f);  // channel 1
-          }
-        EXPECT_EQ(position, 50u);
+  for (int level : {0, 2}) {
+    for (int chunk : {1, 3, 7, 64}) {
+      const std::string path = dir.file("chunk" + std::to_string(chunk) + "_gzip" + std::to_string(level) + ".h5");
+      write_indexed_dataset(path, 50, 3, {2, 3, 4}, 5, {.compression_level = level, .chunk_samples = chunk});
+      EXPECT_EQ(read_info(path, "train").chunk_samples, std::min(chunk, 50));
+      for (std::size_t cache : {std::size_t(0), std::size_t(1) << 20}) {
+        TrainReader reader({.path = path, .global_batch = 16, .seed = 1, .normalize = false, .cache_bytes = cache});
+        Batch batch;
+        for (int epoch = 0; epoch < 2; ++epoch) {
+          const auto order = epoch_order(50, 1, epoch, true);
+          std::size_t position = 0;
+          while (reader.next(batch))
+            for (int i = 0; i < batch.count; ++i, ++position) {
+              ASSERT_EQ(sample_of(batch.images.data() + i * 24), long(order[position])) << "chunk " << chunk;
+              ASSERT_FLOAT_EQ(batch.images[std::size_t(i) * 24 + 12], float(order[position]) + 0.25f);  // channel 1
+            }
+          EXPECT_EQ(position, 50u);
+        }
       }
+      EvalReader eval({.path = path, .split = "train", .batch = 6, .normalize = false});
+      Batch batch;
+      long next = 0;
+      while (eval.next(batch))
+        for (int i = 0; i < batch.count; ++i) ASSERT_EQ(sample_of(batch.images.data() + i * 24), next++);
+      EXPECT_EQ(next, 50);
     }
-    EvalReader eval({.path = path, .split = "train", .batch = 6, .normalize = false});
-    Batch batch;
-    long next = 0;
-    while (eval.next(batch))
-      for (int i = 0; i < batch.count; ++i) ASSERT_EQ(sample_of(batch.images.data() + i * 24), next++);
-    EXPECT_EQ(next, 50);
   }
 }
 
