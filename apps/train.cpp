@@ -348,11 +348,12 @@ class Trainer {
       again = sum.outcome == dist::ExactGradientSum::Outcome::retry;  // the same on every rank
     }
     const double normalizer = global_normalizer(totals, batch.global_count);
+    if (exact_) exact_->write_gradients(1.0 / normalizer);
+    else core::scale_gradients(model_->params(), 1.0 / normalizer);
     r.loss = totals[0] / normalizer;
     r.accuracy = c_.loss.kind == "cross_entropy" ? totals[1] / batch.global_count : NAN;
     r.stop = totals[2] > 0;
     if (!std::isfinite(r.loss) || !r.finite) non_finite(r.loss);
-    core::scale_gradients(model_->params(), 1.0 / normalizer);
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
     optimizer_->step(model_->params(), r.lr);
     return r;

@@ -120,26 +120,41 @@ ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, MPI_Reques
 
   // Every rank decides from the same allreduced magnitudes, so all take the same branch.
   for (std::size_t t = 0; t < tensors_.size(); ++t) {
-    const float largest = std::bit_cast<float>(largest_[t]);
     if (largest_[t] >= kNonFiniteBits) result.outcome = Outcome::non_finite;
-    else if (largest >= std::ldexp(1.f, exponent_[t]) && result.outcome == Outcome::ok) result.outcome = Outcome::retry;
+    else if (std::bit_cast<float>(largest_[t]) >= std::ldexp(1.f, exponent_[t]) && result.outcome == Outcome::ok)
+      result.outcome = Outcome::retry;
   }
+  if (result.outcome == Outcome::retry) {
+    std::fill(sum_.begin(), sum_.end(), 0);
+    follow_gradients();
+  }
+  return result;
+}
+
+void ExactGradientSum::write_gradients(double factor) {
   float* grads = params_.grads().data();
   for (std::size_t t = 0; t < tensors_.size(); ++t) {
     const Tensor& tensor = tensors_[t];
-    const double unscale = largest_[t] >= kNonFiniteBits ? NAN : 1.0 / scale_[t];
+    const double unscale = largest_[t] >= kNonFiniteBits ? NAN : factor / scale_[t];
     std::int64_t* sum = sum_.data() + tensor.offset;
     float* g = grads + tensor.offset;
-    for (std::size_t i = 0; i < tensor.size; ++i) g[i] = float(double(sum[i]) * unscale);
-    std::fill(sum, sum + tensor.size, 0);
-    // The grid follows the gradients' size; a recomputed step fits it by construction.
+    for (std::size_t i = 0; i < tensor.size; ++i) {
+      g[i] = float(double(sum[i]) * unscale);
+      sum[i] = 0;
+    }
+  }
+  follow_gradients();
+}
+
+// The next step's grid: the largest gradient of this one plus the margin. After a retry the
+// recomputed step fits by construction.
+void ExactGradientSum::follow_gradients() {
+  for (std::size_t t = 0; t < tensors_.size(); ++t)
     if (largest_[t] > 0 && largest_[t] < kNonFiniteBits) {
       int top = 0;
       std::frexp(std::bit_cast<float>(largest_[t]), &top);  // largest < 2^top
       exponent_[t] = top + kMargin;
     }
-  }
-  return result;
 }
 
 }  // namespace mpicnn::dist

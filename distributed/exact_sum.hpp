@@ -43,11 +43,13 @@ class ExactGradientSum {
   // part of the arena is zeroed for the next micro-batch. In this rank's last micro-batch
   // (`last`; a rank without samples calls it once per layer too) the layer's allreduce starts.
   void layer_done(int layer, bool last);
-  // Waits for the sums and for `also` (another request of this step, e.g. the loss sums), then
-  // writes the summed gradient into the arena, identically on every rank. retry: some gradient
-  // outgrew its grid, which is now wider; compute the step again. non_finite: the tensors holding
-  // a NaN or infinity are filled with NaN.
+  // Waits for the sums and for `also` (another request of this step, e.g. the loss sums). retry:
+  // some gradient outgrew its grid, which is now wider; compute the step again (from begin_step).
+  // Otherwise call write_gradients next.
   Result finish(Watchdog& watchdog, MPI_Request* also);
+  // The summed gradient times `factor` (1 / the loss normaliser) into the arena, identically on
+  // every rank; tensors holding a NaN or infinity are filled with NaN.
+  void write_gradients(double factor);
 
   // Grid exponents per parameter tensor, for checkpoints.
   const std::vector<int>& grid() const { return exponent_; }
@@ -60,6 +62,7 @@ class ExactGradientSum {
   };
   void start_allreduce(int layer);
   void progress();
+  void follow_gradients();
 
   const Communicator& comm_;
   core::ParamStore& params_;
