@@ -1,7 +1,7 @@
 #include "datasets/direct_chunks.hpp"
 
 #include <cstring>
-#include <limits>
+#include <utility>
 
 #include "core/errors.hpp"
 #include "datasets/h5.hpp"
@@ -25,8 +25,9 @@ std::unique_ptr<DirectChunks> DirectChunks::open(hid_t dataset, hid_t memory_typ
     if (H5Pget_filter2(create.get(), unsigned(i), &flags, &values, nullptr, 0, nullptr, &config) != H5Z_FILTER_DEFLATE)
       return nullptr;
   }
+  // A chunk beyond 256 MiB (crafted, or not made for random sample reads) is left to HDF5.
+  if (filters > 1 || sample_bytes == 0 || chunk[0] > (std::size_t(1) << 28) / sample_bytes) return nullptr;
   const std::size_t chunk_bytes = std::size_t(chunk[0]) * sample_bytes;
-  if (filters > 1 || chunk_bytes > std::numeric_limits<uInt>::max() / 2) return nullptr;
   return std::unique_ptr<DirectChunks>(
       new DirectChunks(dataset, path + ": dataset '" + name + "'", std::size_t(chunk[0]), chunk_bytes, filters == 1));
 }
