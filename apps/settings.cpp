@@ -36,6 +36,21 @@ std::string strip_dashes(std::string s) {
   return s.substr(0, s.find('='));
 }
 
+// Boost's error_with_option_name::what() fills placeholders such as %value% or %invalid_line% in a
+// loop that never ends when the user's own text contains that placeholder (found by
+// fuzz_settings). When the input holds a '%', the message is built from the parts instead.
+std::string message_of(const po::error& e, bool input_has_percent) {
+  const auto* named = dynamic_cast<const po::error_with_option_name*>(&e);
+  if (!named || !input_has_percent) return e.what();
+  if (const auto* syntax = dynamic_cast<const po::invalid_config_file_syntax*>(&e))
+    return "invalid line '" + syntax->tokens() + "', expected 'key = value' or '[section]'";
+  return "invalid value or syntax for '" + strip_dashes(named->get_option_name()) + "'";
+}
+
+bool has_percent(const std::vector<std::string>& texts) {
+  return std::any_of(texts.begin(), texts.end(), [](const std::string& t) { return t.find('%') != std::string::npos; });
+}
+
 }  // namespace
 
 bool parse_or_help(Settings& settings, const std::vector<std::string>& args, bool print, const std::string& positional) {
@@ -100,7 +115,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
     throw ConfigError("'mpicnn " + command_ + "' takes no bare arguments" +
                       (positional.empty() ? "" : std::string(" beyond one")) + "; see 'mpicnn " + command_ + " --help'");
   } catch (const po::error& e) {
-    throw ConfigError(std::string(e.what()) + "; see 'mpicnn " + command_ + " --help'");
+    throw ConfigError(message_of(e, has_percent(args)) + "; see 'mpicnn " + command_ + " --help'");
   }
   for (const auto& [name, value] : vm) {
     values_[name] = key(name).is_switch ? "true" : value.as<std::vector<std::string>>().back();
@@ -110,8 +125,10 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
     const std::string path = values_["config"];
     if (!std::filesystem::is_regular_file(path)) throw ConfigError("config file '" + path + "' does not exist");
     std::ifstream file(path);
+    std::stringstream text;
+    text << file.rdbuf();
     try {
-      const po::parsed_options parsed = po::parse_config_file(file, description, false);
+      const po::parsed_options parsed = po::parse_config_file(text, description, false);
       for (const auto& option : parsed.options) {
         if (option.string_key.find('.') == std::string::npos)
           throw ConfigError(path + ": key '" + option.string_key + "' must be inside a [section]");
@@ -123,7 +140,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
       const ConfigError error = unknown(e.get_option_name(), "key");
       throw ConfigError(path + ": " + error.what());
     } catch (const po::error& e) {
-      throw ConfigError(path + ": " + e.what());
+      throw ConfigError(path + ": " + message_of(e, has_percent({text.str()})));
     }
   }
   if (help_requested()) return;

@@ -147,6 +147,9 @@ case("config_unknown_section", train(config="bad.ini"), ["bad.ini", "unknown key
 case("config_unknown_key", train(config="bad.ini"), ["bad.ini", "unknown key 'train.epoch'", "did you mean 'train.epochs'"],
      ini("[train]\nepoch = 2\n"))
 case("config_key_outside_section", train(config="bad.ini"), ["bad.ini", "'epochs'", "train.epochs"], ini("epochs = 2\n"))
+case("config_line_with_placeholder", train(config="bad.ini"), ["bad.ini", "invalid line", "%invalid_line%"],
+     ini("[train]\nepochs = 2\nx%invalid_line%\n"))
+case("config_value_with_placeholder", ["train", "--config=%value%%canonical_option%"], ["%value%", "does not exist"])
 case("config_file_missing", train(config="missing.ini"), ["missing.ini", "does not exist"])
 case("config_epochs_not_integer", train(config="bad.ini", train__epochs=None),
      ["train.epochs", "bad.ini", "expected an integer", "'three'"], ini("[train]\nepochs = three\n"))
