@@ -26,7 +26,9 @@ void parallel_for(std::size_t n, double flops_per_item, Body&& body) {
                     tbb::simple_partitioner());
 }
 
-// Sets the process-wide thread count once (0 = all cores TBB sees). Later calls replace it.
+// Sets the process-wide thread count once (0 = all cores TBB sees). Later calls replace it. Also
+// switches the calling thread to flush denormals to zero (see parallel.cpp): call it before any
+// parallel work.
 void set_threads(int threads);
 int max_threads();
 
