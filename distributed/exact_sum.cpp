@@ -39,14 +39,18 @@ std::uint32_t add_to_grid(float* g, std::int64_t* sum, std::size_t n, double sca
 ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& params)
     : comm_(comm), params_(params), sum_(params.size(), 0) {
   int layers = 0;
+  std::size_t chunks = 0;
   for (const core::ParamInfo& info : params.infos()) {
     tensors_.push_back({info.offset, info.size, info.layer});
     layers = std::max(layers, info.layer + 1);
+    chunks = std::max(chunks, (info.size + kChunk - 1) / kChunk);
   }
   exponent_.assign(tensors_.size(), kInitialExponent);
   scale_.assign(tensors_.size(), 1.0);
   largest_.assign(tensors_.size(), 0);
+  chunk_largest_.resize(chunks);
   requests_.assign(std::size_t(layers) + 1, MPI_REQUEST_NULL);
+  waiting_.reserve(requests_.size() + 1);
 }
 
 ExactGradientSum::~ExactGradientSum() {
@@ -76,12 +80,11 @@ void ExactGradientSum::layer_done(int layer, bool last) {
     if (tensors_[t].layer != layer) continue;
     const Tensor& tensor = tensors_[t];
     const std::size_t chunks = (tensor.size + kChunk - 1) / kChunk;
-    std::vector<std::uint32_t> largest(chunks, 0);
     core::parallel_for(chunks, 4.0 * kChunk, [&](std::size_t c) {
       const std::size_t begin = c * kChunk, n = std::min(kChunk, tensor.size - begin);
-      largest[c] = add_to_grid(grads + tensor.offset + begin, sum_.data() + tensor.offset + begin, n, scale_[t], limit_);
+      chunk_largest_[c] = add_to_grid(grads + tensor.offset + begin, sum_.data() + tensor.offset + begin, n, scale_[t], limit_);
     });
-    for (std::uint32_t bits : largest) largest_[t] = std::max(largest_[t], bits);
+    for (std::size_t c = 0; c < chunks; ++c) largest_[t] = std::max(largest_[t], chunk_largest_[c]);
   }
   if (!last || comm_.size() == 1) return;
   start_allreduce(layer);
@@ -111,9 +114,9 @@ void ExactGradientSum::progress() {
 ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, MPI_Request* also) {
   Result result;
   const auto start = std::chrono::steady_clock::now();
-  std::vector<MPI_Request> requests = requests_;
-  if (also) requests.push_back(*also);
-  watchdog.wait(requests, "the gradient allreduce");
+  waiting_.assign(requests_.begin(), requests_.end());  // within its capacity: no allocation per step
+  if (also) waiting_.push_back(*also);
+  watchdog.wait(waiting_, "the gradient allreduce");
   std::fill(requests_.begin(), requests_.end(), MPI_REQUEST_NULL);
   if (also) *also = MPI_REQUEST_NULL;
   result.wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

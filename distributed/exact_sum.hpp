@@ -72,7 +72,9 @@ class ExactGradientSum {
   double limit_ = 0;                     // this step: |g * scale| stays below it on the grid
   std::vector<std::int64_t> sum_;        // arena-sized fixed-point sum
   std::vector<std::uint32_t> largest_;   // per tensor: the largest |g| seen this step, as float bits
+  std::vector<std::uint32_t> chunk_largest_;  // layer_done's per-chunk largest |g| (as bits)
   std::vector<MPI_Request> requests_;    // per layer's sums, then one for the largest magnitudes
+  std::vector<MPI_Request> waiting_;     // finish(): requests_ and the caller's
 };
 
 }  // namespace mpicnn::dist

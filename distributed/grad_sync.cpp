@@ -40,10 +40,10 @@ void GradientSync::layer_done(int layer) {
 double GradientSync::finish(Watchdog& watchdog, MPI_Request* also) {
   const auto start = std::chrono::steady_clock::now();
   if (comm_.size() > 1) layer_done(0);
-  std::vector<MPI_Request> requests;
-  for (auto& b : buckets_) requests.push_back(b.request);
-  if (also) requests.push_back(*also);
-  watchdog.wait(requests, "the gradient allreduce");
+  waiting_.clear();  // keeps its capacity: no allocation per step after the first
+  for (auto& b : buckets_) waiting_.push_back(b.request);
+  if (also) waiting_.push_back(*also);
+  watchdog.wait(waiting_, "the gradient allreduce");
   for (auto& b : buckets_) b.request = MPI_REQUEST_NULL;
   if (also) *also = MPI_REQUEST_NULL;
   next_ = 0;

@@ -38,6 +38,7 @@ class GradientSync {
   core::ParamStore& params_;
   std::vector<Bucket> buckets_;  // in backward order: the last layers' bucket first
   std::size_t next_ = 0;          // first bucket not yet started
+  std::vector<MPI_Request> waiting_;  // finish(): the buckets' requests and the caller's
 };
 
 }  // namespace mpicnn::dist
