@@ -47,9 +47,7 @@ std::string message_of(const po::error& e, bool input_has_percent) {
   return "invalid value or syntax for '" + strip_dashes(named->get_option_name()) + "'";
 }
 
-bool has_percent(const std::vector<std::string>& texts) {
-  return std::any_of(texts.begin(), texts.end(), [](const std::string& t) { return t.find('%') != std::string::npos; });
-}
+bool has_percent(const std::string& text) { return text.find('%') != std::string::npos; }
 
 }  // namespace
 
@@ -115,7 +113,8 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
     throw ConfigError("'mpicnn " + command_ + "' takes no bare arguments" +
                       (positional.empty() ? "" : std::string(" beyond one")) + "; see 'mpicnn " + command_ + " --help'");
   } catch (const po::error& e) {
-    throw ConfigError(message_of(e, has_percent(args)) + "; see 'mpicnn " + command_ + " --help'");
+    throw ConfigError(message_of(e, std::any_of(args.begin(), args.end(), has_percent)) + "; see 'mpicnn " + command_ +
+                      " --help'");
   }
   for (const auto& [name, value] : vm) {
     values_[name] = key(name).is_switch ? "true" : value.as<std::vector<std::string>>().back();
@@ -140,7 +139,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
       const ConfigError error = unknown(e.get_option_name(), "key");
       throw ConfigError(path + ": " + error.what());
     } catch (const po::error& e) {
-      throw ConfigError(path + ": " + message_of(e, has_percent({text.str()})));
+      throw ConfigError(path + ": " + message_of(e, has_percent(text.str())));
     }
   }
   if (help_requested()) return;

@@ -326,7 +326,7 @@ class Trainer {
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
     StepResult r;
     std::vector<double> totals;
-    for (bool again = true; again;) {
+    for (;;) {
       const core::LossSum local = exact_ ? accumulate_micro_batches(worker, batch) : accumulate_overlapped(worker, batch);
       watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
       // One small allreduce carries the loss sums, the class histogram and the stop request, so
@@ -337,7 +337,6 @@ class Trainer {
       MPI_Request request;
       dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
                   "MPI_Iallreduce");
-      again = false;
       if (!exact_) {
         r.comm_wait = sync_->finish(*watchdog_, &request);
         break;
@@ -345,7 +344,7 @@ class Trainer {
       const dist::ExactGradientSum::Result sum = exact_->finish(*watchdog_, &request);
       r.comm_wait += sum.wait_seconds;
       r.finite = sum.outcome != dist::ExactGradientSum::Outcome::non_finite;
-      again = sum.outcome == dist::ExactGradientSum::Outcome::retry;  // the same on every rank
+      if (sum.outcome != dist::ExactGradientSum::Outcome::retry) break;  // the same on every rank
     }
     const double normalizer = global_normalizer(totals, batch.global_count);
     if (exact_) exact_->write_gradients(1.0 / normalizer);

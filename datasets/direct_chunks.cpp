@@ -29,12 +29,11 @@ std::unique_ptr<DirectChunks> DirectChunks::open(hid_t dataset, hid_t memory_typ
   if (filters > 1 || sample_bytes == 0 || chunk[0] > (std::size_t(1) << 28) / sample_bytes) return nullptr;
   const std::size_t chunk_bytes = std::size_t(chunk[0]) * sample_bytes;
   return std::unique_ptr<DirectChunks>(
-      new DirectChunks(dataset, path + ": dataset '" + name + "'", std::size_t(chunk[0]), chunk_bytes, filters == 1));
+      new DirectChunks(dataset, path + ": dataset '" + name + "'", chunk_bytes, filters == 1));
 }
 
-DirectChunks::DirectChunks(hid_t dataset, std::string where, std::size_t chunk_samples, std::size_t chunk_bytes,
-                           bool deflated)
-    : dataset_(dataset), where_(std::move(where)), chunk_samples_(chunk_samples), chunk_bytes_(chunk_bytes), deflated_(deflated) {
+DirectChunks::DirectChunks(hid_t dataset, std::string where, std::size_t chunk_bytes, bool deflated)
+    : dataset_(dataset), where_(std::move(where)), chunk_bytes_(chunk_bytes), deflated_(deflated) {
   if (inflateInit(&zstream_) != Z_OK) throw IoError(where_ + ": zlib initialisation failed");
   stored_.resize(compressBound(uLong(chunk_bytes_)));
 }

@@ -26,19 +26,18 @@ class DirectChunks {
   DirectChunks(const DirectChunks&) = delete;
   DirectChunks& operator=(const DirectChunks&) = delete;
 
-  std::size_t chunk_samples() const { return chunk_samples_; }
-  // The chunk holding sample `first` (a multiple of chunk_samples()), whole, into `out`
-  // (chunk_samples() samples). Throws IoError naming the file, dataset and sample when the chunk
+  // The chunk starting at sample `first` (a multiple of the chunk length), whole, into `out`
+  // (one chunk of samples). Throws IoError naming the file, dataset and sample when the chunk
   // is missing, too large or does not inflate to exactly one chunk.
   void read(std::size_t first, unsigned char* out);
 
  private:
-  DirectChunks(hid_t dataset, std::string where, std::size_t chunk_samples, std::size_t chunk_bytes, bool deflated);
+  DirectChunks(hid_t dataset, std::string where, std::size_t chunk_bytes, bool deflated);
   [[noreturn]] void damaged(std::size_t first, const std::string& what) const;
 
   hid_t dataset_;
   std::string where_;  // "<file>: dataset '<name>'"
-  std::size_t chunk_samples_, chunk_bytes_;
+  std::size_t chunk_bytes_;
   bool deflated_;  // the deflate filter is in the pipeline
   std::vector<unsigned char> stored_;  // one stored (compressed) chunk
   z_stream zstream_{};

@@ -125,18 +125,17 @@ void Watchdog::wait(std::span<MPI_Request> requests, const std::string& what) {
 }
 
 void Watchdog::allreduce_sum(std::span<double> values, const std::string& context) {
-  arrived(context);
-  MPI_Request request;
-  check(MPI_Iallreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
-        "MPI_Iallreduce");
-  wait(std::span<MPI_Request>(&request, 1), "an allreduce");
+  allreduce_sum(values.data(), int(values.size()), MPI_DOUBLE, context);
 }
 
 void Watchdog::allreduce_sum(std::span<std::int64_t> values, const std::string& context) {
+  allreduce_sum(values.data(), int(values.size()), MPI_INT64_T, context);
+}
+
+void Watchdog::allreduce_sum(void* values, int count, MPI_Datatype type, const std::string& context) {
   arrived(context);
   MPI_Request request;
-  check(MPI_Iallreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_INT64_T, MPI_SUM, comm_.handle(), &request),
-        "MPI_Iallreduce");
+  check(MPI_Iallreduce(MPI_IN_PLACE, values, count, type, MPI_SUM, comm_.handle(), &request), "MPI_Iallreduce");
   wait(std::span<MPI_Request>(&request, 1), "an allreduce");
 }
 

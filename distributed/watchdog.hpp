@@ -39,6 +39,7 @@ class Watchdog {
   void allreduce_sum(std::span<std::int64_t> values, const std::string& context);
 
  private:
+  void allreduce_sum(void* values, int count, MPI_Datatype type, const std::string& context);
   void answer_pings();
   std::vector<int> missing_ranks();
   std::vector<int> silent_ranks();
