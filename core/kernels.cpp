@@ -92,7 +92,7 @@ class QuadWalk {
 
 // Windows of quads a and b (b may repeat a for a lone last quad; then only a's half is stored).
 template <class T>
-void max_of_quads(T* y, std::int32_t* arg, const T* x, Quad a, Quad b, std::int32_t W, bool both) {
+void max_of_quads(T* y, std::int32_t* arg, const T* x, Quad a, Quad b, std::int32_t W, bool both, bool relu) {
   using P = Pool8<T>;
   const typename P::Index even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = even + 1;
   const typename P::V t0 = P::load(x + a.input), t1 = P::load(x + b.input);
@@ -102,7 +102,8 @@ void max_of_quads(T* y, std::int32_t* arg, const T* x, Quad a, Quad b, std::int3
   const auto right0 = q > p, right1 = s > r;
   const typename P::V m0 = right0 ? q : p, m1 = right1 ? s : r;
   const auto lower = m1 > m0;
-  const typename P::V best = lower ? m1 : m0;
+  const typename P::V zero{}, highest = lower ? m1 : m0;
+  const typename P::V best = relu ? (highest > zero ? highest : zero) : highest;
   // Masks are -1/0: subtracting one adds one.
   const typename P::I i0 = -__builtin_convertvector(right0, typename P::I);
   const typename P::I i1 = W - __builtin_convertvector(right1, typename P::I);
@@ -122,15 +123,16 @@ void max_of_quads(T* y, std::int32_t* arg, const T* x, Quad a, Quad b, std::int3
 
 // Every input element lies in exactly one window (even sizes): each is written once, no zeroing.
 template <class T>
-void unpool_quads(T* dx, const T* dy, const std::int32_t* arg, Quad a, Quad b, std::int32_t W, bool both) {
+void unpool_quads(T* dx, const T* dy, const std::int32_t* arg, Quad a, Quad b, std::int32_t W, bool both,
+                  const T* relu_out) {
   using P = Pool8<T>;
-  const typename P::V v = P::join(dy + a.output, dy + b.output);
+  const typename P::V zero{}, given = P::join(dy + a.output, dy + b.output);
+  const typename P::V v = relu_out ? (P::join(relu_out + a.output, relu_out + b.output) > zero ? given : zero) : given;
   const typename P::I start = {a.input, a.input + 2, a.input + 4, a.input + 6,
                                b.input, b.input + 2, b.input + 4, b.input + 6};
   typename P::I at;
   for (int i = 0; i < 4; ++i) at[i] = arg[a.output + i], at[4 + i] = arg[b.output + i];
   const typename P::I rel = at - start;  // 0, 1, W or W+1
-  const typename P::V zero{};
   const typename P::V e0 = __builtin_convertvector(rel == 0, typename P::Index) ? v : zero;
   const typename P::V o0 = __builtin_convertvector(rel == 1, typename P::Index) ? v : zero;
   const typename P::V e1 = __builtin_convertvector(rel == W, typename P::Index) ? v : zero;
@@ -159,23 +161,23 @@ void for_each_quad_pair(const PoolGeometry& g, Pair&& pair) {
 }
 
 template <class T>
-void maxpool_2x2_forward(T* y, std::int32_t* arg, const T* x, const PoolGeometry& g) {
-  for_each_quad_pair(g, [&](Quad a, Quad b, bool both) { max_of_quads(y, arg, x, a, b, g.width, both); });
+void maxpool_2x2_forward(T* y, std::int32_t* arg, const T* x, const PoolGeometry& g, bool relu) {
+  for_each_quad_pair(g, [&](Quad a, Quad b, bool both) { max_of_quads(y, arg, x, a, b, g.width, both, relu); });
 }
 
 template <class T>
-void maxpool_2x2_backward(T* dx, const T* dy, const std::int32_t* arg, const PoolGeometry& g) {
-  for_each_quad_pair(g, [&](Quad a, Quad b, bool both) { unpool_quads(dx, dy, arg, a, b, g.width, both); });
+void maxpool_2x2_backward(T* dx, const T* dy, const std::int32_t* arg, const PoolGeometry& g, const T* relu_out) {
+  for_each_quad_pair(g, [&](Quad a, Quad b, bool both) { unpool_quads(dx, dy, arg, a, b, g.width, both, relu_out); });
 }
 
 template <class T>
-void maxpool_forward(T* out, std::int32_t* argmax, const T* in, const PoolGeometry& g, int batch) {
+void maxpool_forward(T* out, std::int32_t* argmax, const T* in, const PoolGeometry& g, int batch, bool relu) {
   parallel_for(batch, double(g.out_size()) * g.window * g.window, [&](std::size_t n) {
     const T* x = in + n * g.in_size();
     T* y = out + n * g.out_size();
     std::int32_t* arg = argmax + n * g.out_size();
     if (is_pool_2x2(g) && g.out_w % 4 == 0) {
-      maxpool_2x2_forward(y, arg, x, g);
+      maxpool_2x2_forward(y, arg, x, g, relu);
       return;
     }
     for (int c = 0; c < g.channels; ++c)
@@ -190,7 +192,7 @@ void maxpool_forward(T* out, std::int32_t* argmax, const T* in, const PoolGeomet
               if (x[index] > best || best_index < 0) best = x[index], best_index = index;
             }
           const std::size_t o = (std::size_t(c) * g.out_h + oh) * g.out_w + ow;
-          y[o] = best;
+          y[o] = relu && !(best > T(0)) ? T(0) : best;
           arg[o] = best_index;
         }
   });
@@ -198,17 +200,19 @@ void maxpool_forward(T* out, std::int32_t* argmax, const T* in, const PoolGeomet
 
 template <class T>
 void maxpool_backward(T* in_grad, const T* out_grad, const std::int32_t* argmax, const PoolGeometry& g,
-                      int batch) {
+                      int batch, const T* relu_out) {
   parallel_for(batch, double(g.in_size()), [&](std::size_t n) {
     T* dx = in_grad + n * g.in_size();
     const T* dy = out_grad + n * g.out_size();
     const std::int32_t* arg = argmax + n * g.out_size();
+    const T* y = relu_out ? relu_out + n * g.out_size() : nullptr;
     if (is_pool_2x2(g) && g.out_w % 4 == 0 && g.height == 2 * g.out_h && g.width == 2 * g.out_w) {
-      maxpool_2x2_backward(dx, dy, arg, g);
+      maxpool_2x2_backward(dx, dy, arg, g, y);
       return;
     }
     std::fill(dx, dx + g.in_size(), T(0));
-    for (std::size_t o = 0; o < g.out_size(); ++o) dx[arg[o]] += dy[o];
+    for (std::size_t o = 0; o < g.out_size(); ++o)
+      if (!y || y[o] > T(0)) dx[arg[o]] += dy[o];
   });
 }
 
@@ -336,8 +340,8 @@ void activation_backward(T* in_grad, const T* out_grad, const T* in, const T* ou
 }
 
 #define MPICNN_INSTANTIATE(T)                                                                                    \
-  template void maxpool_forward(T*, std::int32_t*, const T*, const PoolGeometry&, int);                          \
-  template void maxpool_backward(T*, const T*, const std::int32_t*, const PoolGeometry&, int);                   \
+  template void maxpool_forward(T*, std::int32_t*, const T*, const PoolGeometry&, int, bool);                    \
+  template void maxpool_backward(T*, const T*, const std::int32_t*, const PoolGeometry&, int, const T*);         \
   template void avgpool_forward(T*, const T*, const PoolGeometry&, int);                                         \
   template void avgpool_backward(T*, const T*, const PoolGeometry&, int);                                        \
   template void dense_forward(T*, const T*, const T*, const T*, int, int, int);                                  \

@@ -148,18 +148,20 @@ class Pool2D final : public Layer {
     if (max_) argmax_.assign(std::size_t(max_batch) * g_.out_size(), 0);
   }
   void forward(float* out, const float* in, int batch) override {
-    if (max_) maxpool_forward(out, argmax_.data(), in, g_, batch);
+    if (max_) maxpool_forward(out, argmax_.data(), in, g_, batch, relu_);
     else avgpool_forward(out, in, g_, batch);
   }
-  void backward(float* in_grad, const float* out_grad, const float*, const float*, int batch) override {
+  void backward(float* in_grad, const float* out_grad, const float*, const float* out, int batch) override {
     if (!in_grad) return;
-    if (max_) maxpool_backward(in_grad, out_grad, argmax_.data(), g_, batch);
+    if (max_) maxpool_backward(in_grad, out_grad, argmax_.data(), g_, batch, relu_ ? out : nullptr);
     else avgpool_backward(in_grad, out_grad, g_, batch);
   }
+  bool absorb_preceding_relu() override { return relu_ = max_; }
 
  private:
   PoolGeometry g_;
   bool max_;
+  bool relu_ = false;  // applies the ReLU before it (absorb_preceding_relu)
   std::vector<std::int32_t> argmax_;
 };
 
@@ -204,6 +206,7 @@ class Flatten final : public Layer {
     output_ = {int(in.size()), 1, 1};
   }
   std::string spec() const override { return "flatten"; }
+  bool is_view() const override { return true; }
   void forward(float* out, const float* in, int batch) override {
     std::copy(in, in + batch * input_.size(), out);
   }

@@ -28,6 +28,12 @@ class Layer {
   // in_grad may be null when nothing upstream needs it. Parameter gradients accumulate.
   virtual void backward(float* in_grad, const float* out_grad, const float* in, const float* out, int batch) = 0;
   virtual double forward_flops() const { return 0; }  // per sample, multiply-adds counted as 2
+  // A layer whose output is its input reinterpreted (flatten): a model gives it its input's
+  // buffers and never runs it.
+  virtual bool is_view() const { return false; }
+  // A layer that can apply the ReLU just before it takes it over and returns true (max pooling:
+  // relu(max(window)) = max(relu(window))); that ReLU then becomes a view of its input.
+  virtual bool absorb_preceding_relu() { return false; }
 
  protected:
   Shape input_, output_;

@@ -94,10 +94,29 @@ Model::Model(const std::string& spec, const Shape& input, int max_batch)
   if (max_batch < 1) throw ConfigError("batch size must be at least 1, got " + std::to_string(max_batch));
   for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->declare_params(params_, int(i));
   params_.allocate();
-  for (auto& layer : layers_) {
-    layer->bind(params_, max_batch);
-    activations_.emplace_back(std::size_t(max_batch) * layer->output_shape().size());
-    gradients_.emplace_back(std::size_t(max_batch) * layer->output_shape().size());
+  for (auto& layer : layers_) layer->bind(params_, max_batch);
+  bind_buffers();
+}
+
+// Views (flatten) and ReLUs absorbed by the next layer pass their input through: they get the
+// buffers of the layer before them and are never run. The first layer (its input is the caller's)
+// and the last (its output gradient is the caller's) always run.
+void Model::bind_buffers() {
+  const std::size_t n = layers_.size();
+  passes_through_.assign(n, false);
+  outputs_.assign(n, nullptr);
+  output_grads_.assign(n, nullptr);
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool inner = i > 0 && i + 1 < n;
+    const bool relu_absorbed = inner && layers_[i]->spec() == "relu" && layers_[i + 1]->absorb_preceding_relu();
+    passes_through_[i] = relu_absorbed || (inner && layers_[i]->is_view());
+    if (passes_through_[i]) {
+      outputs_[i] = outputs_[i - 1], output_grads_[i] = output_grads_[i - 1];
+      continue;
+    }
+    const std::size_t size = std::size_t(max_batch_) * layers_[i]->output_shape().size();
+    outputs_[i] = buffers_.emplace_back(size).data();
+    output_grads_[i] = buffers_.emplace_back(size).data();
   }
 }
 
@@ -114,22 +133,19 @@ const float* Model::forward(const float* input, int batch) {
   if (batch > max_batch_)
     throw ShapeError("batch of " + std::to_string(batch) + " exceeds the model's maximum " + std::to_string(max_batch_));
   last_input_ = input;
-  const float* in = input;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    layers_[i]->forward(activations_[i].data(), in, batch);
-    in = activations_[i].data();
-  }
-  return in;
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    if (!passes_through_[i]) layers_[i]->forward(outputs_[i], i == 0 ? input : outputs_[i - 1], batch);
+  return outputs_.back();
 }
 
 void Model::backward(const float* output_grad, int batch, const std::function<void(int)>& layer_done) {
-  const float* out_grad = output_grad;
   for (int i = int(layers_.size()) - 1; i >= 0; --i) {
-    const float* in = i == 0 ? last_input_ : activations_[i - 1].data();
-    float* in_grad = i == 0 ? nullptr : gradients_[i - 1].data();
-    layers_[i]->backward(in_grad, out_grad, in, activations_[i].data(), batch);
+    if (!passes_through_[i]) {
+      const float* out_grad = i + 1 == int(layers_.size()) ? output_grad : output_grads_[i];
+      const float* in = i == 0 ? last_input_ : outputs_[i - 1];
+      layers_[i]->backward(i == 0 ? nullptr : output_grads_[i - 1], out_grad, in, outputs_[i], batch);
+    }
     if (layer_done) layer_done(i);
-    out_grad = in_grad;
   }
 }
 

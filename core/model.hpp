@@ -39,8 +39,9 @@ class Model {
   // Accumulates parameter gradients from d(loss)/d(output). `layer_done(i)` is called as soon as
   // layer i's parameter gradients are final, last layer first (to start their reduction early).
   void backward(const float* output_grad, int batch, const std::function<void(int)>& layer_done = {});
-  // Output of layer i from the last forward (for finding where non-finite values appear).
-  const float* activation(int layer) const { return activations_[layer].data(); }
+  // Output of layer i from the last forward (for finding where non-finite values appear); for a
+  // ReLU absorbed by the max pool after it, its input.
+  const float* activation(int layer) const { return outputs_[layer]; }
 
   // Keras-style table: layer, output shape, parameters, forward FLOPs per sample.
   std::string summary() const;
@@ -50,9 +51,14 @@ class Model {
   Shape input_;
   int max_batch_;
   std::vector<std::unique_ptr<Layer>> layers_;
+  void bind_buffers();
+
   ParamStore params_;
-  std::vector<Buffer> activations_;  // output of each layer, (max_batch, out size)
-  std::vector<Buffer> gradients_;    // d(loss)/d(output of each layer)
+  // Per layer, (max_batch, out size): its output and d(loss)/d(output). A layer the model does not
+  // run (passes_through_) shares both with the layer before it.
+  std::vector<Buffer> buffers_;
+  std::vector<float*> outputs_, output_grads_;
+  std::vector<bool> passes_through_;
   const float* last_input_ = nullptr;
 };
 

@@ -2,8 +2,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+
 #include "core/errors.hpp"
 #include "core/model.hpp"
+#include "core/rng.hpp"
 
 namespace mpicnn::core {
 namespace {
@@ -70,6 +74,71 @@ std::string error_of(const std::string& spec, Shape input = {1, 28, 28}) {
   }
   ADD_FAILURE() << "no error for '" << spec << "'";
   return "";
+}
+
+// Values on a coarse grid (multiples of 1/4 in [-1, 1]): sums of their products are exact and
+// often equal, so pooling windows hold ties and exact zeros.
+void fill_coarse(float* v, std::size_t n, std::uint64_t seed) {
+  Rng rng(seed);
+  for (std::size_t i = 0; i < n; ++i) v[i] = float(std::round(rng.uniform(-4, 4)) / 4);
+}
+
+// The same layers run one by one, each with buffers of its own: what the model must equal.
+struct LayerByLayer {
+  LayerByLayer(const std::string& spec, const Shape& input, int batch) : batch(batch) {
+    Shape shape = input;
+    int position = 1;
+    for (const LayerArgs& args : parse_spec(spec)) {
+      layers.push_back(make_layer(args, shape, position++));
+      shape = layers.back()->output_shape();
+    }
+    for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->declare_params(params, int(i));
+    params.allocate();
+    for (auto& layer : layers) {
+      layer->bind(params, batch);
+      outputs.emplace_back(std::size_t(batch) * layer->output_shape().size());
+      grads.emplace_back(std::size_t(batch) * layer->output_shape().size());
+    }
+  }
+  void forward_backward(const float* input, const float* output_grad) {
+    for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->forward(outputs[i].data(), i ? outputs[i - 1].data() : input, batch);
+    for (int i = int(layers.size()) - 1; i >= 0; --i)
+      layers[i]->backward(i ? grads[i - 1].data() : nullptr, i + 1 < int(layers.size()) ? grads[i].data() : output_grad,
+                          i ? outputs[i - 1].data() : input, outputs[i].data(), batch);
+  }
+  int batch;
+  std::vector<std::unique_ptr<Layer>> layers;
+  ParamStore params;
+  std::vector<Buffer> outputs, grads;
+};
+
+// The model runs flatten as a view and lets max pooling apply the ReLU before it (the 2x2 fast
+// path and the general overlapping-window one); outputs and gradients must be bitwise those of
+// running every layer by itself, ties and zeros included.
+TEST(Model, AbsorbedReluAndFlattenViewGiveBitwiseTheLayerByLayerResult) {
+  const std::string spec = "conv(4,3) relu maxpool(2) conv(8,3) relu maxpool(2,stride=1) flatten dense(6) relu dense(3)";
+  const Shape input{2, 18, 18};
+  const int batch = 5;
+  Model model(spec, input, batch);
+  LayerByLayer reference(spec, input, batch);
+  ASSERT_EQ(model.params().size(), reference.params.size());
+  fill_coarse(model.params().values().data(), model.params().size(), 1);
+  std::memcpy(reference.params.values().data(), model.params().values().data(), model.params().size() * sizeof(float));
+  std::vector<float> x(batch * input.size()), dy(batch * 3);
+  fill_coarse(x.data(), x.size(), 2);
+  fill_coarse(dy.data(), dy.size(), 3);
+
+  const float* y = model.forward(x.data(), batch);
+  model.backward(dy.data(), batch);
+  reference.forward_backward(x.data(), dy.data());
+  EXPECT_EQ(model.activation(1), model.activation(0)) << "the first ReLU should be absorbed by the pool";
+  EXPECT_EQ(model.activation(6), model.activation(5)) << "flatten should be a view";
+  EXPECT_EQ(0, std::memcmp(y, reference.outputs.back().data(), dy.size() * sizeof(float)));
+  const auto& grads = model.params().grads();
+  EXPECT_EQ(0, std::memcmp(grads.data(), reference.params.grads().data(), grads.size() * sizeof(float)));
+  int zero_grads = 0;
+  for (std::size_t i = 0; i < grads.size(); ++i) zero_grads += grads[i] == 0.f;
+  EXPECT_LT(zero_grads, int(grads.size())) << "the check needs gradients that are not all zero";
 }
 
 TEST(ModelErrors, UnknownLayerListsKnownOnes) {
