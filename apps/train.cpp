@@ -347,14 +347,21 @@ class Trainer {
       if (sum.outcome != dist::ExactGradientSum::Outcome::retry) break;  // the same on every rank
     }
     const double normalizer = global_normalizer(totals, batch.global_count);
-    if (exact_) exact_->write_gradients(1.0 / normalizer);
-    else core::scale_gradients(model_->params(), 1.0 / normalizer);
+    // Exact reduction: the optimizer has the summed gradient written chunk by chunk as it goes.
+    const auto write_gradients = [&](std::size_t begin, std::size_t end) {
+      exact_->write_gradients(1.0 / normalizer, begin, end);
+    };
+    if (!exact_) core::scale_gradients(model_->params(), 1.0 / normalizer);
     r.loss = totals[0] / normalizer;
     r.accuracy = c_.loss.kind == "cross_entropy" ? totals[1] / batch.global_count : NAN;
     r.stop = totals[2] > 0;
-    if (!std::isfinite(r.loss) || !r.finite) non_finite(r.loss);
+    if (!std::isfinite(r.loss) || !r.finite) {
+      if (exact_) write_gradients(0, model_->params().size());  // to report where they went non-finite
+      non_finite(r.loss);
+    }
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
-    optimizer_->step(model_->params(), r.lr);
+    if (exact_) optimizer_->step(model_->params(), r.lr, write_gradients);
+    else optimizer_->step(model_->params(), r.lr);
     return r;
   }
 
@@ -375,9 +382,9 @@ class Trainer {
     int start = 0;
     do {
       const int count = std::min(c_.micro_batch, batch.count - start);
-      const bool last = start + count >= batch.count;
+      const bool first = start == 0, last = start + count >= batch.count;
       const core::LossSum s = worker.accumulate(view_of(batch, start, count), c_.loss,
-                                                [this, last](int layer) { exact_->layer_done(layer, last); });
+                                                [this, first, last](int layer) { exact_->layer_done(layer, first, last); });
       local.sum += s.sum, local.correct += s.correct;
       start += count;
     } while (start < batch.count);

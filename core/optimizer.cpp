@@ -14,9 +14,11 @@ namespace {
 constexpr std::size_t kUpdateChunk = 1 << 14;
 
 template <class Body>
-void for_each_chunk(std::size_t n, Body&& body) {
+void for_each_chunk(std::size_t n, const std::function<void(std::size_t, std::size_t)>& before, Body&& body) {
   parallel_for((n + kUpdateChunk - 1) / kUpdateChunk, 8.0 * kUpdateChunk, [&](std::size_t chunk) {
-    body(chunk * kUpdateChunk, std::min(n, (chunk + 1) * kUpdateChunk));
+    const std::size_t begin = chunk * kUpdateChunk, end = std::min(n, begin + kUpdateChunk);
+    if (before) before(begin, end);
+    body(begin, end);
   });
 }
 
@@ -39,14 +41,14 @@ std::vector<std::pair<std::string, Buffer*>> Optimizer::state() {
   return {{"exp_avg", &first_}, {"exp_avg_sq", &second_}};
 }
 
-void Optimizer::step(ParamStore& params, double lr) {
+void Optimizer::step(ParamStore& params, double lr, const std::function<void(std::size_t, std::size_t)>& write_gradients) {
   ++steps_;
   float* w = params.values().data();
   const float* g = params.grads().data();
   const float decay = float(config_.weight_decay), mu = float(config_.momentum), rate = float(lr);
   if (config_.name == "sgd") {
     float* v = first_.data();
-    for_each_chunk(params.size(), [&](std::size_t begin, std::size_t end) {
+    for_each_chunk(params.size(), write_gradients, [&](std::size_t begin, std::size_t end) {
       for (std::size_t i = begin; i < end; ++i) {
         float d = g[i] + decay * w[i];
         if (v) {
@@ -65,7 +67,7 @@ void Optimizer::step(ParamStore& params, double lr) {
   const float step_size = float(lr / (1.0 - std::pow(b1, double(steps_))));
   const float bias2_sqrt = float(std::sqrt(1.0 - std::pow(b2, double(steps_))));
   const float eps = float(config_.epsilon);
-  for_each_chunk(params.size(), [&](std::size_t begin, std::size_t end) {
+  for_each_chunk(params.size(), write_gradients, [&](std::size_t begin, std::size_t end) {
     for (std::size_t i = begin; i < end; ++i) {
       float d = g[i];
       if (decoupled) w[i] *= 1.f - rate * decay;

@@ -1,6 +1,7 @@
 #pragma once
 // Optimizers over the whole parameter arena, with PyTorch's update rules so that results can be
 // compared with torch.optim. State buffers have the arena's layout (checkpointed as they are).
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,8 +20,11 @@ struct OptimizerConfig {
 class Optimizer {
  public:
   Optimizer(const OptimizerConfig& config, std::size_t arena_size);
-  // Applies one update with learning rate `lr`; gradients must already be averaged.
-  void step(ParamStore& params, double lr);
+  // Applies one update with learning rate `lr`; gradients must already be averaged. When given,
+  // `write_gradients(begin, end)` produces the gradients of the arena's floats [begin, end) just
+  // before the update reads them (while they are in cache); it is called concurrently for
+  // disjoint ranges.
+  void step(ParamStore& params, double lr, const std::function<void(std::size_t, std::size_t)>& write_gradients = {});
   long steps() const { return steps_; }
   // Named state buffers ("momentum" or "exp_avg", "exp_avg_sq"), for checkpoints.
   std::vector<std::pair<std::string, Buffer*>> state();

@@ -19,16 +19,18 @@ constexpr int kMargin = 4;
 constexpr std::uint32_t kNonFiniteBits = 0x7f800000u;  // |g| as bits at or above this: inf or NaN
 constexpr std::size_t kChunk = 1 << 13;
 
-// Adds trunc(g * scale) to `sum` for the values on the grid (|g * scale| < limit; others, NaN
-// included, add nothing: their step is recomputed or rejected) and zeroes g. Returns the largest
-// |g| as float bits. Truncation toward zero: any fixed rule is exact enough at 2^-50 of the grid's
-// top, and this one is one vector instruction (llrint is a library call).
+// Adds trunc(g * scale) to `sum` (kFirst: sets it) for the values on the grid (|g * scale| <
+// limit; others, NaN included, add nothing: their step is recomputed or rejected) and zeroes g.
+// Returns the largest |g| as float bits. Truncation toward zero: any fixed rule is exact enough at
+// 2^-50 of the grid's top, and this one is one vector instruction (llrint is a library call).
+template <bool kFirst>
 std::uint32_t add_to_grid(float* g, std::int64_t* sum, std::size_t n, double scale, double limit) {
   std::uint32_t largest = 0;
   for (std::size_t i = 0; i < n; ++i) {
     largest = std::max(largest, std::bit_cast<std::uint32_t>(g[i]) & 0x7fffffffu);
     const double x = double(g[i]) * scale;
-    sum[i] += static_cast<std::int64_t>(std::fabs(x) < limit ? x : 0.0);
+    const auto on_grid = static_cast<std::int64_t>(std::fabs(x) < limit ? x : 0.0);
+    sum[i] = kFirst ? on_grid : sum[i] + on_grid;
     g[i] = 0.f;
   }
   return largest;
@@ -74,7 +76,7 @@ void ExactGradientSum::begin_step(long global_micro_batches) {
   params_.zero_grads();
 }
 
-void ExactGradientSum::layer_done(int layer, bool last) {
+void ExactGradientSum::layer_done(int layer, bool first, bool last) {
   float* grads = params_.grads().data();
   for (std::size_t t = 0; t < tensors_.size(); ++t) {
     if (tensors_[t].layer != layer) continue;
@@ -82,7 +84,10 @@ void ExactGradientSum::layer_done(int layer, bool last) {
     const std::size_t chunks = (tensor.size + kChunk - 1) / kChunk;
     core::parallel_for(chunks, 4.0 * kChunk, [&](std::size_t c) {
       const std::size_t begin = c * kChunk, n = std::min(kChunk, tensor.size - begin);
-      chunk_largest_[c] = add_to_grid(grads + tensor.offset + begin, sum_.data() + tensor.offset + begin, n, scale_[t], limit_);
+      float* g = grads + tensor.offset + begin;
+      std::int64_t* sum = sum_.data() + tensor.offset + begin;
+      chunk_largest_[c] = first ? add_to_grid<true>(g, sum, n, scale_[t], limit_)
+                                : add_to_grid<false>(g, sum, n, scale_[t], limit_);
     });
     for (std::size_t c = 0; c < chunks; ++c) largest_[t] = std::max(largest_[t], chunk_largest_[c]);
   }
@@ -127,26 +132,17 @@ ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, MPI_Reques
     else if (std::bit_cast<float>(largest_[t]) >= std::ldexp(1.f, exponent_[t]) && result.outcome == Outcome::ok)
       result.outcome = Outcome::retry;
   }
-  if (result.outcome == Outcome::retry) {
-    std::fill(sum_.begin(), sum_.end(), 0);
-    follow_gradients();
-  }
+  follow_gradients();  // scale_ keeps this step's grid for write_gradients
   return result;
 }
 
-void ExactGradientSum::write_gradients(double factor) {
+void ExactGradientSum::write_gradients(double factor, std::size_t begin, std::size_t end) {
   float* grads = params_.grads().data();
   for (std::size_t t = 0; t < tensors_.size(); ++t) {
-    const Tensor& tensor = tensors_[t];
+    const std::size_t from = std::max(begin, tensors_[t].offset), to = std::min(end, tensors_[t].offset + tensors_[t].size);
     const double unscale = largest_[t] >= kNonFiniteBits ? NAN : factor / scale_[t];
-    std::int64_t* sum = sum_.data() + tensor.offset;
-    float* g = grads + tensor.offset;
-    for (std::size_t i = 0; i < tensor.size; ++i) {
-      g[i] = float(double(sum[i]) * unscale);
-      sum[i] = 0;
-    }
+    for (std::size_t i = from; i < to; ++i) grads[i] = float(double(sum_[i]) * unscale);
   }
-  follow_gradients();
 }
 
 // The next step's grid: the largest gradient of this one plus the margin. After a retry the

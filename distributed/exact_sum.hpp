@@ -39,17 +39,20 @@ class ExactGradientSum {
 
   // A new step of `global_micro_batches` micro-batches over all ranks; zeroes the gradient arena.
   void begin_step(long global_micro_batches);
-  // Backward has finished layer `layer` of a micro-batch: its gradients go onto the grid and its
-  // part of the arena is zeroed for the next micro-batch. In this rank's last micro-batch
-  // (`last`; a rank without samples calls it once per layer too) the layer's allreduce starts.
-  void layer_done(int layer, bool last);
+  // Backward has finished layer `layer` of a micro-batch: its gradients go onto the grid (the
+  // step's `first` micro-batch starts the sums, so they need no zeroing) and its part of the arena
+  // is zeroed for the next micro-batch. In this rank's last micro-batch (`last`; a rank without
+  // samples calls it once per layer, first and last) the layer's allreduce starts.
+  void layer_done(int layer, bool first, bool last);
   // Waits for the sums and for `also` (another request of this step, e.g. the loss sums). retry:
   // some gradient outgrew its grid, which is now wider; compute the step again (from begin_step).
   // Otherwise call write_gradients next.
   Result finish(Watchdog& watchdog, MPI_Request* also);
-  // The summed gradient times `factor` (1 / the loss normaliser) into the arena, identically on
-  // every rank; tensors holding a NaN or infinity are filled with NaN.
-  void write_gradients(double factor);
+  // The summed gradient times `factor` (1 / the loss normaliser) into the arena's floats [begin,
+  // end), identically on every rank; tensors holding a NaN or infinity get NaN. Ranges may be
+  // written concurrently: the optimizer calls it chunk by chunk, just before updating the chunk,
+  // so that it reads the gradient from cache.
+  void write_gradients(double factor, std::size_t begin, std::size_t end);
 
   // Grid exponents per parameter tensor, for checkpoints.
   const std::vector<int>& grid() const { return exponent_; }
