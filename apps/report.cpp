@@ -47,8 +47,9 @@ void Reporter::line(const std::string& text) {
 }
 
 void Reporter::step(int epoch, long step_in_epoch, long global_step, double loss, double accuracy, int samples,
-                    double lr, double comm_wait_seconds, bool log_now) {
-  window_loss_ += loss, window_correct_ += accuracy, window_comm_ += comm_wait_seconds;
+                    double lr, CommWait comm_wait, bool log_now) {
+  window_loss_ += loss, window_correct_ += accuracy;
+  window_comm_ += comm_wait.own, window_comm_mean_ += comm_wait.previous_mean;
   ++window_steps_, window_samples_ += samples;
   const bool epoch_end = step_in_epoch == steps_per_epoch_;
   if (!active_ || !(log_now || epoch_end)) return;
@@ -61,6 +62,7 @@ void Reporter::step(int epoch, long step_in_epoch, long global_step, double loss
   record("train", {{"epoch", epoch + 1}, {"step", double(step_in_epoch)}, {"global_step", double(global_step)},
                    {"loss", mean_loss}, {"accuracy", mean_accuracy}, {"img_per_s", rate}, {"lr", lr},
                    {"elapsed_s", elapsed()}, {"comm_wait_share", window_comm_ / std::max(seconds, 1e-9)},
+                   {"comm_wait_share_mean", window_comm_mean_ / std::max(seconds, 1e-9)},
                    {"peak_rss_mb", peak_rss_mb()}});
   // Regression runs pass NaN accuracies: nothing to show.
   char accuracy_buffer[32] = "";
@@ -81,7 +83,7 @@ void Reporter::step(int epoch, long step_in_epoch, long global_step, double loss
   }
   std::fflush(stdout);
   window_start_ = now;
-  window_loss_ = window_correct_ = window_comm_ = 0;
+  window_loss_ = window_correct_ = window_comm_ = window_comm_mean_ = 0;
   window_steps_ = window_samples_ = 0;
 }
 

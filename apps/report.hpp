@@ -12,12 +12,18 @@ namespace mpicnn::app {
 // This process's peak resident memory in MiB (rank 0's, in the records it writes).
 double peak_rss_mb();
 
+// Seconds a step waited on communication that backward did not hide: rank 0's in this step, and
+// the mean over all ranks in the step before (which also counts waiting for a slower rank).
+struct CommWait {
+  double own = 0, previous_mean = 0;
+};
+
 class Reporter {
  public:
   Reporter(bool active, const std::string& metrics_path, long steps_per_epoch, int epochs, bool progress_bar);
   // One training step finished (called on every step; prints and records at `log_interval`).
   void step(int epoch, long step_in_epoch, long global_step, double loss, double accuracy, int samples, double lr,
-            double comm_wait_seconds, bool log_now);
+            CommWait comm_wait, bool log_now);
   // A record of any kind: {"kind": kind, ...fields}.
   void record(const std::string& kind, const std::map<std::string, double>& fields);
   void line(const std::string& text);  // a message on its own line (ends a progress bar first)
@@ -29,7 +35,7 @@ class Reporter {
   long steps_per_epoch_;
   int epochs_;
   std::chrono::steady_clock::time_point start_, window_start_;
-  double window_loss_ = 0, window_correct_ = 0, window_comm_ = 0;
+  double window_loss_ = 0, window_correct_ = 0, window_comm_ = 0, window_comm_mean_ = 0;
   long window_steps_ = 0, window_samples_ = 0;
   bool bar_open_ = false;
 };

@@ -225,7 +225,7 @@ class Trainer {
         epoch_sums.add(r);
         ++state_.step_in_epoch, ++state_.global_step;
         report.step(state_.epoch, state_.step_in_epoch, state_.global_step, r.loss, r.accuracy, batch.global_count, r.lr,
-                    r.comm_wait, state_.global_step % c_.log_interval == 0);
+                    {r.comm_wait, r.previous_comm_wait_mean}, state_.global_step % c_.log_interval == 0);
         if (r.stop) return stop(report);
         if (c_.every_steps > 0 && state_.global_step % c_.every_steps == 0) save(report, {});
       }
@@ -237,7 +237,8 @@ class Trainer {
 
  private:
   struct StepResult {
-    double loss = 0, accuracy = 0, lr = 0, comm_wait = 0;
+    // comm_wait: this rank's, this step; previous_comm_wait_mean: all ranks' mean, the step before.
+    double loss = 0, accuracy = 0, lr = 0, comm_wait = 0, previous_comm_wait_mean = 0;
     bool stop = false, finite = true;
   };
   struct EpochSums {
@@ -323,16 +324,22 @@ class Trainer {
     std::fflush(stdout);
   }
 
+  // The step's small allreduce: loss sums, the stop request, this rank's communication wait in the
+  // step before (for the mean over ranks), then the class histogram.
+  enum Total { kLossSum, kCorrect, kStop, kPreviousWait, kHistogram };
+
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
     StepResult r;
-    std::vector<double> totals;
+    std::vector<double>& totals = totals_;
     for (;;) {
       const core::LossSum local = exact_ ? accumulate_micro_batches(worker, batch) : accumulate_overlapped(worker, batch);
       watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
       // One small allreduce carries the loss sums, the class histogram and the stop request, so
       // all ranks stop together and divide by the same normaliser. It is waited for with the
       // gradients: the wait measured is all the communication backward did not hide.
-      totals = {local.sum, local.correct, double(stop_signal != 0)};
+      totals.assign(kHistogram, 0.0);
+      totals[kLossSum] = local.sum, totals[kCorrect] = local.correct, totals[kStop] = double(stop_signal != 0);
+      totals[kPreviousWait] = previous_wait_;
       append_histogram(batch, &totals);
       MPI_Request request;
       dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
@@ -352,9 +359,11 @@ class Trainer {
       exact_->write_gradients(1.0 / normalizer, begin, end);
     };
     if (!exact_) core::scale_gradients(model_->params(), 1.0 / normalizer);
-    r.loss = totals[0] / normalizer;
-    r.accuracy = c_.loss.kind == "cross_entropy" ? totals[1] / batch.global_count : NAN;
-    r.stop = totals[2] > 0;
+    r.loss = totals[kLossSum] / normalizer;
+    r.accuracy = c_.loss.kind == "cross_entropy" ? totals[kCorrect] / batch.global_count : NAN;
+    r.stop = totals[kStop] > 0;
+    r.previous_comm_wait_mean = totals[kPreviousWait] / comm_.size();
+    previous_wait_ = r.comm_wait;
     if (!std::isfinite(r.loss) || !r.finite) {
       if (exact_) write_gradients(0, model_->params().size());  // to report where they went non-finite
       non_finite(r.loss);
@@ -410,8 +419,8 @@ class Trainer {
   double global_normalizer(const std::vector<double>& totals, int global_count) const {
     if (c_.loss.kind != "cross_entropy") return double(global_count) * double(model_->output_shape().size());
     double normalizer = 0;
-    for (std::size_t k = 0; k + 3 < totals.size(); ++k)
-      normalizer += totals[3 + k] * (c_.loss.class_weights.empty() ? 1.0 : c_.loss.class_weights[k]);
+    for (std::size_t k = 0; k + kHistogram < totals.size(); ++k)
+      normalizer += totals[kHistogram + k] * (c_.loss.class_weights.empty() ? 1.0 : c_.loss.class_weights[k]);
     return normalizer;
   }
 
@@ -530,6 +539,8 @@ class Trainer {
   io::TrainerState state_;
   long steps_per_epoch_ = 0, total_steps_ = 0;
   long last_saved_step_ = -1;  // the global step of the newest checkpoint, so none is written twice
+  std::vector<double> totals_;  // train_step's allreduce buffer, kept to reuse its allocation
+  double previous_wait_ = 0;    // this rank's communication wait in the last step
 };
 
 }  // namespace
