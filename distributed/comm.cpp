@@ -12,11 +12,48 @@ void check(int status, const char* call) {
   throw Error(std::string(call) + " failed: " + std::string(text, length));
 }
 
+namespace {
+
+// Below 4 ranks Open MPI's non-blocking allreduce (coll/libnbc) sums along a binomial tree: rank 0
+// receives, adds and sends back every bucket while the others wait for it. A ring gives every rank
+// an equal share of the additions and copies, in as few rounds at 2 and 3 ranks. (From 4 ranks on,
+// libnbc's own choice for sums that are not in place, Rabenseifner's for large ones, is already
+// even.) Set through the MPI tool interface where the variable exists and no one has set it: other
+// MPI libraries, and an OMPI_MCA_coll_libnbc_iallreduce_algorithm of the user's, are left alone.
+void prefer_ring_allreduce() {
+  int provided = 0, count = 0;
+  if (MPI_T_init_thread(MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) return;
+  MPI_T_cvar_get_num(&count);
+  for (int i = 0; i < count; ++i) {
+    char name[128], description[8];
+    int name_length = sizeof name, description_length = sizeof description, verbosity = 0, binding = 0, scope = 0;
+    MPI_Datatype type;
+    MPI_T_enum values;
+    if (MPI_T_cvar_get_info(i, name, &name_length, &verbosity, &type, &values, description, &description_length,
+                            &binding, &scope) != MPI_SUCCESS ||
+        std::string(name) != "coll_libnbc_iallreduce_algorithm" || type != MPI_INT)
+      continue;
+    MPI_T_cvar_handle handle;
+    int elements = 0, algorithm = 0;
+    if (MPI_T_cvar_handle_alloc(i, nullptr, &handle, &elements) != MPI_SUCCESS) break;
+    const int ring = 1;
+    if (MPI_T_cvar_read(handle, &algorithm) == MPI_SUCCESS && algorithm == 0) MPI_T_cvar_write(handle, &ring);
+    MPI_T_cvar_handle_free(&handle);
+    break;
+  }
+  MPI_T_finalize();
+}
+
+}  // namespace
+
 Environment::Environment(int* argc, char*** argv) {
   int provided = 0;
   check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
   if (provided < MPI_THREAD_FUNNELED) throw Error("MPI does not provide MPI_THREAD_FUNNELED");
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  int ranks = 1;
+  check(MPI_Comm_size(MPI_COMM_WORLD, &ranks), "MPI_Comm_size");
+  if (ranks == 2 || ranks == 3) prefer_ring_allreduce();
 }
 
 Environment::~Environment() { MPI_Finalize(); }

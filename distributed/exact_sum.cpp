@@ -39,7 +39,7 @@ std::uint32_t add_to_grid(float* g, std::int64_t* sum, std::size_t n, double sca
 }  // namespace
 
 ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& params)
-    : comm_(comm), params_(params), sum_(params.size(), 0) {
+    : comm_(comm), params_(params), sum_(params.size(), 0), total_(comm.size() > 1 ? params.size() : 0, 0) {
   int layers = 0;
   std::size_t chunks = 0;
   for (const core::ParamInfo& info : params.infos()) {
@@ -99,8 +99,8 @@ void ExactGradientSum::layer_done(int layer, bool first, bool last) {
 void ExactGradientSum::start_allreduce(int layer) {
   const auto [begin, end] = params_.layer_range(layer, layer);
   if (end > begin)
-    check(MPI_Iallreduce(MPI_IN_PLACE, sum_.data() + begin, int(end - begin), MPI_INT64_T, MPI_SUM, comm_.handle(),
-                         &requests_[std::size_t(layer)]),
+    check(MPI_Iallreduce(sum_.data() + begin, total_.data() + begin, int(end - begin), MPI_INT64_T, MPI_SUM,
+                         comm_.handle(), &requests_[std::size_t(layer)]),
           "MPI_Iallreduce");
   if (layer == 0)  // backward ends with layer 0: every tensor's largest magnitude is known
     check(MPI_Iallreduce(MPI_IN_PLACE, largest_.data(), int(largest_.size()), MPI_UINT32_T, MPI_MAX, comm_.handle(),
@@ -141,7 +141,8 @@ void ExactGradientSum::write_gradients(double factor, std::size_t begin, std::si
   for (std::size_t t = 0; t < tensors_.size(); ++t) {
     const std::size_t from = std::max(begin, tensors_[t].offset), to = std::min(end, tensors_[t].offset + tensors_[t].size);
     const double unscale = largest_[t] >= kNonFiniteBits ? NAN : factor / scale_[t];
-    for (std::size_t i = from; i < to; ++i) grads[i] = float(double(sum_[i]) * unscale);
+    const std::int64_t* sum = summed();
+    for (std::size_t i = from; i < to; ++i) grads[i] = float(double(sum[i]) * unscale);
   }
 }
 

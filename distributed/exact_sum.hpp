@@ -73,7 +73,11 @@ class ExactGradientSum {
   std::vector<int> exponent_;            // per tensor: the grid holds |g| < 2^exponent
   std::vector<double> scale_;            // per tensor, this step: sum += trunc(g * scale)
   double limit_ = 0;                     // this step: |g * scale| stays below it on the grid
-  std::vector<std::int64_t> sum_;        // arena-sized fixed-point sum
+  std::vector<std::int64_t> sum_;        // arena-sized fixed-point sum of this rank's micro-batches
+  // ...and of all ranks' (on one rank: sum_ itself). Not summed in place: in place, Open MPI's
+  // non-blocking allreduce always takes a binomial tree, uneven between ranks.
+  std::vector<std::int64_t> total_;
+  const std::int64_t* summed() const { return comm_.size() > 1 ? total_.data() : sum_.data(); }
   std::vector<std::uint32_t> largest_;   // per tensor: the largest |g| seen this step, as float bits
   std::vector<std::uint32_t> chunk_largest_;  // layer_done's per-chunk largest |g| (as bits)
   std::vector<MPI_Request> requests_;    // per layer's sums, then one for the largest magnitudes
