@@ -212,6 +212,9 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"NonSquareFilter", 3, 10, 13, 20, 3, 6, 1, 0, 5},        // R 3, S 6, out 8x8
         ConvCase{"WideFilter", 2, 9, 14, 7, 2, 7, 1, 0, 3},               // S 7: dW not from the image
         ConvCase{"OddWidth", 3, 11, 13, 17, 3, 3, 1, 0, 5},               // out 9x11: not whole rows
+        ConvCase{"DeepOddWidth", 16, 9, 11, 10, 3, 3, 1, 0, 3},           // 144 deep, out 7x9
+        ConvCase{"DeepPadded", 16, 8, 8, 9, 3, 3, 1, 1, 5},               // 144 deep, padded
+        ConvCase{"ShallowManyFilters", 3, 10, 12, 120, 5, 5, 1, 0, 5},    // 75 deep, 9000 weights
         ConvCase{"Stride2Pad1", 3, 11, 11, 9, 3, 3, 2, 1, 5},
         ConvCase{"Stride2", 4, 12, 12, 16, 4, 4, 2, 0, 3},
         ConvCase{"Pad2", 2, 8, 8, 12, 5, 5, 1, 2, 5},                     // out 8x8 but padded
