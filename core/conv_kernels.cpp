@@ -575,10 +575,8 @@ void conv2d_forward(T* out, T* workspace, const T* in, const T* weight, const T*
   T* bias_row = workspace + l.bias_row;
   if (from_image) {
     const std::size_t ldk = filters_ld(g);
-    for (int crs = 0; crs < CRS; ++crs) {
-      for (int k = 0; k < K; ++k) weight_rows[crs * ldk + k] = weight[std::size_t(k) * CRS + crs];
-      std::fill(weight_rows + crs * ldk + K, weight_rows + (crs + 1) * ldk, T(0));
-    }
+    gemm::transpose(weight_rows, ldk, weight, CRS, K, CRS);  // 8x8 blocks: an element-wise loop took 30 us
+    for (int crs = 0; crs < CRS; ++crs) std::fill(weight_rows + crs * ldk + K, weight_rows + (crs + 1) * ldk, T(0));
     for (std::size_t k = 0; k < ldk; ++k) bias_row[k] = bias && int(k) < K ? bias[k] : T(0);
   } else {
     gemm::pack_rows(packed_w, weight, CRS, K, CRS);
