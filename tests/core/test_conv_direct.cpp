@@ -1,7 +1,8 @@
 // Convolution kernels against a naive direct convolution in double precision, on geometries that
-// reach every fast path of core/conv_kernels.cpp (forward from the image or through im2col, weight
-// gradient from the image or through im2row, input gradient scattered from register tiles or
-// through col2im, the 1x1 product), in float and double, for full and partial chunks of images.
+// reach every path of core/conv_kernels.cpp (forward from the image, from shifted copies or
+// through im2col; weight gradient from shifted copies, from the image (taps_tiles) or through
+// im2row; input gradient scattered from register tiles or through col2im; the 1x1 product), in
+// float and double, for full and partial chunks of images.
 //
 // Tolerances come from the rounding error of a sum of n terms t_i, relative to M = sum |t_i|
 // (u = unit roundoff, 2^-53 for double, 2^-24 for float):
