@@ -1,0 +1,227 @@
+// Convolution kernels against a naive direct convolution in double precision, on geometries that
+// reach every path of core/conv_kernels.cpp (forward from the image, from shifted copies or
+// through im2col; weight gradient from shifted copies, from the image (taps_tiles) or through
+// im2row; input gradient scattered from register tiles or through col2im; the 1x1 product), in
+// float and double, for full and partial chunks of images.
+//
+// Tolerances come from the rounding error of a sum of n terms t_i, relative to M = sum |t_i|
+// (u = unit roundoff, 2^-53 for double, 2^-24 for float):
+//   double: the worst-case bound |error| <= gamma_n M, gamma_n = n u / (1 - n u), for the kernel
+//           and again for the reference: 2 gamma_n M (about 1e-12 M for the longest sums here).
+//   float:  the inputs are exactly representable in float, so only the kernel's float arithmetic
+//           errs. The worst case n u M is too loose to catch a dropped term, so the probabilistic
+//           bound of Higham and Mary (SIAM J. Sci. Comput. 41, 2019) is used: |error| <=
+//           lambda sqrt(n) u M, violated with probability at most 2 exp(-lambda^2 / 2) per
+//           element; lambda = 6 (3e-8). One term of a sum dropped is off by about M / n, far more.
+// An element whose terms are all zero (M = 0) must come out exactly zero.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/kernels.hpp"
+#include "core/parallel.hpp"
+#include "core/rng.hpp"
+
+namespace mpicnn::core {
+namespace {
+
+struct ConvCase {
+  std::string name;
+  int C, H, W, K, R, S, stride, pad, batch;
+  ConvGeometry geometry() const {
+    return {C, H, W, K, R, S, stride, pad, (H + 2 * pad - R) / stride + 1, (W + 2 * pad - S) / stride + 1};
+  }
+};
+
+// An exact value with the magnitude M and term count n of the sum that forms it.
+struct Expected {
+  std::vector<double> value, magnitude;
+  std::vector<int> terms;
+  explicit Expected(std::size_t n) : value(n, 0.0), magnitude(n, 0.0), terms(n, 0) {}
+  void add(std::size_t i, double term) { value[i] += term, magnitude[i] += std::abs(term), ++terms[i]; }
+};
+
+// Inputs rounded to float, so the float and double kernels see the same numbers as the reference.
+std::vector<double> random_floats(std::size_t n, std::uint64_t seed) {
+  Rng rng(seed);
+  std::vector<double> v(n);
+  for (auto& x : v) x = double(float(rng.uniform(-1.0, 1.0)));
+  return v;
+}
+
+struct Problem {
+  ConvGeometry g;
+  int batch;
+  std::vector<double> x, w, b, dy, dw0, db0;  // dw0, db0: gradients the backward pass adds to
+  explicit Problem(const ConvCase& c)
+      : g(c.geometry()), batch(c.batch), x(random_floats(batch * g.in_size(), 1)),
+        w(random_floats(g.filters * g.col_rows(), 2)), b(random_floats(g.filters, 3)),
+        dy(random_floats(batch * g.out_size(), 4)), dw0(random_floats(w.size(), 5)), db0(random_floats(b.size(), 6)) {}
+
+  // Calls f(input index, output index, weight index) for every multiply-add of the convolution
+  // whose input pixel lies inside the image (padding contributes no term).
+  template <class F>
+  void each_term(F&& f) const {
+    for (int n = 0; n < batch; ++n)
+      for (int k = 0; k < g.filters; ++k)
+        for (int oh = 0; oh < g.out_h; ++oh)
+          for (int ow = 0; ow < g.out_w; ++ow)
+            for (int c = 0; c < g.in_channels; ++c)
+              for (int r = 0; r < g.kernel_h; ++r)
+                for (int s = 0; s < g.kernel_w; ++s) {
+                  const int ih = oh * g.stride - g.pad + r, iw = ow * g.stride - g.pad + s;
+                  if (ih < 0 || ih >= g.height || iw < 0 || iw >= g.width) continue;
+                  const std::size_t xi = n * g.in_size() + (std::size_t(c) * g.height + ih) * g.width + iw;
+                  const std::size_t yi = n * g.out_size() + (std::size_t(k) * g.out_h + oh) * g.out_w + ow;
+                  const std::size_t wi = ((std::size_t(k) * g.in_channels + c) * g.kernel_h + r) * g.kernel_w + s;
+                  f(xi, yi, wi);
+                }
+  }
+
+  Expected forward() const {
+    Expected y(batch * g.out_size());
+    for (std::size_t i = 0; i < y.value.size(); ++i) y.add(i, b[i / g.out_pixels() % g.filters]);
+    each_term([&](std::size_t xi, std::size_t yi, std::size_t wi) { y.add(yi, w[wi] * x[xi]); });
+    return y;
+  }
+  Expected input_grad() const {
+    Expected dx(x.size());
+    each_term([&](std::size_t xi, std::size_t yi, std::size_t wi) { dx.add(xi, w[wi] * dy[yi]); });
+    return dx;
+  }
+  Expected weight_grad() const {
+    Expected dw(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) dw.add(i, dw0[i]);
+    each_term([&](std::size_t xi, std::size_t yi, std::size_t wi) { dw.add(wi, dy[yi] * x[xi]); });
+    return dw;
+  }
+  Expected bias_grad() const {
+    Expected db(b.size());
+    for (int k = 0; k < g.filters; ++k) db.add(k, db0[k]);
+    for (std::size_t i = 0; i < dy.size(); ++i) db.add(i / g.out_pixels() % g.filters, dy[i]);
+    return db;
+  }
+};
+
+template <class T>
+double allowed_error(int terms, double magnitude) {
+  const double u = std::numeric_limits<T>::epsilon() / 2;
+  if constexpr (sizeof(T) == sizeof(double)) return 2 * terms * u / (1 - terms * u) * magnitude;
+  constexpr double lambda = 6.0;
+  return lambda * std::sqrt(double(terms)) * u * magnitude;
+}
+
+template <class T>
+void expect_close(const std::vector<T>& got, const Expected& want, const char* what) {
+  int failures = 0;
+  for (std::size_t i = 0; i < want.value.size() && failures < 5; ++i) {
+    const double error = std::abs(double(got[i]) - want.value[i]);
+    if (error <= allowed_error<T>(want.terms[i], want.magnitude[i])) continue;
+    ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << ", want " << want.value[i] << " (error " << error
+                  << ", allowed " << allowed_error<T>(want.terms[i], want.magnitude[i]) << ")";
+    ++failures;
+  }
+}
+
+// Buffers carry a guard zone after their end that the kernels must leave alone.
+constexpr std::size_t kGuard = 256;
+template <class T>
+std::vector<T> guarded(std::size_t n, const std::vector<double>& init = {}) {
+  std::vector<T> v(n + kGuard, T(-7.25));
+  for (std::size_t i = 0; i < init.size(); ++i) v[i] = T(init[i]);
+  return v;
+}
+template <class T>
+void expect_guard_intact(const std::vector<T>& v, const char* what) {
+  for (std::size_t i = v.size() - kGuard; i < v.size(); ++i)
+    if (v[i] != T(-7.25)) return (void)(ADD_FAILURE() << what << " written past its end");
+}
+template <class T>
+std::vector<T> as(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+template <class T>
+void check_against_direct(const ConvCase& c) {
+  const Problem p(c);
+  const ConvGeometry& g = p.g;
+  std::vector<T> workspace = guarded<T>(conv2d_workspace_size(g, c.batch));
+  const std::vector<T> x = as<T>(p.x), w = as<T>(p.w), b = as<T>(p.b), dy = as<T>(p.dy);
+  std::vector<T> y = guarded<T>(c.batch * g.out_size());
+  conv2d_forward(y.data(), workspace.data(), x.data(), w.data(), b.data(), g, c.batch);
+  expect_close(y, p.forward(), "forward");
+  std::vector<T> dx = guarded<T>(x.size()), dw = guarded<T>(w.size(), p.dw0), db = guarded<T>(b.size(), p.db0);
+  conv2d_backward(dx.data(), dw.data(), db.data(), workspace.data(), dy.data(), x.data(), w.data(), g, c.batch);
+  expect_close(dx, p.input_grad(), "input gradient");
+  expect_close(dw, p.weight_grad(), "weight gradient");
+  expect_close(db, p.bias_grad(), "bias gradient");
+  // Without the input gradient (a first layer) the parameter gradients are the same.
+  std::vector<T> dw_only = guarded<T>(w.size(), p.dw0), db_only = guarded<T>(b.size(), p.db0);
+  conv2d_backward(static_cast<T*>(nullptr), dw_only.data(), db_only.data(), workspace.data(), dy.data(), x.data(),
+                  w.data(), g, c.batch);
+  EXPECT_EQ(dw_only, dw);
+  EXPECT_EQ(db_only, db);
+  for (const auto* v : {&workspace, &y, &dx, &dw, &db}) expect_guard_intact(*v, "a buffer");
+}
+
+class ConvDirect : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(ConvDirect, FloatMatchesDirectConvolution) { check_against_direct<float>(GetParam()); }
+TEST_P(ConvDirect, DoubleMatchesDirectConvolution) { check_against_direct<double>(GetParam()); }
+
+// Results must not depend on the thread count (the trainer's determinism rests on it).
+TEST_P(ConvDirect, BitwiseIdenticalForOneTwoAndThreeThreads) {
+  const Problem p(GetParam());
+  const ConvGeometry& g = p.g;
+  const std::vector<float> x = as<float>(p.x), w = as<float>(p.w), b = as<float>(p.b), dy = as<float>(p.dy);
+  auto run = [&](int threads) {
+    set_threads(threads);
+    std::vector<float> workspace(conv2d_workspace_size(g, p.batch)), y(p.batch * g.out_size()), dx(x.size()),
+        dw(w.size()), db(b.size());
+    conv2d_forward(y.data(), workspace.data(), x.data(), w.data(), b.data(), g, p.batch);
+    conv2d_backward(dx.data(), dw.data(), db.data(), workspace.data(), dy.data(), x.data(), w.data(), g, p.batch);
+    y.insert(y.end(), dx.begin(), dx.end());
+    y.insert(y.end(), dw.begin(), dw.end());
+    y.insert(y.end(), db.begin(), db.end());
+    return y;
+  };
+  const std::vector<float> one = run(1), two = run(2), three = run(3);
+  set_threads(0);
+  EXPECT_EQ(0, std::memcmp(one.data(), two.data(), one.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(one.data(), three.data(), one.size() * sizeof(float)));
+}
+
+// name, C, H, W, K, R, S, stride, pad, batch
+INSTANTIATE_TEST_SUITE_P(
+    Geometries, ConvDirect,
+    ::testing::Values(
+        ConvCase{"ReferenceConv1", 1, 28, 28, 32, 5, 5, 1, 0, 16},        // out 24x24, 25 taps deep
+        ConvCase{"ReferenceConv2", 32, 12, 12, 64, 5, 5, 1, 0, 16},       // out 8x8, 800 deep
+        ConvCase{"ReferenceConv1Batch5", 1, 28, 28, 32, 5, 5, 1, 0, 5},   // a partial second chunk
+        ConvCase{"ReferenceConv2Batch1", 32, 12, 12, 64, 5, 5, 1, 0, 1},  // one partial chunk
+        ConvCase{"FromImage40Filters", 8, 12, 12, 40, 5, 5, 1, 0, 5},     // filter tail of 8
+        ConvCase{"FromImage10Filters", 6, 12, 20, 10, 5, 5, 1, 0, 3},     // out 8x16, K < one tile
+        ConvCase{"Rows16", 6, 20, 20, 24, 5, 5, 1, 0, 2},                 // out 16x16
+        ConvCase{"Rows8PixelTail", 7, 7, 12, 20, 5, 5, 1, 0, 5},          // out 3x8: 24 pixels
+        ConvCase{"Rows8Tall", 4, 14, 12, 36, 5, 5, 1, 0, 5},              // out 10x8: tail of 16
+        ConvCase{"OneChannel16Wide", 1, 9, 20, 12, 5, 5, 1, 0, 5},        // out 5x16, few filters
+        ConvCase{"OneChannel33Filters", 1, 12, 12, 33, 5, 5, 1, 0, 4},    // over 32 filters, shallow
+        ConvCase{"NonSquareFilter", 3, 10, 13, 20, 3, 6, 1, 0, 5},        // R 3, S 6, out 8x8
+        ConvCase{"WideFilter", 2, 9, 14, 7, 2, 7, 1, 0, 3},               // S 7: dW not from the image
+        ConvCase{"OddWidth", 3, 11, 13, 17, 3, 3, 1, 0, 5},               // out 9x11: not whole rows
+        ConvCase{"DeepOddWidth", 16, 9, 11, 10, 3, 3, 1, 0, 3},           // 144 deep, out 7x9
+        ConvCase{"DeepPadded", 16, 8, 8, 9, 3, 3, 1, 1, 5},               // 144 deep, padded
+        ConvCase{"ShallowManyFilters", 3, 10, 12, 120, 5, 5, 1, 0, 5},    // 75 deep, 9000 weights
+        ConvCase{"Stride2Pad1", 3, 11, 11, 9, 3, 3, 2, 1, 5},
+        ConvCase{"Stride2", 4, 12, 12, 16, 4, 4, 2, 0, 3},
+        ConvCase{"Pad2", 2, 8, 8, 12, 5, 5, 1, 2, 5},                     // out 8x8 but padded
+        ConvCase{"Pointwise", 5, 6, 7, 11, 1, 1, 1, 0, 5},
+        ConvCase{"PointwiseStride2", 5, 7, 7, 6, 1, 1, 2, 0, 3}),
+    [](const ::testing::TestParamInfo<ConvCase>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace mpicnn::core
