@@ -28,8 +28,11 @@
 #include <vector>
 
 #include "core/kernels.hpp"
+#include "core/model.hpp"
+#include "core/optimizer.hpp"
 #include "core/parallel.hpp"
 #include "core/tensor.hpp"
+#include "core/training.hpp"
 
 namespace core = mpicnn::core;
 
@@ -100,6 +103,8 @@ const core::ConvGeometry kConv2{32, 12, 12, 64, 5, 5, 1, 0, 8, 8};
 const core::PoolGeometry kPool1{32, 24, 24, 2, 2, 0, 12, 12};
 const core::PoolGeometry kPool2{64, 8, 8, 2, 2, 0, 4, 4};
 constexpr int kDenseIn = 1024, kDenseHidden = 128, kClasses = 10;
+const char* const kReferenceSpec =
+    "conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)";
 
 core::Buffer random_buffer(std::size_t n, unsigned seed, float scale = 1.0f) {
   core::Buffer b(n);
@@ -318,6 +323,41 @@ void reference_cnn_pass(benchmark::State& state) {
   state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The pass as the trainer runs it, through core::Model (whose max pools apply the ReLUs before
+// them, flatten being a view) with the loss: what the kernels give once the layers are joined.
+void model_pass(benchmark::State& state) {
+  const int batch = int(state.range(0));
+  core::set_threads(threads_of(state));
+  core::Model model(kReferenceSpec, {1, 28, 28}, batch);
+  core::init_params(model.params(), "he", 1);
+  const core::Buffer x = random_buffer(std::size_t(batch) * kConv1.in_size(), 1);
+  std::vector<std::int32_t> labels(batch);
+  for (int n = 0; n < batch; ++n) labels[n] = n % kClasses;
+  core::GradientWorker worker(model);
+  for (auto _ : state) {
+    model.params().zero_grads();
+    benchmark::DoNotOptimize(worker.accumulate({x.data(), labels.data(), nullptr, batch}, {}));
+    benchmark::ClobberMemory();
+  }
+  const double macs = 2 * conv_macs(kConv1, batch) + 3 * conv_macs(kConv2, batch) +
+                      3.0 * batch * (kDenseIn * kDenseHidden + kDenseHidden * kClasses);
+  set_flop_counters(state, 2.0 * macs, threads_of(state));
+  state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// One SGD-with-momentum update of the reference CNN's whole parameter arena, once per step in
+// training: it reads the gradient, weight and momentum and writes the last two (20 bytes each).
+void sgd_momentum_step(benchmark::State& state) {
+  core::set_threads(int(state.range(0)));
+  core::Model model(kReferenceSpec, {1, 28, 28}, 1);
+  core::Optimizer sgd({.name = "sgd", .momentum = 0.9}, model.params().size());
+  for (auto _ : state) {
+    sgd.step(model.params(), 1e-3);
+    benchmark::ClobberMemory();
+  }
+  set_byte_counter(state, 20.0 * double(model.params().size()));
+}
+
 // fma_chains on every thread at once: what `peak` should divide by.
 void fma_peak(benchmark::State& state) {
   const int threads = int(state.range(0));
@@ -388,5 +428,7 @@ BENCHMARK_CAPTURE(dense_backward, fc2, kDenseHidden, kClasses)->Apply(batches_th
 BENCHMARK(relu_forward)->Apply(batches_threads);
 BENCHMARK(relu_backward)->Apply(batches_threads);
 BENCHMARK(reference_cnn_pass)->Apply(batches_threads);
+BENCHMARK(model_pass)->Apply(batches_threads);
+BENCHMARK(sgd_momentum_step)->ArgName("threads")->Arg(1)->Arg(2)->Apply(with_min);
 
 BENCHMARK_MAIN();
