@@ -355,8 +355,8 @@ class Trainer {
     }
     const double normalizer = global_normalizer(totals, batch.global_count);
     // Exact reduction: the optimizer has the summed gradient written chunk by chunk as it goes.
-    const auto write_gradients = [&](std::size_t begin, std::size_t end) {
-      exact_->write_gradients(1.0 / normalizer, begin, end);
+    const auto write_gradients = [&](std::size_t begin, std::size_t end, float* out) {
+      exact_->write_gradients(1.0 / normalizer, begin, end, out);
     };
     if (!exact_) core::scale_gradients(model_->params(), 1.0 / normalizer);
     r.loss = totals[kLossSum] / normalizer;
@@ -365,7 +365,7 @@ class Trainer {
     r.previous_comm_wait_mean = totals[kPreviousWait] / comm_.size();
     previous_wait_ = r.comm_wait;
     if (!std::isfinite(r.loss) || !r.finite) {
-      if (exact_) write_gradients(0, model_->params().size());  // to report where they went non-finite
+      if (exact_) write_gradients(0, model_->params().size(), model_->params().grads().data());  // to report where
       non_finite(r.loss);
     }
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);

@@ -13,12 +13,17 @@ namespace {
 
 constexpr std::size_t kUpdateChunk = 1 << 14;
 
+// Calls body(begin, end, g) for fixed chunks of the arena, in parallel; g holds the chunk's
+// gradients: the arena's, or what `source` writes into a per-thread scratch chunk.
 template <class Body>
-void for_each_chunk(std::size_t n, const std::function<void(std::size_t, std::size_t)>& before, Body&& body) {
+void for_each_chunk(ParamStore& params, const GradientSource& source, Body&& body) {
+  const std::size_t n = params.size();
   parallel_for((n + kUpdateChunk - 1) / kUpdateChunk, 8.0 * kUpdateChunk, [&](std::size_t chunk) {
     const std::size_t begin = chunk * kUpdateChunk, end = std::min(n, begin + kUpdateChunk);
-    if (before) before(begin, end);
-    body(begin, end);
+    if (!source) return body(begin, end, params.grads().data() + begin);
+    thread_local std::vector<float> scratch(kUpdateChunk);
+    source(begin, end, scratch.data());
+    body(begin, end, scratch.data());
   });
 }
 
@@ -41,41 +46,71 @@ std::vector<std::pair<std::string, Buffer*>> Optimizer::state() {
   return {{"exp_avg", &first_}, {"exp_avg_sq", &second_}};
 }
 
-void Optimizer::step(ParamStore& params, double lr, const std::function<void(std::size_t, std::size_t)>& write_gradients) {
+namespace {
+
+// The update rules over one chunk, element by element: restrict pointers and the variant as a
+// template argument, so that the loops vectorise (through the arena pointers a lambda captures the
+// compiler must assume overlap, and updated one float at a time: 223 us for the reference CNN).
+struct SgdRule {
+  float decay, momentum, rate;
+};
+template <bool kMomentum, bool kNesterov>
+void sgd_chunk(float* __restrict w, float* __restrict v, const float* __restrict g, std::size_t n, SgdRule r) {
+  for (std::size_t i = 0; i < n; ++i) {
+    float d = g[i] + r.decay * w[i];
+    if constexpr (kMomentum) {
+      v[i] = r.momentum * v[i] + d;  // the buffer starts at zero, so step 1 sets it to d, as torch.optim.SGD does
+      d = kNesterov ? d + r.momentum * v[i] : v[i];
+    }
+    w[i] -= r.rate * d;
+  }
+}
+
+struct AdamRule {
+  float decay, rate, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, epsilon;
+};
+template <bool kDecoupled>
+void adam_chunk(float* __restrict w, float* __restrict m, float* __restrict s, const float* __restrict g, std::size_t n,
+                AdamRule r) {
+  for (std::size_t i = 0; i < n; ++i) {
+    float d = g[i];
+    if constexpr (kDecoupled) w[i] *= 1.f - r.rate * r.decay;
+    else d += r.decay * w[i];
+    m[i] = r.beta1 * m[i] + r.one_minus_beta1 * d;
+    s[i] = r.beta2 * s[i] + r.one_minus_beta2 * d * d;
+    w[i] -= r.step_size * m[i] / (std::sqrt(s[i]) / r.bias2_sqrt + r.epsilon);
+  }
+}
+
+}  // namespace
+
+void Optimizer::step(ParamStore& params, double lr, const GradientSource& source) {
   ++steps_;
   float* w = params.values().data();
-  const float* g = params.grads().data();
-  const float decay = float(config_.weight_decay), mu = float(config_.momentum), rate = float(lr);
+  float* first = first_.data();
+  float* second = second_.data();
+  const float decay = float(config_.weight_decay), rate = float(lr);
   if (config_.name == "sgd") {
-    float* v = first_.data();
-    for_each_chunk(params.size(), write_gradients, [&](std::size_t begin, std::size_t end) {
-      for (std::size_t i = begin; i < end; ++i) {
-        float d = g[i] + decay * w[i];
-        if (v) {
-          v[i] = mu * v[i] + d;  // the buffer starts at zero, so step 1 sets it to d, as torch.optim.SGD does
-          d = config_.nesterov ? d + mu * v[i] : v[i];
-        }
-        w[i] -= rate * d;
-      }
+    const SgdRule rule{decay, float(config_.momentum), rate};
+    const auto update = !first ? sgd_chunk<false, false> : config_.nesterov ? sgd_chunk<true, true> : sgd_chunk<true, false>;
+    for_each_chunk(params, source, [&](std::size_t begin, std::size_t end, const float* g) {
+      update(w + begin, first ? first + begin : nullptr, g, end - begin, rule);
     });
     return;
   }
-  float* m = first_.data();
-  float* s = second_.data();
-  const bool decoupled = config_.name == "adamw";
   const double b1 = config_.beta1, b2 = config_.beta2;
-  const float step_size = float(lr / (1.0 - std::pow(b1, double(steps_))));
-  const float bias2_sqrt = float(std::sqrt(1.0 - std::pow(b2, double(steps_))));
-  const float eps = float(config_.epsilon);
-  for_each_chunk(params.size(), write_gradients, [&](std::size_t begin, std::size_t end) {
-    for (std::size_t i = begin; i < end; ++i) {
-      float d = g[i];
-      if (decoupled) w[i] *= 1.f - rate * decay;
-      else d += decay * w[i];
-      m[i] = float(b1) * m[i] + float(1.0 - b1) * d;
-      s[i] = float(b2) * s[i] + float(1.0 - b2) * d * d;
-      w[i] -= step_size * m[i] / (std::sqrt(s[i]) / bias2_sqrt + eps);
-    }
+  const AdamRule rule{decay,
+                      rate,
+                      float(b1),
+                      float(1.0 - b1),
+                      float(b2),
+                      float(1.0 - b2),
+                      float(lr / (1.0 - std::pow(b1, double(steps_)))),
+                      float(std::sqrt(1.0 - std::pow(b2, double(steps_)))),
+                      float(config_.epsilon)};
+  const auto update = config_.name == "adamw" ? adam_chunk<true> : adam_chunk<false>;
+  for_each_chunk(params, source, [&](std::size_t begin, std::size_t end, const float* g) {
+    update(w + begin, first + begin, second + begin, g, end - begin, rule);
   });
 }
 

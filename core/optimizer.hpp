@@ -17,14 +17,18 @@ struct OptimizerConfig {
   double beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8;
 };
 
+// Writes the gradients of the arena's floats [begin, end) to out[0, end - begin), padding between
+// parameters included (as zeros); called concurrently for disjoint ranges. It lets the exact
+// reduction hand the optimizer its summed gradient while it is in cache, leaving the arena's
+// gradients untouched.
+using GradientSource = std::function<void(std::size_t begin, std::size_t end, float* out)>;
+
 class Optimizer {
  public:
   Optimizer(const OptimizerConfig& config, std::size_t arena_size);
-  // Applies one update with learning rate `lr`; gradients must already be averaged. When given,
-  // `write_gradients(begin, end)` produces the gradients of the arena's floats [begin, end) just
-  // before the update reads them (while they are in cache); it is called concurrently for
-  // disjoint ranges.
-  void step(ParamStore& params, double lr, const std::function<void(std::size_t, std::size_t)>& write_gradients = {});
+  // Applies one update with learning rate `lr` from the averaged gradients: the arena's, or when
+  // given, those `source` writes chunk by chunk just before the update reads them.
+  void step(ParamStore& params, double lr, const GradientSource& source = {});
   long steps() const { return steps_; }
   // Named state buffers ("momentum" or "exp_avg", "exp_avg_sq"), for checkpoints.
   std::vector<std::pair<std::string, Buffer*>> state();

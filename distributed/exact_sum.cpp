@@ -73,7 +73,6 @@ void ExactGradientSum::begin_step(long global_micro_batches) {
   limit_ = std::ldexp(1.0, 62 - headroom);
   for (std::size_t t = 0; t < tensors_.size(); ++t) scale_[t] = std::ldexp(1.0, 62 - headroom - exponent_[t]);
   std::fill(largest_.begin(), largest_.end(), 0u);
-  params_.zero_grads();
 }
 
 void ExactGradientSum::layer_done(int layer, bool first, bool last) {
@@ -136,13 +135,13 @@ ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, MPI_Reques
   return result;
 }
 
-void ExactGradientSum::write_gradients(double factor, std::size_t begin, std::size_t end) {
-  float* grads = params_.grads().data();
+void ExactGradientSum::write_gradients(double factor, std::size_t begin, std::size_t end, float* out) const {
+  std::fill(out, out + (end - begin), 0.f);
+  const std::int64_t* sum = summed();
   for (std::size_t t = 0; t < tensors_.size(); ++t) {
     const std::size_t from = std::max(begin, tensors_[t].offset), to = std::min(end, tensors_[t].offset + tensors_[t].size);
     const double unscale = largest_[t] >= kNonFiniteBits ? NAN : factor / scale_[t];
-    const std::int64_t* sum = summed();
-    for (std::size_t i = from; i < to; ++i) grads[i] = float(double(sum[i]) * unscale);
+    for (std::size_t i = from; i < to; ++i) out[i - begin] = float(double(sum[i]) * unscale);
   }
 }
 

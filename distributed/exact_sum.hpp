@@ -37,7 +37,8 @@ class ExactGradientSum {
   ExactGradientSum(const ExactGradientSum&) = delete;
   ExactGradientSum& operator=(const ExactGradientSum&) = delete;
 
-  // A new step of `global_micro_batches` micro-batches over all ranks; zeroes the gradient arena.
+  // A new step of `global_micro_batches` micro-batches over all ranks. The gradient arena must be
+  // zero, as it is from the start and after every step (layer_done zeroes what it took).
   void begin_step(long global_micro_batches);
   // Backward has finished layer `layer` of a micro-batch: its gradients go onto the grid (the
   // step's `first` micro-batch starts the sums, so they need no zeroing) and its part of the arena
@@ -48,11 +49,11 @@ class ExactGradientSum {
   // some gradient outgrew its grid, which is now wider; compute the step again (from begin_step).
   // Otherwise call write_gradients next.
   Result finish(Watchdog& watchdog, MPI_Request* also);
-  // The summed gradient times `factor` (1 / the loss normaliser) into the arena's floats [begin,
-  // end), identically on every rank; tensors holding a NaN or infinity get NaN. Ranges may be
-  // written concurrently: the optimizer calls it chunk by chunk, just before updating the chunk,
-  // so that it reads the gradient from cache.
-  void write_gradients(double factor, std::size_t begin, std::size_t end);
+  // The summed gradient of the arena's floats [begin, end) times `factor` (1 / the loss
+  // normaliser) into out[0, end - begin), identically on every rank; tensors holding a NaN or
+  // infinity get NaN, padding between tensors zero. Ranges may be written concurrently: as a
+  // core::GradientSource, the optimizer asks for each chunk just before updating it.
+  void write_gradients(double factor, std::size_t begin, std::size_t end, float* out) const;
 
   // Grid exponents per parameter tensor, for checkpoints.
   const std::vector<int>& grid() const { return exponent_; }
