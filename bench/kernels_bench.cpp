@@ -270,6 +270,14 @@ void relu_backward(benchmark::State& state) {
   set_byte_counter(state, 12.0 * n);
 }
 
+// GFLOP/s, peak share and img/s of one forward and backward pass of the reference CNN.
+void set_pass_counters(benchmark::State& state, int batch) {
+  const double macs = 2 * conv_macs(kConv1, batch) + 3 * conv_macs(kConv2, batch) +
+                      3.0 * batch * (kDenseIn * kDenseHidden + kDenseHidden * kClasses);
+  set_flop_counters(state, 2.0 * macs, threads_of(state));
+  state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // The whole network's forward and backward pass through the kernels alone (no loss, no optimizer,
 // no layer objects): the ceiling the framework's training step can reach with these kernels.
 void reference_cnn_pass(benchmark::State& state) {
@@ -317,10 +325,7 @@ void reference_cnn_pass(benchmark::State& state) {
                           batch);
     benchmark::ClobberMemory();
   }
-  const double macs = 2 * conv_macs(kConv1, batch) + 3 * conv_macs(kConv2, batch) +
-                      3.0 * batch * (kDenseIn * kDenseHidden + kDenseHidden * kClasses);
-  set_flop_counters(state, 2.0 * macs, threads_of(state));
-  state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
+  set_pass_counters(state, batch);
 }
 
 // The pass as the trainer runs it, through core::Model (whose max pools apply the ReLUs before
@@ -339,10 +344,7 @@ void model_pass(benchmark::State& state) {
     benchmark::DoNotOptimize(worker.accumulate({x.data(), labels.data(), nullptr, batch}, {}));
     benchmark::ClobberMemory();
   }
-  const double macs = 2 * conv_macs(kConv1, batch) + 3 * conv_macs(kConv2, batch) +
-                      3.0 * batch * (kDenseIn * kDenseHidden + kDenseHidden * kClasses);
-  set_flop_counters(state, 2.0 * macs, threads_of(state));
-  state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
+  set_pass_counters(state, batch);
 }
 
 // One SGD-with-momentum update of the reference CNN's whole parameter arena, once per step in
