@@ -365,7 +365,8 @@ class Trainer {
     r.previous_comm_wait_mean = totals[kPreviousWait] / comm_.size();
     previous_wait_ = r.comm_wait;
     if (!std::isfinite(r.loss) || !r.finite) {
-      if (exact_) write_gradients(0, model_->params().size(), model_->params().grads().data());  // to report where
+      // Into the arena, whose gradients the report searches for the first non-finite layer.
+      if (exact_) write_gradients(0, model_->params().size(), model_->params().grads().data());
       non_finite(r.loss);
     }
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
