@@ -49,7 +49,7 @@ void Reporter::line(const std::string& text) {
 void Reporter::step(int epoch, long step_in_epoch, long global_step, double loss, double accuracy, int samples,
                     double lr, CommWait comm_wait, bool log_now) {
   window_loss_ += loss, window_correct_ += accuracy;
-  window_comm_ += comm_wait.own, window_comm_mean_ += comm_wait.previous_mean;
+  window_comm_ += comm_wait.least, window_comm_mean_ += comm_wait.mean;
   ++window_steps_, window_samples_ += samples;
   const bool epoch_end = step_in_epoch == steps_per_epoch_;
   if (!active_ || !(log_now || epoch_end)) return;

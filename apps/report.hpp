@@ -12,10 +12,11 @@ namespace mpicnn::app {
 // This process's peak resident memory in MiB (rank 0's, in the records it writes).
 double peak_rss_mb();
 
-// Seconds a step waited on communication that backward did not hide: rank 0's in this step, and
-// the mean over all ranks in the step before (which also counts waiting for a slower rank).
+// Seconds a step waited on the gradient sum after backward. The rank that arrived last waited only
+// for the communication backward did not hide: the least wait over ranks; the mean over ranks
+// adds the time ranks waited for slower ones.
 struct CommWait {
-  double own = 0, previous_mean = 0;
+  double least = 0, mean = 0;
 };
 
 class Reporter {

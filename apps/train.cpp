@@ -225,7 +225,7 @@ class Trainer {
         epoch_sums.add(r);
         ++state_.step_in_epoch, ++state_.global_step;
         report.step(state_.epoch, state_.step_in_epoch, state_.global_step, r.loss, r.accuracy, batch.global_count, r.lr,
-                    {r.comm_wait, r.previous_comm_wait_mean}, state_.global_step % c_.log_interval == 0);
+                    r.previous_wait, state_.global_step % c_.log_interval == 0);
         if (r.stop) return stop(report);
         if (c_.every_steps > 0 && state_.global_step % c_.every_steps == 0) save(report, {});
       }
@@ -237,8 +237,8 @@ class Trainer {
 
  private:
   struct StepResult {
-    // comm_wait: this rank's, this step; previous_comm_wait_mean: all ranks' mean, the step before.
-    double loss = 0, accuracy = 0, lr = 0, comm_wait = 0, previous_comm_wait_mean = 0;
+    double loss = 0, accuracy = 0, lr = 0, comm_wait = 0;  // comm_wait: this rank's, this step
+    CommWait previous_wait;                                 // all ranks', the step before
     bool stop = false, finite = true;
   };
   struct EpochSums {
@@ -325,7 +325,8 @@ class Trainer {
   }
 
   // The step's small allreduce: loss sums, the stop request, this rank's communication wait in the
-  // step before (for the mean over ranks), then the class histogram.
+  // step before (for the mean over ranks), then the class histogram. The least wait over ranks
+  // has an allreduce of its own (a minimum).
   enum Total { kLossSum, kCorrect, kStop, kPreviousWait, kHistogram };
 
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
@@ -339,16 +340,19 @@ class Trainer {
       // gradients: the wait measured is all the communication backward did not hide.
       totals.assign(kHistogram, 0.0);
       totals[kLossSum] = local.sum, totals[kCorrect] = local.correct, totals[kStop] = double(stop_signal != 0);
-      totals[kPreviousWait] = previous_wait_;
+      totals[kPreviousWait] = least_wait_ = previous_wait_;
       append_histogram(batch, &totals);
-      MPI_Request request;
-      dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(), &request),
+      MPI_Request requests[2];
+      dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(),
+                                 &requests[0]),
+                  "MPI_Iallreduce");
+      dist::check(MPI_Iallreduce(MPI_IN_PLACE, &least_wait_, 1, MPI_DOUBLE, MPI_MIN, comm_.handle(), &requests[1]),
                   "MPI_Iallreduce");
       if (!exact_) {
-        r.comm_wait = sync_->finish(*watchdog_, &request);
+        r.comm_wait = sync_->finish(*watchdog_, requests);
         break;
       }
-      const dist::ExactGradientSum::Result sum = exact_->finish(*watchdog_, &request);
+      const dist::ExactGradientSum::Result sum = exact_->finish(*watchdog_, requests);
       r.comm_wait += sum.wait_seconds;
       r.finite = sum.outcome != dist::ExactGradientSum::Outcome::non_finite;
       if (sum.outcome != dist::ExactGradientSum::Outcome::retry) break;  // the same on every rank
@@ -362,7 +366,7 @@ class Trainer {
     r.loss = totals[kLossSum] / normalizer;
     r.accuracy = c_.loss.kind == "cross_entropy" ? totals[kCorrect] / batch.global_count : NAN;
     r.stop = totals[kStop] > 0;
-    r.previous_comm_wait_mean = totals[kPreviousWait] / comm_.size();
+    r.previous_wait = {least_wait_, totals[kPreviousWait] / comm_.size()};
     previous_wait_ = r.comm_wait;
     if (!std::isfinite(r.loss) || !r.finite) {
       // Into the arena, whose gradients the report searches for the first non-finite layer.
@@ -542,6 +546,7 @@ class Trainer {
   long last_saved_step_ = -1;  // the global step of the newest checkpoint, so none is written twice
   std::vector<double> totals_;  // train_step's allreduce buffer, kept to reuse its allocation
   double previous_wait_ = 0;    // this rank's communication wait in the last step
+  double least_wait_ = 0;       // train_step's minimum over ranks of previous_wait_
 };
 
 }  // namespace

@@ -321,9 +321,9 @@ def main():
 
     extras = []
     if samples["ours_2x1"]:
-        extras.append(("communication wait share at 2 ranks, rank 0 (median of the run medians)",
+        extras.append(("communication wait share at 2 ranks, not hidden by backward (least over ranks; median of the run medians)",
                        fmt(summary([s["comm_wait_share"] for s in samples["ours_2x1"] if s]), 3)))
-        extras.append(("communication wait share at 2 ranks, mean over ranks (incl. waiting for the slower rank)",
+        extras.append(("communication wait share at 2 ranks, mean over ranks (adds waiting for the slower rank)",
                        fmt(summary([s["comm_wait_share_mean"] for s in samples["ours_2x1"] if s]), 3)))
     for key, label in (("ours_1x1", "ours 1x1"), ("ours_1x2", "ours 1x2"), ("ours_2x1", "ours 2x1 (rank 0)"),
                        ("ours_stream", "ours 2x1 streaming (rank 0)"), ("torch_1x1", "torch 1 thread"),

@@ -52,7 +52,7 @@ ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& p
   largest_.assign(tensors_.size(), 0);
   chunk_largest_.resize(chunks);
   requests_.assign(std::size_t(layers) + 1, MPI_REQUEST_NULL);
-  waiting_.reserve(requests_.size() + 1);
+  waiting_.reserve(requests_.size() + 2);
 }
 
 ExactGradientSum::~ExactGradientSum() {
@@ -115,14 +115,14 @@ void ExactGradientSum::progress() {
   }
 }
 
-ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, MPI_Request* also) {
+ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, std::span<MPI_Request> also) {
   Result result;
   const auto start = std::chrono::steady_clock::now();
   waiting_.assign(requests_.begin(), requests_.end());  // within its capacity: no allocation per step
-  if (also) waiting_.push_back(*also);
+  waiting_.insert(waiting_.end(), also.begin(), also.end());
   watchdog.wait(waiting_, "the gradient allreduce");
   std::fill(requests_.begin(), requests_.end(), MPI_REQUEST_NULL);
-  if (also) *also = MPI_REQUEST_NULL;
+  std::fill(also.begin(), also.end(), MPI_REQUEST_NULL);
   result.wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   // Every rank decides from the same allreduced magnitudes, so all take the same branch.

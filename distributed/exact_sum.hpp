@@ -45,10 +45,10 @@ class ExactGradientSum {
   // is zeroed for the next micro-batch. In this rank's last micro-batch (`last`; a rank without
   // samples calls it once per layer, first and last) the layer's allreduce starts.
   void layer_done(int layer, bool first, bool last);
-  // Waits for the sums and for `also` (another request of this step, e.g. the loss sums). retry:
+  // Waits for the sums and for `also` (other requests of this step, e.g. the loss sums). retry:
   // some gradient outgrew its grid, which is now wider; compute the step again (from begin_step).
   // Otherwise call write_gradients next.
-  Result finish(Watchdog& watchdog, MPI_Request* also);
+  Result finish(Watchdog& watchdog, std::span<MPI_Request> also);
   // The summed gradient of the arena's floats [begin, end) times `factor` (1 / the loss
   // normaliser) into out[0, end - begin), identically on every rank; tensors holding a NaN or
   // infinity get NaN, padding between tensors zero. Ranges may be written concurrently: as a

@@ -37,15 +37,15 @@ void GradientSync::layer_done(int layer) {
   }
 }
 
-double GradientSync::finish(Watchdog& watchdog, MPI_Request* also) {
+double GradientSync::finish(Watchdog& watchdog, std::span<MPI_Request> also) {
   const auto start = std::chrono::steady_clock::now();
   if (comm_.size() > 1) layer_done(0);
   waiting_.clear();  // keeps its capacity: no allocation per step after the first
   for (auto& b : buckets_) waiting_.push_back(b.request);
-  if (also) waiting_.push_back(*also);
+  waiting_.insert(waiting_.end(), also.begin(), also.end());
   watchdog.wait(waiting_, "the gradient allreduce");
   for (auto& b : buckets_) b.request = MPI_REQUEST_NULL;
-  if (also) *also = MPI_REQUEST_NULL;
+  std::fill(also.begin(), also.end(), MPI_REQUEST_NULL);
   next_ = 0;
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }

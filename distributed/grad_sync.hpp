@@ -22,10 +22,10 @@ class GradientSync {
 
   // Called by backward when layer `layer` has final gradients.
   void layer_done(int layer);
-  // Waits for every bucket and for `also` (another request of this step, e.g. the loss sums)
+  // Waits for every bucket and for `also` (other requests of this step, e.g. the loss sums)
   // through the watchdog; returns the seconds spent waiting here, i.e. the communication that
   // backward did not hide.
-  double finish(Watchdog& watchdog, MPI_Request* also);
+  double finish(Watchdog& watchdog, std::span<MPI_Request> also);
   int buckets() const { return int(buckets_.size()); }
 
  private:
