@@ -317,6 +317,9 @@ class Trainer {
   void print_start() {
     std::printf("mpicnn train: %d ranks x %d threads, global batch %d (at most %d per rank), %ld steps per epoch\n",
                 comm_.size(), core::max_threads(), c_.global_batch, reader_->capacity(), steps_per_epoch_);
+    if (comm_.size() > 1)
+      std::printf("gradient sum: %s, %s allreduce\n", c_.exact_reduction ? "exact (int64 fixed point)" : "fast (float)",
+                  comm_.ring_allreduce() ? "ring" : "MPI's own");
     std::printf("data: %s [%s] %zu samples %s\n", c_.data_path.c_str(), c_.train_split.c_str(), reader_->info().count,
                 reader_->info().shape.str().c_str());
     std::printf("%s", model_->summary().c_str());
@@ -331,19 +334,18 @@ class Trainer {
 
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
     StepResult r;
-    std::vector<double>& totals = totals_;
     for (;;) {
       const core::LossSum local = exact_ ? accumulate_micro_batches(worker, batch) : accumulate_overlapped(worker, batch);
       watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
       // One small allreduce carries the loss sums, the class histogram and the stop request, so
       // all ranks stop together and divide by the same normaliser. It is waited for with the
       // gradients: the wait measured is all the communication backward did not hide.
-      totals.assign(kHistogram, 0.0);
-      totals[kLossSum] = local.sum, totals[kCorrect] = local.correct, totals[kStop] = double(stop_signal != 0);
-      totals[kPreviousWait] = least_wait_ = previous_wait_;
-      append_histogram(batch, &totals);
+      totals_.assign(kHistogram, 0.0);
+      totals_[kLossSum] = local.sum, totals_[kCorrect] = local.correct, totals_[kStop] = double(stop_signal != 0);
+      totals_[kPreviousWait] = least_wait_ = previous_wait_;
+      append_histogram(batch, &totals_);
       MPI_Request requests[2];
-      dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals.data(), int(totals.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(),
+      dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals_.data(), int(totals_.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(),
                                  &requests[0]),
                   "MPI_Iallreduce");
       dist::check(MPI_Iallreduce(MPI_IN_PLACE, &least_wait_, 1, MPI_DOUBLE, MPI_MIN, comm_.handle(), &requests[1]),
@@ -357,16 +359,16 @@ class Trainer {
       r.finite = sum.outcome != dist::ExactGradientSum::Outcome::non_finite;
       if (sum.outcome != dist::ExactGradientSum::Outcome::retry) break;  // the same on every rank
     }
-    const double normalizer = global_normalizer(totals, batch.global_count);
+    const double normalizer = global_normalizer(totals_, batch.global_count);
     // Exact reduction: the optimizer has the summed gradient written chunk by chunk as it goes.
     const auto write_gradients = [&](std::size_t begin, std::size_t end, float* out) {
       exact_->write_gradients(1.0 / normalizer, begin, end, out);
     };
     if (!exact_) core::scale_gradients(model_->params(), 1.0 / normalizer);
-    r.loss = totals[kLossSum] / normalizer;
-    r.accuracy = c_.loss.kind == "cross_entropy" ? totals[kCorrect] / batch.global_count : NAN;
-    r.stop = totals[kStop] > 0;
-    r.previous_wait = {least_wait_, totals[kPreviousWait] / comm_.size()};
+    r.loss = totals_[kLossSum] / normalizer;
+    r.accuracy = c_.loss.kind == "cross_entropy" ? totals_[kCorrect] / batch.global_count : NAN;
+    r.stop = totals_[kStop] > 0;
+    r.previous_wait = {least_wait_, totals_[kPreviousWait] / comm_.size()};
     previous_wait_ = r.comm_wait;
     if (!std::isfinite(r.loss) || !r.finite) {
       // Into the arena, whose gradients the report searches for the first non-finite layer.

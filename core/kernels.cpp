@@ -55,19 +55,18 @@ struct Pool8 {
   using Index = decltype(V{} > V{});  // eight signed integers of T's width
   static V load(const T* p) { return *reinterpret_cast<const Vu*>(p); }
   static void store(T* p, V v) { *reinterpret_cast<Vu*>(p) = v; }
-  // The 4 values at offset a and the 4 at b: one load when b follows a; otherwise (a lone last
-  // quad repeats a) exactly 4 + 4, as nothing may follow the last quad of a buffer.
-  template <class E, class Vec>
-  static Vec quads(const E* p, std::size_t a, std::size_t b) {
+  // The 4 values of quad a and the 4 of quad b, which follows it (`both`) or repeats it for a lone
+  // last quad: one vector load, or exactly 4 + 4 elements, as nothing may follow the last quad of a
+  // buffer. Vec: V for T, I for argmaxes.
+  template <class Vec, class E>
+  static Vec quads(const E* p, std::size_t a, bool both) {
     typedef Vec Unaligned __attribute__((aligned(alignof(E)), may_alias));
-    if (b == a + 4) return *reinterpret_cast<const Unaligned*>(p + a);
-    E both[8];
-    std::memcpy(both, p + a, 4 * sizeof(E));
-    std::memcpy(both + 4, p + b, 4 * sizeof(E));
-    return *reinterpret_cast<const Unaligned*>(both);
+    if (both) return *reinterpret_cast<const Unaligned*>(p + a);
+    E pair[8];
+    std::memcpy(pair, p + a, 4 * sizeof(E));
+    std::memcpy(pair + 4, p + a, 4 * sizeof(E));
+    return *reinterpret_cast<const Unaligned*>(pair);
   }
-  static V values(const T* p, std::size_t a, std::size_t b) { return quads<T, V>(p, a, b); }
-  static I indices(const std::int32_t* p, std::size_t a, std::size_t b) { return quads<std::int32_t, I>(p, a, b); }
 };
 
 // Quads of a sample in output order: where each starts (its top-left input's flat index, and its
@@ -132,11 +131,12 @@ template <class T>
 void unpool_quads(T* dx, const T* dy, const std::int32_t* arg, Quad a, Quad b, std::int32_t W, bool both,
                   const T* relu_out) {
   using P = Pool8<T>;
-  const typename P::V zero{}, given = P::values(dy, a.output, b.output);
-  const typename P::V v = relu_out ? (P::values(relu_out, a.output, b.output) > zero ? given : zero) : given;
+  using V = typename P::V;
+  const V zero{}, given = P::template quads<V>(dy, a.output, both);
+  const V v = relu_out ? (P::template quads<V>(relu_out, a.output, both) > zero ? given : zero) : given;
   const typename P::I start = {a.input, a.input + 2, a.input + 4, a.input + 6,
                                b.input, b.input + 2, b.input + 4, b.input + 6};
-  const typename P::I rel = P::indices(arg, a.output, b.output) - start;  // 0, 1, W or W+1
+  const typename P::I rel = P::template quads<typename P::I>(arg, a.output, both) - start;  // 0, 1, W or W+1
   const typename P::V e0 = __builtin_convertvector(rel == 0, typename P::Index) ? v : zero;
   const typename P::V o0 = __builtin_convertvector(rel == 1, typename P::Index) ? v : zero;
   const typename P::V e1 = __builtin_convertvector(rel == W, typename P::Index) ? v : zero;

@@ -49,9 +49,9 @@ struct PoolGeometry {
 };
 
 // argmax: per output element the flat index within the sample's (C,H,W) input, for backward.
-// With `relu` the pool also applies the ReLU that precedes it: relu(max(window)) equals
-// max(relu(window)) exactly, with the same argmax wherever the gradient is not zero, and it spares a
-// pass over the larger input in each direction. Backward is then given the pool's output (`relu_out`)
+// With `relu` the pool also applies the ReLU that precedes it: for finite inputs relu(max(window))
+// equals max(relu(window)) exactly, with the same argmax wherever the gradient is not zero, and it
+// spares a pass over the larger input in each direction. Backward is then given the pool's output (`relu_out`)
 // and passes gradient only where it is positive.
 template <class T>
 void maxpool_forward(T* out, std::int32_t* argmax, const T* in, const PoolGeometry& g, int batch,

@@ -156,7 +156,8 @@ class Pool2D final : public Layer {
     if (max_) maxpool_backward(in_grad, out_grad, argmax_.data(), g_, batch, relu_ ? out : nullptr);
     else avgpool_backward(in_grad, out_grad, g_, batch);
   }
-  bool absorb_preceding_relu() override { return relu_ = max_; }
+  bool can_absorb_preceding_relu() const override { return max_; }
+  void absorb_preceding_relu() override { relu_ = true; }
 
  private:
   PoolGeometry g_;

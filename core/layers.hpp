@@ -31,9 +31,10 @@ class Layer {
   // A layer whose output is its input reinterpreted (flatten): a model gives it its input's
   // buffers and never runs it.
   virtual bool is_view() const { return false; }
-  // A layer that can apply the ReLU just before it takes it over and returns true (max pooling:
-  // relu(max(window)) = max(relu(window))); that ReLU then becomes a view of its input.
-  virtual bool absorb_preceding_relu() { return false; }
+  // A layer that can apply the ReLU just before it (max pooling: relu(max(window)) =
+  // max(relu(window))) says so, and once told to, does; that ReLU then becomes a view of its input.
+  virtual bool can_absorb_preceding_relu() const { return false; }
+  virtual void absorb_preceding_relu() {}
 
  protected:
   Shape input_, output_;

@@ -108,7 +108,8 @@ void Model::bind_buffers() {
   output_grads_.assign(n, nullptr);
   for (std::size_t i = 0; i < n; ++i) {
     const bool inner = i > 0 && i + 1 < n;
-    const bool relu_absorbed = inner && layers_[i]->spec() == "relu" && layers_[i + 1]->absorb_preceding_relu();
+    const bool relu_absorbed = inner && layers_[i]->spec() == "relu" && layers_[i + 1]->can_absorb_preceding_relu();
+    if (relu_absorbed) layers_[i + 1]->absorb_preceding_relu();
     passes_through_[i] = relu_absorbed || (inner && layers_[i]->is_view());
     if (passes_through_[i]) {
       outputs_[i] = outputs_[i - 1], output_grads_[i] = output_grads_[i - 1];

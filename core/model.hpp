@@ -48,11 +48,11 @@ class Model {
   double forward_flops() const;
 
  private:
+  void bind_buffers();
+
   Shape input_;
   int max_batch_;
   std::vector<std::unique_ptr<Layer>> layers_;
-  void bind_buffers();
-
   ParamStore params_;
   // Per layer, (max_batch, out size): its output and d(loss)/d(output). A layer the model does not
   // run (passes_through_) shares both with the layer before it.

@@ -1,5 +1,7 @@
 #include "comm.hpp"
 
+#include <cstdio>
+
 #include "core/errors.hpp"
 
 namespace mpicnn::dist {
@@ -14,15 +16,28 @@ void check(int status, const char* call) {
 
 namespace {
 
+// Open MPI's libnbc ring gave wrong in-place sums before 4.0.7 and 4.1.2 (open-mpi/ompi#9385), and
+// the algorithm chosen applies to every non-blocking allreduce of the process, in place or not.
+bool ring_allreduce_is_safe() {
+  char version[MPI_MAX_LIBRARY_VERSION_STRING];
+  int length = 0, major = 0, minor = 0, release = 0;
+  if (MPI_Get_library_version(version, &length) != MPI_SUCCESS ||
+      std::sscanf(version, "Open MPI v%d.%d.%d", &major, &minor, &release) != 3)
+    return false;
+  const int number = (major * 100 + minor) * 100 + release;
+  return number >= 40102 || (number >= 40007 && number < 40100);
+}
+
 // Below 4 ranks Open MPI's non-blocking allreduce (coll/libnbc) sums along a binomial tree: rank 0
 // receives, adds and sends back every bucket while the others wait for it. A ring gives every rank
-// an equal share of the additions and copies, in as few rounds at 2 and 3 ranks. (From 4 ranks on,
-// libnbc's own choice for sums that are not in place, Rabenseifner's for large ones, is already
-// even.) Set through the MPI tool interface where the variable exists and no one has set it: other
-// MPI libraries, and an OMPI_MCA_coll_libnbc_iallreduce_algorithm of the user's, are left alone.
-void prefer_ring_allreduce() {
-  int provided = 0, count = 0;
-  if (MPI_T_init_thread(MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) return;
+// an equal share of the additions and copies, in as few rounds at 2 and 3 ranks (from 4 ranks on,
+// libnbc's own choice for large sums not in place, Rabenseifner's, is already even). Set through
+// the MPI tool interface, where the variable exists and holds its default: other MPI libraries,
+// and a user's OMPI_MCA_coll_libnbc_iallreduce_algorithm other than 0, are left alone. True when
+// the ring is in use.
+bool prefer_ring_allreduce() {
+  int provided = 0, count = 0, algorithm = 0;
+  if (!ring_allreduce_is_safe() || MPI_T_init_thread(MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) return false;
   MPI_T_cvar_get_num(&count);
   for (int i = 0; i < count; ++i) {
     char name[128], description[8];
@@ -34,14 +49,17 @@ void prefer_ring_allreduce() {
         std::string(name) != "coll_libnbc_iallreduce_algorithm" || type != MPI_INT)
       continue;
     MPI_T_cvar_handle handle;
-    int elements = 0, algorithm = 0;
+    int elements = 0;
+    constexpr int kRing = 1;
     if (MPI_T_cvar_handle_alloc(i, nullptr, &handle, &elements) != MPI_SUCCESS) break;
-    const int ring = 1;
-    if (MPI_T_cvar_read(handle, &algorithm) == MPI_SUCCESS && algorithm == 0) MPI_T_cvar_write(handle, &ring);
+    if (MPI_T_cvar_read(handle, &algorithm) == MPI_SUCCESS && algorithm == 0 &&
+        MPI_T_cvar_write(handle, &kRing) == MPI_SUCCESS)
+      algorithm = kRing;
     MPI_T_cvar_handle_free(&handle);
     break;
   }
   MPI_T_finalize();
+  return algorithm == 1;
 }
 
 }  // namespace
@@ -51,9 +69,6 @@ Environment::Environment(int* argc, char*** argv) {
   check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
   if (provided < MPI_THREAD_FUNNELED) throw Error("MPI does not provide MPI_THREAD_FUNNELED");
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  int ranks = 1;
-  check(MPI_Comm_size(MPI_COMM_WORLD, &ranks), "MPI_Comm_size");
-  if (ranks == 2 || ranks == 3) prefer_ring_allreduce();
 }
 
 Environment::~Environment() { MPI_Finalize(); }
@@ -65,6 +80,7 @@ Communicator::Communicator() {
   check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
   check(MPI_Comm_size(node, &ranks_on_node_), "MPI_Comm_size");
   MPI_Comm_free(&node);
+  if (size_ == 2 || size_ == 3) ring_allreduce_ = prefer_ring_allreduce();
 }
 
 void Communicator::allreduce_sum(std::span<float> values) const {

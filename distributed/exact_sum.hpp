@@ -76,7 +76,8 @@ class ExactGradientSum {
   double limit_ = 0;                     // this step: |g * scale| stays below it on the grid
   std::vector<std::int64_t> sum_;        // arena-sized fixed-point sum of this rank's micro-batches
   // ...and of all ranks' (on one rank: sum_ itself). Not summed in place: in place, Open MPI's
-  // non-blocking allreduce always takes a binomial tree, uneven between ranks.
+  // non-blocking allreduce takes a binomial tree at any rank count (rank 0 does every addition);
+  // out of place it takes Rabenseifner's algorithm for large buckets from 4 ranks on.
   std::vector<std::int64_t> total_;
   const std::int64_t* summed() const { return comm_.size() > 1 ? total_.data() : sum_.data(); }
   std::vector<std::uint32_t> largest_;   // per tensor: the largest |g| seen this step, as float bits

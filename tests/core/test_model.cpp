@@ -2,6 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -76,8 +77,8 @@ std::string error_of(const std::string& spec, Shape input = {1, 28, 28}) {
   return "";
 }
 
-// Values on a coarse grid (multiples of 1/4 in [-1, 1]): sums of their products are exact and
-// often equal, so pooling windows hold ties and exact zeros.
+// Values on a coarse grid (multiples of 1/4 in [-1, 1]): a convolution's outputs are then often
+// equal or exactly zero, so pooling windows hold ties and zeros.
 void fill_coarse(float* v, std::size_t n, std::uint64_t seed) {
   Rng rng(seed);
   for (std::size_t i = 0; i < n; ++i) v[i] = float(std::round(rng.uniform(-4, 4)) / 4);
@@ -112,34 +113,60 @@ struct LayerByLayer {
   std::vector<Buffer> outputs, grads;
 };
 
-// The model runs flatten as a view and lets max pooling apply the ReLU before it (the 2x2 fast
-// path and the general overlapping-window one); outputs and gradients must be bitwise those of
-// running every layer by itself, ties and zeros included.
-TEST(Model, AbsorbedReluAndFlattenViewGiveBitwiseTheLayerByLayerResult) {
-  const std::string spec = "conv(4,3) relu maxpool(2) conv(8,3) relu maxpool(2,stride=1) flatten dense(6) relu dense(3)";
-  const Shape input{2, 18, 18};
+// A spec, its input, and which layers the model should not run (views and absorbed ReLUs).
+struct PassThroughCase {
+  std::string spec;
+  Shape input;
+  std::vector<int> passing_through;
+};
+
+class PassThrough : public ::testing::TestWithParam<PassThroughCase> {};
+
+// The model runs flatten as a view and lets max pooling apply the ReLU before it; outputs and
+// every parameter's gradient must be bitwise those of running every layer by itself, ties and
+// zeros included, and every gradient tensor must hold non-zeros (the gradient crossed the pools).
+TEST_P(PassThrough, GivesBitwiseTheLayerByLayerResult) {
+  const PassThroughCase c = GetParam();
   const int batch = 5;
-  Model model(spec, input, batch);
-  LayerByLayer reference(spec, input, batch);
+  Model model(c.spec, c.input, batch);
+  LayerByLayer reference(c.spec, c.input, batch);
   ASSERT_EQ(model.params().size(), reference.params.size());
   fill_coarse(model.params().values().data(), model.params().size(), 1);
   std::memcpy(reference.params.values().data(), model.params().values().data(), model.params().size() * sizeof(float));
-  std::vector<float> x(batch * input.size()), dy(batch * 3);
+  std::vector<float> x(batch * c.input.size()), dy(batch * model.output_shape().size());
   fill_coarse(x.data(), x.size(), 2);
   fill_coarse(dy.data(), dy.size(), 3);
 
   const float* y = model.forward(x.data(), batch);
   model.backward(dy.data(), batch);
   reference.forward_backward(x.data(), dy.data());
-  EXPECT_EQ(model.activation(1), model.activation(0)) << "the first ReLU should be absorbed by the pool";
-  EXPECT_EQ(model.activation(6), model.activation(5)) << "flatten should be a view";
+  std::vector<int> passing;
+  for (int i = 1; i < int(model.layers().size()); ++i)
+    if (model.activation(i) == model.activation(i - 1)) passing.push_back(i);
+  EXPECT_EQ(passing, c.passing_through);
   EXPECT_EQ(0, std::memcmp(y, reference.outputs.back().data(), dy.size() * sizeof(float)));
   const auto& grads = model.params().grads();
   EXPECT_EQ(0, std::memcmp(grads.data(), reference.params.grads().data(), grads.size() * sizeof(float)));
-  int zero_grads = 0;
-  for (std::size_t i = 0; i < grads.size(); ++i) zero_grads += grads[i] == 0.f;
-  EXPECT_LT(zero_grads, int(grads.size())) << "the check needs gradients that are not all zero";
+  for (const ParamInfo& info : model.params().infos())
+    EXPECT_TRUE(std::any_of(grads.data() + info.offset, grads.data() + info.offset + info.size, [](float g) { return g != 0; }))
+        << info.name << " has only zero gradients";
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Specs, PassThrough,
+    ::testing::Values(
+        // 2x2 pools on whole pairs of quads, then an overlapping window (the general path)
+        PassThroughCase{"conv(4,3) relu maxpool(2) conv(8,3) relu maxpool(2,stride=1) flatten dense(6) relu dense(3)",
+                        {2, 18, 18}, {1, 4, 6}},
+        // 3 channels of 3x4 pooled outputs: 9 quads, the last one alone
+        PassThroughCase{"conv(3,3) relu maxpool(2) flatten dense(3)", {2, 8, 10}, {1, 3}},
+        // the first layer always runs; an absorbing pool may be the last layer
+        PassThroughCase{"relu maxpool(2) conv(6,3) relu maxpool(2)", {2, 12, 12}, {3}},
+        // a ReLU after a ReLU, and leaky ReLU (not absorbed)
+        PassThroughCase{"conv(4,3) relu relu maxpool(2) conv(2,3) leakyrelu maxpool(2) flatten dense(3)", {1, 16, 16}, {2, 7}},
+        // two pass-throughs in a row: flatten, then a ReLU absorbed by a 1x1 pool; flatten first runs
+        PassThroughCase{"conv(4,3) flatten relu maxpool(1) dense(3)", {1, 6, 6}, {1, 2}},
+        PassThroughCase{"flatten dense(4) relu dense(3)", {2, 3, 3}, {}}));
 
 TEST(ModelErrors, UnknownLayerListsKnownOnes) {
   const std::string e = error_of<ConfigError>("conv(8,3) conv3(4) relu");
