@@ -278,8 +278,9 @@ void set_pass_counters(benchmark::State& state, int batch) {
   state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// The whole network's forward and backward pass through the kernels alone (no loss, no optimizer,
-// no layer objects): the ceiling the framework's training step can reach with these kernels.
+// The whole network's forward and backward pass through the kernels alone, one layer at a time
+// (no loss, no optimizer, no layer objects, the ReLUs as passes of their own): model_pass below
+// is the pass as the trainer runs it.
 void reference_cnn_pass(benchmark::State& state) {
   const int batch = int(state.range(0));
   core::set_threads(threads_of(state));

@@ -19,9 +19,8 @@ constexpr std::size_t kSlack = 64;
 
 // The input gradient's register tile: kDxRows rows of W^T by kDxVecs vectors of output pixels
 // (64 pixels of float, 32 of double: the whole 8x8 output of the reference CNN's conv2, so each
-// row of W^T is read once per image). Measured on conv2 (4 images): 8 rows x 2 vectors with the
-// tile stored to a local array and added back as halves 234 us, 4 x 4 with the halves extracted
-// from the registers 213 us; without any scattering 192 us.
+// row of W^T is read once per image), each tile's rows scattered onto the image straight from
+// the registers (an 8 x 2 tile went through a local array: 10% slower on conv2).
 constexpr int kDxRows = 4, kDxVecs = 4;
 constexpr int kDxPad = 64;  // pixels of a tile padded for float and double
 template <class T>
@@ -475,15 +474,18 @@ void shallow_weight_grad(T* part, const T* shifted, const T* dy, const T* dy_tai
                 dy_tail + std::size_t(k0) * L, std::min(kGradFilters, K - k0), g, first);
 }
 
-// dy_tail (K, L): the last P % L pixels of each filter's dY, zero-padded.
+// dy_tail (count, K, width): the last P % width pixels of each image's dY per filter, zero-padded
+// to `width`, for the last, partial vector or tile of pixels.
 template <class T>
-void pad_last_vector(T* dy_tail, const T* dy, const ConvGeometry g) {
-  constexpr int L = gemm::kLanes<T>;
-  const int P = int(g.out_pixels()), full = P / L * L;
-  for (int k = 0; k < g.filters; ++k) {
-    std::copy(dy + std::size_t(k) * P + full, dy + std::size_t(k + 1) * P, dy_tail + std::size_t(k) * L);
-    std::fill(dy_tail + std::size_t(k) * L + (P - full), dy_tail + std::size_t(k + 1) * L, T(0));
-  }
+void pad_last_pixels(T* dy_tail, const T* dy, int count, int width, const ConvGeometry g) {
+  const int K = g.filters, P = int(g.out_pixels()), tail = P % width;
+  for (int n = 0; n < count; ++n)
+    for (int k = 0; k < K; ++k) {
+      const T* src = dy + n * g.out_size() + std::size_t(k) * P + (P - tail);
+      T* dst = dy_tail + (std::size_t(n) * K + k) * width;
+      std::copy(src, src + tail, dst);
+      std::fill(dst + tail, dst + width, T(0));
+    }
 }
 
 }  // namespace
@@ -575,7 +577,7 @@ void conv2d_forward(T* out, T* workspace, const T* in, const T* weight, const T*
   T* bias_row = workspace + l.bias_row;
   if (from_image) {
     const std::size_t ldk = filters_ld(g);
-    gemm::transpose(weight_rows, ldk, weight, CRS, K, CRS);  // 8x8 blocks: an element-wise loop took 30 us
+    gemm::transpose(weight_rows, ldk, weight, CRS, K, CRS);  // in 8x8 blocks, not element by element
     for (int crs = 0; crs < CRS; ++crs) std::fill(weight_rows + crs * ldk + K, weight_rows + (crs + 1) * ldk, T(0));
     for (std::size_t k = 0; k < ldk; ++k) bias_row[k] = bias && int(k) < K ? bias[k] : T(0);
   } else {
@@ -644,21 +646,6 @@ template <class T>
   }
 }
 
-// Copies of the last, partial tile of pixels of each image's dY, zero-padded to a whole tile:
-// (count, K, kDxPixels).
-template <class T>
-void pad_last_pixels(T* dy_tail, const T* dy, int count, const ConvGeometry g) {
-  constexpr int NP = kDxPixels<T>;
-  const int K = g.filters, P = int(g.out_pixels()), tail = P % NP;
-  for (int n = 0; n < count; ++n)
-    for (int k = 0; k < K; ++k) {
-      const T* src = dy + n * g.out_size() + std::size_t(k) * P + (P - tail);
-      T* dst = dy_tail + (std::size_t(n) * K + k) * NP;
-      std::copy(src, src + tail, dst);
-      std::fill(dst + tail, dst + NP, T(0));
-    }
-}
-
 // dx (C,H,W) = col2im(W^T (C*R*S, K) * dY (K, P)) for `count` images (consecutive in dx and dy),
 // each register tile scattered as it is computed (is_dense_rows geometry: every output pixel's
 // patch lies inside the image). A tile of dY stays in L1 while the packed W^T streams past it
@@ -670,7 +657,7 @@ void input_grad_scattered(T* dx, const T* dy, int count, const T* packed_wt, T* 
   const int K = g.filters, P = int(g.out_pixels()), CRS = int(g.col_rows());
   const std::size_t plane = std::size_t(g.height) * g.width;
   std::fill(dx, dx + count * g.in_size(), T(0));
-  if (P % NP) pad_last_pixels(dy_tail, dy, count, g);
+  if (P % NP) pad_last_pixels(dy_tail, dy, count, NP, g);
   for (int n = 0; n < count; ++n) {
     T* dxn = dx + n * g.in_size();
     int oh = 0, ow = 0;  // the output pixel of n0
@@ -733,7 +720,7 @@ void weight_grad_of_chunk(const ChunkSpace::Of<T>& ws, const T* x, const T* dy, 
   if (weight_grad_shallow(g)) {
     for (int n = 0; n < count; ++n) {
       shift_copy(ws.columns, x + n * g.in_size(), g);
-      if (P % gemm::kLanes<T>) pad_last_vector(ws.dy_tail, dy + n * g.out_size(), g);
+      if (P % gemm::kLanes<T>) pad_last_pixels(ws.dy_tail, dy + n * g.out_size(), 1, gemm::kLanes<T>, g);
       shallow_weight_grad(ws.weight_part, ws.columns, dy + n * g.out_size(), ws.dy_tail, g, n == 0);
     }
   } else {
