@@ -141,7 +141,8 @@ class Ours:
         # Every window has log_interval steps of the same global batch: total images / total time.
         rate = len(timed) / sum(1.0 / r["img_per_s"] for r in timed)
         return {"img_per_s": rate, "comm_wait_share": statistics.median(r.get("comm_wait_share", 0.0) for r in timed),
-                "comm_wait_share_mean": statistics.median(r.get("comm_wait_share_mean", 0.0) for r in timed),
+                "comm_wait_share_mean": (statistics.median(r["comm_wait_share_mean"] for r in timed)
+                                         if all("comm_wait_share_mean" in r for r in timed) else None),
                 "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in records), "loss": records[-1].get("loss"),
                 "steps": records[-1].get("global_step")}
 
@@ -324,7 +325,7 @@ def main():
         extras.append(("communication wait share at 2 ranks, not hidden by backward (least over ranks; median of the run medians)",
                        fmt(summary([s["comm_wait_share"] for s in samples["ours_2x1"] if s]), 3)))
         extras.append(("communication wait share at 2 ranks, mean over ranks (adds waiting for the slower rank)",
-                       fmt(summary([s["comm_wait_share_mean"] for s in samples["ours_2x1"] if s]), 3)))
+                       fmt(summary([s["comm_wait_share_mean"] for s in samples["ours_2x1"] if s]), 3)))  # None: older build
     for key, label in (("ours_1x1", "ours 1x1"), ("ours_1x2", "ours 1x2"), ("ours_2x1", "ours 2x1 (rank 0)"),
                        ("ours_stream", "ours 2x1 streaming (rank 0)"), ("torch_1x1", "torch 1 thread"),
                        ("torch_ddp_2x1", "torch DDP 2x1 (largest process)")):
