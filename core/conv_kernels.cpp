@@ -63,7 +63,6 @@ constexpr int kGradFilters = 4, kGradTaps = 5;
 std::size_t grad_filters(const ConvGeometry& g) { return round_up(g.filters, kGradFilters); }
 std::size_t grad_taps(const ConvGeometry& g) { return round_up(g.col_rows(), kGradTaps); }
 
-
 // Zeros after each shifted plane: a register tile reads up to a tile of pixels past its end.
 constexpr std::size_t kShiftSlack = 64;
 std::size_t shifted_plane(const ConvGeometry& g) {
@@ -72,7 +71,6 @@ std::size_t shifted_plane(const ConvGeometry& g) {
 std::size_t shifted_size(const ConvGeometry& g) {
   return is_shallow(g) ? std::size_t(g.in_channels) * g.kernel_w * shifted_plane(g) : 0;
 }
-
 
 // Workspace layout (elements; every part starts 64-byte aligned for float and double):
 //   packed weights (K rows, C*R*S deep) for the forward pass,
@@ -818,12 +816,13 @@ void conv2d_backward(T* in_grad, T* weight_grad, T* bias_grad, T* workspace, con
     const auto ws = ChunkSpace::at(workspace, l, int(chunk));
     const int begin = int(chunk) * kConvChunk, end = std::min(batch, begin + kConvChunk);
     weight_grad_of_chunk(ws, in + begin * g.in_size(), out_grad + begin * g.out_size(), end - begin, g);
-    if (in_grad && !is_dense_rows(g))
-      for (int n = begin; n < end; ++n)
-        input_grad_of_image(in_grad + n * g.in_size(), ws, out_grad + n * g.out_size(), packed_wt, g);
-    if (in_grad && is_dense_rows(g))
+    if (!in_grad) return;
+    if (is_dense_rows(g))
       input_grad_scattered(in_grad + begin * g.in_size(), out_grad + begin * g.out_size(), end - begin, packed_wt,
                            ws.dy_tail, g);
+    else
+      for (int n = begin; n < end; ++n)
+        input_grad_of_image(in_grad + n * g.in_size(), ws, out_grad + n * g.out_size(), packed_wt, g);
   });
   add_chunk_partials(weight_grad, bias_grad, workspace, l, chunks, g);
 }

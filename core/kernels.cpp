@@ -116,7 +116,7 @@ void max_of_quads(T* y, std::int32_t* arg, const T* x, Quad a, Quad b, std::int3
   const typename P::I start = {a.input, a.input + 2, a.input + 4, a.input + 6,
                                b.input, b.input + 2, b.input + 4, b.input + 6};
   const typename P::I index = start + (pick ? i1 : i0);
-  if (both && b.output == a.output + 4) {
+  if (both) {  // b follows a in output order
     P::store(y + a.output, best);
     *reinterpret_cast<typename P::Iu*>(arg + a.output) = index;
     return;

@@ -52,7 +52,6 @@ ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& p
   largest_.assign(tensors_.size(), 0);
   chunk_largest_.resize(chunks);
   requests_.assign(std::size_t(layers) + 1, MPI_REQUEST_NULL);
-  waiting_.reserve(requests_.size() + 2);
 }
 
 ExactGradientSum::~ExactGradientSum() {
@@ -118,7 +117,7 @@ void ExactGradientSum::progress() {
 ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, std::span<MPI_Request> also) {
   Result result;
   const auto start = std::chrono::steady_clock::now();
-  waiting_.assign(requests_.begin(), requests_.end());  // within its capacity: no allocation per step
+  waiting_.assign(requests_.begin(), requests_.end());  // within its capacity after the first step
   waiting_.insert(waiting_.end(), also.begin(), also.end());
   watchdog.wait(waiting_, "the gradient allreduce");
   std::fill(requests_.begin(), requests_.end(), MPI_REQUEST_NULL);

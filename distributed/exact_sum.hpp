@@ -67,6 +67,7 @@ class ExactGradientSum {
   void start_allreduce(int layer);
   void progress();
   void follow_gradients();
+  const std::int64_t* summed() const { return comm_.size() > 1 ? total_.data() : sum_.data(); }
 
   const Communicator& comm_;
   core::ParamStore& params_;
@@ -79,11 +80,10 @@ class ExactGradientSum {
   // non-blocking allreduce takes a binomial tree at any rank count (rank 0 does every addition);
   // out of place it takes Rabenseifner's algorithm for large buckets from 4 ranks on.
   std::vector<std::int64_t> total_;
-  const std::int64_t* summed() const { return comm_.size() > 1 ? total_.data() : sum_.data(); }
   std::vector<std::uint32_t> largest_;   // per tensor: the largest |g| seen this step, as float bits
   std::vector<std::uint32_t> chunk_largest_;  // layer_done's per-chunk largest |g| (as bits)
   std::vector<MPI_Request> requests_;    // per layer's sums, then one for the largest magnitudes
-  std::vector<MPI_Request> waiting_;     // finish(): requests_ and the caller's
+  std::vector<MPI_Request> waiting_;     // finish(): requests_ and the caller's; keeps its capacity
 };
 
 }  // namespace mpicnn::dist
