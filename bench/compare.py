@@ -10,7 +10,11 @@ hits both. Prints medians, ranges and paired ratios for:
   1x2   1 process x 2 threads      ours vs torch (2 threads)                   target >= 1.3
   2x1   2 ranks x 1 thread         ours vs our 1x1 (same round)                target >= 1.85
                                    ours vs torch DDP/gloo 2x1                  target >= 1.3
-and, once per round for a few rounds: HDF5 streaming (no cache) against in-memory data at 2 ranks x
+Next to the 2x1 runs, two ceilings the machine sets: two unrelated 1x1 trainings at once, one per
+core (what the cores give together), and bench/lockstep_bench at 1 and 2 ranks (fixed arithmetic
+per step and a one-number allreduce: what any synchronous 2-rank job can get while the machine
+runs one core slower than the other for a while); our 2x1 scaling is also given over the latter.
+And, once per round for a few rounds: HDF5 streaming (no cache) against in-memory data at 2 ranks x
 1 thread (no core left for the prefetch thread: the hard case; target >= 0.97), the
 communication wait share at 2 ranks, peak RSS per rank, and at the end a 4-rank oversubscribed run
 whose loss must equal a 1-rank run's (the exact gradient sum makes them bitwise the same).
@@ -147,6 +151,30 @@ class Ours:
                 "steps": records[-1].get("global_step")}
 
 
+class Lockstep:
+    """bench/lockstep_bench: fixed arithmetic per step split over the ranks, an allreduce of one
+    number per step. Its 2-rank against 1-rank rate is what this machine allows any synchronous
+    trainer in the same minutes (its loss below 2x is one core running slower than the other)."""
+
+    UNITS = 700  # ~15-25 ms per 1-rank step here: the length of our 1x1 step of 64 images
+
+    def __init__(self, args):
+        self.args = args
+        self.binary = os.path.join(REPO, args.build, "bench", "lockstep_bench")
+        self.mpirun = shutil.which("mpirun")
+        if not os.access(self.binary, os.X_OK):
+            log(f"note: {self.binary} not built: the lockstep ceiling is not measured "
+                f"(cmake --build {args.build} --target lockstep_bench)")
+            self.binary = None
+
+    def run(self, ranks):
+        env = ROOT_ENV if os.geteuid() == 0 else {}
+        command = [self.mpirun, "-np", str(ranks), "--bind-to", "core", self.binary, "--units", str(self.UNITS),
+                   "--steps", "250"]
+        result = json.loads(run(command, self.args.timeout, env).strip().splitlines()[-1])
+        return {"img_per_s": result["steps_per_s"], "wait_share_mean": result["wait_share_mean"]}
+
+
 class Torch:
     def __init__(self, args):
         self.args = args
@@ -224,10 +252,11 @@ def main():
         wanted.add("1x1")  # the 2-rank scaling is measured against the same round's 1x1
 
     scratch = tempfile.mkdtemp(prefix="mpicnn-compare-")
-    ours, torch = Ours(args, scratch), Torch(args)
+    ours, torch, lockstep = Ours(args, scratch), Torch(args), Lockstep(args)
     samples = {key: [] for key in ("ours_1x1", "torch_1x1", "ours_1x2", "torch_1x2", "ours_2x1", "torch_ddp_2x1",
-                                   "ours_stream", "ours_cache", "ours_pair")}
-    ratios = {key: [] for key in ("1x1", "1x2", "2x1_vs_ours", "2x1_vs_ddp", "stream", "pair_vs_ours", "2x1_vs_pair")}
+                                   "ours_stream", "ours_cache", "ours_pair", "lockstep_1", "lockstep_2")}
+    ratios = {key: [] for key in ("1x1", "1x2", "2x1_vs_ours", "2x1_vs_ddp", "stream", "pair_vs_ours", "2x1_vs_pair",
+                                   "lockstep", "2x1_vs_lockstep")}
     failures = []
     started = time.monotonic()
 
@@ -267,6 +296,14 @@ def main():
                 samples["ours_pair"].append(pair_rate)
                 ratios["pair_vs_ours"].append(ratio(pair_rate, o11))
                 ratios["2x1_vs_pair"].append(ratio(o21, pair_rate))
+                if lockstep.binary:
+                    l1, l2 = pair(lambda: attempt("lockstep 1 rank", lambda: lockstep.run(1)),
+                                  lambda: attempt("lockstep 2 ranks", lambda: lockstep.run(2)), swap)
+                    samples["lockstep_1"].append(l1), samples["lockstep_2"].append(l2)
+                    ceiling = ratio(l2, l1)
+                    ratios["lockstep"].append(ceiling)
+                    own = ratio(o21, o11)
+                    ratios["2x1_vs_lockstep"].append(own / ceiling if own and ceiling else None)
             if "stream" in wanted and rnd < args.stream_rounds:
                 streamed, cached = pair(lambda: attempt("ours streaming", lambda: ours.train(2, 1, cache=False)),
                                         lambda: attempt("ours cached", lambda: ours.train(2, 1, cache=True)), swap)
@@ -307,6 +344,11 @@ def main():
         row("2 ranks x 1 thread vs torch DDP gloo 2x1", "ours_2x1", "torch_ddp_2x1", "2x1_vs_ddp", 1.3)
         row("machine ceiling: 2 independent 1x1 at once vs our 1x1", "ours_pair", "ours_1x1", "pair_vs_ours", None)
         row("2 ranks x 1 thread vs that ceiling", "ours_2x1", "ours_pair", "2x1_vs_pair", None)
+        if ratios["lockstep"]:
+            table.append(("lockstep ceiling: fixed work, 2 ranks vs 1 (steps/s)", fmt(rates("lockstep_2"), 1),
+                          fmt(rates("lockstep_1"), 1), fmt(summary(ratios["lockstep"]), 2, "x"), ""))
+            table.append(("our 2x1 scaling (2x1 vs 1x1) over that ceiling", "", "",
+                          fmt(summary(ratios["2x1_vs_lockstep"]), 2, "x"), ""))
     if "stream" in wanted:
         row("HDF5 streaming (no cache) vs in memory, 2x1", "ours_stream", "ours_cache", "stream", 0.97)
 
@@ -326,6 +368,9 @@ def main():
                        fmt(summary([s["comm_wait_share"] for s in samples["ours_2x1"] if s]), 3)))
         extras.append(("communication wait share at 2 ranks, mean over ranks (adds waiting for the slower rank)",
                        fmt(summary([s["comm_wait_share_mean"] for s in samples["ours_2x1"] if s]), 3)))  # None: older build
+    if any(samples["lockstep_2"]):
+        extras.append(("lockstep ceiling's wait share, mean over its 2 ranks (the machine's imbalance alone)",
+                       fmt(summary([s["wait_share_mean"] for s in samples["lockstep_2"] if s]), 3)))
     for key, label in (("ours_1x1", "ours 1x1"), ("ours_1x2", "ours 1x2"), ("ours_2x1", "ours 2x1 (rank 0)"),
                        ("ours_stream", "ours 2x1 streaming (rank 0)"), ("torch_1x1", "torch 1 thread"),
                        ("torch_ddp_2x1", "torch DDP 2x1 (largest process)")):
