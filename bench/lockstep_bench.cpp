@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -48,7 +47,7 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
   const int units = option(argc, argv, "--units", 160), steps = option(argc, argv, "--steps", 300),
-            warmup = option(argc, argv, "--warmup", 20), sleep_us = option(argc, argv, "--sleep-us", 0);
+            warmup = option(argc, argv, "--warmup", 20);
   if (units < ranks || steps < 1 || warmup < 0) {
     if (rank == 0) std::fprintf(stderr, "error: expected --units >= ranks (%d), --steps >= 1, --warmup >= 0\n", ranks);
     MPI_Finalize();
@@ -63,14 +62,7 @@ int main(int argc, char** argv) {
     if (step == warmup) start = Clock::now(), waited = 0;
     double value = work(share, a, b);
     const Clock::time_point computed = Clock::now();
-    if (sleep_us > 0) {
-      MPI_Request request;
-      MPI_Iallreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &request);
-      for (int done = 0; MPI_Test(&request, &done, MPI_STATUS_IGNORE), !done;)
-        std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
-    } else {
-      MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    }
+    MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     waited += std::chrono::duration<double>(Clock::now() - computed).count();
     sink += value;
   }
