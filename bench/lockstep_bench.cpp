@@ -1,11 +1,17 @@
-// What lockstep costs on this machine, apart from any trainer: every rank does a fixed share of a
-// fixed amount of arithmetic per step, then all ranks meet in a one-number MPI_Allreduce, as a
-// synchronous data-parallel step does. Against 1 rank doing the whole step's work, 2 ranks can
-// reach at most 2x; what they lose below that is the machine making one core slower than the
-// other for a while (the hypervisor's time slices, other tenants), which no synchronous trainer
-// can hide: the step waits for the slower rank. bench/compare.py runs it next to our 2x1.
+// What lockstep costs on this machine, apart from our trainer's communication: every rank does a
+// fixed share of a fixed amount of work per step, then all ranks meet in a one-number
+// MPI_Allreduce, as a synchronous data-parallel step does. Against 1 rank doing the whole step's
+// work, 2 ranks can reach at most 2x; what they lose below that is the machine making one core
+// slower than the other for a while (the hypervisor's time slices, other tenants), which no
+// synchronous trainer can hide: the step waits for the slower rank. bench/compare.py runs it
+// next to our 2x1.
 //
-//   mpirun -np 2 build/bench/lockstep_bench --units 160 --steps 300
+// --work model (default): the reference CNN's forward and backward passes through core::Model on
+//   fixed random images, --units micro-batches of 16 per step over all ranks (4: batch 64). What
+//   our trainer adds to this is the gradient sum, the optimizer and the reader.
+// --work fma: --units blocks of multiply-adds on L1-resident data (no memory traffic at all).
+//
+//   mpirun -np 2 --bind-to core build/bench/lockstep_bench --steps 300
 // prints one JSON line: steps/s, the step time and the mean share of it spent waiting.
 #include <mpi.h>
 
@@ -13,28 +19,63 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <vector>
+
+#include "core/model.hpp"
+#include "core/optimizer.hpp"
+#include "core/parallel.hpp"
+#include "core/training.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using namespace mpicnn;
 
-// One unit: ~0.1-0.2 ms of multiply-adds on L1-resident data, in 16 independent chains so that
-// the loop runs at the FMA units' pace like the convolution kernels (acc tends to 1: no overflow).
-float work(int units, const std::vector<float>& a, const std::vector<float>& b) {
-  float acc[16] = {};
-  for (int u = 0; u < units; ++u)
-    for (int rep = 0; rep < 16; ++rep)
-      for (std::size_t i = 0; i < a.size(); i += 16)
-        for (int k = 0; k < 16; ++k) acc[k] = acc[k] * a[i + k] + b[i + k];
-  float s = 0;
-  for (float x : acc) s += x;
-  return s;
+const char* const kReferenceSpec =
+    "conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)";
+constexpr int kMicroBatch = 16;
+
+// One unit: a few hundredths of a millisecond of multiply-adds in 16 independent chains (the FMA
+// units' pace, like the convolution kernels); acc tends to 1, so it never overflows.
+std::function<double(int)> fma_work() {
+  auto a = std::make_shared<std::vector<float>>(4096, 0.999f), b = std::make_shared<std::vector<float>>(4096, 0.001f);
+  return [a, b](int units) {
+    float acc[16] = {};
+    for (int u = 0; u < units; ++u)
+      for (int rep = 0; rep < 16; ++rep)
+        for (std::size_t i = 0; i < a->size(); i += 16)
+          for (int k = 0; k < 16; ++k) acc[k] = acc[k] * (*a)[i + k] + (*b)[i + k];
+    double s = 0;
+    for (float x : acc) s += x;
+    return s;
+  };
 }
 
-int option(int argc, char** argv, const char* name, int fallback) {
+// One unit: forward and backward of one micro-batch, its gradients then zeroed (as the exact
+// reduction's layer_done leaves the arena).
+std::function<double(int)> model_work() {
+  auto model = std::make_shared<core::Model>(kReferenceSpec, core::Shape{1, 28, 28}, kMicroBatch);
+  core::init_params(model->params(), "he", 1);
+  auto images = std::make_shared<core::Buffer>(std::size_t(kMicroBatch) * 28 * 28);
+  auto labels = std::make_shared<std::vector<std::int32_t>>(kMicroBatch);
+  for (std::size_t i = 0; i < images->size(); ++i) (*images)[i] = float((i * 2654435761u) % 1000) / 1000.f - 0.5f;
+  for (int n = 0; n < kMicroBatch; ++n) (*labels)[n] = n % 10;
+  auto worker = std::make_shared<core::GradientWorker>(*model);
+  return [model, images, labels, worker](int units) {
+    double loss = 0;
+    for (int u = 0; u < units; ++u) {
+      loss += worker->accumulate({images->data(), labels->data(), nullptr, kMicroBatch}, {}).sum;
+      model->params().zero_grads();
+    }
+    return loss;
+  };
+}
+
+const char* option(int argc, char** argv, const char* name, const char* fallback) {
   for (int i = 1; i + 1 < argc; ++i)
-    if (std::strcmp(argv[i], name) == 0) return std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
   return fallback;
 }
 
@@ -45,21 +86,24 @@ int main(int argc, char** argv) {
   int rank = 0, ranks = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
-  const int units = option(argc, argv, "--units", 160), steps = option(argc, argv, "--steps", 300),
-            warmup = option(argc, argv, "--warmup", 20);
-  if (units < ranks || steps < 1 || warmup < 0) {
-    if (rank == 0) std::fprintf(stderr, "error: expected --units >= ranks (%d), --steps >= 1, --warmup >= 0\n", ranks);
+  const std::string kind = option(argc, argv, "--work", "model");
+  const int units = std::atoi(option(argc, argv, "--units", kind == "fma" ? "700" : "4")),
+            steps = std::atoi(option(argc, argv, "--steps", "300")), warmup = std::atoi(option(argc, argv, "--warmup", "20"));
+  if ((kind != "fma" && kind != "model") || units < ranks || steps < 1 || warmup < 0) {
+    if (rank == 0)
+      std::fprintf(stderr, "error: expected --work fma|model, --units >= ranks (%d), --steps >= 1, --warmup >= 0\n", ranks);
     MPI_Finalize();
     return 2;
   }
+  core::set_threads(1);
+  const std::function<double(int)> work = kind == "fma" ? fma_work() : model_work();
   // This rank's share of the step's units, the shares differing by at most one.
   const int share = units / ranks + (rank < units % ranks ? 1 : 0);
-  const std::vector<float> a(4096, 0.999f), b(4096, 0.001f);
   double sink = 0, waited = 0;
   Clock::time_point start;
   for (int step = 0; step < warmup + steps; ++step) {
     if (step == warmup) start = Clock::now(), waited = 0;
-    double value = work(share, a, b);
+    double value = work(share);
     const Clock::time_point computed = Clock::now();
     MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     waited += std::chrono::duration<double>(Clock::now() - computed).count();
@@ -69,9 +113,9 @@ int main(int argc, char** argv) {
   double total_wait = 0;
   MPI_Reduce(&waited, &total_wait, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
   if (rank == 0)
-    std::printf("{\"ranks\": %d, \"units\": %d, \"steps_per_s\": %.3f, \"step_ms\": %.3f, \"wait_share_mean\": %.4f, "
-                "\"checksum\": %.3g}\n",
-                ranks, units, steps / seconds, 1e3 * seconds / steps, total_wait / ranks / seconds, sink);
+    std::printf("{\"work\": \"%s\", \"ranks\": %d, \"units\": %d, \"steps_per_s\": %.3f, \"step_ms\": %.3f, "
+                "\"wait_share_mean\": %.4f, \"checksum\": %.6g}\n",
+                kind.c_str(), ranks, units, steps / seconds, 1e3 * seconds / steps, total_wait / ranks / seconds, sink);
   MPI_Finalize();
   return 0;
 }
