@@ -19,8 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <memory>
+#include <optional>
 #include <vector>
 
 #include "core/model.hpp"
@@ -39,39 +38,42 @@ constexpr int kMicroBatch = 16;
 
 // One unit: a few hundredths of a millisecond of multiply-adds in 16 independent chains (the FMA
 // units' pace, like the convolution kernels); acc tends to 1, so it never overflows.
-std::function<double(int)> fma_work() {
-  auto a = std::make_shared<std::vector<float>>(4096, 0.999f), b = std::make_shared<std::vector<float>>(4096, 0.001f);
-  return [a, b](int units) {
-    float acc[16] = {};
-    for (int u = 0; u < units; ++u)
-      for (int rep = 0; rep < 16; ++rep)
-        for (std::size_t i = 0; i < a->size(); i += 16)
-          for (int k = 0; k < 16; ++k) acc[k] = acc[k] * (*a)[i + k] + (*b)[i + k];
-    double s = 0;
-    for (float x : acc) s += x;
-    return s;
-  };
+double fma_work(int units) {
+  static const std::vector<float> a(4096, 0.999f), b(4096, 0.001f);
+  float acc[16] = {};
+  for (int u = 0; u < units; ++u)
+    for (int rep = 0; rep < 16; ++rep)
+      for (std::size_t i = 0; i < a.size(); i += 16)
+        for (int k = 0; k < 16; ++k) acc[k] = acc[k] * a[i + k] + b[i + k];
+  double s = 0;
+  for (float x : acc) s += x;
+  return s;
 }
 
-// One unit: forward and backward of one micro-batch, its gradients then zeroed (as the exact
-// reduction's layer_done leaves the arena).
-std::function<double(int)> model_work() {
-  auto model = std::make_shared<core::Model>(kReferenceSpec, core::Shape{1, 28, 28}, kMicroBatch);
-  core::init_params(model->params(), "he", 1);
-  auto images = std::make_shared<core::Buffer>(std::size_t(kMicroBatch) * 28 * 28);
-  auto labels = std::make_shared<std::vector<std::int32_t>>(kMicroBatch);
-  for (std::size_t i = 0; i < images->size(); ++i) (*images)[i] = float((i * 2654435761u) % 1000) / 1000.f - 0.5f;
-  for (int n = 0; n < kMicroBatch; ++n) (*labels)[n] = n % 10;
-  auto worker = std::make_shared<core::GradientWorker>(*model);
-  return [model, images, labels, worker](int units) {
+// One unit: forward and backward of one micro-batch of fixed images, its gradients then zeroed
+// (as the exact reduction's layer_done leaves the arena).
+class ModelWork {
+ public:
+  ModelWork() : model_(kReferenceSpec, core::Shape{1, 28, 28}, kMicroBatch), images_(kMicroBatch * 28 * 28), worker_(model_) {
+    core::init_params(model_.params(), "he", 1);
+    for (std::size_t i = 0; i < images_.size(); ++i) images_[i] = float((i * 2654435761u) % 1000) / 1000.f - 0.5f;
+    for (int n = 0; n < kMicroBatch; ++n) labels_[n] = n % 10;
+  }
+  double run(int units) {
     double loss = 0;
     for (int u = 0; u < units; ++u) {
-      loss += worker->accumulate({images->data(), labels->data(), nullptr, kMicroBatch}, {}).sum;
-      model->params().zero_grads();
+      loss += worker_.accumulate({images_.data(), labels_.data(), nullptr, kMicroBatch}, {}).sum;
+      model_.params().zero_grads();
     }
     return loss;
-  };
-}
+  }
+
+ private:
+  core::Model model_;
+  core::Buffer images_;
+  std::vector<std::int32_t> labels_ = std::vector<std::int32_t>(kMicroBatch);
+  core::GradientWorker worker_;
+};
 
 const char* option(int argc, char** argv, const char* name, const char* fallback) {
   for (int i = 1; i + 1 < argc; ++i)
@@ -91,19 +93,21 @@ int main(int argc, char** argv) {
             steps = std::atoi(option(argc, argv, "--steps", "300")), warmup = std::atoi(option(argc, argv, "--warmup", "20"));
   if ((kind != "fma" && kind != "model") || units < ranks || steps < 1 || warmup < 0) {
     if (rank == 0)
-      std::fprintf(stderr, "error: expected --work fma|model, --units >= ranks (%d), --steps >= 1, --warmup >= 0\n", ranks);
+      std::fprintf(stderr, "error: --work %s --units %d --steps %d --warmup %d: expected fma or model, units >= ranks (%d), "
+                   "steps >= 1, warmup >= 0\n", kind.c_str(), units, steps, warmup, ranks);
     MPI_Finalize();
     return 2;
   }
   core::set_threads(1);
-  const std::function<double(int)> work = kind == "fma" ? fma_work() : model_work();
+  std::optional<ModelWork> model;
+  if (kind == "model") model.emplace();
   // This rank's share of the step's units, the shares differing by at most one.
   const int share = units / ranks + (rank < units % ranks ? 1 : 0);
   double sink = 0, waited = 0;
   Clock::time_point start;
   for (int step = 0; step < warmup + steps; ++step) {
     if (step == warmup) start = Clock::now(), waited = 0;
-    double value = work(share);
+    double value = model ? model->run(share) : fma_work(share);
     const Clock::time_point computed = Clock::now();
     MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     waited += std::chrono::duration<double>(Clock::now() - computed).count();
