@@ -168,10 +168,12 @@ class Lockstep:
             self.binary = None
 
     def run(self, ranks):
+        if not self.mpirun:
+            raise RunFailed("mpirun not found (apt-get install openmpi-bin)")
         env = ROOT_ENV if os.geteuid() == 0 else {}
         command = [self.mpirun, "-np", str(ranks), "--bind-to", "core", self.binary, "--work", "model", "--steps", "250"]
         result = json.loads(run(command, self.args.timeout, env).strip().splitlines()[-1])
-        return {"img_per_s": 64 * result["steps_per_s"], "wait_share_mean": result["wait_share_mean"]}
+        return {"img_per_s": result["img_per_s"], "wait_share_mean": result["wait_share_mean"]}
 
 
 class Torch:
@@ -299,9 +301,8 @@ def main():
                     l1, l2 = pair(lambda: attempt("lockstep 1 rank", lambda: lockstep.run(1)),
                                   lambda: attempt("lockstep 2 ranks", lambda: lockstep.run(2)), swap)
                     samples["lockstep_1"].append(l1), samples["lockstep_2"].append(l2)
-                    ceiling = ratio(l2, l1)
+                    ceiling, own = ratio(l2, l1), ratios["2x1_vs_ours"][-1]
                     ratios["lockstep"].append(ceiling)
-                    own = ratio(o21, o11)
                     ratios["2x1_vs_lockstep"].append(own / ceiling if own and ceiling else None)
             if "stream" in wanted and rnd < args.stream_rounds:
                 streamed, cached = pair(lambda: attempt("ours streaming", lambda: ours.train(2, 1, cache=False)),

@@ -27,12 +27,12 @@
 #include <random>
 #include <vector>
 
+#include "bench/reference_pass.hpp"
 #include "core/kernels.hpp"
 #include "core/model.hpp"
 #include "core/optimizer.hpp"
 #include "core/parallel.hpp"
 #include "core/tensor.hpp"
-#include "core/training.hpp"
 
 namespace core = mpicnn::core;
 
@@ -103,8 +103,6 @@ const core::ConvGeometry kConv2{32, 12, 12, 64, 5, 5, 1, 0, 8, 8};
 const core::PoolGeometry kPool1{32, 24, 24, 2, 2, 0, 12, 12};
 const core::PoolGeometry kPool2{64, 8, 8, 2, 2, 0, 4, 4};
 constexpr int kDenseIn = 1024, kDenseHidden = 128, kClasses = 10;
-const char* const kReferenceSpec =
-    "conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)";
 
 core::Buffer random_buffer(std::size_t n, unsigned seed, float scale = 1.0f) {
   core::Buffer b(n);
@@ -334,15 +332,10 @@ void reference_cnn_pass(benchmark::State& state) {
 void model_pass(benchmark::State& state) {
   const int batch = int(state.range(0));
   core::set_threads(threads_of(state));
-  core::Model model(kReferenceSpec, {1, 28, 28}, batch);
-  core::init_params(model.params(), "he", 1);
-  const core::Buffer x = random_buffer(std::size_t(batch) * kConv1.in_size(), 1);
-  std::vector<std::int32_t> labels(batch);
-  for (int n = 0; n < batch; ++n) labels[n] = n % kClasses;
-  core::GradientWorker worker(model);
+  mpicnn::bench::ReferencePass pass(batch);
   for (auto _ : state) {
-    model.params().zero_grads();
-    benchmark::DoNotOptimize(worker.accumulate({x.data(), labels.data(), nullptr, batch}, {}));
+    pass.model().params().zero_grads();
+    benchmark::DoNotOptimize(pass.run());
     benchmark::ClobberMemory();
   }
   set_pass_counters(state, batch);
@@ -352,7 +345,7 @@ void model_pass(benchmark::State& state) {
 // training: it reads the gradient, weight and momentum and writes the last two (20 bytes each).
 void sgd_momentum_step(benchmark::State& state) {
   core::set_threads(int(state.range(0)));
-  core::Model model(kReferenceSpec, {1, 28, 28}, 1);
+  core::Model model(mpicnn::bench::kReferenceSpec, {1, 28, 28}, 1);
   core::Optimizer sgd({.name = "sgd", .momentum = 0.9}, model.params().size());
   for (auto _ : state) {
     sgd.step(model.params(), 1e-3);

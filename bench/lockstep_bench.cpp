@@ -12,7 +12,8 @@
 // --work fma: --units blocks of multiply-adds on L1-resident data (no memory traffic at all).
 //
 //   mpirun -np 2 --bind-to core build/bench/lockstep_bench --steps 300
-// prints one JSON line: steps/s, the step time and the mean share of it spent waiting.
+// prints one JSON line: steps/s, images/s (model work; 0 for fma), the step time and the mean
+// share of it spent waiting.
 #include <mpi.h>
 
 #include <chrono>
@@ -22,18 +23,14 @@
 #include <optional>
 #include <vector>
 
-#include "core/model.hpp"
-#include "core/optimizer.hpp"
+#include "bench/reference_pass.hpp"
 #include "core/parallel.hpp"
-#include "core/training.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using namespace mpicnn;
 
-const char* const kReferenceSpec =
-    "conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)";
 constexpr int kMicroBatch = 16;
 
 // One unit: a few hundredths of a millisecond of multiply-adds in 16 independent chains (the FMA
@@ -50,29 +47,21 @@ double fma_work(int units) {
   return s;
 }
 
-// One unit: forward and backward of one micro-batch of fixed images, its gradients then zeroed
-// (as the exact reduction's layer_done leaves the arena).
+// One unit: forward and backward of one micro-batch, its gradients then zeroed (as the exact
+// reduction's layer_done leaves the arena).
 class ModelWork {
  public:
-  ModelWork() : model_(kReferenceSpec, core::Shape{1, 28, 28}, kMicroBatch), images_(kMicroBatch * 28 * 28), worker_(model_) {
-    core::init_params(model_.params(), "he", 1);
-    for (std::size_t i = 0; i < images_.size(); ++i) images_[i] = float((i * 2654435761u) % 1000) / 1000.f - 0.5f;
-    for (int n = 0; n < kMicroBatch; ++n) labels_[n] = n % 10;
-  }
   double run(int units) {
     double loss = 0;
     for (int u = 0; u < units; ++u) {
-      loss += worker_.accumulate({images_.data(), labels_.data(), nullptr, kMicroBatch}, {}).sum;
-      model_.params().zero_grads();
+      loss += pass_.run().sum;
+      pass_.model().params().zero_grads();
     }
     return loss;
   }
 
  private:
-  core::Model model_;
-  core::Buffer images_;
-  std::vector<std::int32_t> labels_ = std::vector<std::int32_t>(kMicroBatch);
-  core::GradientWorker worker_;
+  bench::ReferencePass pass_{kMicroBatch};
 };
 
 const char* option(int argc, char** argv, const char* name, const char* fallback) {
@@ -117,9 +106,10 @@ int main(int argc, char** argv) {
   double total_wait = 0;
   MPI_Reduce(&waited, &total_wait, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
   if (rank == 0)
-    std::printf("{\"work\": \"%s\", \"ranks\": %d, \"units\": %d, \"steps_per_s\": %.3f, \"step_ms\": %.3f, "
-                "\"wait_share_mean\": %.4f, \"checksum\": %.6g}\n",
-                kind.c_str(), ranks, units, steps / seconds, 1e3 * seconds / steps, total_wait / ranks / seconds, sink);
+    std::printf("{\"work\": \"%s\", \"ranks\": %d, \"units\": %d, \"steps_per_s\": %.3f, \"img_per_s\": %.1f, "
+                "\"step_ms\": %.3f, \"wait_share_mean\": %.4f, \"checksum\": %.6g}\n",
+                kind.c_str(), ranks, units, steps / seconds, model ? units * kMicroBatch * steps / seconds : 0.0,
+                1e3 * seconds / steps, total_wait / ranks / seconds, sink);
   MPI_Finalize();
   return 0;
 }
