@@ -334,6 +334,7 @@ class Trainer {
 
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
     StepResult r;
+    double least_wait = 0;  // the minimum over ranks of previous_wait_, allreduced in place
     for (;;) {
       const core::LossSum local = exact_ ? accumulate_micro_batches(worker, batch) : accumulate_overlapped(worker, batch);
       watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
@@ -342,13 +343,13 @@ class Trainer {
       // gradients: the wait measured is all the communication backward did not hide.
       totals_.assign(kHistogram, 0.0);
       totals_[kLossSum] = local.sum, totals_[kCorrect] = local.correct, totals_[kStop] = double(stop_signal != 0);
-      totals_[kPreviousWait] = least_wait_ = previous_wait_;
+      totals_[kPreviousWait] = least_wait = previous_wait_;
       append_histogram(batch, &totals_);
       MPI_Request requests[2];
       dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals_.data(), int(totals_.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(),
                                  &requests[0]),
                   "MPI_Iallreduce");
-      dist::check(MPI_Iallreduce(MPI_IN_PLACE, &least_wait_, 1, MPI_DOUBLE, MPI_MIN, comm_.handle(), &requests[1]),
+      dist::check(MPI_Iallreduce(MPI_IN_PLACE, &least_wait, 1, MPI_DOUBLE, MPI_MIN, comm_.handle(), &requests[1]),
                   "MPI_Iallreduce");
       if (!exact_) {
         r.comm_wait = sync_->finish(*watchdog_, requests);
@@ -368,7 +369,7 @@ class Trainer {
     r.loss = totals_[kLossSum] / normalizer;
     r.accuracy = c_.loss.kind == "cross_entropy" ? totals_[kCorrect] / batch.global_count : NAN;
     r.stop = totals_[kStop] > 0;
-    r.previous_wait = {least_wait_, totals_[kPreviousWait] / comm_.size()};
+    r.previous_wait = {least_wait, totals_[kPreviousWait] / comm_.size()};
     previous_wait_ = r.comm_wait;
     if (!std::isfinite(r.loss) || !r.finite) {
       // Into the arena, whose gradients the report searches for the first non-finite layer.
@@ -548,7 +549,6 @@ class Trainer {
   long last_saved_step_ = -1;  // the global step of the newest checkpoint, so none is written twice
   std::vector<double> totals_;  // train_step's allreduce buffer, kept to reuse its allocation
   double previous_wait_ = 0;    // this rank's communication wait in the last step
-  double least_wait_ = 0;       // train_step's minimum over ranks of previous_wait_
 };
 
 }  // namespace

@@ -14,17 +14,23 @@ namespace {
 // 8K floats: a GradientSource's scratch chunk (32 KiB) stays in L1 between being written and read.
 constexpr std::size_t kUpdateChunk = 1 << 13;
 
+// This thread's chunk for a GradientSource to write into: one per thread, whatever the rule.
+float* scratch_chunk() {
+  thread_local std::vector<float> scratch(kUpdateChunk);
+  return scratch.data();
+}
+
 // Calls body(begin, end, g) for fixed chunks of the arena, in parallel; g holds the chunk's
-// gradients: the arena's, or what `source` writes into a per-thread scratch chunk.
+// gradients: the arena's, or what `source` writes into this thread's scratch chunk.
 template <class Body>
 void for_each_chunk(ParamStore& params, const GradientSource& source, Body&& body) {
   const std::size_t n = params.size();
   parallel_for((n + kUpdateChunk - 1) / kUpdateChunk, 8.0 * kUpdateChunk, [&](std::size_t chunk) {
     const std::size_t begin = chunk * kUpdateChunk, end = std::min(n, begin + kUpdateChunk);
     if (!source) return body(begin, end, params.grads().data() + begin);
-    thread_local std::vector<float> scratch(kUpdateChunk);
-    source(begin, end, scratch.data());
-    body(begin, end, scratch.data());
+    float* g = scratch_chunk();
+    source(begin, end, g);
+    body(begin, end, g);
   });
 }
 

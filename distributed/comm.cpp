@@ -16,6 +16,8 @@ void check(int status, const char* call) {
 
 namespace {
 
+constexpr int kRing = 1;  // coll_libnbc_iallreduce_algorithm's value for the ring
+
 // Open MPI's libnbc ring gave wrong in-place sums before 4.0.7 and 4.1.2 (open-mpi/ompi#9385), and
 // the algorithm chosen applies to every non-blocking allreduce of the process, in place or not.
 bool ring_allreduce_is_safe() {
@@ -50,7 +52,6 @@ bool prefer_ring_allreduce() {
       continue;
     MPI_T_cvar_handle handle;
     int elements = 0;
-    constexpr int kRing = 1;
     if (MPI_T_cvar_handle_alloc(i, nullptr, &handle, &elements) != MPI_SUCCESS) break;
     if (MPI_T_cvar_read(handle, &algorithm) == MPI_SUCCESS && algorithm == 0 &&
         MPI_T_cvar_write(handle, &kRing) == MPI_SUCCESS)
@@ -59,7 +60,7 @@ bool prefer_ring_allreduce() {
     break;
   }
   MPI_T_finalize();
-  return algorithm == 1;
+  return algorithm == kRing;
 }
 
 }  // namespace
