@@ -59,6 +59,7 @@ std::vector<Key> train_keys() {
       {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
       {"train.reduction", "exact", "gradient sum across ranks: exact (bitwise the same for any rank count) or fast (overlapped with backward, rounding depends on the rank count)"},
       {"train.micro_batch", "16", "exact reduction: samples per micro-batch, the unit whose gradients are summed exactly"},
+      {"train.node_sum", "shared", "exact reduction with every rank on one node: sum in shared memory (shared) or through MPI's allreduce (mpi)"},
       {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
       {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
       {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
@@ -88,7 +89,7 @@ struct TrainConfig {
   std::vector<double> mean, std;
   bool normalize, random_flip, prefetch;
   int random_crop_pad, epochs, global_batch, threads, eval_batch, keep, micro_batch;
-  bool exact_reduction;
+  bool exact_reduction, shared_memory_sum;
   long log_interval, max_steps, every_steps;
   std::size_t cache_bytes, bucket_bytes;
   std::uint64_t seed;
@@ -124,6 +125,7 @@ TrainConfig read_config(const Settings& s) {
   c.bucket_bytes = std::size_t(s.integer("train.bucket_kb", 0)) << 10;
   c.collective_timeout = s.real("train.collective_timeout", 0);
   c.exact_reduction = s.choice("train.reduction", {"exact", "fast"}) == "exact";
+  c.shared_memory_sum = s.choice("train.node_sum", {"shared", "mpi"}) == "shared";
   c.micro_batch = int(s.integer("train.micro_batch", 1));
   c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
   c.loss.kind = s.choice("loss.kind", {"cross_entropy", "mse"});
@@ -194,7 +196,7 @@ class Trainer {
     if (!c_.exact_reduction)
       sync_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
-    if (c_.exact_reduction) exact_ = std::make_unique<dist::ExactGradientSum>(comm, model_->params());
+    if (c_.exact_reduction) exact_ = std::make_unique<dist::ExactGradientSum>(comm, model_->params(), c_.shared_memory_sum);
     if (!c_.eval_split.empty())
       eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
           c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
@@ -318,8 +320,10 @@ class Trainer {
     std::printf("mpicnn train: %d ranks x %d threads, global batch %d (at most %d per rank), %ld steps per epoch\n",
                 comm_.size(), core::max_threads(), c_.global_batch, reader_->capacity(), steps_per_epoch_);
     if (comm_.size() > 1)
-      std::printf("gradient sum: %s, %s allreduce\n", c_.exact_reduction ? "exact (int64 fixed point)" : "fast (float)",
-                  comm_.ring_allreduce() ? "ring" : "MPI's own");
+      std::printf("gradient sum: %s, %s\n", c_.exact_reduction ? "exact (int64 fixed point)" : "fast (float)",
+                  exact_ && exact_->shared_memory() ? "in shared memory"
+                  : comm_.ring_allreduce()          ? "ring allreduce"
+                                                    : "MPI's own allreduce");
     std::printf("data: %s [%s] %zu samples %s\n", c_.data_path.c_str(), c_.train_split.c_str(), reader_->info().count,
                 reader_->info().shape.str().c_str());
     std::printf("%s", model_->summary().c_str());

@@ -2,11 +2,13 @@
 """Two builds of our trainer, alternately: which is faster on the same training run?
 
   /usr/bin/python3 bench/ab.py BUILD_A BUILD_B [--rounds 6] [--ranks 1] [--threads 1] [--steps 150]
+                               [--a-arg=--train.OPTION=VALUE ...] [--b-arg=...]
 
 BUILD_A and BUILD_B are build folders holding mpicnn (e.g. one of an older commit: git worktree add
 ../before <commit>, then cmake there). Each round runs A and B back to back as compare.py runs ours
 (configs/fashion_mnist.ini, data in memory), the side that goes first alternating between rounds,
-and prints both rates, final losses and, at 2 ranks or more, the mean communication wait share;
+(with each side's --a-arg / --b-arg trainer options: one build against itself compares two
+settings) and prints both rates, final losses and, at 2 ranks or more, the mean communication wait share;
 then medians [min-max] and the median of the per-round B/A ratios. For judging a change on a
 machine whose speed drifts: only ratios of runs taken side by side mean anything there.
 """
@@ -19,10 +21,10 @@ import tempfile
 from compare import Ours, RunFailed
 
 
-def trainer(build, args, scratch):
+def trainer(build, extra_args, args, scratch):
     """compare.py's runner of our trainer, for the mpicnn in `build`."""
     return Ours(argparse.Namespace(build=os.path.abspath(build), config="configs/fashion_mnist.ini", steps=args.steps,
-                                   log_interval=30, trainer_arg=[], timeout=600, mpirun_always=False), scratch)
+                                   log_interval=30, trainer_arg=extra_args, timeout=600, mpirun_always=False), scratch)
 
 
 def summary(values):
@@ -37,12 +39,14 @@ def main():
     parser.add_argument("--ranks", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--a-arg", action="append", default=[], help="a trainer option for side A (repeatable)")
+    parser.add_argument("--b-arg", action="append", default=[], help="a trainer option for side B (repeatable)")
     args = parser.parse_args()
     if args.steps < 60:
         parser.error("--steps must be at least 60 (the first 30-step record is skipped)")
     scratch = tempfile.mkdtemp(prefix="mpicnn-ab-")
     try:
-        sides = {"A": trainer(args.a, args, scratch), "B": trainer(args.b, args, scratch)}
+        sides = {"A": trainer(args.a, args.a_arg, args, scratch), "B": trainer(args.b, args.b_arg, args, scratch)}
         rates, ratios = {"A": [], "B": []}, []
         for round_index in range(args.rounds):
             order = ["A", "B"] if round_index % 2 == 0 else ["B", "A"]

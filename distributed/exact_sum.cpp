@@ -38,8 +38,8 @@ std::uint32_t add_to_grid(float* g, std::int64_t* sum, std::size_t n, double sca
 
 }  // namespace
 
-ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& params)
-    : comm_(comm), params_(params), sum_(params.size(), 0), total_(comm.size() > 1 ? params.size() : 0, 0) {
+ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& params, bool shared_memory)
+    : comm_(comm), params_(params) {
   int layers = 0;
   std::size_t chunks = 0;
   for (const core::ParamInfo& info : params.infos()) {
@@ -52,6 +52,21 @@ ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& p
   largest_.assign(tensors_.size(), 0);
   chunk_largest_.resize(chunks);
   requests_.assign(std::size_t(layers) + 1, MPI_REQUEST_NULL);
+  if (shared_memory && comm.size() > 1 && comm.ranks_on_node() == comm.size()) {
+    std::vector<std::pair<std::size_t, std::size_t>> ranges;
+    for (int layer = 0; layer < layers; ++layer) ranges.push_back(params.layer_range(layer, layer));
+    node_ = std::make_unique<NodeSum>(comm, std::move(ranges), params.size(), tensors_.size());
+    sum_ = node_->mine();
+    return;
+  }
+  own_sum_.assign(params.size(), 0);
+  sum_ = own_sum_.data();
+  if (comm.size() > 1) total_.assign(params.size(), 0);
+}
+
+const std::int64_t* ExactGradientSum::summed() const {
+  if (node_) return node_->total();
+  return comm_.size() > 1 ? total_.data() : sum_;
 }
 
 ExactGradientSum::~ExactGradientSum() {
@@ -67,6 +82,7 @@ void ExactGradientSum::set_grid(const std::vector<int>& exponents) {
 }
 
 void ExactGradientSum::begin_step(long global_micro_batches) {
+  if (node_) node_->begin();
   // The sum of all micro-batches' values, each below limit_, stays below 2^62.
   const int headroom = int(std::ceil(std::log2(double(std::max(1L, global_micro_batches))))) + 1;
   limit_ = std::ldexp(1.0, 62 - headroom);
@@ -83,13 +99,18 @@ void ExactGradientSum::layer_done(int layer, bool first, bool last) {
     core::parallel_for(chunks, 4.0 * kChunk, [&](std::size_t c) {
       const std::size_t begin = c * kChunk, n = std::min(kChunk, tensor.size - begin);
       float* g = grads + tensor.offset + begin;
-      std::int64_t* sum = sum_.data() + tensor.offset + begin;
+      std::int64_t* sum = sum_ + tensor.offset + begin;
       chunk_largest_[c] = first ? add_to_grid<true>(g, sum, n, scale_[t], limit_)
                                 : add_to_grid<false>(g, sum, n, scale_[t], limit_);
     });
     for (std::size_t c = 0; c < chunks; ++c) largest_[t] = std::max(largest_[t], chunk_largest_[c]);
   }
   if (!last || comm_.size() == 1) return;
+  if (node_) {
+    if (layer == 0) node_->set_maxima(largest_);  // backward ends with layer 0: all magnitudes known
+    node_->publish(layer);
+    return;
+  }
   start_allreduce(layer);
   progress();
 }
@@ -97,7 +118,7 @@ void ExactGradientSum::layer_done(int layer, bool first, bool last) {
 void ExactGradientSum::start_allreduce(int layer) {
   const auto [begin, end] = params_.layer_range(layer, layer);
   if (end > begin)
-    check(MPI_Iallreduce(sum_.data() + begin, total_.data() + begin, int(end - begin), MPI_INT64_T, MPI_SUM,
+    check(MPI_Iallreduce(sum_ + begin, total_.data() + begin, int(end - begin), MPI_INT64_T, MPI_SUM,
                          comm_.handle(), &requests_[std::size_t(layer)]),
           "MPI_Iallreduce");
   if (layer == 0)  // backward ends with layer 0: every tensor's largest magnitude is known
@@ -117,11 +138,7 @@ void ExactGradientSum::progress() {
 ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, std::span<MPI_Request> also) {
   Result result;
   const auto start = std::chrono::steady_clock::now();
-  waiting_.assign(requests_.begin(), requests_.end());  // within its capacity after the first step
-  waiting_.insert(waiting_.end(), also.begin(), also.end());
-  watchdog.wait(waiting_, "the gradient allreduce");
-  std::fill(requests_.begin(), requests_.end(), MPI_REQUEST_NULL);
-  std::fill(also.begin(), also.end(), MPI_REQUEST_NULL);
+  wait(watchdog, also);
   result.wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   // Every rank decides from the same allreduced magnitudes, so all take the same branch.
@@ -142,6 +159,28 @@ void ExactGradientSum::write_gradients(double factor, std::size_t begin, std::si
     const double unscale = largest_[t] >= kNonFiniteBits ? NAN : factor / scale_[t];
     for (std::size_t i = from; i < to; ++i) out[i - begin] = float(double(sum[i]) * unscale);
   }
+}
+
+// Waits for the sums (in shared memory: sums what has arrived meanwhile) and for `also`.
+void ExactGradientSum::wait(Watchdog& watchdog, std::span<MPI_Request> also) {
+  if (node_) {
+    bool summed = false;
+    watchdog.wait_until(
+        [&] {
+          summed = summed || node_->help();
+          int done = 0;
+          check(MPI_Testall(int(also.size()), also.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+          return summed && done;
+        },
+        "the gradient sum");
+    node_->maxima(largest_);
+    return;
+  }
+  waiting_.assign(requests_.begin(), requests_.end());  // within its capacity after the first step
+  waiting_.insert(waiting_.end(), also.begin(), also.end());
+  watchdog.wait(waiting_, "the gradient allreduce");
+  std::fill(requests_.begin(), requests_.end(), MPI_REQUEST_NULL);
+  std::fill(also.begin(), also.end(), MPI_REQUEST_NULL);
 }
 
 // The next step's grid: the largest gradient of this one plus the margin. After a retry the

@@ -12,14 +12,19 @@
 // (rare: a jump beyond the margin, or the first step) is detected from the allreduced largest
 // magnitudes, the grid is widened and the step computed again. The exponents are part of the
 // training state: a checkpoint stores them so that a resumed run rounds like an uninterrupted one.
+//
+// When every rank is on one node the sums meet in shared memory (NodeSum), summed by the ranks
+// that are waiting anyway; otherwise each layer's sums are an MPI_Iallreduce.
 #include <mpi.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "core/params.hpp"
 #include "distributed/comm.hpp"
+#include "distributed/node_sum.hpp"
 #include "distributed/watchdog.hpp"
 
 namespace mpicnn::dist {
@@ -32,7 +37,8 @@ class ExactGradientSum {
     double wait_seconds = 0;  // blocked on communication that backward did not hide
   };
 
-  ExactGradientSum(const Communicator& comm, core::ParamStore& params);
+  // shared_memory: sum through NodeSum when every rank shares this node (false: MPI always).
+  ExactGradientSum(const Communicator& comm, core::ParamStore& params, bool shared_memory = true);
   ~ExactGradientSum();
   ExactGradientSum(const ExactGradientSum&) = delete;
   ExactGradientSum& operator=(const ExactGradientSum&) = delete;
@@ -49,6 +55,7 @@ class ExactGradientSum {
   // some gradient outgrew its grid, which is now wider; compute the step again (from begin_step).
   // Otherwise call write_gradients next.
   Result finish(Watchdog& watchdog, std::span<MPI_Request> also);
+  bool shared_memory() const { return node_ != nullptr; }
   // The summed gradient of the arena's floats [begin, end) times `factor` (1 / the loss
   // normaliser) into out[0, end - begin), identically on every rank; tensors holding a NaN or
   // infinity get NaN, padding between tensors zero. Ranges may be written concurrently: as a
@@ -66,8 +73,9 @@ class ExactGradientSum {
   };
   void start_allreduce(int layer);
   void progress();
+  void wait(Watchdog& watchdog, std::span<MPI_Request> also);
   void follow_gradients();
-  const std::int64_t* summed() const { return comm_.size() > 1 ? total_.data() : sum_.data(); }
+  const std::int64_t* summed() const;
 
   const Communicator& comm_;
   core::ParamStore& params_;
@@ -75,8 +83,10 @@ class ExactGradientSum {
   std::vector<int> exponent_;            // per tensor: the grid holds |g| < 2^exponent
   std::vector<double> scale_;            // per tensor, this step: sum += trunc(g * scale)
   double limit_ = 0;                     // this step: |g * scale| stays below it on the grid
-  std::vector<std::int64_t> sum_;        // arena-sized fixed-point sum of this rank's micro-batches
-  // ...and of all ranks' (on one rank: sum_ itself). Not summed in place: in place, Open MPI's
+  std::unique_ptr<NodeSum> node_;        // the shared-memory sum, or null: MPI's allreduce
+  std::vector<std::int64_t> own_sum_;    // sum_'s storage when it is not in node_'s shared memory
+  std::int64_t* sum_ = nullptr;          // arena-sized fixed-point sum of this rank's micro-batches
+  // ...and of all ranks' through MPI (on one rank: sum_ itself). Not summed in place: in place, Open MPI's
   // non-blocking allreduce takes a binomial tree at any rank count (rank 0 does every addition);
   // out of place it takes Rabenseifner's algorithm for large buckets from 4 ranks on.
   std::vector<std::int64_t> total_;

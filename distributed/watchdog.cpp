@@ -1,6 +1,7 @@
 #include "watchdog.hpp"
 
 #include <chrono>
+#include <functional>
 #include <thread>
 
 namespace mpicnn::dist {
@@ -101,18 +102,29 @@ void Watchdog::wait(std::span<MPI_Request> requests, const std::string& what) {
     check(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
     return;
   }
+  wait_until(
+      [&] {
+        int done = 0;
+        check(MPI_Testall(int(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+        return done != 0;
+      },
+      what);
+}
+
+void Watchdog::wait_until(const std::function<bool()>& done, const std::string& what) {
   const auto start = std::chrono::steady_clock::now();
   const double limit = timeout_ + (comm_.is_root() ? 0.0 : kRootFirstSeconds);
-  int done = 0;
-  while (true) {
-    check(MPI_Testall(int(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
-    if (done) return;
+  const bool detect = timeout_ > 0 && comm_.size() > 1;
+  while (!done()) {
     const double waited = seconds_since(start);
-    if (waited > limit) break;
-    if (!comm_.is_root()) answer_pings();
+    if (detect && waited > limit) hang(what);
+    if (detect && !comm_.is_root()) answer_pings();
     // Past a millisecond the peer is computing, not in flight: stop spinning on a core it may need.
     if (waited > 1e-3) std::this_thread::yield();
   }
+}
+
+void Watchdog::hang(const std::string& what) {
   std::string message = context_ + ": " + what + " waited more than " + std::to_string(int(timeout_)) + " s (train.collective_timeout)";
   if (comm_.is_root()) {
     const std::vector<int> missing = missing_ranks();

@@ -6,6 +6,7 @@
 // blocking forever behind one stopped or stalled peer.
 #include <mpi.h>
 
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -34,12 +35,16 @@ class Watchdog {
   // missing; other ranks wait a little longer so that rank 0 reports first). `what` names the
   // collective for the message, e.g. "the gradient allreduce".
   void wait(std::span<MPI_Request> requests, const std::string& what);
+  // The same for a condition: polls `done` (which may do work, and must call MPI for the
+  // detector's messages to progress) until it returns true.
+  void wait_until(const std::function<bool()>& done, const std::string& what);
   // A blocking allreduce (sum) through the detector, after arrived(context).
   void allreduce_sum(std::span<double> values, const std::string& context);
   void allreduce_sum(std::span<std::int64_t> values, const std::string& context);
 
  private:
   void allreduce_sum(void* values, int count, MPI_Datatype type, const std::string& context);
+  [[noreturn]] void hang(const std::string& what);
   void answer_pings();
   std::vector<int> missing_ranks();
   std::vector<int> silent_ranks();

@@ -1,0 +1,81 @@
+#pragma once
+// Sums the ranks' int64 buffers through memory they share, when every rank is on one node.
+//
+// Why not MPI's allreduce there: in its ring each rank copies and adds its own share, so the rank
+// that finishes backward last does its share after the others have been waiting; that work sits
+// on the step's critical path. Here each rank's buffer lives in a shared window and a layer's sum
+// is cut into chunks that any rank may claim: ranks already waiting sum each layer as soon as
+// every rank has published it, and the last rank finds almost everything done. Nothing is copied:
+// the summed buffer is read where it lies.
+//
+// Every rank calls begin() once per step (the same number of times), publish(layer) as its
+// buffer's part for the layer is final, and help() until it returns true. A generation counter
+// tags every flag and claim, so nothing needs resetting between steps. A rank rewrites its buffer
+// only in the next generation, and the others have then finished reading it: no rank leaves a
+// generation before every chunk of it is summed.
+#include <mpi.h>
+
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "distributed/comm.hpp"
+
+namespace mpicnn::dist {
+
+class NodeSum {
+ public:
+  // `layers`: each layer's [begin, end) in buffers of `size` values; `maxima`: how many uint32
+  // values each rank also contributes to an elementwise maximum (e.g. largest magnitudes).
+  // Collective over the communicator, whose ranks must all share this node's memory.
+  NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, std::size_t>> layers, std::size_t size,
+          std::size_t maxima);
+  ~NodeSum();
+  NodeSum(const NodeSum&) = delete;
+  NodeSum& operator=(const NodeSum&) = delete;
+
+  std::int64_t* mine() const { return segment(rank_).sums; }
+  // The sum over ranks, complete once help() has returned true in this generation.
+  const std::int64_t* total() const { return total_; }
+
+  void begin() { ++generation_; }
+  // This rank's maxima of this generation; call before the last publish().
+  void set_maxima(std::span<const std::uint32_t> values);
+  // This rank's values in `layer` are final for this generation.
+  void publish(int layer);
+  // Sums chunks whose layer every rank has published; true once every layer is summed.
+  bool help();
+  // The elementwise maximum over ranks, after help() has returned true.
+  void maxima(std::span<std::uint32_t> out) const;
+
+ private:
+  struct Segment {
+    std::int64_t* sums;
+    std::int64_t* published;  // per layer: the generation whose values are final
+    std::uint32_t* maxima;    // two generations' maxima, alternating
+  };
+  struct alignas(64) Progress {
+    std::int64_t claimed, summed;  // (generation << kCountBits) | chunks claimed / summed
+  };
+  Segment segment(int rank) const;
+  bool published_everywhere(int layer) const;
+  long claim(int layer);
+  void sum_chunk(int layer, long chunk);
+  long summed(int layer) const;
+  long chunks(int layer) const;
+
+  int rank_ = 0, size_ = 1;
+  std::vector<std::pair<std::size_t, std::size_t>> layers_;
+  std::size_t size_values_, maxima_count_;
+  std::vector<char*> bases_;  // every rank's segment
+  std::int64_t* total_ = nullptr;
+  Progress* progress_ = nullptr;  // per layer, in rank 0's segment
+  std::int64_t generation_ = 0;
+  std::vector<bool> done_;  // per layer, this generation: seen fully summed
+  std::int64_t done_generation_ = -1;
+  MPI_Comm node_ = MPI_COMM_NULL;
+  MPI_Win window_ = MPI_WIN_NULL;
+};
+
+}  // namespace mpicnn::dist
