@@ -58,16 +58,18 @@ NodeSum::NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, st
   MPI_Info_create(&info);
   MPI_Info_set(info, "alloc_shared_noncontig", "true");  // each segment on its own pages, near its rank
   char* base = nullptr;
-  const int status = MPI_Win_allocate_shared(MPI_Aint(own + extra), 1, info, node_, &base, &window_);
+  // kLine more: MPI promises no alignment, and the counters want a cache line each.
+  const int status = MPI_Win_allocate_shared(MPI_Aint(own + extra + kLine), 1, info, node_, &base, &window_);
   MPI_Info_free(&info);
   check(status, "MPI_Win_allocate_shared");
-  std::fill(base, base + own + extra, 0);
+  std::fill(base, base + own + extra + kLine, 0);
   for (int r = 0; r < size_; ++r) {
     MPI_Aint bytes = 0;
     int unit = 0;
     char* pointer = nullptr;
     check(MPI_Win_shared_query(window_, r, &bytes, &unit, &pointer), "MPI_Win_shared_query");
-    bases_.push_back(pointer);
+    // Mappings start on a page, so every process finds the same offset to the next line.
+    bases_.push_back(pointer + (kLine - reinterpret_cast<std::uintptr_t>(pointer) % kLine) % kLine);
   }
   // Every rank's own part has the same layout; rank 0's segment continues with the total and progress.
   total_ = reinterpret_cast<std::int64_t*>(bases_[0] + own);
