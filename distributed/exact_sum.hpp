@@ -49,7 +49,7 @@ class ExactGradientSum {
   // Backward has finished layer `layer` of a micro-batch: its gradients go onto the grid (the
   // step's `first` micro-batch starts the sums, so they need no zeroing) and its part of the arena
   // is zeroed for the next micro-batch. In this rank's last micro-batch (`last`; a rank without
-  // samples calls it once per layer, first and last) the layer's allreduce starts.
+  // samples calls it once per layer, first and last) the layer's sum across ranks starts.
   void layer_done(int layer, bool first, bool last);
   // Waits for the sums and for `also` (other requests of this step, e.g. the loss sums). retry:
   // some gradient outgrew its grid, which is now wider; compute the step again (from begin_step).

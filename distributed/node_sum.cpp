@@ -11,15 +11,15 @@ namespace mpicnn::dist {
 namespace {
 
 constexpr std::size_t kChunk = 1 << 13;  // values per claimed chunk: 64 KiB of each rank's buffer
-constexpr int kCountBits = 24;           // a layer of up to 2^24 chunks (2^37 values)
+constexpr int kCountBits = 24;           // a layer of up to 2^24 - 1 chunks (about 2^37 values)
 constexpr std::int64_t kCountMask = (std::int64_t(1) << kCountBits) - 1;
 constexpr std::size_t kLine = 64;
 
 std::size_t padded(std::size_t bytes) { return (bytes + kLine - 1) / kLine * kLine; }
 
 // Reads a counter tagged with its generation as its count in `generation`, which reaches `limit`:
-// 0 while it holds an older one, `limit` once it holds a newer one (a rank moves on only after
-// every chunk of a generation is summed, so a newer tag means this generation is complete).
+// 0 while it holds an older one. A newer one cannot be met (a counter moves to generation g+1
+// only once every rank has published in g+1, i.e. has left g); were it met, g would be complete.
 long count_in(std::int64_t word, std::int64_t generation, long limit) {
   const std::int64_t tag = word >> kCountBits;
   return tag < generation ? 0 : tag > generation ? limit : long(word & kCountMask);
@@ -39,42 +39,55 @@ long increment_below(std::int64_t& counter, std::int64_t generation, long limit)
 
 }  // namespace
 
-NodeSum::NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, std::size_t>> layers, std::size_t size,
+NodeSum::NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, std::size_t>> layers, std::size_t values,
                  std::size_t maxima)
-    : rank_(comm.rank()), size_(comm.size()), layers_(std::move(layers)), size_values_(size), maxima_count_(maxima),
+    : rank_(comm.rank()), ranks_(comm.size()), layers_(std::move(layers)), values_(values), maxima_size_(maxima),
       done_(layers_.size(), false) {
   for (const auto& [begin, end] : layers_)
     if ((end - begin + kChunk - 1) / kChunk > std::size_t(kCountMask))
       throw Error("a layer of " + std::to_string(end - begin) + " parameters is too large for the shared-memory sum");
   check(MPI_Comm_split_type(comm.handle(), MPI_COMM_TYPE_SHARED, comm.rank(), MPI_INFO_NULL, &node_),
         "MPI_Comm_split_type");
-  int node_size = 0;
-  check(MPI_Comm_size(node_, &node_size), "MPI_Comm_size");
-  if (node_size != size_) throw Error("the shared-memory gradient sum needs every rank on one node");
+  int node_ranks = 0;
+  check(MPI_Comm_size(node_, &node_ranks), "MPI_Comm_size");
+  if (node_ranks != ranks_) {
+    MPI_Comm_free(&node_);
+    throw Error("the shared-memory gradient sum needs every rank on one node");
+  }
+  allocate_window();
+  // Every rank's own part has the same layout; rank 0's segment continues with the total and progress.
+  total_ = reinterpret_cast<std::int64_t*>(bases_[0] + own_bytes());
+  progress_ = reinterpret_cast<Progress*>(bases_[0] + own_bytes() + padded(values_ * sizeof(std::int64_t)));
+  check(MPI_Barrier(node_), "MPI_Barrier");  // every segment zeroed before anyone reads it
+}
 
-  const std::size_t own = padded(size * 8) + padded(layers_.size() * 8) + padded(2 * maxima * 4);
-  const std::size_t extra = rank_ == 0 ? padded(size * 8) + layers_.size() * sizeof(Progress) : 0;
+// A rank's own part: its sums, its per-layer published generations, two halves of its maxima.
+std::size_t NodeSum::own_bytes() const {
+  return padded(values_ * sizeof(std::int64_t)) + padded(layers_.size() * sizeof(std::int64_t)) +
+         padded(2 * maxima_size_ * sizeof(std::uint32_t));
+}
+
+// Loads and stores go straight to the window, ordered by C++ atomics: Open MPI's shared windows
+// use MPI's unified memory model, where that is valid without MPI_Win_sync on cache-coherent CPUs.
+void NodeSum::allocate_window() {
+  const std::size_t extra = rank_ == 0 ? padded(values_ * sizeof(std::int64_t)) + layers_.size() * sizeof(Progress) : 0;
+  const std::size_t bytes = own_bytes() + extra + kLine;  // kLine more: MPI promises no alignment
   MPI_Info info;
-  MPI_Info_create(&info);
-  MPI_Info_set(info, "alloc_shared_noncontig", "true");  // each segment on its own pages, near its rank
+  check(MPI_Info_create(&info), "MPI_Info_create");
+  check(MPI_Info_set(info, "alloc_shared_noncontig", "true"), "MPI_Info_set");  // each segment near its rank
   char* base = nullptr;
-  // kLine more: MPI promises no alignment, and the counters want a cache line each.
-  const int status = MPI_Win_allocate_shared(MPI_Aint(own + extra + kLine), 1, info, node_, &base, &window_);
+  const int status = MPI_Win_allocate_shared(MPI_Aint(bytes), 1, info, node_, &base, &window_);
   MPI_Info_free(&info);
   check(status, "MPI_Win_allocate_shared");
-  std::fill(base, base + own + extra + kLine, 0);
-  for (int r = 0; r < size_; ++r) {
-    MPI_Aint bytes = 0;
+  std::fill(base, base + bytes, 0);
+  for (int r = 0; r < ranks_; ++r) {
+    MPI_Aint size = 0;
     int unit = 0;
     char* pointer = nullptr;
-    check(MPI_Win_shared_query(window_, r, &bytes, &unit, &pointer), "MPI_Win_shared_query");
+    check(MPI_Win_shared_query(window_, r, &size, &unit, &pointer), "MPI_Win_shared_query");
     // Mappings start on a page, so every process finds the same offset to the next line.
     bases_.push_back(pointer + (kLine - reinterpret_cast<std::uintptr_t>(pointer) % kLine) % kLine);
   }
-  // Every rank's own part has the same layout; rank 0's segment continues with the total and progress.
-  total_ = reinterpret_cast<std::int64_t*>(bases_[0] + own);
-  progress_ = reinterpret_cast<Progress*>(bases_[0] + own + padded(size * 8));
-  check(MPI_Barrier(node_), "MPI_Barrier");  // every segment zeroed before anyone reads it
 }
 
 NodeSum::~NodeSum() {
@@ -87,22 +100,24 @@ NodeSum::~NodeSum() {
 
 NodeSum::Segment NodeSum::segment(int rank) const {
   char* base = bases_[std::size_t(rank)];
-  auto* published = reinterpret_cast<std::int64_t*>(base + padded(size_values_ * 8));
-  auto* maxima = reinterpret_cast<std::uint32_t*>(reinterpret_cast<char*>(published) + padded(layers_.size() * 8));
+  auto* published = reinterpret_cast<std::int64_t*>(base + padded(values_ * sizeof(std::int64_t)));
+  auto* maxima = reinterpret_cast<std::uint32_t*>(reinterpret_cast<char*>(published) +
+                                                  padded(layers_.size() * sizeof(std::int64_t)));
   return {reinterpret_cast<std::int64_t*>(base), published, maxima};
 }
 
 void NodeSum::set_maxima(std::span<const std::uint32_t> values) {
   // Alternating halves: a rank that is a generation ahead never overwrites what a slower one reads.
-  std::copy(values.begin(), values.end(), segment(rank_).maxima + (generation_ % 2) * maxima_count_);
+  std::copy(values.begin(), values.end(), segment(rank_).maxima + (generation_ % 2) * maxima_size_);
 }
 
 void NodeSum::publish(int layer) {
+  if (std::size_t(layer) >= layers_.size()) return;  // past the last layer with parameters: nothing to sum
   std::atomic_ref<std::int64_t>(segment(rank_).published[layer]).store(generation_, std::memory_order_release);
 }
 
 bool NodeSum::published_everywhere(int layer) const {
-  for (int r = 0; r < size_; ++r)
+  for (int r = 0; r < ranks_; ++r)
     // Later generations count too: a rank that was descheduled may find the others a step ahead.
     if (std::atomic_ref<std::int64_t>(segment(r).published[layer]).load(std::memory_order_acquire) < generation_)
       return false;
@@ -127,7 +142,7 @@ void NodeSum::sum_chunk(int layer, long chunk) {
   std::int64_t* out = total_ + begin;
   const std::int64_t* first = segment(0).sums + begin;
   std::copy(first, first + n, out);
-  for (int r = 1; r < size_; ++r) {
+  for (int r = 1; r < ranks_; ++r) {
     const std::int64_t* in = segment(r).sums + begin;
     for (std::size_t i = 0; i < n; ++i) out[i] += in[i];
   }
@@ -135,7 +150,10 @@ void NodeSum::sum_chunk(int layer, long chunk) {
 }
 
 bool NodeSum::help() {
-  if (done_generation_ != generation_) std::fill(done_.begin(), done_.end(), false), done_generation_ = generation_;
+  if (done_generation_ != generation_) {
+    std::fill(done_.begin(), done_.end(), false);
+    done_generation_ = generation_;
+  }
   bool all = true;
   for (int layer = int(layers_.size()) - 1; layer >= 0; --layer) {  // backward publishes the last layer first
     if (done_[std::size_t(layer)]) continue;
@@ -145,7 +163,7 @@ bool NodeSum::help() {
     }
     // As many tries as chunks, each summing whichever chunk it claims: the rank's threads share
     // the layer, and tries that find everything claimed by other ranks do nothing.
-    core::parallel_for(std::size_t(chunks(layer)), double(kChunk) * size_, [&](std::size_t) {
+    core::parallel_for(std::size_t(chunks(layer)), double(kChunk) * ranks_, [&](std::size_t) {
       if (const long chunk = claim(layer); chunk >= 0) sum_chunk(layer, chunk);
     });
     done_[std::size_t(layer)] = summed(layer) == chunks(layer);
@@ -156,8 +174,8 @@ bool NodeSum::help() {
 
 void NodeSum::maxima(std::span<std::uint32_t> out) const {
   std::fill(out.begin(), out.end(), 0u);
-  for (int r = 0; r < size_; ++r) {
-    const std::uint32_t* in = segment(r).maxima + (generation_ % 2) * maxima_count_;
+  for (int r = 0; r < ranks_; ++r) {
+    const std::uint32_t* in = segment(r).maxima + (generation_ % 2) * maxima_size_;
     for (std::size_t i = 0; i < out.size(); ++i) out[i] = std::max(out[i], in[i]);
   }
 }

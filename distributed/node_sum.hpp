@@ -12,7 +12,8 @@
 // buffer's part for the layer is final, and help() until it returns true. A generation counter
 // tags every flag and claim, so nothing needs resetting between steps. A rank rewrites its buffer
 // only in the next generation, and the others have then finished reading it: no rank leaves a
-// generation before every chunk of it is summed.
+// generation before every chunk of it is summed. The total is rewritten in the next generation
+// only once every rank has published there, i.e. has finished reading this generation's total.
 #include <mpi.h>
 
 #include <cstdint>
@@ -26,10 +27,10 @@ namespace mpicnn::dist {
 
 class NodeSum {
  public:
-  // `layers`: each layer's [begin, end) in buffers of `size` values; `maxima`: how many uint32
+  // `layers`: each layer's [begin, end) in buffers of `values` int64s; `maxima`: how many uint32
   // values each rank also contributes to an elementwise maximum (e.g. largest magnitudes).
   // Collective over the communicator, whose ranks must all share this node's memory.
-  NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, std::size_t>> layers, std::size_t size,
+  NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, std::size_t>> layers, std::size_t values,
           std::size_t maxima);
   ~NodeSum();
   NodeSum(const NodeSum&) = delete;
@@ -42,7 +43,8 @@ class NodeSum {
   void begin() { ++generation_; }
   // This rank's maxima of this generation; call before the last publish().
   void set_maxima(std::span<const std::uint32_t> values);
-  // This rank's values in `layer` are final for this generation.
+  // This rank's values in `layer` are final for this generation (layers past those given hold
+  // nothing: ignored).
   void publish(int layer);
   // Sums chunks whose layer every rank has published; true once every layer is summed.
   bool help();
@@ -58,6 +60,8 @@ class NodeSum {
   struct alignas(64) Progress {
     std::int64_t claimed, summed;  // (generation << kCountBits) | chunks claimed / summed
   };
+  std::size_t own_bytes() const;
+  void allocate_window();
   Segment segment(int rank) const;
   bool published_everywhere(int layer) const;
   long claim(int layer);
@@ -65,9 +69,9 @@ class NodeSum {
   long summed(int layer) const;
   long chunks(int layer) const;
 
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, ranks_ = 1;
   std::vector<std::pair<std::size_t, std::size_t>> layers_;
-  std::size_t size_values_, maxima_count_;
+  std::size_t values_, maxima_size_;
   std::vector<char*> bases_;  // every rank's segment
   std::int64_t* total_ = nullptr;
   Progress* progress_ = nullptr;  // per layer, in rank 0's segment

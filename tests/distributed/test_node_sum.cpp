@@ -1,9 +1,10 @@
 // NodeSum under a real mpirun (CTest starts this binary on 3 ranks): sums over many generations are
-// exact, and a rank that arrives late, when the others have already gone on to the next
-// generation, still completes its own.
+// exact, a rank that arrives late, when the others have already gone on to the next generation,
+// still completes its own, and layers without parameters after the last one are ignored.
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <thread>
 
 #include "distributed/comm.hpp"
@@ -16,7 +17,6 @@ using Layers = std::vector<std::pair<std::size_t, std::size_t>>;
 
 // Layer 1 holds no values (a ReLU's), layer 2 spans several chunks and ends inside one.
 const Layers kLayers = {{0, 10}, {10, 10}, {10, 10 + 3 * 8192 + 5}, {10 + 3 * 8192 + 5, 10 + 3 * 8192 + 105}};
-const std::size_t kSize = kLayers.back().second;
 
 std::int64_t value(int rank, long generation, std::size_t i) {
   return (std::int64_t(rank) + 1) * 1000003 * std::int64_t(i + 1) + generation * (std::int64_t(1) << 40) - rank;
@@ -30,40 +30,66 @@ bool help_until_done(NodeSum& sum) {
   return true;
 }
 
-// One generation: fill, publish last layer first (as backward does), sum, check every value.
-void run_generation(NodeSum& sum, const Communicator& comm, long generation, int late_rank) {
+// One generation: fill, publish the last layer first as backward does (`trailing` more layers
+// without parameters after those NodeSum knows, as a model ending in a ReLU has), sum, check.
+void run_generation(NodeSum& sum, const Layers& layers, const Communicator& comm, long generation, int late_rank,
+                    int trailing = 0) {
+  const std::size_t size = layers.back().second;
   sum.begin();
   std::int64_t* mine = sum.mine();
-  for (std::size_t i = 0; i < kSize; ++i) mine[i] = value(comm.rank(), generation, i);
+  for (std::size_t i = 0; i < size; ++i) mine[i] = value(comm.rank(), generation, i);
   const std::vector<std::uint32_t> maxima = {std::uint32_t(comm.rank() * 7 + generation), std::uint32_t(100 - comm.rank())};
   sum.set_maxima(maxima);
-  for (int layer = int(kLayers.size()) - 1; layer >= 0; --layer) sum.publish(layer);
+  for (int layer = int(layers.size()) + trailing - 1; layer >= 0; --layer) sum.publish(layer);
   // The late rank comes to sum only after the others have summed everything and gone on.
   if (comm.rank() == late_rank) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ASSERT_TRUE(help_until_done(sum)) << "generation " << generation << " never completed on rank " << comm.rank();
-  for (std::size_t i = 0; i < kSize; ++i) {
+  for (std::size_t i = 0; i < size; ++i) {
     std::int64_t expected = 0;
     for (int r = 0; r < comm.size(); ++r) expected += value(r, generation, i);
     ASSERT_EQ(sum.total()[i], expected) << "value " << i << ", generation " << generation;
   }
   std::vector<std::uint32_t> largest(2);
   sum.maxima(largest);
-  EXPECT_EQ(largest[0], std::uint32_t((comm.size() - 1) * 7 + generation));
-  EXPECT_EQ(largest[1], 100u);
+  ASSERT_EQ(largest[0], std::uint32_t((comm.size() - 1) * 7 + generation)) << "generation " << generation;
+  ASSERT_EQ(largest[1], 100u) << "generation " << generation;
   // No barrier: the total is rewritten only after this rank has published the next generation.
 }
 
 TEST(NodeSum, ExactOverManyGenerations) {
   const Communicator comm;
-  NodeSum sum(comm, kLayers, kSize, 2);
-  for (long g = 1; g <= 50; ++g) run_generation(sum, comm, g, -1);
+  NodeSum sum(comm, kLayers, kLayers.back().second, 2);
+  for (long g = 1; g <= 50; ++g) run_generation(sum, kLayers, comm, g, -1);
 }
 
 TEST(NodeSum, ALateRankCompletesItsGenerationWhenTheOthersAreAhead) {
   const Communicator comm;
-  NodeSum sum(comm, kLayers, kSize, 2);
-  for (long g = 1; g <= 6; ++g) run_generation(sum, comm, g, int(g % comm.size()));
+  NodeSum sum(comm, kLayers, kLayers.back().second, 2);
+  for (long g = 1; g <= 6; ++g) run_generation(sum, kLayers, comm, g, int(g % comm.size()));
 }
+
+// Eight layers fill the published flags' cache line exactly; a ninth published layer (no
+// parameters) must not spill into the maxima behind it.
+TEST(NodeSum, LayersPastTheLastWithParametersAreIgnored) {
+  const Communicator comm;
+  Layers layers;
+  for (std::size_t l = 0; l < 8; ++l) layers.push_back({l * 100, (l + 1) * 100});
+  NodeSum sum(comm, layers, layers.back().second, 2);
+  for (long g = 1; g <= 4; ++g) run_generation(sum, layers, comm, g, -1, 1);
+}
+
+// A failed check on one rank would leave the others waiting for it: end the job at once instead,
+// naming the rank (only rank 0 prints the usual gtest output).
+class AbortOnFailure : public ::testing::EmptyTestEventListener {
+  void OnTestPartResult(const ::testing::TestPartResult& result) override {
+    if (!result.failed()) return;
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    std::fprintf(stderr, "[rank %d] %s:%d: %s\n", rank, result.file_name() ? result.file_name() : "?",
+                 result.line_number(), result.message());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+};
 
 }  // namespace
 }  // namespace mpicnn::dist
@@ -73,7 +99,8 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank != 0) delete ::testing::UnitTest::GetInstance()->listeners().Release(
-      ::testing::UnitTest::GetInstance()->listeners().default_result_printer());
+  ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
+  if (rank != 0) delete listeners.Release(listeners.default_result_printer());
+  listeners.Append(new mpicnn::dist::AbortOnFailure);
   return RUN_ALL_TESTS();
 }
