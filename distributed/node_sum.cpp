@@ -41,85 +41,67 @@ long increment_below(std::int64_t& counter, std::int64_t generation, long limit)
 
 NodeSum::NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, std::size_t>> layers, std::size_t values,
                  std::size_t maxima)
-    : rank_(comm.rank()), ranks_(comm.size()), layers_(std::move(layers)), values_(values), maxima_size_(maxima),
-      done_(layers_.size(), false) {
+    : comm_(comm), layers_(std::move(layers)), values_(values), maxima_size_(maxima), done_(layers_.size(), false) {
+  if (comm.ranks_on_node() != comm.size()) throw Error("the shared-memory gradient sum needs every rank on one node");
   for (const auto& [begin, end] : layers_)
     if ((end - begin + kChunk - 1) / kChunk > std::size_t(kCountMask))
       throw Error("a layer of " + std::to_string(end - begin) + " parameters is too large for the shared-memory sum");
-  check(MPI_Comm_split_type(comm.handle(), MPI_COMM_TYPE_SHARED, comm.rank(), MPI_INFO_NULL, &node_),
-        "MPI_Comm_split_type");
-  int node_ranks = 0;
-  check(MPI_Comm_size(node_, &node_ranks), "MPI_Comm_size");
-  if (node_ranks != ranks_) {
-    MPI_Comm_free(&node_);
-    throw Error("the shared-memory gradient sum needs every rank on one node");
-  }
   allocate_window();
-  // Every rank's own part has the same layout; rank 0's segment continues with the total and progress.
-  total_ = reinterpret_cast<std::int64_t*>(bases_[0] + own_bytes());
-  progress_ = reinterpret_cast<Progress*>(bases_[0] + own_bytes() + padded(values_ * sizeof(std::int64_t)));
-  check(MPI_Barrier(node_), "MPI_Barrier");  // every segment zeroed before anyone reads it
-}
-
-// A rank's own part: its sums, its per-layer published generations, two halves of its maxima.
-std::size_t NodeSum::own_bytes() const {
-  return padded(values_ * sizeof(std::int64_t)) + padded(layers_.size() * sizeof(std::int64_t)) +
-         padded(2 * maxima_size_ * sizeof(std::uint32_t));
+  comm.barrier();  // every segment zeroed before anyone reads it
 }
 
 // Loads and stores go straight to the window, ordered by C++ atomics: Open MPI's shared windows
 // use MPI's unified memory model, where that is valid without MPI_Win_sync on cache-coherent CPUs.
 void NodeSum::allocate_window() {
-  const std::size_t extra = rank_ == 0 ? padded(values_ * sizeof(std::int64_t)) + layers_.size() * sizeof(Progress) : 0;
-  const std::size_t bytes = own_bytes() + extra + kLine;  // kLine more: MPI promises no alignment
+  // Every rank's segment: its sums, its per-layer published generations, two halves of its maxima;
+  // rank 0's continues with the total and the per-layer progress.
+  const std::size_t sums = padded(values_ * sizeof(std::int64_t)), flags = padded(layers_.size() * sizeof(std::int64_t));
+  const std::size_t own = sums + flags + padded(2 * maxima_size_ * sizeof(std::uint32_t));
+  const std::size_t extra = comm_.is_root() ? sums + layers_.size() * sizeof(Progress) : 0;
+  const std::size_t bytes = own + extra + kLine;  // kLine more: MPI promises no alignment
   MPI_Info info;
   check(MPI_Info_create(&info), "MPI_Info_create");
   check(MPI_Info_set(info, "alloc_shared_noncontig", "true"), "MPI_Info_set");  // each segment near its rank
   char* base = nullptr;
-  const int status = MPI_Win_allocate_shared(MPI_Aint(bytes), 1, info, node_, &base, &window_);
+  const int status = MPI_Win_allocate_shared(MPI_Aint(bytes), 1, info, comm_.handle(), &base, &window_);
   MPI_Info_free(&info);
   check(status, "MPI_Win_allocate_shared");
   std::fill(base, base + bytes, 0);
-  for (int r = 0; r < ranks_; ++r) {
+  for (int r = 0; r < comm_.size(); ++r) {
     MPI_Aint size = 0;
     int unit = 0;
     char* pointer = nullptr;
     check(MPI_Win_shared_query(window_, r, &size, &unit, &pointer), "MPI_Win_shared_query");
     // Mappings start on a page, so every process finds the same offset to the next line.
-    bases_.push_back(pointer + (kLine - reinterpret_cast<std::uintptr_t>(pointer) % kLine) % kLine);
+    pointer += (kLine - reinterpret_cast<std::uintptr_t>(pointer) % kLine) % kLine;
+    segments_.push_back({reinterpret_cast<std::int64_t*>(pointer), reinterpret_cast<std::int64_t*>(pointer + sums),
+                         reinterpret_cast<std::uint32_t*>(pointer + sums + flags)});
   }
+  char* shared = reinterpret_cast<char*>(segments_[0].sums) + own;
+  total_ = reinterpret_cast<std::int64_t*>(shared);
+  progress_ = reinterpret_cast<Progress*>(shared + sums);
 }
 
 NodeSum::~NodeSum() {
   // MPI_Win_free waits for every rank: while an error unwinds on this rank alone, the others may
   // never come, and main ends the job with MPI_Abort next anyway.
-  if (std::uncaught_exceptions() > 0) return;
-  if (window_ != MPI_WIN_NULL) MPI_Win_free(&window_);
-  if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
-}
-
-NodeSum::Segment NodeSum::segment(int rank) const {
-  char* base = bases_[std::size_t(rank)];
-  auto* published = reinterpret_cast<std::int64_t*>(base + padded(values_ * sizeof(std::int64_t)));
-  auto* maxima = reinterpret_cast<std::uint32_t*>(reinterpret_cast<char*>(published) +
-                                                  padded(layers_.size() * sizeof(std::int64_t)));
-  return {reinterpret_cast<std::int64_t*>(base), published, maxima};
+  if (std::uncaught_exceptions() == 0 && window_ != MPI_WIN_NULL) MPI_Win_free(&window_);
 }
 
 void NodeSum::set_maxima(std::span<const std::uint32_t> values) {
   // Alternating halves: a rank that is a generation ahead never overwrites what a slower one reads.
-  std::copy(values.begin(), values.end(), segment(rank_).maxima + (generation_ % 2) * maxima_size_);
+  std::copy(values.begin(), values.end(), mine_segment().maxima + (generation_ % 2) * maxima_size_);
 }
 
 void NodeSum::publish(int layer) {
   if (std::size_t(layer) >= layers_.size()) return;  // past the last layer with parameters: nothing to sum
-  std::atomic_ref<std::int64_t>(segment(rank_).published[layer]).store(generation_, std::memory_order_release);
+  std::atomic_ref<std::int64_t>(mine_segment().published[layer]).store(generation_, std::memory_order_release);
 }
 
 bool NodeSum::published_everywhere(int layer) const {
-  for (int r = 0; r < ranks_; ++r)
+  for (int r = 0; r < comm_.size(); ++r)
     // Later generations count too: a rank that was descheduled may find the others a step ahead.
-    if (std::atomic_ref<std::int64_t>(segment(r).published[layer]).load(std::memory_order_acquire) < generation_)
+    if (std::atomic_ref<std::int64_t>(segments_[std::size_t(r)].published[layer]).load(std::memory_order_acquire) < generation_)
       return false;
   return true;
 }
@@ -140,20 +122,21 @@ void NodeSum::sum_chunk(int layer, long chunk) {
   const std::size_t begin = layers_[std::size_t(layer)].first + std::size_t(chunk) * kChunk;
   const std::size_t n = std::min(kChunk, layers_[std::size_t(layer)].second - begin);
   std::int64_t* out = total_ + begin;
-  const std::int64_t* first = segment(0).sums + begin;
+  const std::int64_t* first = segments_[0].sums + begin;
   std::copy(first, first + n, out);
-  for (int r = 1; r < ranks_; ++r) {
-    const std::int64_t* in = segment(r).sums + begin;
+  for (int r = 1; r < comm_.size(); ++r) {
+    const std::int64_t* in = segments_[std::size_t(r)].sums + begin;
     for (std::size_t i = 0; i < n; ++i) out[i] += in[i];
   }
   increment_below(progress_[layer].summed, generation_, chunks(layer));
 }
 
+void NodeSum::begin() {
+  ++generation_;
+  std::fill(done_.begin(), done_.end(), false);
+}
+
 bool NodeSum::help() {
-  if (done_generation_ != generation_) {
-    std::fill(done_.begin(), done_.end(), false);
-    done_generation_ = generation_;
-  }
   bool all = true;
   for (int layer = int(layers_.size()) - 1; layer >= 0; --layer) {  // backward publishes the last layer first
     if (done_[std::size_t(layer)]) continue;
@@ -163,7 +146,7 @@ bool NodeSum::help() {
     }
     // As many tries as chunks, each summing whichever chunk it claims: the rank's threads share
     // the layer, and tries that find everything claimed by other ranks do nothing.
-    core::parallel_for(std::size_t(chunks(layer)), double(kChunk) * ranks_, [&](std::size_t) {
+    core::parallel_for(std::size_t(chunks(layer)), double(kChunk) * comm_.size(), [&](std::size_t) {
       if (const long chunk = claim(layer); chunk >= 0) sum_chunk(layer, chunk);
     });
     done_[std::size_t(layer)] = summed(layer) == chunks(layer);
@@ -174,8 +157,8 @@ bool NodeSum::help() {
 
 void NodeSum::maxima(std::span<std::uint32_t> out) const {
   std::fill(out.begin(), out.end(), 0u);
-  for (int r = 0; r < ranks_; ++r) {
-    const std::uint32_t* in = segment(r).maxima + (generation_ % 2) * maxima_size_;
+  for (int r = 0; r < comm_.size(); ++r) {
+    const std::uint32_t* in = segments_[std::size_t(r)].maxima + (generation_ % 2) * maxima_size_;
     for (std::size_t i = 0; i < out.size(); ++i) out[i] = std::max(out[i], in[i]);
   }
 }

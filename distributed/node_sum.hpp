@@ -36,11 +36,11 @@ class NodeSum {
   NodeSum(const NodeSum&) = delete;
   NodeSum& operator=(const NodeSum&) = delete;
 
-  std::int64_t* mine() const { return segment(rank_).sums; }
+  std::int64_t* mine() const { return mine_segment().sums; }
   // The sum over ranks, complete once help() has returned true in this generation.
   const std::int64_t* total() const { return total_; }
 
-  void begin() { ++generation_; }
+  void begin();
   // This rank's maxima of this generation; call before the last publish().
   void set_maxima(std::span<const std::uint32_t> values);
   // This rank's values in `layer` are final for this generation (layers past those given hold
@@ -60,25 +60,22 @@ class NodeSum {
   struct alignas(64) Progress {
     std::int64_t claimed, summed;  // (generation << kCountBits) | chunks claimed / summed
   };
-  std::size_t own_bytes() const;
   void allocate_window();
-  Segment segment(int rank) const;
+  const Segment& mine_segment() const { return segments_[std::size_t(comm_.rank())]; }
   bool published_everywhere(int layer) const;
   long claim(int layer);
   void sum_chunk(int layer, long chunk);
   long summed(int layer) const;
   long chunks(int layer) const;
 
-  int rank_ = 0, ranks_ = 1;
+  const Communicator& comm_;
   std::vector<std::pair<std::size_t, std::size_t>> layers_;
   std::size_t values_, maxima_size_;
-  std::vector<char*> bases_;  // every rank's segment
+  std::vector<Segment> segments_;  // every rank's, in rank order
   std::int64_t* total_ = nullptr;
   Progress* progress_ = nullptr;  // per layer, in rank 0's segment
   std::int64_t generation_ = 0;
   std::vector<bool> done_;  // per layer, this generation: seen fully summed
-  std::int64_t done_generation_ = -1;
-  MPI_Comm node_ = MPI_COMM_NULL;
   MPI_Win window_ = MPI_WIN_NULL;
 };
 

@@ -1,7 +1,6 @@
 #include "watchdog.hpp"
 
 #include <chrono>
-#include <functional>
 #include <thread>
 
 namespace mpicnn::dist {
@@ -111,17 +110,14 @@ void Watchdog::wait(std::span<MPI_Request> requests, const std::string& what) {
       what);
 }
 
-void Watchdog::wait_until(const std::function<bool()>& done, const std::string& what) {
-  const auto start = std::chrono::steady_clock::now();
-  const double limit = timeout_ + (comm_.is_root() ? 0.0 : kRootFirstSeconds);
-  const bool detect = timeout_ > 0 && comm_.size() > 1;
-  while (!done()) {
-    const double waited = seconds_since(start);
-    if (detect && waited > limit) hang(what);
-    if (detect && !comm_.is_root()) answer_pings();
-    // Past a millisecond the peer is computing, not in flight: stop spinning on a core it may need.
-    if (waited > 1e-3) std::this_thread::yield();
+void Watchdog::between_polls(std::chrono::steady_clock::time_point start, const std::string& what) {
+  const double waited = seconds_since(start);
+  if (timeout_ > 0 && comm_.size() > 1) {
+    if (waited > timeout_ + (comm_.is_root() ? 0.0 : kRootFirstSeconds)) hang(what);
+    if (!comm_.is_root()) answer_pings();
   }
+  // Past a millisecond the peer is computing, not in flight: stop spinning on a core it may need.
+  if (waited > 1e-3) std::this_thread::yield();
 }
 
 void Watchdog::hang(const std::string& what) {

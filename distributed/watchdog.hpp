@@ -6,7 +6,7 @@
 // blocking forever behind one stopped or stalled peer.
 #include <mpi.h>
 
-#include <functional>
+#include <chrono>
 #include <span>
 #include <string>
 #include <vector>
@@ -36,14 +36,21 @@ class Watchdog {
   // collective for the message, e.g. "the gradient allreduce".
   void wait(std::span<MPI_Request> requests, const std::string& what);
   // The same for a condition: polls `done` (which may do work, and must call MPI for the
-  // detector's messages to progress) until it returns true.
-  void wait_until(const std::function<bool()>& done, const std::string& what);
+  // detector's messages to progress) until it returns true. A template, not std::function: the
+  // gradient sum's condition would be a heap allocation on every step.
+  template <class Done>
+  void wait_until(Done&& done, const std::string& what) {
+    const auto start = std::chrono::steady_clock::now();
+    while (!done()) between_polls(start, what);
+  }
   // A blocking allreduce (sum) through the detector, after arrived(context).
   void allreduce_sum(std::span<double> values, const std::string& context);
   void allreduce_sum(std::span<std::int64_t> values, const std::string& context);
 
  private:
   void allreduce_sum(void* values, int count, MPI_Datatype type, const std::string& context);
+  // wait_until's work between two polls: the timeout, pings from rank 0, yielding the core.
+  void between_polls(std::chrono::steady_clock::time_point start, const std::string& what);
   [[noreturn]] void hang(const std::string& what);
   void answer_pings();
   std::vector<int> missing_ranks();
