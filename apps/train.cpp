@@ -59,7 +59,7 @@ std::vector<Key> train_keys() {
       {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
       {"train.reduction", "exact", "gradient sum across ranks: exact (bitwise the same for any rank count) or fast (overlapped with backward, rounding depends on the rank count)"},
       {"train.micro_batch", "16", "exact reduction: samples per micro-batch, the unit whose gradients are summed exactly"},
-      {"train.node_sum", "shared", "exact reduction with every rank on one node: sum in shared memory (shared) or through MPI's allreduce (mpi)"},
+      {"train.node_sum", "shared", "exact reduction: sum the ranks of a node in shared memory, then across nodes (shared), or all ranks through MPI's allreduce (mpi)"},
       {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
       {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
       {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
@@ -309,6 +309,13 @@ class Trainer {
       throw Error("ranks hold different weights before the first step (fingerprint mismatch)");
   }
 
+  std::string sum_route() const {
+    const std::string mpi = comm_.ring_allreduce() ? "ring allreduce" : "MPI's own allreduce";
+    if (!exact_ || !exact_->shared_memory()) return mpi;
+    if (!exact_->across_nodes()) return "in shared memory";
+    return "in shared memory on each node, then " + mpi + " between " + std::to_string(comm_.nodes()) + " nodes";
+  }
+
   // Under mpirun a rank's stdout is a pseudo-terminal even when the job's output goes to a file,
   // so a batch job (SLURM) gets plain lines unless the user asks for the bar.
   bool use_bar() const {
@@ -321,9 +328,7 @@ class Trainer {
                 comm_.size(), core::max_threads(), c_.global_batch, reader_->capacity(), steps_per_epoch_);
     if (comm_.size() > 1)
       std::printf("gradient sum: %s, %s\n", c_.exact_reduction ? "exact (int64 fixed point)" : "fast (float)",
-                  exact_ && exact_->shared_memory() ? "in shared memory"
-                  : comm_.ring_allreduce()          ? "ring allreduce"
-                                                    : "MPI's own allreduce");
+                  sum_route().c_str());
     std::printf("data: %s [%s] %zu samples %s\n", c_.data_path.c_str(), c_.train_split.c_str(), reader_->info().count,
                 reader_->info().shape.str().c_str());
     std::printf("%s", model_->summary().c_str());

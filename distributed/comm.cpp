@@ -77,11 +77,24 @@ Environment::~Environment() { MPI_Finalize(); }
 Communicator::Communicator() {
   check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
   check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
-  MPI_Comm node;
-  check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
-  check(MPI_Comm_size(node, &ranks_on_node_), "MPI_Comm_size");
-  MPI_Comm_free(&node);
+  check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_), "MPI_Comm_split_type");
+  check(MPI_Comm_size(node_, &ranks_on_node_), "MPI_Comm_size");
+  check(MPI_Comm_rank(node_, &node_rank_), "MPI_Comm_rank");
+  const bool leader = node_rank_ == 0;
+  check(MPI_Comm_split(MPI_COMM_WORLD, leader ? 0 : MPI_UNDEFINED, rank_, &leaders_), "MPI_Comm_split");
+  int counts[2] = {leader ? 1 : 0, ranks_on_node_};
+  check(MPI_Allreduce(MPI_IN_PLACE, &counts[0], 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+  check(MPI_Allreduce(MPI_IN_PLACE, &counts[1], 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  nodes_ = counts[0], most_ranks_on_a_node_ = counts[1];
   if (size_ == 2 || size_ == 3) ring_allreduce_ = prefer_ring_allreduce();
+}
+
+Communicator::~Communicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  if (leaders_ != MPI_COMM_NULL) MPI_Comm_free(&leaders_);
+  MPI_Comm_free(&node_);
 }
 
 void Communicator::allreduce_sum(std::span<float> values) const {

@@ -27,12 +27,23 @@ class Environment {
 class Communicator {
  public:
   Communicator();  // MPI_COMM_WORLD
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
   int rank() const { return rank_; }
   int size() const { return size_; }
   bool is_root() const { return rank_ == 0; }
-  // Ranks sharing this node's memory (MPI_COMM_TYPE_SHARED), for choosing threads per rank.
-  int ranks_on_node() const { return ranks_on_node_; }
   MPI_Comm handle() const { return MPI_COMM_WORLD; }
+
+  // The ranks sharing this node's memory (MPI_COMM_TYPE_SHARED), in the order of their ranks.
+  MPI_Comm node_handle() const { return node_; }
+  int ranks_on_node() const { return ranks_on_node_; }
+  int node_rank() const { return node_rank_; }
+  // Nodes of the job, and the most ranks any of them holds.
+  int nodes() const { return nodes_; }
+  int most_ranks_on_a_node() const { return most_ranks_on_a_node_; }
+  // The first rank of every node, in rank order; MPI_COMM_NULL on the other ranks.
+  MPI_Comm leaders_handle() const { return leaders_; }
   // Non-blocking allreduces run as a ring (chosen on 2 and 3 ranks where Open MPI allows it).
   bool ring_allreduce() const { return ring_allreduce_; }
 
@@ -50,7 +61,8 @@ class Communicator {
   std::vector<std::int32_t> gather_to_root(std::span<const std::int32_t> values) const;
 
  private:
-  int rank_ = 0, size_ = 1, ranks_on_node_ = 1;
+  int rank_ = 0, size_ = 1, ranks_on_node_ = 1, node_rank_ = 0, nodes_ = 1, most_ranks_on_a_node_ = 1;
+  MPI_Comm node_ = MPI_COMM_NULL, leaders_ = MPI_COMM_NULL;
   bool ring_allreduce_ = false;
 };
 

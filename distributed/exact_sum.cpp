@@ -52,10 +52,12 @@ ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& p
   largest_.assign(tensors_.size(), 0);
   chunk_largest_.resize(chunks);
   requests_.assign(std::size_t(layers) + 1, MPI_REQUEST_NULL);
-  if (shared_memory && comm.size() > 1 && comm.ranks_on_node() == comm.size()) {
+  // Every rank takes the same branch: the choice depends only on the job's layout.
+  if (shared_memory && comm.size() > 1 && comm.most_ranks_on_a_node() > 1) {
     std::vector<std::pair<std::size_t, std::size_t>> ranges;
     for (int layer = 0; layer < layers; ++layer) ranges.push_back(params.layer_range(layer, layer));
-    node_ = std::make_unique<NodeSum>(comm, std::move(ranges), params.size(), tensors_.size());
+    across_nodes_ = comm.nodes() > 1;
+    node_ = std::make_unique<NodeSum>(comm, std::move(ranges), params.size(), tensors_.size(), across_nodes_);
     sum_ = node_->mine();
     return;
   }
@@ -65,7 +67,7 @@ ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& p
 }
 
 const std::int64_t* ExactGradientSum::summed() const {
-  if (node_) return node_->total();
+  if (node_) return across_nodes_ ? node_->result() : node_->total();
   return comm_.size() > 1 ? total_.data() : sum_;
 }
 
@@ -83,6 +85,8 @@ void ExactGradientSum::set_grid(const std::vector<int>& exponents) {
 
 void ExactGradientSum::begin_step(long global_micro_batches) {
   if (node_) node_->begin();
+  next_layer_ = int(requests_.size()) - 2;  // the last layer with parameters
+  maxima_started_ = false;
   // The sum of all micro-batches' values, each below limit_, stays below 2^62.
   const int headroom = int(std::ceil(std::log2(double(std::max(1L, global_micro_batches))))) + 1;
   limit_ = std::ldexp(1.0, 62 - headroom);
@@ -109,6 +113,7 @@ void ExactGradientSum::layer_done(int layer, bool first, bool last) {
   if (node_) {
     if (layer == 0) node_->set_maxima(largest_);  // backward ends with layer 0: all magnitudes known
     node_->publish(layer);
+    if (across_nodes_ && comm_.node_rank() == 0) start_node_allreduces(), progress();
     return;
   }
   start_allreduce(layer);
@@ -125,6 +130,35 @@ void ExactGradientSum::start_allreduce(int layer) {
     check(MPI_Iallreduce(MPI_IN_PLACE, largest_.data(), int(largest_.size()), MPI_UINT32_T, MPI_MAX, comm_.handle(),
                          &requests_.back()),
           "MPI_Iallreduce");
+}
+
+// The leader: starts the nodes' sum of each layer whose node total is complete. The leaders start
+// them in the same order, the last layer first, as collectives on one communicator must be.
+void ExactGradientSum::start_node_allreduces() {
+  for (; next_layer_ >= 0 && node_->layer_summed(next_layer_); --next_layer_) {
+    const auto [begin, end] = params_.layer_range(next_layer_, next_layer_);
+    if (end > begin)
+      check(MPI_Iallreduce(node_->total() + begin, node_->result() + begin, int(end - begin), MPI_INT64_T, MPI_SUM,
+                           comm_.leaders_handle(), &requests_[std::size_t(next_layer_)]),
+            "MPI_Iallreduce");
+  }
+}
+
+// The leader: true once the nodes' sums and maxima are complete and released to the node.
+bool ExactGradientSum::lead_across_nodes() {
+  start_node_allreduces();
+  if (next_layer_ >= 0) return false;
+  if (!maxima_started_) {  // every layer published on the node: so are its ranks' maxima
+    node_->maxima(largest_);
+    check(MPI_Iallreduce(MPI_IN_PLACE, largest_.data(), int(largest_.size()), MPI_UINT32_T, MPI_MAX,
+                         comm_.leaders_handle(), &requests_.back()),
+          "MPI_Iallreduce");
+    maxima_started_ = true;
+  }
+  int done = 0;
+  check(MPI_Testall(int(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+  if (done) node_->release(largest_);
+  return done;
 }
 
 // Open MPI progresses non-blocking collectives only inside MPI calls: nudge them between layers.
@@ -164,16 +198,19 @@ void ExactGradientSum::write_gradients(double factor, std::size_t begin, std::si
 // Waits for the sums (in shared memory: sums what has arrived meanwhile) and for `also`.
 void ExactGradientSum::wait(Watchdog& watchdog, std::span<MPI_Request> also) {
   if (node_) {
-    bool summed = false;
+    const bool leader = comm_.node_rank() == 0;
+    bool summed = false, released = !across_nodes_;
     watchdog.wait_until(
         [&] {
           summed = summed || node_->help();
+          released = released || (leader ? lead_across_nodes() : node_->released());
           int done = 0;
           check(MPI_Testall(int(also.size()), also.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
-          return summed && done;
+          return summed && released && done;
         },
-        "the gradient sum");
-    node_->maxima(largest_);
+        across_nodes_ ? "the gradient sum across nodes" : "the gradient sum");
+    if (across_nodes_) node_->released_maxima(largest_);
+    else node_->maxima(largest_);
     return;
   }
   waiting_.assign(requests_.begin(), requests_.end());  // within its capacity after the first step

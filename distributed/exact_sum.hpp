@@ -13,8 +13,10 @@
 // magnitudes, the grid is widened and the step computed again. The exponents are part of the
 // training state: a checkpoint stores them so that a resumed run rounds like an uninterrupted one.
 //
-// When every rank is on one node the sums meet in shared memory (NodeSum), summed by the ranks
-// that are waiting anyway; otherwise each layer's sums are an MPI_Iallreduce.
+// Where ranks share a node, their sums meet in shared memory (NodeSum), summed by the ranks that
+// are waiting anyway; across nodes the nodes' leaders then sum the node totals, a layer's
+// MPI_Iallreduce starting as soon as its node total is complete. With train.node_sum = mpi (or
+// one rank per node) each layer's sums are an MPI_Iallreduce over all ranks.
 #include <mpi.h>
 
 #include <cstdint>
@@ -37,7 +39,7 @@ class ExactGradientSum {
     double wait_seconds = 0;  // blocked on communication that backward did not hide
   };
 
-  // shared_memory: sum through NodeSum when every rank shares this node (false: MPI always).
+  // shared_memory: sum through NodeSum where ranks share a node (false: MPI over all ranks).
   ExactGradientSum(const Communicator& comm, core::ParamStore& params, bool shared_memory = true);
   ~ExactGradientSum();
   ExactGradientSum(const ExactGradientSum&) = delete;
@@ -56,6 +58,7 @@ class ExactGradientSum {
   // Otherwise call write_gradients next.
   Result finish(Watchdog& watchdog, std::span<MPI_Request> also);
   bool shared_memory() const { return node_ != nullptr; }
+  bool across_nodes() const { return across_nodes_; }
   // The summed gradient of the arena's floats [begin, end) times `factor` (1 / the loss
   // normaliser) into out[0, end - begin), identically on every rank; tensors holding a NaN or
   // infinity get NaN, padding between tensors zero. Ranges may be written concurrently: as a
@@ -72,6 +75,8 @@ class ExactGradientSum {
     int layer;
   };
   void start_allreduce(int layer);
+  void start_node_allreduces();
+  bool lead_across_nodes();
   void progress();
   void wait(Watchdog& watchdog, std::span<MPI_Request> also);
   void follow_gradients();
@@ -84,6 +89,9 @@ class ExactGradientSum {
   std::vector<double> scale_;            // per tensor, this step: sum += trunc(g * scale)
   double limit_ = 0;                     // this step: |g * scale| stays below it on the grid
   std::unique_ptr<NodeSum> node_;        // the shared-memory sum, or null: MPI's allreduce
+  bool across_nodes_ = false;            // node_ sums each node; the leaders sum the nodes
+  int next_layer_ = -1;                  // the leader, this step: the next layer whose nodes' sum to start
+  bool maxima_started_ = false;          // the leader, this step: the nodes' maxima are being reduced
   std::vector<std::int64_t> own_sum_;    // sum_'s storage when it is not in node_'s shared memory
   std::int64_t* sum_ = nullptr;          // arena-sized fixed-point sum of this rank's micro-batches
   // ...and of all ranks' through MPI (on one rank: sum_ itself). Not summed in place: in place, Open MPI's

@@ -40,34 +40,42 @@ long increment_below(std::int64_t& counter, std::int64_t generation, long limit)
 }  // namespace
 
 NodeSum::NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, std::size_t>> layers, std::size_t values,
-                 std::size_t maxima)
-    : comm_(comm), layers_(std::move(layers)), values_(values), maxima_size_(maxima), done_(layers_.size(), false) {
-  if (comm.ranks_on_node() != comm.size()) throw Error("the shared-memory gradient sum needs every rank on one node");
+                 std::size_t maxima, bool across_nodes)
+    : node_(comm.node_handle()),
+      rank_(comm.node_rank()),
+      ranks_(comm.ranks_on_node()),
+      layers_(std::move(layers)),
+      values_(values),
+      maxima_size_(maxima),
+      across_nodes_(across_nodes),
+      done_(layers_.size(), false) {
   for (const auto& [begin, end] : layers_)
     if ((end - begin + kChunk - 1) / kChunk > std::size_t(kCountMask))
       throw Error("a layer of " + std::to_string(end - begin) + " parameters is too large for the shared-memory sum");
   allocate_window();
-  comm.barrier();  // every segment zeroed before anyone reads it
+  check(MPI_Barrier(node_), "MPI_Barrier");  // every segment zeroed before anyone reads it
 }
 
 // Loads and stores go straight to the window, ordered by C++ atomics: Open MPI's shared windows
 // use MPI's unified memory model, where that is valid without MPI_Win_sync on cache-coherent CPUs.
 void NodeSum::allocate_window() {
   // Every rank's segment: its sums, its per-layer published generations, two halves of its maxima;
-  // rank 0's continues with the total and the per-layer progress.
+  // rank 0's continues with the total and the per-layer progress, and across nodes with the
+  // result, its release flag and the maxima over nodes.
   const std::size_t sums = padded(values_ * sizeof(std::int64_t)), flags = padded(layers_.size() * sizeof(std::int64_t));
-  const std::size_t own = sums + flags + padded(2 * maxima_size_ * sizeof(std::uint32_t));
-  const std::size_t extra = comm_.is_root() ? sums + layers_.size() * sizeof(Progress) : 0;
+  const std::size_t maxima = padded(maxima_size_ * sizeof(std::uint32_t)), own = sums + flags + 2 * maxima;
+  const std::size_t progress = layers_.size() * sizeof(Progress), leader = across_nodes_ ? sums + kLine + maxima : 0;
+  const std::size_t extra = rank_ == 0 ? sums + progress + leader : 0;
   const std::size_t bytes = own + extra + kLine;  // kLine more: MPI promises no alignment
   MPI_Info info;
   check(MPI_Info_create(&info), "MPI_Info_create");
   check(MPI_Info_set(info, "alloc_shared_noncontig", "true"), "MPI_Info_set");  // each segment near its rank
   char* base = nullptr;
-  const int status = MPI_Win_allocate_shared(MPI_Aint(bytes), 1, info, comm_.handle(), &base, &window_);
+  const int status = MPI_Win_allocate_shared(MPI_Aint(bytes), 1, info, node_, &base, &window_);
   MPI_Info_free(&info);
   check(status, "MPI_Win_allocate_shared");
   std::fill(base, base + bytes, 0);
-  for (int r = 0; r < comm_.size(); ++r) {
+  for (int r = 0; r < ranks_; ++r) {
     MPI_Aint size = 0;
     int unit = 0;
     char* pointer = nullptr;
@@ -80,6 +88,10 @@ void NodeSum::allocate_window() {
   char* shared = reinterpret_cast<char*>(segments_[0].sums) + own;
   total_ = reinterpret_cast<std::int64_t*>(shared);
   progress_ = reinterpret_cast<Progress*>(shared + sums);
+  if (!across_nodes_) return;
+  result_ = reinterpret_cast<std::int64_t*>(shared + sums + progress);
+  released_ = reinterpret_cast<std::int64_t*>(shared + 2 * sums + progress);
+  global_maxima_ = reinterpret_cast<std::uint32_t*>(shared + 2 * sums + progress + kLine);
 }
 
 NodeSum::~NodeSum() {
@@ -99,7 +111,7 @@ void NodeSum::publish(int layer) {
 }
 
 bool NodeSum::published_everywhere(int layer) const {
-  for (int r = 0; r < comm_.size(); ++r)
+  for (int r = 0; r < ranks_; ++r)
     // Later generations count too: a rank that was descheduled may find the others a step ahead.
     if (std::atomic_ref<std::int64_t>(segments_[std::size_t(r)].published[layer]).load(std::memory_order_acquire) < generation_)
       return false;
@@ -124,7 +136,7 @@ void NodeSum::sum_chunk(int layer, long chunk) {
   std::int64_t* out = total_ + begin;
   const std::int64_t* first = segments_[0].sums + begin;
   std::copy(first, first + n, out);
-  for (int r = 1; r < comm_.size(); ++r) {
+  for (int r = 1; r < ranks_; ++r) {
     const std::int64_t* in = segments_[std::size_t(r)].sums + begin;
     for (std::size_t i = 0; i < n; ++i) out[i] += in[i];
   }
@@ -146,7 +158,7 @@ bool NodeSum::help() {
     }
     // As many tries as chunks, each summing whichever chunk it claims: the rank's threads share
     // the layer, and tries that find everything claimed by other ranks do nothing.
-    core::parallel_for(std::size_t(chunks(layer)), double(kChunk) * comm_.size(), [&](std::size_t) {
+    core::parallel_for(std::size_t(chunks(layer)), double(kChunk) * ranks_, [&](std::size_t) {
       if (const long chunk = claim(layer); chunk >= 0) sum_chunk(layer, chunk);
     });
     done_[std::size_t(layer)] = summed(layer) == chunks(layer);
@@ -157,10 +169,25 @@ bool NodeSum::help() {
 
 void NodeSum::maxima(std::span<std::uint32_t> out) const {
   std::fill(out.begin(), out.end(), 0u);
-  for (int r = 0; r < comm_.size(); ++r) {
+  for (int r = 0; r < ranks_; ++r) {
     const std::uint32_t* in = segments_[std::size_t(r)].maxima + (generation_ % 2) * maxima_size_;
     for (std::size_t i = 0; i < out.size(); ++i) out[i] = std::max(out[i], in[i]);
   }
+}
+
+bool NodeSum::layer_summed(int layer) const { return published_everywhere(layer) && summed(layer) == chunks(layer); }
+
+void NodeSum::release(std::span<const std::uint32_t> maxima) {
+  std::copy(maxima.begin(), maxima.end(), global_maxima_);
+  std::atomic_ref<std::int64_t>(*released_).store(generation_, std::memory_order_release);
+}
+
+bool NodeSum::released() const {
+  return std::atomic_ref<std::int64_t>(*released_).load(std::memory_order_acquire) >= generation_;
+}
+
+void NodeSum::released_maxima(std::span<std::uint32_t> out) const {
+  std::copy(global_maxima_, global_maxima_ + out.size(), out.begin());
 }
 
 }  // namespace mpicnn::dist

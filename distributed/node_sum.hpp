@@ -1,5 +1,5 @@
 #pragma once
-// Sums the ranks' int64 buffers through memory they share, when every rank is on one node.
+// Sums the int64 buffers of the ranks on one node through memory they share.
 //
 // Why not MPI's allreduce there: in its ring each rank copies and adds its own share, so the rank
 // that finishes backward last does its share after the others have been waiting; that work sits
@@ -14,6 +14,11 @@
 // only in the next generation, and the others have then finished reading it: no rank leaves a
 // generation before every chunk of it is summed. The total is rewritten in the next generation
 // only once every rank has published there, i.e. has finished reading this generation's total.
+//
+// Across nodes (`across_nodes`), the node's first rank, its leader, sums the nodes' totals through
+// MPI into a shared result and then releases it with the maxima; the node's other ranks wait for
+// that release. The leader writes the next generation's result only after every rank of its node
+// has published there, so, as with the total, no rank still reads the one before.
 #include <mpi.h>
 
 #include <cstdint>
@@ -29,9 +34,9 @@ class NodeSum {
  public:
   // `layers`: each layer's [begin, end) in buffers of `values` int64s; `maxima`: how many uint32
   // values each rank also contributes to an elementwise maximum (e.g. largest magnitudes).
-  // Collective over the communicator, whose ranks must all share this node's memory.
+  // Collective over the communicator; sums over the ranks of each node (comm.node_handle()).
   NodeSum(const Communicator& comm, std::vector<std::pair<std::size_t, std::size_t>> layers, std::size_t values,
-          std::size_t maxima);
+          std::size_t maxima, bool across_nodes = false);
   ~NodeSum();
   NodeSum(const NodeSum&) = delete;
   NodeSum& operator=(const NodeSum&) = delete;
@@ -48,8 +53,20 @@ class NodeSum {
   void publish(int layer);
   // Sums chunks whose layer every rank has published; true once every layer is summed.
   bool help();
-  // The elementwise maximum over ranks, after help() has returned true.
+  // The elementwise maximum over the node's ranks, after help() has returned true.
   void maxima(std::span<std::uint32_t> out) const;
+
+  // Across nodes. Whether `layer`'s total over the node is complete in this generation.
+  bool layer_summed(int layer) const;
+  // The leader: the node's total, to be summed with the other nodes' into result().
+  std::int64_t* total() { return total_; }
+  std::int64_t* result() { return result_; }
+  const std::int64_t* result() const { return result_; }
+  // The leader: result() and `maxima` (the maxima over all nodes) are final for this generation.
+  void release(std::span<const std::uint32_t> maxima);
+  // Whether the leader has released this generation; then released_maxima() gives its maxima.
+  bool released() const;
+  void released_maxima(std::span<std::uint32_t> out) const;
 
  private:
   struct Segment {
@@ -61,19 +78,24 @@ class NodeSum {
     std::int64_t claimed, summed;  // (generation << kCountBits) | chunks claimed / summed
   };
   void allocate_window();
-  const Segment& mine_segment() const { return segments_[std::size_t(comm_.rank())]; }
+  const Segment& mine_segment() const { return segments_[std::size_t(rank_)]; }
   bool published_everywhere(int layer) const;
   long claim(int layer);
   void sum_chunk(int layer, long chunk);
   long summed(int layer) const;
   long chunks(int layer) const;
 
-  const Communicator& comm_;
+  MPI_Comm node_;
+  int rank_, ranks_;  // on the node
   std::vector<std::pair<std::size_t, std::size_t>> layers_;
   std::size_t values_, maxima_size_;
+  bool across_nodes_;
   std::vector<Segment> segments_;  // every rank's, in rank order
   std::int64_t* total_ = nullptr;
   Progress* progress_ = nullptr;  // per layer, in rank 0's segment
+  std::int64_t* result_ = nullptr;      // across nodes: the sum over nodes, in rank 0's segment
+  std::int64_t* released_ = nullptr;    // across nodes: the generation whose result is final
+  std::uint32_t* global_maxima_ = nullptr;  // across nodes: the maxima over nodes
   std::int64_t generation_ = 0;
   std::vector<bool> done_;  // per layer, this generation: seen fully summed
   MPI_Win window_ = MPI_WIN_NULL;

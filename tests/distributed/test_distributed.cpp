@@ -81,10 +81,27 @@ std::string mpirun(int ranks) {
   return std::string(MPIEXEC) + " --oversubscribe --bind-to none -np " + std::to_string(ranks) + " ";
 }
 
-std::string train_command(int ranks, const std::string& data, const std::string& out, const std::string& extra) {
-  return mpirun(ranks) + MPICNN_EXE + " train --data.path=" + data + " --model.spec='" + kSpec +
+// mpirun across two nodes of this machine: the hostfile names two hosts of 2 slots each (ranks
+// fill node-a first), and tests/distributed/local_ssh.sh starts each host's daemon here. Two daemons
+// on one machine cannot share Open MPI's shared-memory transport (their segments collide), so
+// the ranks talk TCP over loopback, as ranks on different nodes do; shared windows still work.
+std::string mpirun_on_two_nodes(int ranks) {
+  const fs::path hosts = work_dir() / "two_nodes";
+  std::ofstream(hosts) << "node-a slots=2\nnode-b slots=2\n";
+  return std::string(MPIEXEC) + " --hostfile " + hosts.string() + " --mca plm_rsh_agent " + LOCAL_SSH +
+         " --mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo --bind-to none -np " +
+         std::to_string(ranks) + " ";
+}
+
+std::string train_command(const std::string& launcher, const std::string& data, const std::string& out,
+                          const std::string& extra) {
+  return launcher + MPICNN_EXE + " train --data.path=" + data + " --model.spec='" + kSpec +
          "' --train.batch_size=64 --train.threads=1 --train.seed=3 --optimizer.lr=0.05 --optimizer.momentum=0.9"
          " --train.epochs=100 --train.progress=lines --train.log_interval=1000 --output " + out + " " + extra;
+}
+
+std::string train_command(int ranks, const std::string& data, const std::string& out, const std::string& extra) {
+  return train_command(mpirun(ranks), data, out, extra);
 }
 
 std::string train(int ranks, const std::string& data, const std::string& name, const std::string& extra) {
@@ -156,6 +173,27 @@ TEST_P(Equivalence, FastReductionOneTwoAndFourRanksAgreeWithinTolerance) {
 }
 
 INSTANTIATE_TEST_SUITE_P(DatasetSizes, Equivalence, ::testing::Values(3200, 1001));
+
+// Ranks on two nodes: each node sums its ranks in shared memory, the nodes' first ranks sum the
+// node totals through MPI. 4 ranks (2 + 2) and 3 (2 + 1), and 4 ranks through MPI alone, give
+// bitwise the weights and momentum of one rank, with partial batches (1001 samples).
+TEST(TwoNodes, RanksOnTwoNodesGiveTheWeightsOfOneRank) {
+  const std::string data = make_dataset("eq1001.h5", 1001, 200);
+  const std::string steps = "--train.max_steps=50 --data.eval_split=none";
+  const Weights one = load(train(1, data, "nodes1", steps));
+  for (const auto& [ranks, node_sum] : {std::pair{4, "shared"}, {3, "shared"}, {4, "mpi"}}) {
+    const std::string name = "nodes" + std::to_string(ranks) + node_sum, out = (work_dir() / name).string();
+    const CommandResult r =
+        shell(train_command(mpirun_on_two_nodes(ranks), data, out, steps + " --train.node_sum=" + node_sum));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::string route = node_sum == std::string("shared") ? "in shared memory on each node, then .* between 2 nodes"
+                                                                 : "exact \\(int64 fixed point\\), MPI's own allreduce";
+    EXPECT_THAT(r.output, ::testing::ContainsRegex("gradient sum: .*" + route)) << name;
+    const Weights many = load(out);
+    EXPECT_EQ(0, std::memcmp(one.values.data(), many.values.data(), one.values.size() * 4)) << name;
+    EXPECT_EQ(0, std::memcmp(one.momentum.data(), many.momentum.data(), one.momentum.size() * 4)) << name;
+  }
+}
 
 // The reference CNN of configs/fashion_mnist.ini on real Fashion-MNIST. There, fast reduction's
 // 1e-7 rounding differences grow into percent-level weight differences within 50 steps at

@@ -78,6 +78,45 @@ TEST(NodeSum, LayersPastTheLastWithParametersAreIgnored) {
   for (long g = 1; g <= 4; ++g) run_generation(sum, layers, comm, g, -1, 1);
 }
 
+// Across nodes, as the leader (the node's first rank) does with MPI between nodes: it sums the
+// node total into the result (here: a node of its own, so the result is the total, doubled to
+// tell them apart) and releases it with the maxima; the others wait for the release. A rank is
+// late in turn, the leader among them; nobody may read a result the leader has not released or
+// one it has already overwritten for the next generation.
+TEST(NodeSum, TheLeaderReleasesTheResultAcrossNodes) {
+  const Communicator comm;
+  NodeSum sum(comm, kLayers, kLayers.back().second, 2, true);
+  const std::size_t size = kLayers.back().second;
+  for (long g = 1; g <= 30; ++g) {
+    sum.begin();
+    for (std::size_t i = 0; i < size; ++i) sum.mine()[i] = value(comm.rank(), g, i);
+    sum.set_maxima(std::vector<std::uint32_t>{std::uint32_t(comm.rank() + g), 0u});
+    for (int layer = int(kLayers.size()) - 1; layer >= 0; --layer) sum.publish(layer);
+    if (comm.rank() == int(g % comm.size())) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ASSERT_TRUE(help_until_done(sum)) << "generation " << g;
+    for (int layer = 0; layer < int(kLayers.size()); ++layer) ASSERT_TRUE(sum.layer_summed(layer)) << layer;
+    if (comm.node_rank() == 0) {
+      ASSERT_FALSE(sum.released()) << "released before the leader released generation " << g;
+      for (std::size_t i = 0; i < size; ++i) sum.result()[i] = 2 * sum.total()[i];
+      std::vector<std::uint32_t> largest(2);
+      sum.maxima(largest);
+      largest[1] = std::uint32_t(g);
+      sum.release(largest);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!sum.released()) ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "generation " << g << " never released";
+    for (std::size_t i = 0; i < size; ++i) {
+      std::int64_t expected = 0;
+      for (int r = 0; r < comm.size(); ++r) expected += value(r, g, i);
+      ASSERT_EQ(sum.result()[i], 2 * expected) << "value " << i << ", generation " << g;
+    }
+    std::vector<std::uint32_t> released(2);
+    sum.released_maxima(released);
+    ASSERT_EQ(released[0], std::uint32_t(comm.size() - 1 + g)) << "generation " << g;
+    ASSERT_EQ(released[1], std::uint32_t(g)) << "generation " << g;
+  }
+}
+
 // A failed check on one rank would leave the others waiting for it: end the job at once instead,
 // naming the rank (only rank 0 prints the usual gtest output).
 class AbortOnFailure : public ::testing::EmptyTestEventListener {
