@@ -324,8 +324,9 @@ class Trainer {
   }
 
   void print_start() {
-    std::printf("mpicnn train: %d ranks x %d threads, global batch %d (at most %d per rank), %ld steps per epoch\n",
-                comm_.size(), core::max_threads(), c_.global_batch, reader_->capacity(), steps_per_epoch_);
+    std::printf("mpicnn train: %d ranks x %d threads on %d node%s, global batch %d (at most %d per rank), %ld steps per epoch\n",
+                comm_.size(), core::max_threads(), comm_.nodes(), comm_.nodes() > 1 ? "s" : "", c_.global_batch,
+                reader_->capacity(), steps_per_epoch_);
     if (comm_.size() > 1)
       std::printf("gradient sum: %s, %s\n", c_.exact_reduction ? "exact (int64 fixed point)" : "fast (float)",
                   sum_route().c_str());

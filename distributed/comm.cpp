@@ -86,9 +86,12 @@ Communicator::Communicator() {
   check(MPI_Allreduce(MPI_IN_PLACE, &counts[0], 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
   check(MPI_Allreduce(MPI_IN_PLACE, &counts[1], 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
   nodes_ = counts[0], most_ranks_on_a_node_ = counts[1];
-  if (size_ == 2 || size_ == 3) ring_allreduce_ = prefer_ring_allreduce();
+  // The gradient sums cross the nodes' first ranks where nodes hold several ranks, else all ranks.
+  const int summing = nodes_ > 1 && most_ranks_on_a_node_ > 1 ? nodes_ : size_;
+  if (summing == 2 || summing == 3) ring_allreduce_ = prefer_ring_allreduce();
 }
 
+// (Were the constructor to throw, its communicators would be left to MPI_Abort, which main calls.)
 Communicator::~Communicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);

@@ -44,7 +44,8 @@ class Communicator {
   int most_ranks_on_a_node() const { return most_ranks_on_a_node_; }
   // The first rank of every node, in rank order; MPI_COMM_NULL on the other ranks.
   MPI_Comm leaders_handle() const { return leaders_; }
-  // Non-blocking allreduces run as a ring (chosen on 2 and 3 ranks where Open MPI allows it).
+  // Non-blocking allreduces run as a ring (chosen where Open MPI allows it when the gradient sums
+  // cross 2 or 3 ranks: all ranks, or the nodes' first ranks where nodes hold several ranks).
   bool ring_allreduce() const { return ring_allreduce_; }
 
   void allreduce_sum(std::span<float> values) const;

@@ -113,7 +113,13 @@ void ExactGradientSum::layer_done(int layer, bool first, bool last) {
   if (node_) {
     if (layer == 0) node_->set_maxima(largest_);  // backward ends with layer 0: all magnitudes known
     node_->publish(layer);
-    if (across_nodes_ && comm_.node_rank() == 0) start_node_allreduces(), progress();
+    if (across_nodes_ && comm_.node_rank() == 0) {
+      // The leader sums what its node has published so far (on a node of one rank: nothing to do),
+      // so that the nodes' sums start during backward, not only once the node's ranks wait.
+      node_->help();
+      start_node_allreduces();
+      progress();
+    }
     return;
   }
   start_allreduce(layer);
@@ -138,7 +144,7 @@ void ExactGradientSum::start_node_allreduces() {
   for (; next_layer_ >= 0 && node_->layer_summed(next_layer_); --next_layer_) {
     const auto [begin, end] = params_.layer_range(next_layer_, next_layer_);
     if (end > begin)
-      check(MPI_Iallreduce(node_->total() + begin, node_->result() + begin, int(end - begin), MPI_INT64_T, MPI_SUM,
+      check(MPI_Iallreduce(node_->node_total() + begin, node_->result() + begin, int(end - begin), MPI_INT64_T, MPI_SUM,
                            comm_.leaders_handle(), &requests_[std::size_t(next_layer_)]),
             "MPI_Iallreduce");
   }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <exception>
 
 #include "core/errors.hpp"
@@ -65,7 +66,8 @@ void NodeSum::allocate_window() {
   const std::size_t sums = padded(values_ * sizeof(std::int64_t)), flags = padded(layers_.size() * sizeof(std::int64_t));
   const std::size_t maxima = padded(maxima_size_ * sizeof(std::uint32_t)), own = sums + flags + 2 * maxima;
   const std::size_t progress = layers_.size() * sizeof(Progress), leader = across_nodes_ ? sums + kLine + maxima : 0;
-  const std::size_t extra = rank_ == 0 ? sums + progress + leader : 0;
+  const std::size_t total = ranks_ > 1 ? sums : 0;  // one rank: its own sums are the total
+  const std::size_t extra = rank_ == 0 ? total + progress + leader : 0;
   const std::size_t bytes = own + extra + kLine;  // kLine more: MPI promises no alignment
   MPI_Info info;
   check(MPI_Info_create(&info), "MPI_Info_create");
@@ -86,12 +88,12 @@ void NodeSum::allocate_window() {
                          reinterpret_cast<std::uint32_t*>(pointer + sums + flags)});
   }
   char* shared = reinterpret_cast<char*>(segments_[0].sums) + own;
-  total_ = reinterpret_cast<std::int64_t*>(shared);
-  progress_ = reinterpret_cast<Progress*>(shared + sums);
+  total_ = ranks_ > 1 ? reinterpret_cast<std::int64_t*>(shared) : segments_[0].sums;
+  progress_ = reinterpret_cast<Progress*>(shared + total);
   if (!across_nodes_) return;
-  result_ = reinterpret_cast<std::int64_t*>(shared + sums + progress);
-  released_ = reinterpret_cast<std::int64_t*>(shared + 2 * sums + progress);
-  global_maxima_ = reinterpret_cast<std::uint32_t*>(shared + 2 * sums + progress + kLine);
+  result_ = reinterpret_cast<std::int64_t*>(shared + total + progress);
+  released_ = reinterpret_cast<std::int64_t*>(shared + total + progress + sums);
+  global_maxima_ = reinterpret_cast<std::uint32_t*>(shared + total + progress + sums + kLine);
 }
 
 NodeSum::~NodeSum() {
@@ -135,7 +137,7 @@ void NodeSum::sum_chunk(int layer, long chunk) {
   const std::size_t n = std::min(kChunk, layers_[std::size_t(layer)].second - begin);
   std::int64_t* out = total_ + begin;
   const std::int64_t* first = segments_[0].sums + begin;
-  std::copy(first, first + n, out);
+  if (ranks_ > 1) std::copy(first, first + n, out);
   for (int r = 1; r < ranks_; ++r) {
     const std::int64_t* in = segments_[std::size_t(r)].sums + begin;
     for (std::size_t i = 0; i < n; ++i) out[i] += in[i];
@@ -178,11 +180,13 @@ void NodeSum::maxima(std::span<std::uint32_t> out) const {
 bool NodeSum::layer_summed(int layer) const { return published_everywhere(layer) && summed(layer) == chunks(layer); }
 
 void NodeSum::release(std::span<const std::uint32_t> maxima) {
+  assert(across_nodes_);
   std::copy(maxima.begin(), maxima.end(), global_maxima_);
   std::atomic_ref<std::int64_t>(*released_).store(generation_, std::memory_order_release);
 }
 
 bool NodeSum::released() const {
+  assert(across_nodes_);
   return std::atomic_ref<std::int64_t>(*released_).load(std::memory_order_acquire) >= generation_;
 }
 

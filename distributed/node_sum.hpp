@@ -15,10 +15,11 @@
 // generation before every chunk of it is summed. The total is rewritten in the next generation
 // only once every rank has published there, i.e. has finished reading this generation's total.
 //
-// Across nodes (`across_nodes`), the node's first rank, its leader, sums the nodes' totals through
-// MPI into a shared result and then releases it with the maxima; the node's other ranks wait for
-// that release. The leader writes the next generation's result only after every rank of its node
-// has published there, so, as with the total, no rank still reads the one before.
+// Across nodes (`across_nodes`) the node's first rank, its leader, sums the nodes' totals (through
+// MPI, outside this class) into a shared result and then releases it with the maxima; the node's
+// other ranks wait for that release. The leader must write a layer's result only once the layer's
+// total is complete (layer_summed), i.e. once every rank of the node has published the layer in
+// this generation and so has finished reading the result of the one before.
 #include <mpi.h>
 
 #include <cstdint>
@@ -42,7 +43,8 @@ class NodeSum {
   NodeSum& operator=(const NodeSum&) = delete;
 
   std::int64_t* mine() const { return mine_segment().sums; }
-  // The sum over ranks, complete once help() has returned true in this generation.
+  // The sum over the node's ranks, complete once help() has returned true in this generation (on a
+  // node of one rank: its own buffer).
   const std::int64_t* total() const { return total_; }
 
   void begin();
@@ -58,8 +60,9 @@ class NodeSum {
 
   // Across nodes. Whether `layer`'s total over the node is complete in this generation.
   bool layer_summed(int layer) const;
-  // The leader: the node's total, to be summed with the other nodes' into result().
-  std::int64_t* total() { return total_; }
+  // The leader's buffers for MPI: the node's total (as total()), summed with the other nodes' into
+  // result().
+  std::int64_t* node_total() { return total_; }
   std::int64_t* result() { return result_; }
   const std::int64_t* result() const { return result_; }
   // The leader: result() and `maxima` (the maxima over all nodes) are final for this generation.

@@ -79,10 +79,10 @@ TEST(NodeSum, LayersPastTheLastWithParametersAreIgnored) {
 }
 
 // Across nodes, as the leader (the node's first rank) does with MPI between nodes: it sums the
-// node total into the result (here: a node of its own, so the result is the total, doubled to
-// tell them apart) and releases it with the maxima; the others wait for the release. A rank is
-// late in turn, the leader among them; nobody may read a result the leader has not released or
-// one it has already overwritten for the next generation.
+// node total into the result (here: as if this node were one of two alike, twice the total) and
+// releases it with the maxima; the others wait for the release, then find the result and the
+// total apart, each right. A rank is late in turn, the leader among them; no rank may see a
+// generation released before the leader has released it.
 TEST(NodeSum, TheLeaderReleasesTheResultAcrossNodes) {
   const Communicator comm;
   NodeSum sum(comm, kLayers, kLayers.back().second, 2, true);
@@ -97,7 +97,7 @@ TEST(NodeSum, TheLeaderReleasesTheResultAcrossNodes) {
     for (int layer = 0; layer < int(kLayers.size()); ++layer) ASSERT_TRUE(sum.layer_summed(layer)) << layer;
     if (comm.node_rank() == 0) {
       ASSERT_FALSE(sum.released()) << "released before the leader released generation " << g;
-      for (std::size_t i = 0; i < size; ++i) sum.result()[i] = 2 * sum.total()[i];
+      for (std::size_t i = 0; i < size; ++i) sum.result()[i] = 2 * sum.node_total()[i];
       std::vector<std::uint32_t> largest(2);
       sum.maxima(largest);
       largest[1] = std::uint32_t(g);
@@ -109,6 +109,7 @@ TEST(NodeSum, TheLeaderReleasesTheResultAcrossNodes) {
       std::int64_t expected = 0;
       for (int r = 0; r < comm.size(); ++r) expected += value(r, g, i);
       ASSERT_EQ(sum.result()[i], 2 * expected) << "value " << i << ", generation " << g;
+      ASSERT_EQ(sum.total()[i], expected) << "value " << i << ", generation " << g;
     }
     std::vector<std::uint32_t> released(2);
     sum.released_maxima(released);
