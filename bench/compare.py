@@ -24,6 +24,7 @@ skipped; the rest are combined as total images over total time). Data are in mem
 (--data.cache_mb for ours; the references hold the whole set as a tensor).
 
 Run from anywhere with Debian's python (torch lives there):  /usr/bin/python3 bench/compare.py
+--torch-arg=--channels-last runs PyTorch in its NHWC layout, faster on CPU than its default NCHW.
 Default settings take about 6-9 minutes. --quick: 2 rounds, fewer steps. --json FILE saves all samples.
 """
 import argparse

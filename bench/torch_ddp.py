@@ -42,7 +42,8 @@ def worker(rank, args, port):
         mean, std = ref.normaliser(images)
         x, y = ref.to_tensor(images, mean, std), torch.from_numpy(labels)
         del images
-        model = DistributedDataParallel(ref.ReferenceCNN())  # rank 0's initial weights are broadcast
+        # rank 0's initial weights are broadcast
+        model = DistributedDataParallel(ref.ReferenceCNN().to(memory_format=ref.memory_format(args)))
         optimizer = ref.make_optimizer(model, args)
         local = args.batch_size // args.processes
 
@@ -53,11 +54,11 @@ def worker(rank, args, port):
         batches = [b[rank * local:(rank + 1) * local] for b in batches[:args.warmup + args.measure_steps]]
 
         for idx in batches[:args.warmup]:
-            ref.train_step(model, optimizer, x[idx], y[idx])
+            ref.train_step(model, optimizer, ref.batch(x, idx, args), y[idx])
         dist.barrier()
         start = time.perf_counter()
         for idx in batches[args.warmup:]:
-            ref.train_step(model, optimizer, x[idx], y[idx])
+            ref.train_step(model, optimizer, ref.batch(x, idx, args), y[idx])
         elapsed = time.perf_counter() - start
 
         stats = torch.tensor([elapsed, ref.peak_rss_mib()], dtype=torch.float64)
