@@ -74,12 +74,19 @@ std::vector<int> Watchdog::silent_ranks() {
     check(MPI_Isend(&ping[r], 1, MPI_INT, r, kPingTag, comm_.handle(), &sends[r]), "MPI_Isend");
     check(MPI_Irecv(&pong[r], 1, MPI_INT, r, kPongTag, comm_.handle(), &receives[r]), "MPI_Irecv");
   }
+  // MPI_Test one by one, not MPI_Testall: Testall leaves every request as it is until all are
+  // complete, so with one rank silent the ranks that did answer would look silent too.
+  const auto all_answered = [&] {
+    bool all = true;
+    for (MPI_Request& request : receives) {
+      int done = 0;
+      if (request != MPI_REQUEST_NULL) check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      all = all && request == MPI_REQUEST_NULL;
+    }
+    return all;
+  };
   const auto start = std::chrono::steady_clock::now();
-  int done = 0;
-  while (!done && seconds_since(start) < kPingSeconds) {
-    check(MPI_Testall(size, receives.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
-    std::this_thread::yield();
-  }
+  while (!all_answered() && seconds_since(start) < kPingSeconds) std::this_thread::yield();
   std::vector<int> silent;
   for (int r = 1; r < size; ++r)
     if (receives[r] != MPI_REQUEST_NULL) silent.push_back(r);

@@ -1,6 +1,8 @@
 // NodeSum under a real mpirun (CTest starts this binary on 3 ranks): sums over many generations are
 // exact, a rank that arrives late, when the others have already gone on to the next generation,
-// still completes its own, and layers without parameters after the last one are ignored.
+// still completes its own, and layers without parameters after the last one are ignored. And the
+// hang detector's pings on 3 ranks.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -9,6 +11,7 @@
 
 #include "distributed/comm.hpp"
 #include "distributed/node_sum.hpp"
+#include "distributed/watchdog.hpp"
 
 namespace mpicnn::dist {
 namespace {
@@ -116,6 +119,28 @@ TEST(NodeSum, TheLeaderReleasesTheResultAcrossNodes) {
     ASSERT_EQ(released[0], std::uint32_t(comm.size() - 1 + g)) << "generation " << g;
     ASSERT_EQ(released[1], std::uint32_t(g)) << "generation " << g;
   }
+}
+
+// The hang detector's pings, with one rank stuck outside MPI after it arrived (as a stopped rank
+// is): rank 0 must name that rank alone, not also the ranks that answered.
+TEST(Watchdog, NamesOnlyTheRankThatDoesNotAnswer) {
+  const Communicator comm;
+  Watchdog watchdog(comm, 1.0);
+  watchdog.arrived("probe");
+  const int stuck = comm.size() - 1;
+  if (comm.rank() == stuck) std::this_thread::sleep_for(std::chrono::seconds(4));  // rank 0 reports at about 3 s
+  MPI_Request barrier = MPI_REQUEST_NULL;
+  MPI_Ibarrier(MPI_COMM_WORLD, &barrier);
+  std::string report;
+  try {
+    watchdog.wait(std::span(&barrier, 1), "the probe");  // the stuck rank answers rank 0's ping in here
+  } catch (const HangError& error) {
+    report = error.what();
+    MPI_Wait(&barrier, MPI_STATUS_IGNORE);
+  }
+  if (comm.rank() == 0)
+    EXPECT_THAT(report, ::testing::EndsWith("ranks not responding: " + std::to_string(stuck) + " (stopped?)"));
+  MPI_Barrier(MPI_COMM_WORLD);
 }
 
 // A failed check on one rank would leave the others waiting for it: end the job at once instead,
