@@ -32,8 +32,11 @@ Watchdog::Watchdog(const Communicator& comm, double timeout_seconds) : comm_(com
 }
 
 Watchdog::~Watchdog() {
-  for (auto& r : recv_requests_)
-    if (r != MPI_REQUEST_NULL) MPI_Cancel(&r), MPI_Request_free(&r);
+  for (std::vector<MPI_Request>* receives : {&recv_requests_, &pong_requests_})
+    for (MPI_Request& r : *receives)
+      if (r != MPI_REQUEST_NULL) MPI_Cancel(&r), MPI_Request_free(&r);
+  for (MPI_Request& r : ping_requests_)
+    if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
   if (send_request_ != MPI_REQUEST_NULL) MPI_Request_free(&send_request_);
 }
 
@@ -67,12 +70,14 @@ std::vector<int> Watchdog::missing_ranks() {
 
 // Rank 0: the ranks that do not answer a ping within kPingSeconds (stopped, or stuck outside MPI).
 std::vector<int> Watchdog::silent_ranks() {
+  // Members, not locals: a silent rank may still answer later, into buffers that must then exist.
   const int size = comm_.size();
-  std::vector<int> ping(size, 1), pong(size, 0);
-  std::vector<MPI_Request> sends(size, MPI_REQUEST_NULL), receives(size, MPI_REQUEST_NULL);
+  pings_.assign(size, 1), pongs_.assign(size, 0);
+  ping_requests_.assign(size, MPI_REQUEST_NULL), pong_requests_.assign(size, MPI_REQUEST_NULL);
+  std::vector<MPI_Request>& receives = pong_requests_;
   for (int r = 1; r < size; ++r) {
-    check(MPI_Isend(&ping[r], 1, MPI_INT, r, kPingTag, comm_.handle(), &sends[r]), "MPI_Isend");
-    check(MPI_Irecv(&pong[r], 1, MPI_INT, r, kPongTag, comm_.handle(), &receives[r]), "MPI_Irecv");
+    check(MPI_Isend(&pings_[r], 1, MPI_INT, r, kPingTag, comm_.handle(), &ping_requests_[r]), "MPI_Isend");
+    check(MPI_Irecv(&pongs_[r], 1, MPI_INT, r, kPongTag, comm_.handle(), &receives[r]), "MPI_Irecv");
   }
   // MPI_Test one by one, not MPI_Testall: Testall leaves every request as it is until all are
   // complete, so with one rank silent the ranks that did answer would look silent too.
@@ -90,8 +95,7 @@ std::vector<int> Watchdog::silent_ranks() {
   std::vector<int> silent;
   for (int r = 1; r < size; ++r)
     if (receives[r] != MPI_REQUEST_NULL) silent.push_back(r);
-  // The job ends next; requests still open are left to MPI_Abort.
-  return silent;
+  return silent;  // the job ends next; the destructor frees what is still open
 }
 
 void Watchdog::answer_pings() {

@@ -63,6 +63,8 @@ class Watchdog {
   MPI_Request send_request_ = MPI_REQUEST_NULL;
   std::vector<long> arrivals_;              // rank 0: the sequence number each rank last reported
   std::vector<MPI_Request> recv_requests_;  // rank 0: one per other rank
+  std::vector<int> pings_, pongs_;          // rank 0, after a timeout: the pings and their answers
+  std::vector<MPI_Request> ping_requests_, pong_requests_;
 };
 
 }  // namespace mpicnn::dist

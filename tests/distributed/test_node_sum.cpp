@@ -138,8 +138,9 @@ TEST(Watchdog, NamesOnlyTheRankThatDoesNotAnswer) {
     report = error.what();
     MPI_Wait(&barrier, MPI_STATUS_IGNORE);
   }
-  if (comm.rank() == 0)
+  if (comm.rank() == 0) {
     EXPECT_THAT(report, ::testing::EndsWith("ranks not responding: " + std::to_string(stuck) + " (stopped?)"));
+  }
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
