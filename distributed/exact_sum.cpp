@@ -57,6 +57,7 @@ ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& p
     std::vector<std::pair<std::size_t, std::size_t>> ranges;
     for (int layer = 0; layer < layers; ++layer) ranges.push_back(params.layer_range(layer, layer));
     across_nodes_ = comm.nodes() > 1;
+    leader_ = across_nodes_ && comm.node_rank() == 0;
     node_ = std::make_unique<NodeSum>(comm, std::move(ranges), params.size(), tensors_.size(), across_nodes_);
     sum_ = node_->mine();
     return;
@@ -113,7 +114,7 @@ void ExactGradientSum::layer_done(int layer, bool first, bool last) {
   if (node_) {
     if (layer == 0) node_->set_maxima(largest_);  // backward ends with layer 0: all magnitudes known
     node_->publish(layer);
-    if (across_nodes_ && comm_.node_rank() == 0) {
+    if (leader_) {
       // The leader sums what its node has published so far (on a node of one rank: nothing to do),
       // so that the nodes' sums start during backward, not only once the node's ranks wait.
       node_->help();
@@ -204,12 +205,11 @@ void ExactGradientSum::write_gradients(double factor, std::size_t begin, std::si
 // Waits for the sums (in shared memory: sums what has arrived meanwhile) and for `also`.
 void ExactGradientSum::wait(Watchdog& watchdog, std::span<MPI_Request> also) {
   if (node_) {
-    const bool leader = comm_.node_rank() == 0;
     bool summed = false, released = !across_nodes_;
     watchdog.wait_until(
         [&] {
           summed = summed || node_->help();
-          released = released || (leader ? lead_across_nodes() : node_->released());
+          released = released || (leader_ ? lead_across_nodes() : node_->released());
           int done = 0;
           check(MPI_Testall(int(also.size()), also.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
           return summed && released && done;

@@ -90,6 +90,7 @@ class ExactGradientSum {
   double limit_ = 0;                     // this step: |g * scale| stays below it on the grid
   std::unique_ptr<NodeSum> node_;        // the shared-memory sum, or null: MPI's allreduce
   bool across_nodes_ = false;            // node_ sums each node; the leaders sum the nodes
+  bool leader_ = false;                  // across nodes: this rank sums the nodes for its node
   int next_layer_ = -1;                  // the leader, this step: the next layer whose nodes' sum to start
   bool maxima_started_ = false;          // the leader, this step: the nodes' maxima are being reduced
   std::vector<std::int64_t> own_sum_;    // sum_'s storage when it is not in node_'s shared memory

@@ -72,18 +72,17 @@ std::vector<int> Watchdog::missing_ranks() {
 std::vector<int> Watchdog::silent_ranks() {
   // Members, not locals: a silent rank may still answer later, into buffers that must then exist.
   const int size = comm_.size();
-  pings_.assign(size, 1), pongs_.assign(size, 0);
+  pongs_.assign(size, 0);
   ping_requests_.assign(size, MPI_REQUEST_NULL), pong_requests_.assign(size, MPI_REQUEST_NULL);
-  std::vector<MPI_Request>& receives = pong_requests_;
   for (int r = 1; r < size; ++r) {
-    check(MPI_Isend(&pings_[r], 1, MPI_INT, r, kPingTag, comm_.handle(), &ping_requests_[r]), "MPI_Isend");
-    check(MPI_Irecv(&pongs_[r], 1, MPI_INT, r, kPongTag, comm_.handle(), &receives[r]), "MPI_Irecv");
+    check(MPI_Isend(&ping_, 1, MPI_INT, r, kPingTag, comm_.handle(), &ping_requests_[r]), "MPI_Isend");
+    check(MPI_Irecv(&pongs_[r], 1, MPI_INT, r, kPongTag, comm_.handle(), &pong_requests_[r]), "MPI_Irecv");
   }
   // MPI_Test one by one, not MPI_Testall: Testall leaves every request as it is until all are
   // complete, so with one rank silent the ranks that did answer would look silent too.
   const auto all_answered = [&] {
     bool all = true;
-    for (MPI_Request& request : receives) {
+    for (MPI_Request& request : pong_requests_) {
       int done = 0;
       if (request != MPI_REQUEST_NULL) check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
       all = all && request == MPI_REQUEST_NULL;
@@ -94,7 +93,7 @@ std::vector<int> Watchdog::silent_ranks() {
   while (!all_answered() && seconds_since(start) < kPingSeconds) std::this_thread::yield();
   std::vector<int> silent;
   for (int r = 1; r < size; ++r)
-    if (receives[r] != MPI_REQUEST_NULL) silent.push_back(r);
+    if (pong_requests_[r] != MPI_REQUEST_NULL) silent.push_back(r);
   return silent;  // the job ends next; the destructor frees what is still open
 }
 
@@ -107,7 +106,7 @@ void Watchdog::answer_pings() {
   check(MPI_Send(&ping, 1, MPI_INT, 0, kPongTag, comm_.handle()), "MPI_Send");
 }
 
-void Watchdog::wait(std::span<MPI_Request> requests, const std::string& what) {
+void Watchdog::wait(std::span<MPI_Request> requests, const char* what) {
   if (timeout_ <= 0 || comm_.size() == 1) {
     check(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
     return;
@@ -121,7 +120,7 @@ void Watchdog::wait(std::span<MPI_Request> requests, const std::string& what) {
       what);
 }
 
-void Watchdog::between_polls(std::chrono::steady_clock::time_point start, const std::string& what) {
+void Watchdog::between_polls(std::chrono::steady_clock::time_point start, const char* what) {
   const double waited = seconds_since(start);
   if (timeout_ > 0 && comm_.size() > 1) {
     if (waited > timeout_ + (comm_.is_root() ? 0.0 : kRootFirstSeconds)) hang(what);
@@ -131,7 +130,7 @@ void Watchdog::between_polls(std::chrono::steady_clock::time_point start, const 
   if (waited > 1e-3) std::this_thread::yield();
 }
 
-void Watchdog::hang(const std::string& what) {
+void Watchdog::hang(const char* what) {
   std::string message = context_ + ": " + what + " waited more than " + std::to_string(int(timeout_)) + " s (train.collective_timeout)";
   if (comm_.is_root()) {
     const std::vector<int> missing = missing_ranks();

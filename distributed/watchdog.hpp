@@ -34,12 +34,12 @@ class Watchdog {
   // Waits for `requests`; throws HangError after the timeout (rank 0's message names the ranks
   // missing; other ranks wait a little longer so that rank 0 reports first). `what` names the
   // collective for the message, e.g. "the gradient allreduce".
-  void wait(std::span<MPI_Request> requests, const std::string& what);
+  void wait(std::span<MPI_Request> requests, const char* what);
   // The same for a condition: polls `done` (which may do work, and must call MPI for the
   // detector's messages to progress) until it returns true. A template, not std::function: the
   // gradient sum's condition would be a heap allocation on every step.
   template <class Done>
-  void wait_until(Done&& done, const std::string& what) {
+  void wait_until(Done&& done, const char* what) {
     const auto start = std::chrono::steady_clock::now();
     while (!done()) between_polls(start, what);
   }
@@ -50,8 +50,10 @@ class Watchdog {
  private:
   void allreduce_sum(void* values, int count, MPI_Datatype type, const std::string& context);
   // wait_until's work between two polls: the timeout, pings from rank 0, yielding the core.
-  void between_polls(std::chrono::steady_clock::time_point start, const std::string& what);
-  [[noreturn]] void hang(const std::string& what);
+  // `what` a literal, not a std::string: most names are past the small-string buffer, and every
+  // step waits, so a string would be a heap allocation per step.
+  void between_polls(std::chrono::steady_clock::time_point start, const char* what);
+  [[noreturn]] void hang(const char* what);
   void answer_pings();
   std::vector<int> missing_ranks();
   std::vector<int> silent_ranks();
@@ -63,7 +65,8 @@ class Watchdog {
   MPI_Request send_request_ = MPI_REQUEST_NULL;
   std::vector<long> arrivals_;              // rank 0: the sequence number each rank last reported
   std::vector<MPI_Request> recv_requests_;  // rank 0: one per other rank
-  std::vector<int> pings_, pongs_;          // rank 0, after a timeout: the pings and their answers
+  int ping_ = 1;                            // rank 0, after a timeout: every ping's message
+  std::vector<int> pongs_;                  // ...and their answers
   std::vector<MPI_Request> ping_requests_, pong_requests_;
 };
 
