@@ -296,6 +296,14 @@ class Trainer {
       if (state_.seed != c_.seed && comm_.is_root())
         std::fprintf(stderr, "warning: resuming with train.seed %llu from the checkpoint (config says %llu)\n",
                      (unsigned long long)state_.seed, (unsigned long long)c_.seed);
+      if (state_.best_metric_name != c_.best_metric) {
+        if (comm_.is_root() && !std::isnan(state_.best_metric))
+          std::fprintf(stderr,
+                       "warning: checkpoint.best_metric is '%s', the checkpoint chose best.h5 by '%s': "
+                       "the next evaluation chooses it anew\n",
+                       c_.best_metric.c_str(), state_.best_metric_name.c_str());
+        state_.best_metric = io::TrainerState{}.best_metric;
+      }
       if (comm_.is_root())
         std::printf("resuming from %s: epoch %d, step %ld of %ld (global step %ld)\n", path.c_str(), state_.epoch + 1,
                     state_.step_in_epoch, steps_per_epoch_, state_.global_step);
@@ -304,6 +312,7 @@ class Trainer {
       if (comm_.is_root()) core::init_params(model_->params(), c_.init, c_.seed);
       comm_.broadcast(model_->params().values().span());
     }
+    state_.best_metric_name = c_.best_metric;
     const auto& values = model_->params().values();
     if (!comm_.same_on_all_ranks(dist::fingerprint(values.data(), values.size() * sizeof(float))))
       throw Error("ranks hold different weights before the first step (fingerprint mismatch)");
@@ -509,10 +518,7 @@ class Trainer {
     at.gradient_grid = exact_ ? exact_->grid() : std::vector<int>{};
     bool best = false;
     for (const auto& [name, value] : metrics)
-      if (name == "test_" + c_.best_metric) {
-        const double score = c_.best_metric == "loss" ? -value : value;
-        if (score > state_.best_metric) state_.best_metric = at.best_metric = score, best = true;
-      }
+      if (name == "test_" + c_.best_metric && improves_best(value)) state_.best_metric = at.best_metric = value, best = true;
     if (comm_.is_root()) {
       io::CheckpointDir dir(c_.run_dir, c_.keep);
       const std::string path = dir.path_for(at.global_step);
@@ -523,6 +529,12 @@ class Trainer {
     }
     comm_.barrier();
     last_saved_step_ = at.global_step;
+  }
+
+  // Accuracy is better higher, loss lower; any value beats none.
+  bool improves_best(double value) const {
+    if (std::isnan(state_.best_metric)) return true;
+    return c_.best_metric == "loss" ? value < state_.best_metric : value > state_.best_metric;
   }
 
   int stop(Reporter& report) {

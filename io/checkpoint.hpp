@@ -4,6 +4,7 @@
 // flushed and fsynced, then renamed over the target, then the folder fsynced. A checkpoint is
 // therefore either the old complete file or the new complete file, never a mix.
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,7 +23,9 @@ struct TrainerState {
   long step_in_epoch = 0;     // global steps of that epoch already taken
   long global_step = 0;       // steps since the start of training
   std::uint64_t seed = 0;     // the data order and augmentation derive from (seed, epoch, index)
-  double best_metric = -1e300;
+  // best.h5's test value of the metric named (accuracy: higher is better; loss: lower); NaN
+  // until an evaluation has chosen best.h5.
+  double best_metric = std::numeric_limits<double>::quiet_NaN();
   std::string best_metric_name = "accuracy";
   // Exact reduction: the fixed-point grid exponent of every parameter tensor (distributed/
   // exact_sum.hpp), so that a resumed run rounds gradients as the uninterrupted one; empty otherwise.

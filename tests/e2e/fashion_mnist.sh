@@ -14,7 +14,23 @@ data=$work/fashion_mnist.h5
 run=$work/fashion_mnist_run
 rm -rf "$run"
 mpirun -np 2 "$exe" train --config "$repo/configs/fashion_mnist.ini" --data.path="$data" --train.epochs="$epochs" \
-  --train.progress=lines --output "$run"
+  --train.progress=lines --checkpoint.best_metric=loss --output "$run"
+# best.h5 is the checkpoint of the evaluation with the lowest test loss, and says so.
+/usr/bin/python3 - "$run" <<'PY'
+import json, sys, h5py
+run = sys.argv[1]
+evals = [r for r in map(json.loads, open(f"{run}/metrics.jsonl")) if r["kind"] == "eval"]
+lowest = min(evals, key=lambda r: r["test_loss"])
+with h5py.File(f"{run}/best.h5", "r") as f:
+    trainer, metrics = f["trainer"].attrs, f["metrics"].attrs
+    name = trainer["best_metric_name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    print(f"best.h5: step {trainer['global_step']}, best_metric_name {name}, best_metric {trainer['best_metric']}; "
+          f"lowest test loss {lowest['test_loss']} at step {lowest['global_step']:.0f}")
+    assert name == "loss", name
+    assert trainer["best_metric"] == metrics["test_loss"], (trainer["best_metric"], metrics["test_loss"])
+    assert trainer["global_step"] == lowest["global_step"], (trainer["global_step"], lowest["global_step"])
+PY
 report=$(mpirun -np 2 "$exe" eval --checkpoint "$run" --data "$data" --json)
 echo "$report"
 accuracy=$(echo "$report" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["accuracy"])')

@@ -15,6 +15,8 @@ hang_detector           SIGSTOP to rank 1 mid-epoch with train.collective_timeou
 hang_detector_in_evaluation  the same with rank 1 stopped during the evaluation after an epoch.
 checkpoint_without_class_names  a dataset without class names: its checkpoints load.
 empty_option_value      `--data.eval_split=` (the help's "'' = none") is accepted on the command line.
+best_metric_on_resume   best.h5 names the metric that chose it, with that metric's own value; a run
+                        resumed with another checkpoint.best_metric says so and chooses best.h5 anew.
 """
 import argparse
 import os
@@ -292,9 +294,37 @@ def empty_option_value(binary, workdir):
     check(result.returncode == 0, "`--data.eval_split=` was rejected: " + result.describe())
 
 
+def best_checkpoint(run_dir):
+    """(global step, best_metric_name, best_metric, the /metrics attributes) of run_dir/best.h5."""
+    with h5py.File(os.path.join(run_dir, "best.h5"), "r") as f:
+        trainer = f["trainer"].attrs
+        name = trainer["best_metric_name"]
+        return (int(trainer["global_step"]), name.decode() if isinstance(name, bytes) else str(name),
+                float(trainer["best_metric"]), dict(f["metrics"].attrs))
+
+
+def best_metric_on_resume(binary, workdir):
+    prepare(workdir)
+    run_dir = os.path.join(workdir, "run")
+    first = run([binary] + train_args(train__epochs="1"), workdir, 60, ranks=2)
+    check(first.returncode == 0, "the 1-epoch run failed: " + first.describe())
+    step, name, value, metrics = best_checkpoint(run_dir)
+    check((step, name, value) == (STEPS_PER_EPOCH, "accuracy", metrics["test_accuracy"]),
+          f"after epoch 1 best.h5 holds step {step}, {name} {value}; expected {STEPS_PER_EPOCH}, accuracy "
+          f"{metrics['test_accuracy']}")
+    second = run([binary] + train_args(train__epochs="2", checkpoint__best_metric="loss"), workdir, 60, ranks=2)
+    check(second.returncode == 0, "the resumed run failed: " + second.describe())
+    check("the next evaluation chooses it anew" in second.stderr,
+          "no warning that checkpoint.best_metric changed: " + second.describe())
+    step, name, value, metrics = best_checkpoint(run_dir)
+    check((step, name, value) == (2 * STEPS_PER_EPOCH, "loss", metrics["test_loss"]),
+          f"after epoch 2 best.h5 holds step {step}, {name} {value}; expected {2 * STEPS_PER_EPOCH}, loss "
+          f"{metrics['test_loss']} (the first evaluation under the new metric)")
+
+
 SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line, nan_loss,
                                      hang_detector, hang_detector_in_evaluation,
-                                     checkpoint_without_class_names, empty_option_value)}
+                                     checkpoint_without_class_names, empty_option_value, best_metric_on_resume)}
 
 
 def main():
