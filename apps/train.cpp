@@ -80,7 +80,7 @@ std::vector<Key> train_keys() {
       {"schedule.min_lr", "0", "cosine schedule: final learning rate"},
       {"checkpoint.every_steps", "0", "also checkpoint every this many steps (0 = at the end of every epoch only)"},
       {"checkpoint.keep", "3", "step checkpoints kept (best.h5 is kept besides)"},
-      {"checkpoint.best_metric", "accuracy", "test metric choosing best.h5: accuracy (higher) or loss (lower)"},
+      {"checkpoint.best_metric", "auto", "test metric choosing best.h5: accuracy (higher), loss (lower), auto: accuracy for cross_entropy, else loss"},
   };
 }
 
@@ -145,7 +145,11 @@ TrainConfig read_config(const Settings& s) {
   c.schedule.min_lr = s.real("schedule.min_lr", 0);
   c.every_steps = s.integer("checkpoint.every_steps", 0);
   c.keep = int(s.integer("checkpoint.keep", 1));
-  c.best_metric = s.choice("checkpoint.best_metric", {"accuracy", "loss"});
+  c.best_metric = s.choice("checkpoint.best_metric", {"auto", "accuracy", "loss"});
+  if (c.best_metric == "auto") c.best_metric = c.loss.kind == "cross_entropy" ? "accuracy" : "loss";
+  if (c.best_metric == "accuracy" && c.loss.kind != "cross_entropy")
+    throw ConfigError("'checkpoint.best_metric' = accuracy needs loss.kind = cross_entropy ('" + c.loss.kind +
+                      "' has no accuracy); use loss");
   if (c.optimizer.momentum >= 1) throw ConfigError("'optimizer.momentum' must be below 1, got " + s.text("optimizer.momentum"));
   if (c.optimizer.nesterov && c.optimizer.momentum == 0) throw ConfigError("'optimizer.nesterov' needs 'optimizer.momentum' > 0");
   const std::string name = s.given("config") ? fs::path(s.text("config")).stem().string() : "run";
@@ -531,8 +535,9 @@ class Trainer {
     last_saved_step_ = at.global_step;
   }
 
-  // Accuracy is better higher, loss lower; any value beats none.
+  // Accuracy is better higher, loss lower; any value beats none, and NaN never wins.
   bool improves_best(double value) const {
+    if (std::isnan(value)) return false;
     if (std::isnan(state_.best_metric)) return true;
     return c_.best_metric == "loss" ? value < state_.best_metric : value > state_.best_metric;
   }

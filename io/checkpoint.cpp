@@ -117,6 +117,15 @@ void fsync_path(const std::string& path, bool directory) {
 
 namespace {
 
+// Writers before best_metric_name was set from checkpoint.best_metric always wrote 'accuracy',
+// with -1e300 for "no best yet" and minus the loss under a loss metric. An accuracy is never
+// negative, so a negative value under that name is such a score.
+void read_best_of_older_writers(TrainerState& trainer) {
+  if (trainer.best_metric <= -1e299) trainer.best_metric = TrainerState{}.best_metric;
+  else if (trainer.best_metric_name == "accuracy" && trainer.best_metric < 0)
+    trainer.best_metric_name = "loss", trainer.best_metric = -trainer.best_metric;
+}
+
 std::string temp_name(const std::string& path) { return path + ".tmp" + std::to_string(::getpid()); }
 
 void publish(const std::string& temp, const std::string& path) {
@@ -241,6 +250,7 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   h.trainer.seed = std::stoull(h5::read_string_attribute(trainer.get(), "seed"));
   h.trainer.best_metric = h5::read_attribute<double>(trainer.get(), "best_metric");
   h.trainer.best_metric_name = h5::read_string_attribute(trainer.get(), "best_metric_name");
+  read_best_of_older_writers(h.trainer);
   if (h.trainer.epoch < 0 || h.trainer.step_in_epoch < 0 || h.trainer.global_step < 0)
     invalid(path, "/trainer position is negative");
   if (h5::has_attribute(trainer.get(), "gradient_grid"))

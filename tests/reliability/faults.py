@@ -15,7 +15,8 @@ hang_detector           SIGSTOP to rank 1 mid-epoch with train.collective_timeou
 hang_detector_in_evaluation  the same with rank 1 stopped during the evaluation after an epoch.
 checkpoint_without_class_names  a dataset without class names: its checkpoints load.
 empty_option_value      `--data.eval_split=` (the help's "'' = none") is accepted on the command line.
-best_metric_on_resume   best.h5 names the metric that chose it, with that metric's own value; a run
+best_metric_on_resume   best.h5 names the metric that chose it, with that metric's own value; a resumed
+                        run carries the best over (an older writer's minus-loss score too), and one
                         resumed with another checkpoint.best_metric says so and chooses best.h5 anew.
 """
 import argparse
@@ -306,20 +307,34 @@ def best_checkpoint(run_dir):
 def best_metric_on_resume(binary, workdir):
     prepare(workdir)
     run_dir = os.path.join(workdir, "run")
-    first = run([binary] + train_args(train__epochs="1"), workdir, 60, ranks=2)
+    keep_all = {"checkpoint__keep": "20"}
+    first = run([binary] + train_args(train__epochs="1", **keep_all), workdir, 60, ranks=2)
     check(first.returncode == 0, "the 1-epoch run failed: " + first.describe())
     step, name, value, metrics = best_checkpoint(run_dir)
     check((step, name, value) == (STEPS_PER_EPOCH, "accuracy", metrics["test_accuracy"]),
           f"after epoch 1 best.h5 holds step {step}, {name} {value}; expected {STEPS_PER_EPOCH}, accuracy "
           f"{metrics['test_accuracy']}")
-    second = run([binary] + train_args(train__epochs="2", checkpoint__best_metric="loss"), workdir, 60, ranks=2)
+    # The epoch's checkpoint as writers before best_metric_name was set left it after a loss run.
+    epoch_end = os.path.join(run_dir, f"ckpt-{STEPS_PER_EPOCH:09d}.h5")
+    with h5py.File(epoch_end, "r+") as f:
+        first_loss = float(f["metrics"].attrs["test_loss"])
+        f["trainer"].attrs.modify("best_metric", -first_loss)
+    second = run([binary] + train_args(train__epochs="2", checkpoint__best_metric="loss", **keep_all), workdir, 60, ranks=2)
     check(second.returncode == 0, "the resumed run failed: " + second.describe())
-    check("the next evaluation chooses it anew" in second.stderr,
-          "no warning that checkpoint.best_metric changed: " + second.describe())
+    check("chooses it anew" not in second.stderr, "an older loss run's best was not recognised: " + second.describe())
+    with h5py.File(os.path.join(run_dir, f"ckpt-{STEPS_PER_EPOCH + 22:09d}.h5"), "r") as f:
+        carried = f["trainer"].attrs["best_metric"], f["trainer"].attrs["best_metric_name"]
+    check(carried[0] == first_loss and carried[1] in ("loss", b"loss"),
+          f"the step checkpoint after the resume holds best {carried}; expected loss {first_loss}, carried over")
+    third = run([binary] + train_args(train__epochs="3", checkpoint__best_metric="accuracy", **keep_all), workdir, 60,
+                ranks=2)
+    check(third.returncode == 0, "the second resumed run failed: " + third.describe())
+    check("the next evaluation chooses it anew" in third.stderr,
+          "no warning that checkpoint.best_metric changed: " + third.describe())
     step, name, value, metrics = best_checkpoint(run_dir)
-    check((step, name, value) == (2 * STEPS_PER_EPOCH, "loss", metrics["test_loss"]),
-          f"after epoch 2 best.h5 holds step {step}, {name} {value}; expected {2 * STEPS_PER_EPOCH}, loss "
-          f"{metrics['test_loss']} (the first evaluation under the new metric)")
+    check((step, name, value) == (3 * STEPS_PER_EPOCH, "accuracy", metrics["test_accuracy"]),
+          f"after epoch 3 best.h5 holds step {step}, {name} {value}; expected {3 * STEPS_PER_EPOCH}, accuracy "
+          f"{metrics['test_accuracy']} (the first evaluation under the new metric)")
 
 
 SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line, nan_loss,
