@@ -1,5 +1,6 @@
 // `mpicnn convert` and `mpicnn inspect`: dataset conversion and a readable summary of any file
 // mpicnn writes. Both are single-process tools (run them without mpirun).
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -59,6 +60,8 @@ void inspect_checkpoint(const std::string& path) {
   std::printf("  loss: %s; input normalisation mean [%s] std [%s]\n", h.model.loss.c_str(), join(h.model.mean).c_str(),
               join(h.model.std).c_str());
   for (const auto& [name, value] : h.metrics) std::printf("  %s: %.6g\n", name.c_str(), value);
+  if (std::isnan(h.trainer.best_metric)) std::printf("  best.h5: not chosen yet (by test %s)\n", h.trainer.best_metric_name.c_str());
+  else std::printf("  best.h5: test %s %.6g\n", h.trainer.best_metric_name.c_str(), h.trainer.best_metric);
   core::Model model(h.model.spec, h.model.input, 1);
   std::printf("%s", model.summary().c_str());
 }

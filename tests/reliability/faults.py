@@ -335,6 +335,8 @@ def best_metric_on_resume(binary, workdir):
     check((step, name, value) == (3 * STEPS_PER_EPOCH, "accuracy", metrics["test_accuracy"]),
           f"after epoch 3 best.h5 holds step {step}, {name} {value}; expected {3 * STEPS_PER_EPOCH}, accuracy "
           f"{metrics['test_accuracy']} (the first evaluation under the new metric)")
+    shown = inspect(binary, workdir, os.path.join(run_dir, "best.h5"))
+    check(f"best.h5: test accuracy {value:.6g}" in shown, f"`mpicnn inspect` does not show the best: {shown}")
 
 
 SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line, nan_loss,
