@@ -1,6 +1,7 @@
 #include "datasets/npz.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 
 #include "core/errors.hpp"
@@ -237,15 +238,19 @@ NpyHeader read_npy_header(MemberReader& member) {
   for (std::size_t p = at + 1; p < end;) {
     const std::size_t digits = text.find_first_of("0123456789", p);
     if (digits == std::string::npos || digits >= end) break;
-    std::size_t used = 0;
-    header.shape.push_back(std::stoull(text.substr(digits), &used));
-    p = digits + used;
+    std::uint64_t dim = 0;
+    const auto [next, error] = std::from_chars(text.data() + digits, text.data() + end, dim);
+    if (error != std::errc()) throw IoError(member.where() + ": bad .npy shape (a dimension beyond 64 bits): " + text);
+    header.shape.push_back(dim);
+    p = std::size_t(next - text.data());
   }
   const std::string& d = header.descr;
   if (d.size() < 3 || (d[0] != '<' && d[0] != '|') || std::string("uifb").find(d[1]) == std::string::npos)
     throw IoError(member.where() + ": .npy dtype '" + d + "' not supported, expected a little-endian number type");
   header.kind = d[1];
-  header.item_size = std::stoul(d.substr(2));
+  const auto [size_end, size_error] = std::from_chars(d.data() + 2, d.data() + d.size(), header.item_size);
+  if (size_error != std::errc() || size_end != d.data() + d.size())
+    throw IoError(member.where() + ": .npy dtype '" + d + "' has no item size, expected e.g. '<f4'");
   if (header.fortran_order) throw IoError(member.where() + ": .npy array in Fortran order, expected C order");
   return header;
 }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -116,6 +117,16 @@ void fsync_path(const std::string& path, bool directory) {
 }
 
 namespace {
+
+// The seed is decimal text (any uint64); std::stoull would throw its own exception on a damaged
+// one, and accept "-1" or trailing bytes.
+std::uint64_t parse_seed(const std::string& path, const std::string& text) {
+  std::uint64_t seed = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), seed);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size())
+    invalid(path, "/trainer attribute 'seed' is '" + text.substr(0, 40) + "', expected a decimal unsigned 64-bit integer");
+  return seed;
+}
 
 // Writers before best_metric_name was set from checkpoint.best_metric always wrote 'accuracy',
 // with -1e300 for "no best yet" and minus the loss under a loss metric. An accuracy is never
@@ -247,7 +258,7 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   h.trainer.epoch = int(h5::read_attribute<std::int64_t>(trainer.get(), "epoch"));
   h.trainer.step_in_epoch = h5::read_attribute<std::int64_t>(trainer.get(), "step_in_epoch");
   h.trainer.global_step = h5::read_attribute<std::int64_t>(trainer.get(), "global_step");
-  h.trainer.seed = std::stoull(h5::read_string_attribute(trainer.get(), "seed"));
+  h.trainer.seed = parse_seed(path, h5::read_string_attribute(trainer.get(), "seed"));
   h.trainer.best_metric = h5::read_attribute<double>(trainer.get(), "best_metric");
   h.trainer.best_metric_name = h5::read_string_attribute(trainer.get(), "best_metric_name");
   read_best_of_older_writers(h.trainer);

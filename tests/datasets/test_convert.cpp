@@ -261,6 +261,27 @@ TEST(ConvertNpz, Errors) {
   } catch (const IoError& e) {
     EXPECT_THAT(e.what(), HasSubstr("member 'train_images.npy': images of dtype '<f4', expected uint8"));
   }
+  // Damaged .npy headers end in an IoError naming the member, not in std::stoul's exceptions.
+  for (const auto& [header, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"{'descr': '<ux', 'fortran_order': False, 'shape': (3, 4, 4), }", ".npy dtype '<ux' has no item size"},
+           {"{'descr': '|u1', 'fortran_order': False, 'shape': (99999999999999999999999, 4, 4), }",
+            "bad .npy shape (a dimension beyond 64 bits)"}}) {
+    python = run_python(dir, "import io, struct, zipfile, numpy as np\n"
+                             "h = \"" + header + "\".encode()\n"
+                             "h += b' ' * ((64 - (11 + len(h)) % 64) % 64) + b'\\n'\n"
+                             "labels = io.BytesIO()\n"
+                             "np.save(labels, np.zeros(3, np.uint8))\n"
+                             "with zipfile.ZipFile('" + npz + "', 'w') as z:\n"
+                             "    z.writestr('train_images.npy', b'\\x93NUMPY\\x01\\x00' + struct.pack('<H', len(h)) + h)\n"
+                             "    z.writestr('train_labels.npy', labels.getvalue())\n");
+    ASSERT_EQ(python.status, 0) << python.output;
+    try {
+      convert_npz(npz, dir.file("out.h5"));
+      FAIL() << header;
+    } catch (const IoError& e) {
+      EXPECT_THAT(e.what(), HasSubstr(npz + ": member 'train_images.npy': " + expected));
+    }
+  }
   std::ofstream(dir.file("text.npz")) << "not a zip file at all";
   try {
     convert_npz(dir.file("text.npz"), dir.file("out.h5"));

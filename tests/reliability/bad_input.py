@@ -296,6 +296,10 @@ case("ckpt_corrupt_global_heap_segv", evaluate(), ["ckpt.h5"],
          "`mpicnn inspect`/`eval` end with SIGSEGV (status 139) instead of an error line")
 case("ckpt_gradient_grid_out_of_range", evaluate(), ["ckpt.h5", "gradient_grid", "1000"],
      edited_checkpoint(set_attr("trainer", "gradient_grid", np.array([1000, 0, 0, 0], np.int64))))
+case("ckpt_seed_not_integer", evaluate(), ["ckpt.h5", "/trainer attribute 'seed'", "'x1'", "decimal unsigned 64-bit"],
+     edited_checkpoint(set_attr("trainer", "seed", "x1")))
+case("ckpt_seed_negative", evaluate(), ["ckpt.h5", "/trainer attribute 'seed'", "'-1'", "decimal unsigned 64-bit"],
+     edited_checkpoint(set_attr("trainer", "seed", "-1")))
 case("ckpt_resume_gradient_grid_wrong_size", train(resume="ckpt.h5", output="run2"),
      ["ckpt.h5", "gradient_grid", "2 exponents", "expected 4"],
      edited_checkpoint(set_attr("trainer", "gradient_grid", np.array([3, 3], np.int64))))
