@@ -1,11 +1,11 @@
 #include "layers.hpp"
 
-#include <charconv>
 #include <functional>
 #include <limits>
 #include <set>
 
 #include "errors.hpp"
+#include "parse.hpp"
 
 namespace mpicnn::core {
 namespace {
@@ -22,9 +22,9 @@ class ArgReader {
 
   int integer(const std::string& name, int min_value) const {
     const std::string text = raw(name);
-    int value = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || end != text.data() + text.size()) fail("argument '" + name + "' must be an integer, got '" + text + "'");
+    const std::optional<int> parsed = parse_whole<int>(text);
+    if (!parsed) fail("argument '" + name + "' must be an integer, got '" + text + "'");
+    const int value = *parsed;
     if (value < min_value) fail("argument '" + name + "' must be >= " + std::to_string(min_value) + ", got " + text);
     return value;
   }

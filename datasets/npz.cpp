@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/errors.hpp"
+#include "core/parse.hpp"
 
 namespace mpicnn::data::npz {
 namespace {
@@ -248,9 +249,9 @@ NpyHeader read_npy_header(MemberReader& member) {
   if (d.size() < 3 || (d[0] != '<' && d[0] != '|') || std::string("uifb").find(d[1]) == std::string::npos)
     throw IoError(member.where() + ": .npy dtype '" + d + "' not supported, expected a little-endian number type");
   header.kind = d[1];
-  const auto [size_end, size_error] = std::from_chars(d.data() + 2, d.data() + d.size(), header.item_size);
-  if (size_error != std::errc() || size_end != d.data() + d.size())
-    throw IoError(member.where() + ": .npy dtype '" + d + "' has no item size, expected e.g. '<f4'");
+  const std::optional<std::size_t> item_size = core::parse_whole<std::size_t>(std::string_view(d).substr(2));
+  if (!item_size) throw IoError(member.where() + ": .npy dtype '" + d + "' has no item size, expected e.g. '<f4'");
+  header.item_size = *item_size;
   if (header.fortran_order) throw IoError(member.where() + ": .npy array in Fortran order, expected C order");
   return header;
 }

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -14,6 +13,7 @@
 #include <regex>
 
 #include "core/errors.hpp"
+#include "core/parse.hpp"
 #include "datasets/h5.hpp"
 
 namespace fs = std::filesystem;
@@ -118,14 +118,12 @@ void fsync_path(const std::string& path, bool directory) {
 
 namespace {
 
-// The seed is decimal text (any uint64); std::stoull would throw its own exception on a damaged
-// one, and accept "-1" or trailing bytes.
+// The seed is decimal text: it may be any uint64, past HDF5's int64 attributes here.
 std::uint64_t parse_seed(const std::string& path, const std::string& text) {
-  std::uint64_t seed = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), seed);
-  if (text.empty() || error != std::errc() || end != text.data() + text.size())
+  const std::optional<std::uint64_t> seed = core::parse_whole<std::uint64_t>(text);
+  if (!seed)
     invalid(path, "/trainer attribute 'seed' is '" + text.substr(0, 40) + "', expected a decimal unsigned 64-bit integer");
-  return seed;
+  return *seed;
 }
 
 // Writers before best_metric_name was set from checkpoint.best_metric always wrote 'accuracy',
