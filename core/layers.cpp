@@ -4,81 +4,12 @@
 #include <limits>
 #include <set>
 
+#include "arg_reader.hpp"
+#include "block_kernels.hpp"
 #include "errors.hpp"
-#include "parse.hpp"
 
 namespace mpicnn::core {
 namespace {
-
-// Reads a layer's arguments against its signature, e.g. {"filters", "kernel", "stride=1", "pad=0"}.
-class ArgReader {
- public:
-  ArgReader(const LayerArgs& args, std::vector<std::string> signature, int position)
-      : args_(args), signature_(std::move(signature)), position_(position) {
-    if (args.positional.size() > signature_.size()) fail("takes at most " + std::to_string(signature_.size()) + " arguments");
-    for (const auto& [key, value] : args.named)
-      if (index_of(key) < 0) fail("has no argument '" + key + "'");
-  }
-
-  int integer(const std::string& name, int min_value) const {
-    const std::string text = raw(name);
-    const std::optional<int> parsed = parse_whole<int>(text);
-    if (!parsed) fail("argument '" + name + "' must be an integer, got '" + text + "'");
-    const int value = *parsed;
-    if (value < min_value) fail("argument '" + name + "' must be >= " + std::to_string(min_value) + ", got " + text);
-    return value;
-  }
-  float real(const std::string& name) const {
-    const std::string text = raw(name);
-    try {
-      std::size_t used = 0;
-      const float value = std::stof(text, &used);
-      if (used == text.size()) return value;
-    } catch (const std::exception&) {
-    }
-    fail("argument '" + name + "' must be a number, got '" + text + "'");
-  }
-  bool boolean(const std::string& name) const {
-    const std::string text = raw(name);
-    if (text == "true" || text == "1") return true;
-    if (text == "false" || text == "0") return false;
-    fail("argument '" + name + "' must be true or false, got '" + text + "'");
-  }
-  bool given(const std::string& name) const {
-    const int i = index_of(name);
-    return args_.named.count(name) || i < int(args_.positional.size());
-  }
-  [[noreturn]] void fail(const std::string& what) const {
-    throw ConfigError("layer " + std::to_string(position_) + " '" + args_.kind + "' " + what + " (expected " +
-                      args_.kind + "(" + signature_text() + "))");
-  }
-
- private:
-  int index_of(const std::string& name) const {
-    for (std::size_t i = 0; i < signature_.size(); ++i)
-      if (signature_[i].substr(0, signature_[i].find('=')) == name) return int(i);
-    return -1;
-  }
-  std::string raw(const std::string& name) const {
-    const int i = index_of(name);
-    if (auto it = args_.named.find(name); it != args_.named.end()) {
-      if (i < int(args_.positional.size())) fail("argument '" + name + "' given twice");
-      return it->second;
-    }
-    if (i < int(args_.positional.size())) return args_.positional[i];
-    const std::string& entry = signature_[i];
-    if (entry.find('=') == std::string::npos) fail("is missing argument '" + name + "'");
-    return entry.substr(entry.find('=') + 1);
-  }
-  std::string signature_text() const {
-    std::string text;
-    for (const auto& s : signature_) text += (text.empty() ? "" : ", ") + s;
-    return text;
-  }
-  const LayerArgs& args_;
-  std::vector<std::string> signature_;
-  int position_;
-};
 
 int pooled_size(int in, int window, int stride, int pad) { return (in + 2 * pad - window) / stride + 1; }
 
@@ -99,15 +30,16 @@ class Conv2D final : public Layer {
     return "conv(" + std::to_string(g_.filters) + "," + std::to_string(g_.kernel_h) + ",stride=" +
            std::to_string(g_.stride) + ",pad=" + std::to_string(g_.pad) + (bias_ ? "" : ",bias=false") + ")";
   }
-  void declare_params(ParamStore& store, int layer) override {
+  void declare(ParamStore& store, StateStore&, const Scope& scope) override {
     const int fan_in = int(g_.col_rows()), fan_out = g_.filters * g_.kernel_h * g_.kernel_w;
-    weight_ = store.declare({std::to_string(layer) + ".weight", {g_.filters, g_.in_channels, g_.kernel_h, g_.kernel_w},
-                             0, 0, layer, fan_in, fan_out, false});
-    if (bias_) bias_index_ = store.declare({std::to_string(layer) + ".bias", {g_.filters}, 0, 0, layer, fan_in, fan_out, true});
+    weight_ = store.declare({scope.prefix + "weight", {g_.filters, g_.in_channels, g_.kernel_h, g_.kernel_w}, 0, 0,
+                             scope.unit, fan_in, fan_out, ParamRole::weight});
+    if (bias_)
+      bias_index_ = store.declare({scope.prefix + "bias", {g_.filters}, 0, 0, scope.unit, fan_in, fan_out, ParamRole::bias});
   }
-  void bind(ParamStore& store, int max_batch) override {
-    store_ = &store;
-    workspace_ = Buffer(conv2d_workspace_size(g_, max_batch));
+  void bind(const BindContext& context) override {
+    store_ = &context.params;
+    workspace_ = Buffer(conv2d_workspace_size(g_, context.max_batch));
   }
   void forward(float* out, const float* in, int batch) override {
     conv2d_forward(out, workspace_.data(), in, store_->value(weight_), bias_ ? store_->value(bias_index_) : nullptr, g_,
@@ -144,8 +76,8 @@ class Pool2D final : public Layer {
     return std::string(max_ ? "maxpool(" : "avgpool(") + std::to_string(g_.window) + ",stride=" +
            std::to_string(g_.stride) + ",pad=" + std::to_string(g_.pad) + ")";
   }
-  void bind(ParamStore&, int max_batch) override {
-    if (max_) argmax_.assign(std::size_t(max_batch) * g_.out_size(), 0);
+  void bind(const BindContext& context) override {
+    if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.out_size(), 0);
   }
   void forward(float* out, const float* in, int batch) override {
     if (max_) maxpool_forward(out, argmax_.data(), in, g_, batch, relu_);
@@ -175,12 +107,7 @@ class ActivationLayer final : public Layer {
   std::string spec() const override {
     switch (kind_) {
       case Activation::relu: return "relu";
-      case Activation::leaky_relu: {
-        // Shortest text that reads back as the same float: the spec must rebuild this exact model.
-        char text[32];
-        const auto end = std::to_chars(text, text + sizeof text, slope_).ptr;
-        return "leakyrelu(slope=" + std::string(text, end) + ")";
-      }
+      case Activation::leaky_relu: return "leakyrelu(slope=" + float_text(slope_) + ")";
       case Activation::sigmoid: return "sigmoid";
       case Activation::tanh: return "tanh";
     }
@@ -228,12 +155,13 @@ class Dense final : public Layer {
   std::string spec() const override {
     return "dense(" + std::to_string(units_) + (bias_ ? "" : ",bias=false") + ")";
   }
-  void declare_params(ParamStore& store, int layer) override {
+  void declare(ParamStore& store, StateStore&, const Scope& scope) override {
     const int inputs = int(input_.size());
-    weight_ = store.declare({std::to_string(layer) + ".weight", {units_, inputs}, 0, 0, layer, inputs, units_, false});
-    if (bias_) bias_index_ = store.declare({std::to_string(layer) + ".bias", {units_}, 0, 0, layer, inputs, units_, true});
+    weight_ = store.declare({scope.prefix + "weight", {units_, inputs}, 0, 0, scope.unit, inputs, units_, ParamRole::weight});
+    if (bias_)
+      bias_index_ = store.declare({scope.prefix + "bias", {units_}, 0, 0, scope.unit, inputs, units_, ParamRole::bias});
   }
-  void bind(ParamStore& store, int) override { store_ = &store; }
+  void bind(const BindContext& context) override { store_ = &context.params; }
   void forward(float* out, const float* in, int batch) override {
     dense_forward(out, in, store_->value(weight_), bias_ ? store_->value(bias_index_) : nullptr, batch,
                   int(input_.size()), units_);
@@ -251,38 +179,129 @@ class Dense final : public Layer {
   ParamStore* store_ = nullptr;
 };
 
-using Factory = std::function<std::unique_ptr<Layer>(const LayerArgs&, const Shape&, int)>;
+// Global pooling over every spatial position: (C,H,W) -> (C,1,1), as PyTorch's
+// AdaptiveAvgPool2d(1) / AdaptiveMaxPool2d(1).
+class GlobalPool final : public Layer {
+ public:
+  GlobalPool(const Shape& in, bool is_max) : max_(is_max) {
+    g_ = {in.c, std::size_t(in.h) * in.w};
+    input_ = in;
+    output_ = {in.c, 1, 1};
+  }
+  std::string spec() const override { return max_ ? "globalmaxpool" : "globalavgpool"; }
+  void bind(const BindContext& context) override {
+    if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.channels, 0);
+  }
+  void forward(float* out, const float* in, int batch) override {
+    if (max_) global_maxpool_forward(out, argmax_.data(), in, g_, batch);
+    else global_avgpool_forward(out, in, g_, batch);
+  }
+  void backward(float* in_grad, const float* out_grad, const float*, const float*, int batch) override {
+    if (!in_grad) return;
+    if (max_) global_maxpool_backward(in_grad, out_grad, argmax_.data(), g_, batch);
+    else global_avgpool_backward(in_grad, out_grad, g_, batch);
+  }
+
+ private:
+  NormGeometry g_;
+  bool max_;
+  std::vector<std::int32_t> argmax_;
+};
+
+// FNV-1a of a layer's name prefix: a dropout layer's stream, stable for a given spec.
+std::uint64_t name_hash(const std::string& name) {
+  std::uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ULL;
+  return h;
+}
+
+// Inverted dropout; the identity in evaluation. The mask is recomputed in backward from the run
+// context (it is a pure function of it), so nothing is stored between the passes.
+class Dropout final : public Layer {
+ public:
+  Dropout(const ArgReader& a, const Shape& in) {
+    p_ = a.real("p");
+    if (!(p_ >= 0.f && p_ < 1.f)) a.fail("argument 'p' must be in [0, 1), got " + float_text(p_));
+    input_ = output_ = in;
+  }
+  std::string spec() const override { return "dropout(" + float_text(p_) + ")"; }
+  void declare(ParamStore&, StateStore&, const Scope& scope) override { layer_ = name_hash(scope.prefix); }
+  void bind(const BindContext& context) override { run_ = &context.run; }
+  void forward(float* out, const float* in, int batch) override {
+    const std::size_t n = std::size_t(batch) * input_.size();
+    if (!run_->training || p_ == 0.f) std::copy(in, in + n, out);
+    else dropout_forward(out, in, input_.size(), batch, p_, key());
+  }
+  void backward(float* in_grad, const float* out_grad, const float*, const float*, int batch) override {
+    if (!in_grad) return;
+    const std::size_t n = std::size_t(batch) * input_.size();
+    if (!run_->training || p_ == 0.f) std::copy(out_grad, out_grad + n, in_grad);
+    else dropout_backward(in_grad, out_grad, input_.size(), batch, p_, key());
+  }
+
+ private:
+  DropoutKey key() const { return {run_->seed, layer_, run_->step, run_->first_sample}; }
+  float p_ = 0.5f;
+  std::uint64_t layer_ = 0;
+  const RunContext* run_ = nullptr;
+};
+
+using Factory = std::function<std::unique_ptr<Layer>(const LayerArgs&, const Shape&, const std::string&)>;
+
+// A layer kind without braces; composites (residual, repeat) are the only ones that take them.
+template <class Make>
+Factory plain(Make make) {
+  return [make](const LayerArgs& a, const Shape& in, const std::string& path) -> std::unique_ptr<Layer> {
+    if (a.has_braces) throw ConfigError("layer " + path + " '" + a.kind + "' takes no {...} block (only residual and repeat do)");
+    return make(a, in, path);
+  };
+}
 
 const std::map<std::string, Factory>& factories() {
+  using Path = const std::string&;
   static const std::map<std::string, Factory> table = {
-      {"conv", [](const LayerArgs& a, const Shape& in, int pos) {
-         return std::make_unique<Conv2D>(ArgReader(a, {"filters", "kernel", "stride=1", "pad=0", "bias=true"}, pos), in);
-       }},
-      {"maxpool", [](const LayerArgs& a, const Shape& in, int pos) {
-         return std::make_unique<Pool2D>(ArgReader(a, {"window", "stride=window", "pad=0"}, pos), in, true);
-       }},
-      {"avgpool", [](const LayerArgs& a, const Shape& in, int pos) {
-         return std::make_unique<Pool2D>(ArgReader(a, {"window", "stride=window", "pad=0"}, pos), in, false);
-       }},
-      {"relu", [](const LayerArgs& a, const Shape& in, int pos) {
-         return std::make_unique<ActivationLayer>(ArgReader(a, {}, pos), in, Activation::relu);
-       }},
-      {"leakyrelu", [](const LayerArgs& a, const Shape& in, int pos) {
-         return std::make_unique<ActivationLayer>(ArgReader(a, {"slope=0.01"}, pos), in, Activation::leaky_relu);
-       }},
-      {"sigmoid", [](const LayerArgs& a, const Shape& in, int pos) {
-         return std::make_unique<ActivationLayer>(ArgReader(a, {}, pos), in, Activation::sigmoid);
-       }},
-      {"tanh", [](const LayerArgs& a, const Shape& in, int pos) {
-         return std::make_unique<ActivationLayer>(ArgReader(a, {}, pos), in, Activation::tanh);
-       }},
-      {"flatten", [](const LayerArgs& a, const Shape& in, int pos) {
-         ArgReader(a, {}, pos);
+      {"conv", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<Conv2D>(ArgReader(a, {"filters", "kernel", "stride=1", "pad=0", "bias=true"}, path), in);
+       })},
+      {"maxpool", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<Pool2D>(ArgReader(a, {"window", "stride=window", "pad=0"}, path), in, true);
+       })},
+      {"avgpool", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<Pool2D>(ArgReader(a, {"window", "stride=window", "pad=0"}, path), in, false);
+       })},
+      {"globalavgpool", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         ArgReader(a, {}, path);
+         return std::make_unique<GlobalPool>(in, false);
+       })},
+      {"globalmaxpool", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         ArgReader(a, {}, path);
+         return std::make_unique<GlobalPool>(in, true);
+       })},
+      {"relu", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<ActivationLayer>(ArgReader(a, {}, path), in, Activation::relu);
+       })},
+      {"leakyrelu", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<ActivationLayer>(ArgReader(a, {"slope=0.01"}, path), in, Activation::leaky_relu);
+       })},
+      {"sigmoid", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<ActivationLayer>(ArgReader(a, {}, path), in, Activation::sigmoid);
+       })},
+      {"tanh", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<ActivationLayer>(ArgReader(a, {}, path), in, Activation::tanh);
+       })},
+      {"flatten", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         ArgReader(a, {}, path);
          return std::make_unique<Flatten>(in);
-       }},
-      {"dense", [](const LayerArgs& a, const Shape& in, int pos) {
-         return std::make_unique<Dense>(ArgReader(a, {"units", "bias=true"}, pos), in);
-       }},
+       })},
+      {"dense", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<Dense>(ArgReader(a, {"units", "bias=true"}, path), in);
+       })},
+      {"dropout", plain([](const LayerArgs& a, const Shape& in, Path path) {
+         return std::make_unique<Dropout>(ArgReader(a, {"p=0.5"}, path), in);
+       })},
+      {"bn", plain(make_batchnorm)},
+      {"residual", make_residual},
+      {"repeat", make_repeat},
   };
   return table;
 }
@@ -298,14 +317,21 @@ const std::vector<std::string>& known_layer_kinds() {
   return kinds;
 }
 
-std::unique_ptr<Layer> make_layer(const LayerArgs& args, const Shape& in, int position) {
+std::unique_ptr<Layer> make_layer(const LayerArgs& args, const Shape& in, const std::string& path) {
   const auto it = factories().find(args.kind);
   if (it == factories().end()) {
     std::string known;
     for (const auto& name : known_layer_kinds()) known += (known.empty() ? "" : ", ") + name;
-    throw ConfigError("unknown layer '" + args.kind + "' at position " + std::to_string(position) + " (known: " + known + ")");
+    throw ConfigError("unknown layer '" + args.kind + "' at position " + path + " (known: " + known + ")");
   }
-  return it->second(args, in, position);
+  return it->second(args, in, path);
+}
+
+std::size_t params_under(const ParamStore& params, const std::string& prefix) {
+  std::size_t n = 0;
+  for (const auto& p : params.infos())
+    if (p.name.compare(0, prefix.size(), prefix) == 0) n += p.size;
+  return n;
 }
 
 }  // namespace mpicnn::core

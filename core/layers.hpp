@@ -1,6 +1,6 @@
 #pragma once
-// Thin layer classes: each checks shapes, declares its parameters in the arena, owns its
-// workspaces and calls the kernels.
+// Thin layer classes: each checks shapes, declares its parameters and state, owns its workspaces
+// and calls the kernels. Composite layers (core/blocks.hpp) own sequences of layers.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -13,6 +13,32 @@
 
 namespace mpicnn::core {
 
+// What a forward pass needs to know beyond its tensors, set by whoever drives the model (the
+// trainer, evaluation, a test) before each pass. Dropout masks are a pure function of (seed, step,
+// global sample position, layer), so they do not depend on the rank count and survive a resume
+// or a step computed again; BatchNorm writes the batch's statistics into `statistics_slot`.
+struct RunContext {
+  bool training = true;
+  std::uint64_t seed = 0;
+  long step = 0;            // global step
+  long first_sample = 0;    // global position, within the step, of the batch's first sample
+  int statistics_slot = 0;  // where BatchNorm records this batch's statistics (a micro-batch)
+};
+
+// Where a layer's parameters go: the name prefix ("4.main.1.") and the top-level layer (the unit
+// whose completion backward reports).
+struct Scope {
+  std::string prefix;
+  int unit = 0;
+};
+
+struct BindContext {
+  ParamStore& params;
+  StateStore& state;
+  const RunContext& run;
+  int max_batch;
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -20,36 +46,57 @@ class Layer {
   const Shape& output_shape() const { return output_; }
   // The layer as it would be written in a spec, with every argument: "conv(32,5,stride=1,pad=0)".
   virtual std::string spec() const = 0;
-  // Declares parameters in the arena (before it is allocated); `layer` is this layer's index.
-  virtual void declare_params(ParamStore&, int /*layer*/) {}
+  // How the layer is named in a summary (a composite: its kind only; its layers get rows below).
+  virtual std::string title() const { return spec(); }
+  // Declares parameters and state (before allocation) under the scope's name prefix.
+  virtual void declare(ParamStore&, StateStore&, const Scope&) {}
   // Takes views into the allocated arena and allocates workspaces for up to `max_batch` samples.
-  virtual void bind(ParamStore&, int /*max_batch*/) {}
+  virtual void bind(const BindContext&) {}
   virtual void forward(float* out, const float* in, int batch) = 0;
   // in_grad may be null when nothing upstream needs it. Parameter gradients accumulate.
   virtual void backward(float* in_grad, const float* out_grad, const float* in, const float* out, int batch) = 0;
+  // Folds the batch statistics recorded in slots [0, slots) into the state, in slot order.
+  virtual void commit_statistics(int /*slots*/) {}
   virtual double forward_flops() const { return 0; }  // per sample, multiply-adds counted as 2
-  // A layer whose output is its input reinterpreted (flatten): a model gives it its input's
+  // A layer whose output is its input reinterpreted (flatten): a sequence gives it its input's
   // buffers and never runs it.
   virtual bool is_view() const { return false; }
   // A layer that can apply the ReLU just before it (max pooling: relu(max(window)) =
   // max(relu(window))) says so, and once told to, does; that ReLU then becomes a view of its input.
   virtual bool can_absorb_preceding_relu() const { return false; }
   virtual void absorb_preceding_relu() {}
+  // Summary rows of the layers inside a composite (empty for a plain layer).
+  struct Row {
+    int depth;
+    std::string name, spec;
+    Shape output;
+    std::size_t params;
+    double flops;
+  };
+  virtual void summary_rows(std::vector<Row>&, int /*depth*/, const std::string& /*prefix*/,
+                            const ParamStore&) const {}
 
  protected:
   Shape input_, output_;
 };
 
-// Arguments of one layer in a spec: positional values and key=value pairs, all as text.
+// Arguments of one layer in a spec: positional values and key=value pairs, all as text; a
+// composite's branches (residual{main | shortcut}, repeat(n){body}) as sequences of their own.
 struct LayerArgs {
   std::string kind;
   std::vector<std::string> positional;
   std::map<std::string, std::string> named;
+  std::vector<std::vector<LayerArgs>> branches;
+  bool has_braces = false;
 };
 
-// Builds the layer `args` describes for an input of shape `in`; `position` (1-based) is used in errors.
-std::unique_ptr<Layer> make_layer(const LayerArgs& args, const Shape& in, int position);
+// Builds the layer `args` describes for an input of shape `in`; `path` ("5", "5.main.2": 1-based
+// positions) names it in errors.
+std::unique_ptr<Layer> make_layer(const LayerArgs& args, const Shape& in, const std::string& path);
 // The layer kinds make_layer knows, for error messages and help.
 const std::vector<std::string>& known_layer_kinds();
+
+// Parameters each layer owns, by the scope prefix, for summaries.
+std::size_t params_under(const ParamStore& params, const std::string& prefix);
 
 }  // namespace mpicnn::core

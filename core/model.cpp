@@ -18,159 +18,179 @@ std::string trim(const std::string& s) {
   throw ConfigError("model spec '" + spec + "': " + what + " at character " + std::to_string(at + 1));
 }
 
-void parse_arguments(LayerArgs& layer, const std::string& text, const std::string& spec, std::size_t at) {
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ',')) {
-    item = trim(item);
-    if (item.empty()) spec_error(spec, at, "empty argument in '" + layer.kind + "(" + text + ")'");
-    const auto eq = item.find('=');
-    if (eq == std::string::npos) {
-      if (!layer.named.empty()) spec_error(spec, at, "positional argument after a named one in '" + layer.kind + "'");
-      layer.positional.push_back(item);
-    } else {
-      layer.named[trim(item.substr(0, eq))] = trim(item.substr(eq + 1));
+// Recursive descent over the grammar in model.hpp; `at_` is the next character.
+class SpecParser {
+ public:
+  explicit SpecParser(const std::string& spec) : spec_(spec) {}
+
+  std::vector<LayerArgs> parse() {
+    std::vector<LayerArgs> layers = sequence();
+    if (at_ < spec_.size())
+      fail(spec_[at_] == '|' ? "'|' outside a block (only residual{main | shortcut} takes one)" : "unmatched '}'");
+    return layers;
+  }
+
+ private:
+  std::vector<LayerArgs> sequence() {
+    std::vector<LayerArgs> layers;
+    while (true) {
+      skip_space();
+      if (at_ == spec_.size() || spec_[at_] == '|' || spec_[at_] == '}') return layers;
+      layers.push_back(item());
     }
   }
-}
+
+  LayerArgs item() {
+    const std::size_t start = at_;
+    while (at_ < spec_.size() && (std::isalnum(static_cast<unsigned char>(spec_[at_])) || spec_[at_] == '_')) ++at_;
+    if (at_ == start) fail(std::string("unexpected '") + spec_[at_] + "'");
+    LayerArgs layer;
+    layer.kind = spec_.substr(start, at_ - start);
+    if (at_ < spec_.size() && spec_[at_] == '(') arguments(layer);
+    skip_space();
+    if (at_ < spec_.size() && spec_[at_] == '{') block(layer);
+    return layer;
+  }
+
+  void arguments(LayerArgs& layer) {
+    const std::size_t open = at_, close = spec_.find(')', at_);
+    if (close == std::string::npos || spec_.find('(', at_ + 1) < close)
+      fail("unclosed '(' after '" + layer.kind + "'");
+    std::stringstream stream(spec_.substr(open + 1, close - open - 1));
+    std::string item;
+    while (std::getline(stream, item, ',')) {
+      item = trim(item);
+      if (item.empty()) fail("empty argument in '" + layer.kind + "(...)'", open);
+      const auto eq = item.find('=');
+      if (eq == std::string::npos) {
+        if (!layer.named.empty()) fail("positional argument after a named one in '" + layer.kind + "'", open);
+        layer.positional.push_back(item);
+      } else {
+        layer.named[trim(item.substr(0, eq))] = trim(item.substr(eq + 1));
+      }
+    }
+    at_ = close + 1;
+  }
+
+  void block(LayerArgs& layer) {
+    const std::size_t open = at_;
+    if (++depth_ > kMaxDepth) fail("blocks nested more than " + std::to_string(kMaxDepth) + " deep");
+    layer.has_braces = true;
+    do {
+      ++at_;  // past '{' or '|'
+      layer.branches.push_back(sequence());
+      if (layer.branches.back().empty()) fail("empty branch in '" + layer.kind + "{...}'", open);
+    } while (at_ < spec_.size() && spec_[at_] == '|');
+    if (at_ == spec_.size()) fail("unclosed '{' after '" + layer.kind + "'", open);
+    ++at_;  // past '}'
+    --depth_;
+  }
+
+  void skip_space() {
+    while (at_ < spec_.size() && std::isspace(static_cast<unsigned char>(spec_[at_]))) ++at_;
+  }
+  [[noreturn]] void fail(const std::string& what) const { fail(what, at_); }
+  [[noreturn]] void fail(const std::string& what, std::size_t at) const { spec_error(spec_, at, what); }
+
+  static constexpr int kMaxDepth = 16;
+  const std::string& spec_;
+  std::size_t at_ = 0;
+  int depth_ = 0;
+};
 
 }  // namespace
 
 std::vector<LayerArgs> parse_spec(const std::string& spec) {
-  std::vector<LayerArgs> layers;
-  std::size_t i = 0;
-  while (true) {
-    while (i < spec.size() && std::isspace(static_cast<unsigned char>(spec[i]))) ++i;
-    if (i == spec.size()) break;
-    const std::size_t start = i;
-    while (i < spec.size() && (std::isalnum(static_cast<unsigned char>(spec[i])) || spec[i] == '_')) ++i;
-    if (i == start) spec_error(spec, i, std::string("unexpected '") + spec[i] + "'");
-    LayerArgs layer;
-    layer.kind = spec.substr(start, i - start);
-    if (i < spec.size() && spec[i] == '(') {
-      const std::size_t close = spec.find(')', i);
-      if (close == std::string::npos || spec.find('(', i + 1) < close)
-        spec_error(spec, i, "unclosed '(' after '" + layer.kind + "'");
-      parse_arguments(layer, spec.substr(i + 1, close - i - 1), spec, i);
-      i = close + 1;
-    }
-    layers.push_back(std::move(layer));
-  }
+  std::vector<LayerArgs> layers = SpecParser(spec).parse();
   if (layers.empty()) throw ConfigError("model spec is empty: expected layers such as 'conv(32,5) relu flatten dense(10)'");
   return layers;
 }
 
 namespace {
 
-std::vector<std::unique_ptr<Layer>> build_layers(const std::string& spec, const Shape& input) {
+std::unique_ptr<Sequential> build_root(const std::string& spec, const Shape& input) {
   if (input.c < 1 || input.h < 1 || input.w < 1) throw ShapeError("model input shape " + input.str() + " is empty");
-  std::vector<std::unique_ptr<Layer>> layers;
-  Shape shape = input;
-  int position = 1;
-  for (const LayerArgs& args : parse_spec(spec)) {
-    layers.push_back(make_layer(args, shape, position++));
-    shape = layers.back()->output_shape();
-  }
-  return layers;
+  return std::make_unique<Sequential>(parse_spec(spec), input, "");
+}
+
+struct Plan {
+  ParamStore params;
+  StateStore state;
+  std::unique_ptr<Sequential> root;
+};
+
+Plan declared(const std::string& spec, const Shape& input) {
+  Plan plan{{}, {}, build_root(spec, input)};
+  plan.root->declare(plan.params, plan.state, {});
+  return plan;
 }
 
 }  // namespace
 
 std::vector<ParamInfo> plan_params(const std::string& spec, const Shape& input) {
-  ParamStore store;
-  const auto layers = build_layers(spec, input);
-  for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->declare_params(store, int(i));
-  return store.infos();
+  return declared(spec, input).params.infos();
+}
+
+std::vector<StateInfo> plan_state(const std::string& spec, const Shape& input) {
+  return declared(spec, input).state.infos();
 }
 
 std::size_t plan_activation_floats(const std::string& spec, const Shape& input) {
+  const Plan plan = declared(spec, input);
+  std::vector<Layer::Row> rows;
+  plan.root->summary_rows(rows, 0, "", plan.params);
   std::size_t total = 0;
-  for (const auto& layer : build_layers(spec, input)) total += layer->output_shape().size();
+  for (const auto& row : rows) total += row.output.size();
   return total;
 }
 
 Model::Model(const std::string& spec, const Shape& input, int max_batch)
-    : input_(input), max_batch_(max_batch), layers_(build_layers(spec, input)) {
+    : input_(input), max_batch_(max_batch), root_(build_root(spec, input)) {
   if (max_batch < 1) throw ConfigError("batch size must be at least 1, got " + std::to_string(max_batch));
-  for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->declare_params(params_, int(i));
+  root_->declare(params_, state_, {});
   params_.allocate();
-  for (auto& layer : layers_) layer->bind(params_, max_batch);
-  bind_buffers();
+  state_.allocate();
+  root_->bind({params_, state_, run_, max_batch});
+  output_ = Buffer(std::size_t(max_batch) * output_shape().size());
 }
 
-// Views (flatten) and ReLUs absorbed by the next layer pass their input through: they get the
-// buffers of the layer before them and are never run. The first layer (its input is the caller's)
-// and the last (its output gradient is the caller's) always run.
-void Model::bind_buffers() {
-  const std::size_t n = layers_.size();
-  passes_through_.assign(n, false);
-  outputs_.assign(n, nullptr);
-  output_grads_.assign(n, nullptr);
-  for (std::size_t i = 0; i < n; ++i) {
-    const bool inner = i > 0 && i + 1 < n;
-    const bool relu_absorbed = inner && layers_[i]->spec() == "relu" && layers_[i + 1]->can_absorb_preceding_relu();
-    if (relu_absorbed) layers_[i + 1]->absorb_preceding_relu();
-    passes_through_[i] = relu_absorbed || (inner && layers_[i]->is_view());
-    if (passes_through_[i]) {
-      outputs_[i] = outputs_[i - 1], output_grads_[i] = output_grads_[i - 1];
-      continue;
-    }
-    const std::size_t size = std::size_t(max_batch_) * layers_[i]->output_shape().size();
-    outputs_[i] = buffers_.emplace_back(size).data();
-    output_grads_[i] = buffers_.emplace_back(size).data();
-  }
-}
-
-std::string Model::canonical_spec() const {
-  std::string text;
-  for (const auto& layer : layers_) {
-    if (!text.empty()) text += ' ';
-    text += layer->spec();
-  }
-  return text;
-}
+std::string Model::canonical_spec() const { return root_->spec(); }
 
 const float* Model::forward(const float* input, int batch) {
   if (batch > max_batch_)
     throw ShapeError("batch of " + std::to_string(batch) + " exceeds the model's maximum " + std::to_string(max_batch_));
   last_input_ = input;
-  for (std::size_t i = 0; i < layers_.size(); ++i)
-    if (!passes_through_[i]) layers_[i]->forward(outputs_[i], i == 0 ? input : outputs_[i - 1], batch);
-  return outputs_.back();
+  root_->forward(output_.data(), input, batch);
+  return output_.data();
 }
 
 void Model::backward(const float* output_grad, int batch, const std::function<void(int)>& layer_done) {
-  for (int i = int(layers_.size()) - 1; i >= 0; --i) {
-    if (!passes_through_[i]) {
-      const float* out_grad = i + 1 == int(layers_.size()) ? output_grad : output_grads_[i];
-      const float* in = i == 0 ? last_input_ : outputs_[i - 1];
-      layers_[i]->backward(i == 0 ? nullptr : output_grads_[i - 1], out_grad, in, outputs_[i], batch);
-    }
-    if (layer_done) layer_done(i);
-  }
+  root_->backward_children(nullptr, output_grad, last_input_, output_.data(), batch, layer_done);
 }
 
-double Model::forward_flops() const {
-  double total = 0;
-  for (const auto& layer : layers_) total += layer->forward_flops();
-  return total;
+void Model::commit_statistics(int slots) {
+  root_->commit_statistics(slots);
+  state_.clear_statistics();
 }
+
+double Model::forward_flops() const { return root_->forward_flops(); }
 
 std::string Model::summary() const {
-  std::vector<std::size_t> counts(layers_.size(), 0);
-  for (const auto& p : params_.infos()) counts[p.layer] += p.size;
+  std::vector<Layer::Row> rows;
+  root_->summary_rows(rows, 0, "", params_);
   std::ostringstream out;
-  char line[160];
-  std::snprintf(line, sizeof line, "%-4s %-34s %-16s %12s %14s\n", "#", "layer", "output shape", "params", "FLOPs");
-  out << line << std::string(84, '-') << "\n";
-  std::snprintf(line, sizeof line, "%-4s %-34s %-16s %12s %14s\n", "", "input", input_.str().c_str(), "", "");
+  char line[200];
+  std::snprintf(line, sizeof line, "%-14s %-40s %-16s %12s %14s\n", "#", "layer", "output shape", "params", "FLOPs");
+  out << line << std::string(100, '-') << "\n";
+  std::snprintf(line, sizeof line, "%-14s %-40s %-16s %12s %14s\n", "", "input", input_.str().c_str(), "", "");
   out << line;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    std::snprintf(line, sizeof line, "%-4zu %-34s %-16s %12zu %14.0f\n", i, layers_[i]->spec().c_str(),
-                  layers_[i]->output_shape().str().c_str(), counts[i], layers_[i]->forward_flops());
+  for (const auto& row : rows) {
+    const std::string title = std::string(2 * std::size_t(row.depth), ' ') + row.spec;
+    std::snprintf(line, sizeof line, "%-14s %-40s %-16s %12zu %14.0f\n", row.name.c_str(), title.c_str(),
+                  row.output.str().c_str(), row.params, row.flops);
     out << line;
   }
-  out << std::string(84, '-') << "\n";
+  out << std::string(100, '-') << "\n";
   std::snprintf(line, sizeof line, "total parameters: %zu, forward FLOPs per sample: %.0f\n", params_.count(),
                 forward_flops());
   out << line;

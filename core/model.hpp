@@ -1,23 +1,30 @@
 #pragma once
-// A sequential network built from a text spec such as
-//   "conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)".
-// It owns the parameter arena and every activation buffer, sized once for `max_batch` samples.
+// A network built from a text spec such as
+//   "conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)"
+// or, with blocks, "conv(64,3,pad=1,bias=false) bn relu repeat(2){residual{conv(64,3,pad=1) bn relu
+// conv(64,3,pad=1) bn} relu} globalavgpool flatten dense(10)". Grammar:
+//   sequence := item*      item := name ['(' args ')'] ['{' sequence ('|' sequence)* '}']
+// It owns the parameter arena, the state area and every activation buffer, sized once for
+// `max_batch` samples.
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "blocks.hpp"
 #include "layers.hpp"
 #include "params.hpp"
 
 namespace mpicnn::core {
 
-// Splits a spec into layer descriptions; throws ConfigError naming the character at fault.
+// Splits a spec into layer descriptions (blocks nested); throws ConfigError naming the character
+// at fault.
 std::vector<LayerArgs> parse_spec(const std::string& spec);
 
 // The parameters a spec declares for an input shape, computed without allocating any of them
 // (checks a file's declared shapes before trusting its sizes). Throws like the Model constructor.
 std::vector<ParamInfo> plan_params(const std::string& spec, const Shape& input);
+std::vector<StateInfo> plan_state(const std::string& spec, const Shape& input);
 // Floats of every layer's output for one sample, also computed without allocating.
 std::size_t plan_activation_floats(const std::string& spec, const Shape& input);
 
@@ -26,13 +33,23 @@ class Model {
   Model(const std::string& spec, const Shape& input, int max_batch);
 
   const Shape& input_shape() const { return input_; }
-  const Shape& output_shape() const { return layers_.back()->output_shape(); }
+  const Shape& output_shape() const { return root_->output_shape(); }
   int max_batch() const { return max_batch_; }
   // Every layer with every argument spelled out; parsing it again gives the same model.
   std::string canonical_spec() const;
-  const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }
+  // The top-level layers: the units of gradient reduction.
+  const std::vector<std::unique_ptr<Layer>>& layers() const { return root_->children(); }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
+  StateStore& state() { return state_; }
+  const StateStore& state() const { return state_; }
+  // Train or evaluation mode, the step and sample position (dropout), the statistics slot
+  // (BatchNorm): set before each forward pass.
+  RunContext& run() { return run_; }
+  // Room for the batch statistics of `slots` micro-batches per step.
+  void reserve_statistics(int slots) { state_.reserve_statistics(slots); }
+  // Folds the statistics of slots [0, slots) into the running statistics; then clears them.
+  void commit_statistics(int slots);
 
   // input: (batch, C, H, W), kept by pointer until backward. Returns (batch, output size).
   const float* forward(const float* input, int batch);
@@ -41,24 +58,20 @@ class Model {
   void backward(const float* output_grad, int batch, const std::function<void(int)>& layer_done = {});
   // Output of layer i from the last forward (for finding where non-finite values appear); for a
   // ReLU absorbed by the max pool after it, its input.
-  const float* activation(int layer) const { return outputs_[layer]; }
+  const float* activation(int layer) const { return root_->child_output(layer); }
 
-  // Keras-style table: layer, output shape, parameters, forward FLOPs per sample.
+  // Keras-style table: layer (blocks indented), output shape, parameters, forward FLOPs per sample.
   std::string summary() const;
   double forward_flops() const;
 
  private:
-  void bind_buffers();
-
   Shape input_;
   int max_batch_;
-  std::vector<std::unique_ptr<Layer>> layers_;
+  std::unique_ptr<Sequential> root_;
   ParamStore params_;
-  // Per layer, (max_batch, out size): its output and d(loss)/d(output). A layer the model does not
-  // run (passes_through_) shares both with the layer before it.
-  std::vector<Buffer> buffers_;
-  std::vector<float*> outputs_, output_grads_;
-  std::vector<bool> passes_through_;
+  StateStore state_;
+  RunContext run_;
+  Buffer output_;  // (max_batch, output size)
   const float* last_input_ = nullptr;
 };
 

@@ -135,28 +135,46 @@ double learning_rate(const ScheduleConfig& schedule, long step, long total_steps
 }
 
 const std::vector<std::string>& known_init_schemes() {
-  static const std::vector<std::string> schemes = {"he", "he_uniform", "xavier", "xavier_normal"};
+  static const std::vector<std::string> schemes = {"he", "he_uniform", "xavier", "xavier_normal", "resnet"};
   return schemes;
 }
 
+namespace {
+
+// torchvision's ResNet: convolutions kaiming_normal_(mode="fan_out", relu), the classifier
+// nn.Linear's default (weight and bias uniform in +-1/sqrt(fan_in)).
+float resnet_value(Rng& rng, const ParamInfo& info) {
+  const bool convolution = info.dims.size() > 2;
+  if (convolution) return float(rng.normal() * std::sqrt(2.0 / info.fan_out));
+  return float(rng.uniform(-1, 1) / std::sqrt(double(info.fan_in)));
+}
+
+float scheme_value(Rng& rng, const ParamInfo& info, const std::string& scheme) {
+  const double fan_in = info.fan_in, fan_avg = 0.5 * (info.fan_in + info.fan_out);
+  if (scheme == "he") return float(rng.normal() * std::sqrt(2.0 / fan_in));
+  if (scheme == "he_uniform") return float(rng.uniform(-1, 1) * std::sqrt(6.0 / fan_in));
+  if (scheme == "xavier") return float(rng.uniform(-1, 1) * std::sqrt(3.0 / fan_avg));
+  if (scheme == "resnet") return resnet_value(rng, info);
+  return float(rng.normal() * std::sqrt(1.0 / fan_avg));
+}
+
+}  // namespace
+
+// BatchNorm scale 1 and shift 0 (PyTorch's defaults); biases 0, but under "resnet" the
+// classifier's bias is drawn as nn.Linear draws it.
 void init_params(ParamStore& params, const std::string& scheme, std::uint64_t seed) {
   if (std::find(known_init_schemes().begin(), known_init_schemes().end(), scheme) == known_init_schemes().end())
-    throw ConfigError("unknown init scheme '" + scheme + "' (known: he, he_uniform, xavier, xavier_normal)");
+    throw ConfigError("unknown init scheme '" + scheme + "' (known: he, he_uniform, xavier, xavier_normal, resnet)");
   Rng rng(derive_seed(seed, 0));
   for (std::size_t p = 0; p < params.infos().size(); ++p) {
     const ParamInfo& info = params.info(int(p));
     float* w = params.value(int(p));
-    if (info.is_bias) {
-      std::fill(w, w + info.size, 0.f);
+    const bool drawn = info.role == ParamRole::weight || (info.is_bias() && scheme == "resnet");
+    if (!drawn) {
+      std::fill(w, w + info.size, info.role == ParamRole::bn_scale ? 1.f : 0.f);
       continue;
     }
-    const double fan_in = info.fan_in, fan_avg = 0.5 * (info.fan_in + info.fan_out);
-    for (std::size_t i = 0; i < info.size; ++i) {
-      if (scheme == "he") w[i] = float(rng.normal() * std::sqrt(2.0 / fan_in));
-      else if (scheme == "he_uniform") w[i] = float(rng.uniform(-1, 1) * std::sqrt(6.0 / fan_in));
-      else if (scheme == "xavier") w[i] = float(rng.uniform(-1, 1) * std::sqrt(3.0 / fan_avg));
-      else w[i] = float(rng.normal() * std::sqrt(1.0 / fan_avg));
-    }
+    for (std::size_t i = 0; i < info.size; ++i) w[i] = scheme_value(rng, info, scheme);
   }
 }
 

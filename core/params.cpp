@@ -1,5 +1,7 @@
 #include "params.hpp"
 
+#include <algorithm>
+
 #include "errors.hpp"
 
 namespace mpicnn::core {
@@ -33,6 +35,37 @@ std::pair<std::size_t, std::size_t> ParamStore::layer_range(int first_layer, int
       end = std::max(end, p.offset + round_up_floats(p.size));
     }
   return begin < end ? std::make_pair(begin, end) : std::make_pair(std::size_t(0), std::size_t(0));
+}
+
+int StateStore::declare(StateInfo info) {
+  if (values_.size() || !counters_.empty()) throw Error("state '" + info.name + "' declared after allocation");
+  info.size = 1;
+  for (int d : info.dims) info.size *= std::size_t(d);
+  if (info.counter) {
+    info.offset = counters_count_++;
+  } else {
+    info.offset = floats_;
+    floats_ += info.size;
+  }
+  infos_.push_back(std::move(info));
+  return int(infos_.size()) - 1;
+}
+
+std::size_t StateStore::declare_statistics(std::size_t floats) {
+  const std::size_t offset = slot_floats_;
+  slot_floats_ += floats;
+  return offset;
+}
+
+void StateStore::allocate() {
+  values_ = Buffer(floats_);
+  counters_.assign(counters_count_, 0);
+  reserve_statistics(1);
+}
+
+void StateStore::reserve_statistics(int slots) {
+  slots_ = std::max(1, slots);
+  statistics_ = Buffer(std::size_t(slots_) * slot_floats_);
 }
 
 }  // namespace mpicnn::core

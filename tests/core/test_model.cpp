@@ -88,15 +88,15 @@ void fill_coarse(float* v, std::size_t n, std::uint64_t seed) {
 struct LayerByLayer {
   LayerByLayer(const std::string& spec, const Shape& input, int batch) : batch(batch) {
     Shape shape = input;
-    int position = 1;
     for (const LayerArgs& args : parse_spec(spec)) {
-      layers.push_back(make_layer(args, shape, position++));
+      layers.push_back(make_layer(args, shape, std::to_string(layers.size() + 1)));
       shape = layers.back()->output_shape();
     }
-    for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->declare_params(params, int(i));
+    for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->declare(params, state, {std::to_string(i) + ".", int(i)});
     params.allocate();
+    state.allocate();
     for (auto& layer : layers) {
-      layer->bind(params, batch);
+      layer->bind({params, state, run, batch});
       outputs.emplace_back(std::size_t(batch) * layer->output_shape().size());
       grads.emplace_back(std::size_t(batch) * layer->output_shape().size());
     }
@@ -110,6 +110,8 @@ struct LayerByLayer {
   int batch;
   std::vector<std::unique_ptr<Layer>> layers;
   ParamStore params;
+  StateStore state;
+  RunContext run;
   std::vector<Buffer> outputs, grads;
 };
 
@@ -171,7 +173,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(ModelErrors, UnknownLayerListsKnownOnes) {
   const std::string e = error_of<ConfigError>("conv(8,3) conv3(4) relu");
   EXPECT_THAT(e, HasSubstr("unknown layer 'conv3' at position 2"));
-  EXPECT_THAT(e, HasSubstr("known: avgpool, conv, dense"));
+  EXPECT_THAT(e, HasSubstr("known: avgpool, bn, conv, dense"));
 }
 
 TEST(ModelErrors, ShapeMismatchNamesLayerPositionAndShapes) {

@@ -66,7 +66,7 @@ TEST(Loss, MeanSquaredErrorByHand) {
 
 ParamStore one_param(float value, float grad) {
   ParamStore store;
-  store.declare({"0.weight", {1}, 0, 0, 0, 1, 1, false});
+  store.declare({"0.weight", {1}, 0, 0, 0, 1, 1, ParamRole::weight});
   store.allocate();
   store.value(0)[0] = value;
   store.grad(0)[0] = grad;

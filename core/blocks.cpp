@@ -1,0 +1,249 @@
+#include "blocks.hpp"
+
+#include "arg_reader.hpp"
+#include "block_kernels.hpp"
+#include "errors.hpp"
+
+namespace mpicnn::core {
+namespace {
+
+std::string child_path(const std::string& path, std::size_t i) {
+  return (path.empty() ? "" : path + ".") + std::to_string(i + 1);
+}
+
+std::vector<std::unique_ptr<Layer>> build_children(const std::vector<LayerArgs>& items, const Shape& in,
+                                                   const std::string& path) {
+  if (items.empty()) throw ConfigError("layer " + path + ": empty sequence, expected at least one layer");
+  std::vector<std::unique_ptr<Layer>> children;
+  Shape shape = in;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    children.push_back(make_layer(items[i], shape, child_path(path, i)));
+    shape = children.back()->output_shape();
+  }
+  return children;
+}
+
+}  // namespace
+
+Sequential::Sequential(const std::vector<LayerArgs>& items, const Shape& in, const std::string& path)
+    : Sequential(build_children(items, in, path)) {}
+
+Sequential::Sequential(std::vector<std::unique_ptr<Layer>> layers) : children_(std::move(layers)) {
+  input_ = children_.front()->input_shape();
+  output_ = children_.back()->output_shape();
+}
+
+std::string Sequential::spec() const {
+  std::string text;
+  for (const auto& child : children_) text += (text.empty() ? "" : " ") + child->spec();
+  return text;
+}
+
+void Sequential::declare(ParamStore& params, StateStore& state, const Scope& scope) {
+  const bool top = scope.prefix.empty();
+  for (std::size_t i = 0; i < children_.size(); ++i)
+    children_[i]->declare(params, state, {scope.prefix + std::to_string(i) + ".", top ? int(i) : scope.unit});
+}
+
+void Sequential::bind(const BindContext& context) {
+  for (auto& child : children_) child->bind(context);
+  link_buffers(context.max_batch);
+}
+
+// Views (flatten) and ReLUs absorbed by the next layer pass their input through: they get the
+// buffers of the layer before them and are never run. The first child (its input is the caller's)
+// and the last (its output is the caller's) always run.
+void Sequential::link_buffers(int max_batch) {
+  const std::size_t n = children_.size();
+  passes_through_.assign(n, false);
+  outputs_.assign(n, nullptr);
+  output_grads_.assign(n, nullptr);
+  for (std::size_t i = 0; i + 1 < n; ++i) {
+    const bool inner = i > 0;
+    const bool relu_absorbed =
+        inner && children_[i]->spec() == "relu" && children_[i + 1]->can_absorb_preceding_relu();
+    if (relu_absorbed) children_[i + 1]->absorb_preceding_relu();
+    passes_through_[i] = relu_absorbed || (inner && children_[i]->is_view());
+    if (passes_through_[i]) {
+      outputs_[i] = outputs_[i - 1], output_grads_[i] = output_grads_[i - 1];
+      continue;
+    }
+    const std::size_t size = std::size_t(max_batch) * children_[i]->output_shape().size();
+    outputs_[i] = buffers_.emplace_back(size).data();
+    output_grads_[i] = buffers_.emplace_back(size).data();
+  }
+}
+
+void Sequential::forward(float* out, const float* in, int batch) {
+  last_out_ = out;
+  const std::size_t n = children_.size();
+  for (std::size_t i = 0; i < n; ++i)
+    if (!passes_through_[i]) children_[i]->forward(i + 1 == n ? out : outputs_[i], i == 0 ? in : outputs_[i - 1], batch);
+}
+
+void Sequential::backward(float* in_grad, const float* out_grad, const float* in, const float* out, int batch) {
+  backward_children(in_grad, out_grad, in, out, batch, {});
+}
+
+void Sequential::backward_children(float* in_grad, const float* out_grad, const float* in, const float* out,
+                                   int batch, const std::function<void(int)>& child_done) {
+  const int n = int(children_.size());
+  for (int i = n - 1; i >= 0; --i) {
+    if (!passes_through_[i]) {
+      const bool last = i + 1 == n;
+      children_[i]->backward(i == 0 ? in_grad : output_grads_[i - 1], last ? out_grad : output_grads_[i],
+                             i == 0 ? in : outputs_[i - 1], last ? out : outputs_[i], batch);
+    }
+    if (child_done) child_done(i);
+  }
+}
+
+void Sequential::commit_statistics(int slots) {
+  for (auto& child : children_) child->commit_statistics(slots);
+}
+
+double Sequential::forward_flops() const {
+  double total = 0;
+  for (const auto& child : children_) total += child->forward_flops();
+  return total;
+}
+
+const float* Sequential::child_output(int i) const {
+  return i + 1 == int(children_.size()) ? last_out_ : outputs_[i];
+}
+
+void Sequential::summary_rows(std::vector<Row>& rows, int depth, const std::string& prefix,
+                              const ParamStore& params) const {
+  for (std::size_t i = 0; i < children_.size(); ++i) {
+    const Layer& child = *children_[i];
+    const std::string name = prefix + std::to_string(i);
+    rows.push_back({depth, name, child.title(), child.output_shape(), params_under(params, name + "."),
+                    child.forward_flops()});
+    child.summary_rows(rows, depth + 1, name + ".", params);
+  }
+}
+
+namespace {
+
+// residual{main | shortcut}: out = main(x) + shortcut(x), or main(x) + x without a shortcut.
+class Residual final : public Layer {
+ public:
+  Residual(const LayerArgs& args, const Shape& in, const std::string& path) {
+    const ArgReader reader(args, {}, path);
+    if (!args.has_braces || args.branches.empty() || args.branches.size() > 2)
+      reader.fail("needs a block: residual{main layers} or residual{main layers | shortcut layers}");
+    main_ = std::make_unique<Sequential>(args.branches[0], in, path + ".main");
+    if (args.branches.size() == 2) shortcut_ = std::make_unique<Sequential>(args.branches[1], in, path + ".shortcut");
+    const Shape other = shortcut_ ? shortcut_->output_shape() : in;
+    if (main_->output_shape() != other)
+      reader.fail("main branch gives " + main_->output_shape().str() + " but the " +
+                  (shortcut_ ? "shortcut gives " : "identity shortcut gives the input ") + other.str() +
+                  (shortcut_ ? "" : ": add a shortcut branch after '|'"));
+    input_ = in;
+    output_ = other;
+  }
+  std::string spec() const override {
+    return "residual{" + main_->spec() + (shortcut_ ? " | " + shortcut_->spec() : "") + "}";
+  }
+  std::string title() const override { return "residual"; }
+  void declare(ParamStore& params, StateStore& state, const Scope& scope) override {
+    main_->declare(params, state, {scope.prefix + "main.", scope.unit});
+    if (shortcut_) shortcut_->declare(params, state, {scope.prefix + "shortcut.", scope.unit});
+  }
+  void bind(const BindContext& context) override {
+    main_->bind(context);
+    const std::size_t size = std::size_t(context.max_batch) * output_.size();
+    main_out_ = Buffer(size);
+    if (!shortcut_) return;
+    shortcut_->bind(context);
+    shortcut_out_ = Buffer(size);
+    shortcut_in_grad_ = Buffer(std::size_t(context.max_batch) * input_.size());
+  }
+  void forward(float* out, const float* in, int batch) override {
+    main_->forward(main_out_.data(), in, batch);
+    if (shortcut_) shortcut_->forward(shortcut_out_.data(), in, batch);
+    add_tensors(out, main_out_.data(), shortcut_ ? shortcut_out_.data() : in, std::size_t(batch) * output_.size());
+  }
+  // Both branches receive out_grad; the input's gradient is the sum of theirs.
+  void backward(float* in_grad, const float* out_grad, const float* in, const float*, int batch) override {
+    main_->backward(in_grad, out_grad, in, main_out_.data(), batch);
+    const std::size_t n = std::size_t(batch) * input_.size();
+    if (shortcut_) {
+      shortcut_->backward(in_grad ? shortcut_in_grad_.data() : nullptr, out_grad, in, shortcut_out_.data(), batch);
+      if (in_grad) add_tensors(in_grad, in_grad, shortcut_in_grad_.data(), n);
+    } else if (in_grad) {
+      add_tensors(in_grad, in_grad, out_grad, n);
+    }
+  }
+  void commit_statistics(int slots) override {
+    main_->commit_statistics(slots);
+    if (shortcut_) shortcut_->commit_statistics(slots);
+  }
+  double forward_flops() const override {
+    return main_->forward_flops() + (shortcut_ ? shortcut_->forward_flops() : 0) + double(output_.size());
+  }
+  void summary_rows(std::vector<Row>& rows, int depth, const std::string& prefix, const ParamStore& params) const override {
+    main_->summary_rows(rows, depth, prefix + "main.", params);
+    if (shortcut_) shortcut_->summary_rows(rows, depth, prefix + "shortcut.", params);
+  }
+  const Sequential& main_branch() const { return *main_; }
+  const Sequential* shortcut_branch() const { return shortcut_.get(); }
+
+ private:
+  std::unique_ptr<Sequential> main_, shortcut_;
+  Buffer main_out_, shortcut_out_, shortcut_in_grad_;
+};
+
+// repeat(n){body}: n copies of the body in a row, each its own Sequential ("i.k.j" parameters).
+class Repeat final : public Layer {
+ public:
+  Repeat(const LayerArgs& args, const Shape& in, const std::string& path) {
+    const ArgReader reader(args, {"times"}, path);
+    times_ = reader.integer("times", 1);
+    if (!args.has_braces || args.branches.size() != 1) reader.fail("needs one block: repeat(n){layers}");
+    std::vector<std::unique_ptr<Layer>> copies;
+    Shape shape = in;
+    for (int k = 0; k < times_; ++k) {
+      copies.push_back(std::make_unique<Sequential>(args.branches[0], shape, path + "." + std::to_string(k + 1)));
+      shape = copies.back()->output_shape();
+    }
+    body_ = std::make_unique<Sequential>(std::move(copies));
+    input_ = in;
+    output_ = shape;
+  }
+  std::string spec() const override {
+    const auto& first = static_cast<const Sequential&>(*body_->children().front());
+    return "repeat(" + std::to_string(times_) + "){" + first.spec() + "}";
+  }
+  std::string title() const override { return "repeat(" + std::to_string(times_) + ")"; }
+  void declare(ParamStore& params, StateStore& state, const Scope& scope) override {
+    for (std::size_t k = 0; k < body_->children().size(); ++k)
+      body_->children()[k]->declare(params, state, {scope.prefix + std::to_string(k) + ".", scope.unit});
+  }
+  void bind(const BindContext& context) override { body_->bind(context); }
+  void forward(float* out, const float* in, int batch) override { body_->forward(out, in, batch); }
+  void backward(float* in_grad, const float* out_grad, const float* in, const float* out, int batch) override {
+    body_->backward(in_grad, out_grad, in, out, batch);
+  }
+  void commit_statistics(int slots) override { body_->commit_statistics(slots); }
+  double forward_flops() const override { return body_->forward_flops(); }
+  void summary_rows(std::vector<Row>& rows, int depth, const std::string& prefix, const ParamStore& params) const override {
+    body_->summary_rows(rows, depth, prefix, params);
+  }
+
+ private:
+  int times_ = 1;
+  std::unique_ptr<Sequential> body_;
+};
+
+}  // namespace
+
+std::unique_ptr<Layer> make_residual(const LayerArgs& args, const Shape& in, const std::string& path) {
+  return std::make_unique<Residual>(args, in, path);
+}
+
+std::unique_ptr<Layer> make_repeat(const LayerArgs& args, const Shape& in, const std::string& path) {
+  return std::make_unique<Repeat>(args, in, path);
+}
+
+}  // namespace mpicnn::core
