@@ -157,7 +157,7 @@ void add_layers(GraphBuilder& g, const core::Model& model, std::size_t* paramete
   bool have_axes = false;
   auto param = [&](int layer, bool bias) -> const core::ParamInfo* {
     for (const auto& p : infos)
-      if (p.layer == layer && p.is_bias == bias) return &p;
+      if (p.layer == layer && p.is_bias() == bias) return &p;
     return nullptr;
   };
   auto add_param = [&](const core::ParamInfo& p) {
