@@ -12,6 +12,7 @@ Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::Eval
   const bool classify = loss.kind == "cross_entropy";
   result.classes = classify ? outputs : 0;
   result.confusion.assign(std::size_t(result.classes) * result.classes, 0);
+  model.run().training = false;  // the trainer sets training mode again before its next step
   core::GradientWorker worker(model);
   core::LossSum sums;
   data::Batch batch;

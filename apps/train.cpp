@@ -195,6 +195,7 @@ class Trainer {
     model_ = std::make_unique<core::Model>(c_.spec, info.shape,
                                            c_.exact_reduction ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
     meta_.spec = model_->canonical_spec();
+    model_->reserve_statistics(statistics_slots());
     check_output_fits(info);
     optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params().size());
     if (!c_.exact_reduction)
@@ -399,6 +400,7 @@ class Trainer {
       if (exact_) write_gradients(0, model_->params().size(), model_->params().grads().data());
       non_finite(r.loss);
     }
+    commit_statistics();
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
     if (exact_) optimizer_->step(model_->params(), r.lr, write_gradients);
     else optimizer_->step(model_->params(), r.lr);
@@ -409,6 +411,8 @@ class Trainer {
   // finished its layers, overlapping the rest of backward.
   core::LossSum accumulate_overlapped(core::GradientWorker& worker, const data::Batch& batch) {
     model_->params().zero_grads();
+    model_->state().clear_statistics();
+    set_run(batch, 0, comm_.rank());
     return worker.accumulate(view_of(batch, 0, batch.count), c_.loss, [this](int layer) { sync_->layer_done(layer); });
   }
 
@@ -419,9 +423,11 @@ class Trainer {
   core::LossSum accumulate_micro_batches(core::GradientWorker& worker, const data::Batch& batch) {
     exact_->begin_step((batch.global_count + c_.micro_batch - 1) / c_.micro_batch);
     core::LossSum local;
+    model_->state().clear_statistics();
     int start = 0;
     do {
       const int count = std::min(c_.micro_batch, batch.count - start);
+      set_run(batch, start, (batch.first + start) / c_.micro_batch);
       const bool first = start == 0, last = start + count >= batch.count;
       const core::LossSum s = worker.accumulate(view_of(batch, start, count), c_.loss,
                                                 [this, first, last](int layer) { exact_->layer_done(layer, first, last); });
@@ -429,6 +435,28 @@ class Trainer {
       start += count;
     } while (start < batch.count);
     return local;
+  }
+
+  // Training mode for the samples from `start` on: dropout keys on their global position,
+  // BatchNorm records into `slot` (exact reduction: the global micro-batch; fast: the rank).
+  void set_run(const data::Batch& batch, int start, int slot) {
+    model_->run() = {true, state_.seed, state_.global_step, long(batch.first) + start, slot};
+  }
+
+  // exact: one slot per micro-batch of the global batch, at fixed global positions, so the
+  // statistics do not depend on the rank count; fast: one per rank.
+  int statistics_slots() const {
+    return c_.exact_reduction ? (c_.global_batch + c_.micro_batch - 1) / c_.micro_batch : comm_.size();
+  }
+
+  // After the step's gradient sum succeeded: every rank wrote its own slots and left the others
+  // zero, so the float sum is exact in any order; then every rank folds the same slots in the
+  // same order into the running statistics.
+  void commit_statistics() {
+    if (model_->state().slot_floats() == 0) return;
+    const int slots = statistics_slots();
+    if (comm_.size() > 1) watchdog_->allreduce_sum(model_->state().statistics_slots(slots), "batch statistics");
+    model_->commit_statistics(slots);
   }
 
   core::BatchView view_of(const data::Batch& batch, int start, int count) const {

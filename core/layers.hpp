@@ -18,7 +18,7 @@ namespace mpicnn::core {
 // global sample position, layer), so they do not depend on the rank count and survive a resume
 // or a step computed again; BatchNorm writes the batch's statistics into `statistics_slot`.
 struct RunContext {
-  bool training = true;
+  bool training = false;  // evaluation unless the trainer says otherwise
   std::uint64_t seed = 0;
   long step = 0;            // global step
   long first_sample = 0;    // global position, within the step, of the batch's first sample

@@ -173,6 +173,7 @@ void copy_batch(const Batch& from, Batch& to, const DatasetInfo& info) {
   to.labels.assign(from.labels.begin(), from.labels.end());
   to.count = from.count;
   to.global_count = from.global_count;
+  to.first = from.first;
   to.epoch = from.epoch;
   to.step = from.step;
 }
@@ -604,6 +605,7 @@ struct TrainReader::Impl {
     samples.read(std::span(order).subspan(first + part.first, part.count), batch, augment);
     batch.count = int(part.count);
     batch.global_count = int(global);
+    batch.first = int(part.first);
     batch.epoch = epoch;
     batch.step = step;
   }

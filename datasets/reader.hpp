@@ -58,6 +58,7 @@ struct Batch {
   core::Buffer targets;              // (capacity,K) float; rows [0, count) valid (splits with targets)
   int count = 0;                     // this rank's samples this step (may be 0 in the last step)
   int global_count = 0;              // samples of all ranks this step (EvalReader: = count)
+  int first = 0;                     // global position, within the step, of this rank's first sample
   int epoch = 0;
   long step = 0;
 };

@@ -142,6 +142,10 @@ void Watchdog::hang(const char* what) {
   throw HangError(message);
 }
 
+void Watchdog::allreduce_sum(std::span<float> values, const std::string& context) {
+  allreduce_sum(values.data(), int(values.size()), MPI_FLOAT, context);
+}
+
 void Watchdog::allreduce_sum(std::span<double> values, const std::string& context) {
   allreduce_sum(values.data(), int(values.size()), MPI_DOUBLE, context);
 }

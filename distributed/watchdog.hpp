@@ -44,6 +44,7 @@ class Watchdog {
     while (!done()) between_polls(start, what);
   }
   // A blocking allreduce (sum) through the detector, after arrived(context).
+  void allreduce_sum(std::span<float> values, const std::string& context);
   void allreduce_sum(std::span<double> values, const std::string& context);
   void allreduce_sum(std::span<std::int64_t> values, const std::string& context);
 

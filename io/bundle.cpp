@@ -14,6 +14,7 @@
 
 #include "core/errors.hpp"
 #include "datasets/h5.hpp"
+#include "io/state_io.hpp"
 
 namespace fs = std::filesystem;
 namespace h5 = mpicnn::data::h5;
@@ -115,13 +116,16 @@ void write_bundle(hid_t file, const CheckpointHeader& h, const std::string& sha2
   if (!h.model.class_names.empty()) h5::write_attribute(meta.get(), "class_names", h.model.class_names);
   h5::write_attribute(meta.get(), "input_scaling", kInputScaling);
   h5::write_attribute(meta.get(), "layout",
-                      "NCHW input; /weights: conv weight (K,C,R,S), dense weight (out,in), bias (K); PyTorch "
-                      "state_dict names (<layer index>.weight, <layer index>.bias)");
+                      "NCHW input; /weights: conv weight (K,C,R,S), dense weight (out,in), bias (K); /state: "
+                      "BatchNorm running_mean, running_var (C) float32, num_batches_tracked int64; PyTorch "
+                      "state_dict names (<layer index>.weight, nested <index>.main.<index>.weight, ...): the "
+                      "state_dict is /weights and /state together");
 
   h5::Handle weights = h5::create_group(file, "weights");
   const float* base = model.params().values().data();
   for (const auto& p : model.params().infos())
     h5::write_dataset<float>(weights.get(), p.name, std::span<const float>(base + p.offset, p.size), dims_of(p));
+  write_state(file, model.state());
 
   h5::Handle source = h5::create_group(file, "source");
   h5::write_attribute(source.get(), "file", fs::path(h.path).filename().string());
@@ -235,8 +239,10 @@ BundleHeader read_bundle_header(const std::string& path) {
   if (b.model.mean.size() != std::size_t(b.model.input.c) || b.model.std.size() != std::size_t(b.model.input.c))
     invalid(path, "/model mean and std need one value per input channel (" + std::to_string(b.model.input.c) + ")");
   std::vector<core::ParamInfo> plan;
+  std::vector<core::StateInfo> state_plan;
   try {
     plan = core::plan_params(b.model.spec, b.model.input);
+    state_plan = core::plan_state(b.model.spec, b.model.input);
   } catch (const Error& e) {
     invalid(path, std::string("/model spec does not build: ") + e.what());
   }
@@ -248,6 +254,7 @@ BundleHeader read_bundle_header(const std::string& path) {
       invalid(path, "dataset '/weights/" + p.name + "' has shape " + h5::dims_text(h5::dims(dataset.get())) +
                         ", the spec needs " + h5::dims_text(dims_of(p)));
   }
+  check_state(f, path, state_plan);
 
   h5::Handle source = h5::open_group(f, "source");
   b.source.file = h5::read_string_attribute(source.get(), "file");
@@ -279,6 +286,7 @@ void load_bundle(const std::string& path, core::Model& model) {
                         h5::dims_text(dims_of(infos[i])));
     std::copy(values.begin(), values.end(), model.params().value(int(i)));
   }
+  read_state(file.get(), path, model.state());
 }
 
 }  // namespace mpicnn::io

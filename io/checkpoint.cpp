@@ -15,6 +15,7 @@
 #include "core/errors.hpp"
 #include "core/parse.hpp"
 #include "datasets/h5.hpp"
+#include "state_io.hpp"
 
 namespace fs = std::filesystem;
 namespace h5 = mpicnn::data::h5;
@@ -176,6 +177,7 @@ void save_checkpoint(const std::string& path, const ModelMeta& meta, const core:
       const auto& infos = model.params().infos();
       h5::Handle weights = h5::open_group(file.get(), "model");
       write_params(weights.get(), infos, model.params().values().data());
+      write_state(file.get(), model.state());
       h5::Handle opt = h5::open_group(file.get(), "optimizer");
       for (const auto& [name, buffer] : optimizer.state()) {
         h5::Handle group = h5::create_group(opt.get(), name);
@@ -223,8 +225,10 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   if (h5::has_attribute(model.get(), "class_names"))
     h.model.class_names = h5::read_string_array_attribute(model.get(), "class_names");
   std::vector<core::ParamInfo> plan;
+  std::vector<core::StateInfo> state_plan;
   try {
     plan = core::plan_params(h.model.spec, h.model.input);
+    state_plan = core::plan_state(h.model.spec, h.model.input);
   } catch (const Error& e) {
     invalid(path, std::string("/model spec does not build: ") + e.what());
   }
@@ -242,6 +246,8 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
       invalid(path, "dataset '/model/" + p.name + "' has shape " + h5::dims_text(found) + ", the spec needs " +
                         h5::dims_text(dims_of(p)));
   }
+
+  check_state(f, path, state_plan);
 
   h5::Handle opt = h5::open_group(f, "optimizer");
   h.optimizer.name = h5::read_string_attribute(opt.get(), "name");
@@ -286,6 +292,7 @@ void load_checkpoint(const std::string& path, core::Model& model, core::Optimize
   const auto& infos = model.params().infos();
   for (std::size_t i = 0; i < infos.size(); ++i)
     read_param(group.get(), path, "/model", infos[i], model.params().value(int(i)));
+  read_state(file.get(), path, model.state());
   if (!optimizer) return;
   h5::Handle opt = h5::open_group(file.get(), "optimizer");
   const std::string name = h5::read_string_attribute(opt.get(), "name");

@@ -275,6 +275,7 @@ TEST(Blocks, BatchNormCommitsStatisticsOnlyWhenTold) {
   Model model("conv(2,1,bias=false) bn", {1, 2, 2}, 2);
   model.params().value(0)[0] = 1, model.params().value(0)[1] = -2;
   std::fill(model.params().value(1), model.params().value(1) + 2, 1.f);  // bn scale
+  model.run().training = true;
   const std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8};  // channel 0 sees 1..8: mean 4.5, variance 5.25 (biased), 6 (unbiased)
   model.forward(x.data(), 2);
   const float* mean = model.state().value(0);
