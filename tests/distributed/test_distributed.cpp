@@ -187,11 +187,13 @@ INSTANTIATE_TEST_SUITE_P(DatasetSizes, Equivalence, ::testing::Values(3200, 1001
 // branch and before the classifier: weights, momentum, running statistics and batch counters
 // after 50 steps (1001 samples: partial batches, ranks with fewer samples) are bitwise those of
 // one rank for 2, 3 and 4 ranks. Dropout masks and the statistics follow global sample positions.
+const char* kResNetSpec =
+    "conv(8,3,pad=1,bias=false) bn relu residual{conv(8,3,pad=1,bias=false) bn relu dropout(0.2) "
+    "conv(8,3,pad=1,bias=false) bn} relu residual{conv(16,3,stride=2,pad=1,bias=false) bn relu "
+    "conv(16,3,pad=1,bias=false) bn | conv(16,1,stride=2,bias=false) bn} relu globalavgpool flatten dropout(0.3) dense(4)";
+
 TEST(ExactBlocks, ResNetWithBatchNormAndDropoutOnOneToFourRanksIsBitwiseIdentical) {
-  const std::string spec =
-      "conv(8,3,pad=1,bias=false) bn relu residual{conv(8,3,pad=1,bias=false) bn relu dropout(0.2) "
-      "conv(8,3,pad=1,bias=false) bn} relu residual{conv(16,3,stride=2,pad=1,bias=false) bn relu "
-      "conv(16,3,pad=1,bias=false) bn | conv(16,1,stride=2,bias=false) bn} relu globalavgpool flatten dropout(0.3) dense(4)";
+  const std::string spec = kResNetSpec;
   const std::string data = make_dataset("eq1001.h5", 1001, 200);
   const std::string extra = "--train.max_steps=50 --data.eval_split=none";
   const Weights one = load(train(1, data, "bn1", extra, spec));
@@ -205,6 +207,18 @@ TEST(ExactBlocks, ResNetWithBatchNormAndDropoutOnOneToFourRanksIsBitwiseIdentica
     EXPECT_EQ(0, std::memcmp(one.momentum.data(), many.momentum.data(), one.momentum.size() * 4)) << ranks << " ranks";
     EXPECT_EQ(0, std::memcmp(one.state.data(), many.state.data(), one.state.size() * 4)) << ranks << " ranks";
   }
+}
+
+// Stopped on 2 ranks after 20 steps and resumed on 3: the running statistics and counters come
+// back from the checkpoint, the dropout masks from the global step, so the result is bitwise
+// that of the uninterrupted run.
+TEST(ExactBlocks, ResumeOnAnotherRankCountIsBitwiseIdentical) {
+  const std::string data = make_dataset("eq1001.h5", 1001, 200);
+  const Weights straight = load(train(2, data, "bn_straight", "--train.max_steps=50 --data.eval_split=none", kResNetSpec));
+  train(2, data, "bn_moved", "--train.max_steps=20 --data.eval_split=none", kResNetSpec);
+  const Weights resumed = load(train(3, data, "bn_moved", "--train.max_steps=50 --data.eval_split=none", kResNetSpec));
+  EXPECT_EQ(0, std::memcmp(straight.values.data(), resumed.values.data(), straight.values.size() * 4));
+  EXPECT_EQ(0, std::memcmp(straight.state.data(), resumed.state.data(), straight.state.size() * 4));
 }
 
 // Ranks on two nodes: each node sums its ranks in shared memory, the nodes' first ranks sum the

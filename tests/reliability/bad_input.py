@@ -24,6 +24,7 @@ from common import (SPEC, Failure, check, check_failed_cleanly, fresh_dir, hash_
 
 DEADLINE = 10  # seconds every run must end within
 CKPT = "ckpt-000000008.h5"  # the fixture run's only step checkpoint (1 epoch of 64 samples, batch 8)
+BN_SPEC = "conv(4,3) bn relu maxpool(2) flatten dense(3)"  # the fixture run "run_bn": BatchNorm state
 
 TRAIN_DEFAULTS = {"data.path": "data.h5", "model.spec": SPEC, "train.epochs": "1", "train.batch_size": "8",
                   "output": "run"}
@@ -93,11 +94,11 @@ def copy_run(w, fx):
     shutil.copytree(os.path.join(fx, "run"), os.path.join(w, "run"))
 
 
-def edited_checkpoint(edit):
-    """ckpt.h5: a copy of the fixture checkpoint changed by edit(h5py.File)."""
+def edited_checkpoint(edit, run="run"):
+    """ckpt.h5: a copy of the fixture checkpoint (of fixture run `run`) changed by edit(h5py.File)."""
     def setup(w, fx):
         path = os.path.join(w, "ckpt.h5")
-        shutil.copy(os.path.join(fx, "run", CKPT), path)
+        shutil.copy(os.path.join(fx, run, CKPT), path)
         with h5py.File(path, "r+") as f:
             edit(f)
     return setup
@@ -187,6 +188,24 @@ case("spec_unclosed_paren_before_next_layer", train(model__spec="conv(4,3 relu f
      ["model spec", "unclosed '('", "conv"])
 case("spec_empty", train(config="bad.ini", model__spec=None), ["model spec is empty", "expected"], ini("[model]\nspec =\n"))
 case("spec_kernel_too_big", train(model__spec="conv(4,9) relu flatten dense(3)"), ["'conv'", "kernel 9", "(1,8,8)"])
+case("spec_block_unclosed", train(model__spec="residual{conv(1,3,pad=1) relu flatten dense(3)"),
+     ["model spec", "unclosed '{' after 'residual'"])
+case("spec_block_unmatched_brace", train(model__spec="conv(4,3) relu } flatten dense(3)"), ["model spec", "unmatched '}'"])
+case("spec_bar_outside_block", train(model__spec="conv(4,3) | relu flatten dense(3)"), ["model spec", "'|' outside a block"])
+case("spec_block_empty_branch", train(model__spec="residual{conv(1,3,pad=1) |} flatten dense(3)"),
+     ["model spec", "empty branch in 'residual{...}'"])
+case("spec_block_on_plain_layer", train(model__spec="conv(4,3){relu} flatten dense(3)"), ["layer 1 'conv'", "no {...} block"])
+case("spec_residual_shape_mismatch", train(model__spec="residual{conv(4,3)} flatten dense(3)"),
+     ["layer 1 'residual'", "main branch gives (4,6,6)", "(1,8,8)"])
+case("spec_unknown_layer_in_block", train(model__spec="relu residual{conv(1,3,pad=1) bnn} flatten dense(3)"),
+     ["'bnn'", "position 2.main.2", "known:"])
+case("spec_repeat_zero", train(model__spec="repeat(0){relu} flatten dense(3)"), ["layer 1 'repeat'", "'times'", ">= 1"])
+case("spec_dropout_p_one", train(model__spec="conv(4,3) dropout(1) flatten dense(3)"),
+     ["layer 2 'dropout'", "'p'", "[0, 1)", "got 1"])
+case("spec_dropout_p_negative", train(model__spec="conv(4,3) dropout(p=-0.5) flatten dense(3)"),
+     ["layer 2 'dropout'", "[0, 1)", "-0.5"])
+case("spec_bn_one_value_per_channel", train(model__spec="conv(4,8) bn flatten dense(3)", train__micro_batch="1"),
+     ["layer 2 'bn'", "more than 1 value per channel in training"])
 case("spec_pool_too_big", train(model__spec="maxpool(16) flatten dense(3)"), ["'maxpool'", "window 16", "(1,8,8)"])
 case("spec_outputs_differ_from_classes", train(model__spec="conv(4,3) relu flatten dense(5)"),
      ["model.spec", "5 outputs", "3 classes", "data.h5"])
@@ -303,6 +322,14 @@ case("ckpt_seed_negative", evaluate(), ["ckpt.h5", "/trainer attribute 'seed'", 
 case("ckpt_resume_gradient_grid_wrong_size", train(resume="ckpt.h5", output="run2"),
      ["ckpt.h5", "gradient_grid", "2 exponents", "expected 4"],
      edited_checkpoint(set_attr("trainer", "gradient_grid", np.array([3, 3], np.int64))))
+case("ckpt_state_missing", evaluate(), ["ckpt.h5", "missing group '/state'", "BatchNorm"],
+     edited_checkpoint(delete("state"), run="run_bn"))
+case("ckpt_state_tensor_missing", evaluate(), ["ckpt.h5", "missing dataset '/state/1.running_var'"],
+     edited_checkpoint(delete("state/1.running_var"), run="run_bn"))
+case("ckpt_state_misshapen", evaluate(), ["ckpt.h5", "'/state/1.running_mean'", "shape (3)", "needs (4)"],
+     edited_checkpoint(replace_dataset("state/1.running_mean", np.zeros(3, np.float32)), run="run_bn"))
+case("ckpt_state_counter_not_integer", evaluate(), ["ckpt.h5", "'/state/1.num_batches_tracked'", "float32", "int64"],
+     edited_checkpoint(replace_dataset("state/1.num_batches_tracked", np.float32(8)), run="run_bn"))
 case("ckpt_empty_run_folder", evaluate(checkpoint="empty_run"), ["empty_run", "no checkpoint"],
      lambda w, fx: os.makedirs(os.path.join(w, "empty_run")))
 case("ckpt_resume_spec_mismatch", train(resume=f"run/{CKPT}", output="run2",
@@ -330,6 +357,9 @@ def setup_fixtures(binary, fixtures):
     result = run([binary] + train(data__path="good.h5", checkpoint__keep="1"), fixtures, 60)
     check(result.returncode == 0, "fixture training run failed: " + result.describe())
     check(os.path.exists(os.path.join(fixtures, "run", CKPT)), f"fixture run wrote no {CKPT}: " + result.describe())
+    result = run([binary] + train(data__path="good.h5", checkpoint__keep="1", model__spec=BN_SPEC, output="run_bn"),
+                 fixtures, 60)
+    check(result.returncode == 0, "fixture training run with BatchNorm failed: " + result.describe())
 
 
 def prepare(spec, workdir, fixtures):
