@@ -10,7 +10,7 @@
 #include "apps/metrics.hpp"
 #include "apps/settings.hpp"
 #include "core/errors.hpp"
-#include "core/loss.hpp"
+#include "core/task.hpp"
 #include "core/parallel.hpp"
 #include "datasets/h5.hpp"
 #include "io/checkpoint.hpp"
@@ -36,7 +36,7 @@ struct Loaded {
   io::CheckpointHeader header;
   std::unique_ptr<core::Model> model;
   std::unique_ptr<data::EvalReader> reader;
-  core::LossConfig loss;
+  std::unique_ptr<core::Task> task;
 };
 
 Loaded load(const Settings& s, const dist::Communicator& comm) {
@@ -51,11 +51,11 @@ Loaded load(const Settings& s, const dist::Communicator& comm) {
   data::check_input_shape(l.reader->info(), l.header.model.input, s.text("data"));
   l.model = std::make_unique<core::Model>(l.header.model.spec, l.header.model.input, batch);
   io::load_checkpoint(path, *l.model, nullptr);
-  l.loss.kind = l.header.model.loss;
-  if (l.loss.kind == "cross_entropy" && l.reader->info().num_classes != int(l.model->output_shape().size()))
-    throw ShapeError(s.text("data") + ": " + std::to_string(l.reader->info().num_classes) +
-                     " classes, but the checkpoint's model has " + std::to_string(l.model->output_shape().size()) +
-                     " outputs");
+  l.task = core::make_task(l.header.model.loss);
+  const data::DatasetInfo& info = l.reader->info();
+  if (l.task->classifies() && info.target_size == 0 && info.num_classes != int(l.model->output_shape().size()))
+    throw ShapeError(s.text("data") + ": " + std::to_string(info.num_classes) + " classes, but the checkpoint's model has " +
+                     std::to_string(l.model->output_shape().size()) + " outputs");
   return l;
 }
 
@@ -68,14 +68,12 @@ struct Outputs {
 
 Evaluation run_collecting(Loaded& l, const dist::Communicator& comm, Outputs* gathered) {
   const int k = int(l.model->output_shape().size());
-  const bool classify = l.loss.kind == "cross_entropy";
   Outputs mine;
-  const Evaluation e = evaluate(*l.model, l.loss, *l.reader, comm, [&](const data::Batch& b, int start, int count, const float* out) {
+  const Evaluation e = evaluate(*l.model, *l.task, *l.reader, comm, [&](const data::Batch& b, int start, int count, const float* out) {
     for (int n = 0; n < count; ++n) {
       const std::size_t at = mine.values.size();
       mine.values.resize(at + k);
-      if (classify) core::softmax(mine.values.data() + at, out + std::size_t(n) * k, k);
-      else std::copy(out + std::size_t(n) * k, out + std::size_t(n + 1) * k, mine.values.data() + at);
+      l.task->predict(mine.values.data() + at, out + std::size_t(n) * k, k);
       if (!b.labels.empty()) mine.labels.push_back(b.labels[start + n]);
       if (b.targets.size())
         mine.targets.insert(mine.targets.end(), b.targets.data() + std::size_t(start + n) * k,
@@ -142,7 +140,8 @@ void print_text(const Evaluation& e, const ClassificationReport* r, const std::v
   row("weighted avg", r->weighted);
 }
 
-void write_predictions(const std::string& path, const Outputs& o, int k, bool classify) {
+void write_predictions(const std::string& path, const Outputs& o, int k, const core::Task& task) {
+  const bool classify = task.classifies();
   const std::size_t n = o.values.size() / k;
   std::vector<std::int32_t> predicted(n);
   for (std::size_t i = 0; i < n; ++i)
@@ -166,7 +165,7 @@ void write_predictions(const std::string& path, const Outputs& o, int k, bool cl
   }
   namespace h5 = data::h5;
   h5::Handle file = h5::create_file(path);
-  h5::write_dataset<float>(file.get(), classify ? "probabilities" : "outputs", o.values, {n, hsize_t(k)});
+  h5::write_dataset<float>(file.get(), task.prediction_name(), o.values, {n, hsize_t(k)});
   if (classify) h5::write_dataset<std::int32_t>(file.get(), "predicted", predicted, {n});
   if (!o.labels.empty()) h5::write_dataset<std::int32_t>(file.get(), "labels", o.labels, {n});
   if (!o.targets.empty()) h5::write_dataset<float>(file.get(), "targets", o.targets, {n, hsize_t(k)});
@@ -197,7 +196,7 @@ int run_predict(const Args& args, const dist::Communicator& comm) {
   Outputs o;
   run_collecting(l, comm, &o);
   if (!comm.is_root()) return 0;
-  write_predictions(s.text("output"), o, int(l.model->output_shape().size()), l.loss.kind == "cross_entropy");
+  write_predictions(s.text("output"), o, int(l.model->output_shape().size()), *l.task);
   std::printf("predictions for %zu samples written to %s\n", o.values.size() / l.model->output_shape().size(),
               s.text("output").c_str());
   return 0;

@@ -4,12 +4,12 @@
 
 namespace mpicnn::app {
 
-Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::EvalReader& reader,
+Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader& reader,
                     const dist::Communicator& comm,
                     const OutputSink& sink, dist::Watchdog* watchdog) {
   Evaluation result;
   const int outputs = int(model.output_shape().size());
-  const bool classify = loss.kind == "cross_entropy";
+  const bool classify = task.classifies();
   result.classes = classify ? outputs : 0;
   result.confusion.assign(std::size_t(result.classes) * result.classes, 0);
   model.run().training = false;  // the trainer sets training mode again before its next step
@@ -24,7 +24,7 @@ Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::Eval
                            batch.labels.empty() ? nullptr : batch.labels.data() + start,
                            batch.targets.size() ? batch.targets.data() + std::size_t(start) * outputs : nullptr, count};
       const float* out = nullptr;
-      const core::LossSum s = worker.evaluate(view, loss, &out);
+      const core::LossSum s = worker.evaluate(view, task, &out);
       sums.sum += s.sum, sums.normalizer += s.normalizer, sums.correct += s.correct;
       result.count += count;
       if (classify)
@@ -49,6 +49,7 @@ Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::Eval
   result.count = counts[0];
   std::copy(counts.begin() + 1, counts.end(), result.confusion.begin());
   result.loss = totals[1] > 0 ? totals[0] / totals[1] : 0;
+  result.correct = totals[2];
   result.accuracy = result.count > 0 ? totals[2] / double(result.count) : 0;
   return result;
 }

@@ -16,6 +16,7 @@ namespace mpicnn::app {
 struct Evaluation {
   double loss = 0;        // mean loss
   double accuracy = 0;    // classification only
+  double correct = 0;     // samples whose arg-max is their label (classification)
   std::int64_t count = 0; // samples evaluated (all ranks)
   int classes = 0;
   std::vector<std::int64_t> confusion;  // (classes, classes): row = true class, column = predicted
@@ -25,7 +26,7 @@ struct Evaluation {
 using OutputSink = std::function<void(const data::Batch& batch, int start, int count, const float* outputs)>;
 
 // With a watchdog (training), a rank that stops during evaluation ends the job instead of hanging it.
-Evaluation evaluate(core::Model& model, const core::LossConfig& loss, data::EvalReader& reader,
+Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader& reader,
                     const dist::Communicator& comm, const OutputSink& sink = {}, dist::Watchdog* watchdog = nullptr);
 
 }  // namespace mpicnn::app

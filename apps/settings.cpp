@@ -16,6 +16,26 @@ namespace po = boost::program_options;
 namespace mpicnn::app {
 namespace {
 
+// An indented line continues the value above it, as in Python's configparser: a long model spec
+// can then be written over several lines. Comments and blank lines end a value.
+std::string join_continuation_lines(std::istream& in) {
+  std::string joined, line;
+  bool in_value = false;
+  while (std::getline(in, line)) {
+    const auto first = line.find_first_not_of(" \t\r");
+    const bool blank = first == std::string::npos, comment = !blank && (line[first] == '#' || line[first] == ';');
+    if (in_value && !blank && !comment && first > 0) {
+      joined.back() = ' ';  // the previous line's newline
+      joined += line.substr(first) + "\n";
+      continue;
+    }
+    in_value = !blank && !comment && line[0] != '[' && line.find('=') != std::string::npos;
+    joined += line + "\n";
+  }
+  return joined;
+}
+
+
 std::size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<std::size_t> row(b.size() + 1);
   for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
@@ -124,8 +144,7 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
     const std::string path = values_["config"];
     if (!std::filesystem::is_regular_file(path)) throw ConfigError("config file '" + path + "' does not exist");
     std::ifstream file(path);
-    std::stringstream text;
-    text << file.rdbuf();
+    std::stringstream text(join_continuation_lines(file));
     try {
       const po::parsed_options parsed = po::parse_config_file(text, description, false);
       for (const auto& option : parsed.options) {

@@ -16,6 +16,7 @@
 #include "apps/evaluate.hpp"
 #include "apps/report.hpp"
 #include "apps/settings.hpp"
+#include "apps/train_config.hpp"
 #include "core/errors.hpp"
 #include "core/optimizer.hpp"
 #include "core/parallel.hpp"
@@ -23,6 +24,7 @@
 #include "datasets/reader.hpp"
 #include "distributed/exact_sum.hpp"
 #include "distributed/grad_sync.hpp"
+#include "distributed/step_totals.hpp"
 #include "io/checkpoint.hpp"
 
 namespace fs = std::filesystem;
@@ -30,150 +32,14 @@ namespace fs = std::filesystem;
 namespace mpicnn::app {
 namespace {
 
+double metric_or_nan(const std::vector<core::Metric>& metrics, const std::string& name) {
+  for (const auto& [key, value] : metrics)
+    if (key == name) return value;
+  return NAN;
+}
+
 volatile std::sig_atomic_t stop_signal = 0;
 extern "C" void on_stop_signal(int signal) { stop_signal = signal; }
-
-std::vector<Key> train_keys() {
-  return {
-      {"config", "", "INI config file (every key below may be set there, in its [section])"},
-      {"output", "", "run folder for config, metrics.jsonl and checkpoints [default: runs/<config name>]"},
-      {"resume", "", "checkpoint file or run folder to continue from (a run folder holding a checkpoint resumes by itself)"},
-      {"data.path", "", "HDF5 dataset file (format: datasets/README.md)", true},
-      {"data.train_split", "train", "split to train on"},
-      {"data.eval_split", "test", "split evaluated after every epoch ('none' or '': no evaluation)"},
-      {"data.normalize", "true", "subtract the per-channel mean and divide by the std"},
-      {"data.mean", "", "per-channel means overriding the file's, comma-separated"},
-      {"data.std", "", "per-channel stds overriding the file's, comma-separated"},
-      {"data.random_flip", "false", "augmentation: random horizontal flip"},
-      {"data.random_crop_pad", "0", "augmentation: pad by this many pixels and crop back at random"},
-      {"data.cache_mb", "0", "read the training split into memory before the first step when it fits in this many MB (0 = stream from the file)"},
-      {"data.prefetch", "true", "read the next batch in a background thread"},
-      {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
-      {"model.init", "he", "weight initialisation: he, he_uniform, xavier, xavier_normal"},
-      {"train.epochs", "10", "epochs to train"},
-      {"train.batch_size", "64", "GLOBAL batch: samples per step summed over all ranks"},
-      {"train.seed", "1", "seed of weights, data order and augmentation"},
-      {"train.threads", "0", "threads per rank (0: $MPICNN_THREADS, else $SLURM_CPUS_PER_TASK, else this node's cores / ranks on it)"},
-      {"train.log_interval", "100", "steps between progress lines and metrics records"},
-      {"train.max_steps", "0", "stop after this many global steps (0 = no limit)"},
-      {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
-      {"train.reduction", "exact", "gradient sum across ranks: exact (bitwise the same for any rank count) or fast (overlapped with backward, rounding depends on the rank count)"},
-      {"train.micro_batch", "16", "exact reduction: samples per micro-batch, the unit whose gradients are summed exactly"},
-      {"train.node_sum", "shared", "exact reduction: sum the ranks of a node in shared memory, then across nodes (shared), or all ranks through MPI's allreduce (mpi)"},
-      {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
-      {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
-      {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
-      {"loss.kind", "cross_entropy", "cross_entropy (softmax classification) or mse (regression)"},
-      {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
-      {"optimizer.name", "sgd", "sgd, adam or adamw"},
-      {"optimizer.lr", "0.01", "base learning rate"},
-      {"optimizer.momentum", "0", "SGD momentum"},
-      {"optimizer.nesterov", "false", "SGD Nesterov momentum"},
-      {"optimizer.weight_decay", "0", "L2 penalty (adamw: decoupled decay)"},
-      {"optimizer.beta1", "0.9", "Adam beta1"},
-      {"optimizer.beta2", "0.999", "Adam beta2"},
-      {"optimizer.epsilon", "1e-8", "Adam epsilon"},
-      {"schedule.kind", "constant", "learning-rate schedule: constant, step or cosine"},
-      {"schedule.warmup_epochs", "0", "linear warm-up from 0, in epochs (may be fractional)"},
-      {"schedule.step_epochs", "1", "step schedule: epochs between decays"},
-      {"schedule.gamma", "0.1", "step schedule: decay factor"},
-      {"schedule.min_lr", "0", "cosine schedule: final learning rate"},
-      {"checkpoint.every_steps", "0", "also checkpoint every this many steps (0 = at the end of every epoch only)"},
-      {"checkpoint.keep", "3", "step checkpoints kept (best.h5 is kept besides)"},
-      {"checkpoint.best_metric", "auto", "test metric choosing best.h5: accuracy (higher), loss (lower), auto: accuracy for cross_entropy, else loss"},
-  };
-}
-
-struct TrainConfig {
-  std::string data_path, train_split, eval_split, spec, init, run_dir, resume;
-  std::vector<double> mean, std;
-  bool normalize, random_flip, prefetch;
-  int random_crop_pad, epochs, global_batch, threads, eval_batch, keep, micro_batch;
-  bool exact_reduction, shared_memory_sum;
-  long log_interval, max_steps, every_steps;
-  std::size_t cache_bytes, bucket_bytes;
-  std::uint64_t seed;
-  core::LossConfig loss;
-  core::OptimizerConfig optimizer;
-  core::ScheduleConfig schedule;
-  double warmup_epochs, step_epochs;
-  std::string best_metric, progress;
-  double collective_timeout;
-};
-
-TrainConfig read_config(const Settings& s) {
-  TrainConfig c;
-  c.data_path = s.text("data.path");
-  c.train_split = s.text("data.train_split");
-  c.eval_split = s.text("data.eval_split") == "none" ? "" : s.text("data.eval_split");  // "" too
-  c.normalize = s.flag("data.normalize");
-  c.mean = s.reals("data.mean");
-  c.std = s.reals("data.std");
-  c.random_flip = s.flag("data.random_flip");
-  c.random_crop_pad = int(s.integer("data.random_crop_pad", 0));
-  c.cache_bytes = std::size_t(s.integer("data.cache_mb", 0)) << 20;
-  c.prefetch = s.flag("data.prefetch");
-  c.spec = s.text("model.spec");
-  c.init = s.choice("model.init", core::known_init_schemes());
-  c.epochs = int(s.integer("train.epochs", 1));
-  c.global_batch = int(s.integer("train.batch_size", 1));
-  c.seed = std::uint64_t(s.integer("train.seed", 0, std::numeric_limits<long>::max()));
-  c.threads = int(s.integer("train.threads", 0));
-  c.log_interval = s.integer("train.log_interval", 1);
-  c.max_steps = s.integer("train.max_steps", 0);
-  c.eval_batch = int(s.integer("train.eval_batch", 1));
-  c.bucket_bytes = std::size_t(s.integer("train.bucket_kb", 0)) << 10;
-  c.collective_timeout = s.real("train.collective_timeout", 0);
-  c.exact_reduction = s.choice("train.reduction", {"exact", "fast"}) == "exact";
-  c.shared_memory_sum = s.choice("train.node_sum", {"shared", "mpi"}) == "shared";
-  c.micro_batch = int(s.integer("train.micro_batch", 1));
-  c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
-  c.loss.kind = s.choice("loss.kind", {"cross_entropy", "mse"});
-  for (double w : s.reals("loss.class_weights")) c.loss.class_weights.push_back(float(w));
-  c.optimizer.name = s.choice("optimizer.name", {"sgd", "adam", "adamw"});
-  c.schedule.base_lr = s.real("optimizer.lr", 0, false);
-  c.optimizer.momentum = s.real("optimizer.momentum", 0);
-  c.optimizer.nesterov = s.flag("optimizer.nesterov");
-  c.optimizer.weight_decay = s.real("optimizer.weight_decay", 0);
-  c.optimizer.beta1 = s.real("optimizer.beta1", 0);
-  c.optimizer.beta2 = s.real("optimizer.beta2", 0);
-  c.optimizer.epsilon = s.real("optimizer.epsilon", 0, false);
-  c.schedule.kind = s.choice("schedule.kind", {"constant", "step", "cosine"});
-  c.warmup_epochs = s.real("schedule.warmup_epochs", 0);
-  c.step_epochs = s.real("schedule.step_epochs", 0, false);
-  c.schedule.gamma = s.real("schedule.gamma", 0, false);
-  c.schedule.min_lr = s.real("schedule.min_lr", 0);
-  c.every_steps = s.integer("checkpoint.every_steps", 0);
-  c.keep = int(s.integer("checkpoint.keep", 1));
-  c.best_metric = s.choice("checkpoint.best_metric", {"auto", "accuracy", "loss"});
-  if (c.best_metric == "auto") c.best_metric = c.loss.kind == "cross_entropy" ? "accuracy" : "loss";
-  if (c.best_metric == "accuracy" && c.loss.kind != "cross_entropy")
-    throw ConfigError("'checkpoint.best_metric' = accuracy needs loss.kind = cross_entropy ('" + c.loss.kind +
-                      "' has no accuracy); use loss");
-  if (c.optimizer.momentum >= 1) throw ConfigError("'optimizer.momentum' must be below 1, got " + s.text("optimizer.momentum"));
-  if (c.optimizer.nesterov && c.optimizer.momentum == 0) throw ConfigError("'optimizer.nesterov' needs 'optimizer.momentum' > 0");
-  const std::string name = s.given("config") ? fs::path(s.text("config")).stem().string() : "run";
-  c.run_dir = s.given("output") ? s.text("output") : "runs/" + name;
-  c.resume = s.text("resume");
-  return c;
-}
-
-// Threads per rank: this node's cores shared among the ranks on it, and never more than the cores
-// this rank may run on (mpirun binds each rank to one core by default).
-int choose_threads(int requested, const dist::Communicator& comm, std::string* warning) {
-  const int node_cores = int(std::max(1u, std::thread::hardware_concurrency()));
-  cpu_set_t mask;
-  const int allowed = sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : node_cores;
-  // Launchers that know the allocation say it: SLURM's cpus-per-task, or scripts/slurm/launch.sh.
-  for (const char* variable : {"MPICNN_THREADS", "SLURM_CPUS_PER_TASK"})
-    if (requested == 0 && std::getenv(variable)) requested = std::max(0, std::atoi(std::getenv(variable)));
-  const int threads = requested > 0 ? requested : std::max(1, std::min(allowed, node_cores / comm.ranks_on_node()));
-  if (threads * comm.ranks_on_node() > node_cores || threads > allowed)
-    *warning = "warning: " + std::to_string(comm.ranks_on_node()) + " ranks x " + std::to_string(threads) +
-               " threads on a node with " + std::to_string(node_cores) + " cores (this rank may use " +
-               std::to_string(allowed) + "): oversubscribed, expect slower steps";
-  return threads;
-}
 
 class Trainer {
  public:
@@ -189,19 +55,24 @@ class Trainer {
         c_.data_path, c_.train_split, c_.global_batch, comm.rank(), comm.size(), c_.seed, true, c_.normalize, c_.mean,
         c_.std, c_.random_flip, c_.random_crop_pad, c_.cache_bytes, c_.prefetch, c_.exact_reduction ? c_.micro_batch : 1});
     const data::DatasetInfo& info = reader_->info();
-    meta_ = {"", info.shape, c_.loss.kind, c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,
+    meta_ = {"", info.shape, c_.task->kind(), c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,
              info.class_names};
     if (!c_.normalize) meta_.mean.assign(info.shape.c, 0.0), meta_.std.assign(info.shape.c, 1.0);
     model_ = std::make_unique<core::Model>(c_.spec, info.shape,
                                            c_.exact_reduction ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
     meta_.spec = model_->canonical_spec();
     model_->reserve_statistics(statistics_slots());
-    check_output_fits(info);
+    c_.task->check({info.target_size == 0, info.num_classes, info.target_size}, int(model_->output_shape().size()),
+                   c_.data_path);
     optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params().size());
-    if (!c_.exact_reduction)
-      sync_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
-    if (c_.exact_reduction) exact_ = std::make_unique<dist::ExactGradientSum>(comm, model_->params(), c_.shared_memory_sum);
+    if (c_.exact_reduction) {
+      auto exact = std::make_unique<dist::ExactGradientSum>(comm, model_->params(), c_.micro_batch, c_.shared_memory_sum);
+      exact_ = exact.get();
+      reducer_ = std::move(exact);
+    } else {
+      reducer_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
+    }
     if (!c_.eval_split.empty())
       eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
           c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
@@ -245,6 +116,7 @@ class Trainer {
  private:
   struct StepResult {
     double loss = 0, accuracy = 0, lr = 0, comm_wait = 0;  // comm_wait: this rank's, this step
+    std::vector<core::Metric> metrics;                      // the task's, beside the loss
     CommWait previous_wait;                                 // all ranks', the step before
     bool stop = false, finite = true;
   };
@@ -253,21 +125,6 @@ class Trainer {
     long steps = 0;
     void add(const StepResult& r) { loss += r.loss, accuracy += r.accuracy, ++steps; }
   };
-
-  void check_output_fits(const data::DatasetInfo& info) {
-    const int outputs = int(model_->output_shape().size());
-    if (c_.loss.kind == "cross_entropy") {
-      if (info.num_classes != outputs)
-        throw ConfigError("model.spec ends with " + std::to_string(outputs) + " outputs, but " + c_.data_path +
-                          " has " + std::to_string(info.num_classes) + " classes");
-      if (!c_.loss.class_weights.empty() && int(c_.loss.class_weights.size()) != outputs)
-        throw ConfigError("'loss.class_weights' has " + std::to_string(c_.loss.class_weights.size()) +
-                          " weights, expected one per class (" + std::to_string(outputs) + ")");
-    } else if (info.target_size != outputs) {
-      throw ConfigError("model.spec ends with " + std::to_string(outputs) + " outputs, but the targets in " +
-                        c_.data_path + " have " + std::to_string(info.target_size) + " values per sample");
-    }
-  }
 
   void prepare_run_dir() {
     if (comm_.is_root()) {
@@ -291,11 +148,11 @@ class Trainer {
                           " differs from the config's '" + meta_.spec + "' on " + meta_.input.str());
       io::load_checkpoint(path, *model_, optimizer_.get());
       state_ = header.trainer;
-      if (exact_ && !state_.gradient_grid.empty()) {
+      if (c_.exact_reduction && !state_.gradient_grid.empty()) {
         if (state_.gradient_grid.size() != model_->params().infos().size())
           throw IoError(path + ": /trainer attribute 'gradient_grid' has " + std::to_string(state_.gradient_grid.size()) +
                         " exponents, expected " + std::to_string(model_->params().infos().size()) + " (one per parameter tensor)");
-        exact_->set_grid(state_.gradient_grid);
+        reducer_->set_grid(state_.gradient_grid);
       }
       last_saved_step_ = state_.global_step;
       if (state_.seed != c_.seed && comm_.is_root())
@@ -354,83 +211,65 @@ class Trainer {
   // The step's small allreduce: loss sums, the stop request, this rank's communication wait in the
   // step before (for the mean over ranks), then the class histogram. The least wait over ranks
   // has an allreduce of its own (a minimum).
-  enum Total { kLossSum, kCorrect, kStop, kPreviousWait, kHistogram };
+  enum Total { kLossSum, kCorrect, kStop, kPreviousWait, kTaskTotals };
 
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
     StepResult r;
-    double least_wait = 0;  // the minimum over ranks of previous_wait_, allreduced in place
+    std::vector<double>& totals = totals_.sums();
     for (;;) {
-      const core::LossSum local = exact_ ? accumulate_micro_batches(worker, batch) : accumulate_overlapped(worker, batch);
+      const core::LossSum local = accumulate(worker, batch);
       watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
-      // One small allreduce carries the loss sums, the class histogram and the stop request, so
-      // all ranks stop together and divide by the same normaliser. It is waited for with the
-      // gradients: the wait measured is all the communication backward did not hide.
-      totals_.assign(kHistogram, 0.0);
-      totals_[kLossSum] = local.sum, totals_[kCorrect] = local.correct, totals_[kStop] = double(stop_signal != 0);
-      totals_[kPreviousWait] = least_wait = previous_wait_;
-      append_histogram(batch, &totals_);
-      MPI_Request requests[2];
-      dist::check(MPI_Iallreduce(MPI_IN_PLACE, totals_.data(), int(totals_.size()), MPI_DOUBLE, MPI_SUM, comm_.handle(),
-                                 &requests[0]),
-                  "MPI_Iallreduce");
-      dist::check(MPI_Iallreduce(MPI_IN_PLACE, &least_wait, 1, MPI_DOUBLE, MPI_MIN, comm_.handle(), &requests[1]),
-                  "MPI_Iallreduce");
-      if (!exact_) {
-        r.comm_wait = sync_->finish(*watchdog_, requests);
-        break;
-      }
-      const dist::ExactGradientSum::Result sum = exact_->finish(*watchdog_, requests);
+      // One small allreduce carries the loss sums, the task's totals (e.g. the class histogram)
+      // and the stop request, so all ranks stop together and divide by the same normaliser. It
+      // is waited for with the gradients: the wait measured is all the communication backward
+      // did not hide.
+      totals.assign(kTaskTotals, 0.0);
+      totals[kLossSum] = local.sum, totals[kCorrect] = local.correct, totals[kStop] = double(stop_signal != 0);
+      totals[kPreviousWait] = totals_.minimum() = previous_wait_;
+      c_.task->append_step_totals(view_of(batch, 0, batch.count), int(model_->output_shape().size()), totals);
+      const dist::GradientReducer::Result sum = reducer_->finish(*watchdog_, totals_.start());
       r.comm_wait += sum.wait_seconds;
-      r.finite = sum.outcome != dist::ExactGradientSum::Outcome::non_finite;
-      if (sum.outcome != dist::ExactGradientSum::Outcome::retry) break;  // the same on every rank
+      r.finite = sum.outcome != dist::GradientReducer::Outcome::non_finite;
+      if (sum.outcome != dist::GradientReducer::Outcome::retry) break;  // the same on every rank
     }
-    const double normalizer = global_normalizer(totals_, batch.global_count);
+    const double normalizer = c_.task->normalizer(std::span<const double>(totals).subspan(kTaskTotals),
+                                                  batch.global_count, int(model_->output_shape().size()));
     // Exact reduction: the optimizer has the summed gradient written chunk by chunk as it goes.
-    const auto write_gradients = [&](std::size_t begin, std::size_t end, float* out) {
-      exact_->write_gradients(1.0 / normalizer, begin, end, out);
-    };
-    if (!exact_) core::scale_gradients(model_->params(), 1.0 / normalizer);
-    r.loss = totals_[kLossSum] / normalizer;
-    r.accuracy = c_.loss.kind == "cross_entropy" ? totals_[kCorrect] / batch.global_count : NAN;
-    r.stop = totals_[kStop] > 0;
-    r.previous_wait = {least_wait, totals_[kPreviousWait] / comm_.size()};
+    const core::GradientSource gradients = reducer_->gradients(1.0 / normalizer);
+    r.loss = totals[kLossSum] / normalizer;
+    r.metrics = c_.task->step_metrics(totals[kCorrect], batch.global_count);
+    r.accuracy = metric_or_nan(r.metrics, "accuracy");
+    r.stop = totals[kStop] > 0;
+    r.previous_wait = {totals_.minimum(), totals[kPreviousWait] / comm_.size()};
     previous_wait_ = r.comm_wait;
     if (!std::isfinite(r.loss) || !r.finite) {
       // Into the arena, whose gradients the report searches for the first non-finite layer.
-      if (exact_) write_gradients(0, model_->params().size(), model_->params().grads().data());
+      if (gradients) gradients(0, model_->params().size(), model_->params().grads().data());
       non_finite(r.loss);
     }
     commit_statistics();
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
-    if (exact_) optimizer_->step(model_->params(), r.lr, write_gradients);
-    else optimizer_->step(model_->params(), r.lr);
+    optimizer_->step(model_->params(), r.lr, gradients);
     return r;
   }
 
-  // The whole local batch at once; each bucket's allreduce starts as soon as backward has
-  // finished its layers, overlapping the rest of backward.
-  core::LossSum accumulate_overlapped(core::GradientWorker& worker, const data::Batch& batch) {
-    model_->params().zero_grads();
+  // Micro-batches at fixed global positions (exact reduction: train.micro_batch samples, each
+  // one's gradient added exactly onto a fixed-point grid, so the result does not depend on which
+  // rank computed what; fast: the whole local batch, its buckets' allreduces overlapping the rest
+  // of backward). A rank without samples still takes part in every allreduce (an empty pass
+  // calls layer_done for every layer).
+  core::LossSum accumulate(core::GradientWorker& worker, const data::Batch& batch) {
+    const int micro = reducer_->micro_batch(batch.count);
+    reducer_->begin_step(c_.exact_reduction ? (batch.global_count + micro - 1) / micro : comm_.size());
     model_->state().clear_statistics();
-    set_run(batch, 0, comm_.rank());
-    return worker.accumulate(view_of(batch, 0, batch.count), c_.loss, [this](int layer) { sync_->layer_done(layer); });
-  }
-
-  // train.reduction = exact: micro-batches of fixed global positions, each one's gradient added
-  // exactly onto a fixed-point grid as backward finishes its layers, so the result does not
-  // depend on which rank computed what. A rank without samples still takes part in every
-  // allreduce (an empty pass calls layer_done for every layer).
-  core::LossSum accumulate_micro_batches(core::GradientWorker& worker, const data::Batch& batch) {
-    exact_->begin_step((batch.global_count + c_.micro_batch - 1) / c_.micro_batch);
     core::LossSum local;
-    model_->state().clear_statistics();
     int start = 0;
     do {
-      const int count = std::min(c_.micro_batch, batch.count - start);
-      set_run(batch, start, (batch.first + start) / c_.micro_batch);
+      const int count = std::min(micro, batch.count - start);
+      set_run(batch, start, c_.exact_reduction ? (batch.first + start) / micro : comm_.rank());
       const bool first = start == 0, last = start + count >= batch.count;
-      const core::LossSum s = worker.accumulate(view_of(batch, start, count), c_.loss,
-                                                [this, first, last](int layer) { exact_->layer_done(layer, first, last); });
+      const core::LossSum s = worker.accumulate(view_of(batch, start, count), *c_.task,
+                                                [this, first, last](int layer) { reducer_->layer_done(layer, first, last); });
       local.sum += s.sum, local.correct += s.correct;
       start += count;
     } while (start < batch.count);
@@ -466,23 +305,6 @@ class Trainer {
             batch.targets.size() ? batch.targets.data() + start * outputs : nullptr, count};
   }
 
-  // Samples per class (classification), so that the normaliser (the sum of class weights over the
-  // global batch) is computed from integers, identically on every rank for any rank count.
-  void append_histogram(const data::Batch& batch, std::vector<double>* totals) const {
-    if (c_.loss.kind != "cross_entropy") return;
-    const std::size_t first = totals->size();
-    totals->resize(first + model_->output_shape().size(), 0.0);
-    for (int n = 0; n < batch.count; ++n) (*totals)[first + batch.labels[n]] += 1;
-  }
-
-  double global_normalizer(const std::vector<double>& totals, int global_count) const {
-    if (c_.loss.kind != "cross_entropy") return double(global_count) * double(model_->output_shape().size());
-    double normalizer = 0;
-    for (std::size_t k = 0; k + kHistogram < totals.size(); ++k)
-      normalizer += totals[kHistogram + k] * (c_.loss.class_weights.empty() ? 1.0 : c_.loss.class_weights[k]);
-    return normalizer;
-  }
-
   [[noreturn]] void non_finite(double loss) {
     throw NumericError("step " + std::to_string(state_.global_step + 1) + " (epoch " + std::to_string(state_.epoch + 1) +
                        "): loss is " + std::to_string(loss) + "; " + first_non_finite_layer() +
@@ -510,13 +332,13 @@ class Trainer {
 
   std::vector<std::pair<std::string, double>> evaluate_now(Reporter& report) {
     if (!eval_reader_) return {};
-    const Evaluation e = evaluate(*model_, c_.loss, *eval_reader_, comm_, {}, watchdog_.get());
+    const Evaluation e = evaluate(*model_, *c_.task, *eval_reader_, comm_, {}, watchdog_.get());
     std::map<std::string, double> fields = {{"epoch", state_.epoch + 1}, {"global_step", double(state_.global_step)},
                                             {"test_loss", e.loss}, {"samples", double(e.count)}, {"elapsed_s", report.elapsed()}};
-    if (e.classes) fields["test_accuracy"] = e.accuracy;
+    for (const auto& [name, value] : c_.task->eval_metrics(e.correct, e.count)) fields["test_" + name] = value;
     report.record("eval", fields);
     std::vector<std::pair<std::string, double>> metrics = {{"test_loss", e.loss}};
-    if (e.classes) metrics.emplace_back("test_accuracy", e.accuracy);
+    for (const auto& [name, value] : c_.task->eval_metrics(e.correct, e.count)) metrics.emplace_back("test_" + name, value);
     return metrics;
   }
 
@@ -526,7 +348,7 @@ class Trainer {
     const long steps = std::max(1L, sums.steps);
     std::snprintf(text, sizeof text, "epoch %d/%d: train loss %.4f", state_.epoch + 1, c_.epochs, sums.loss / steps);
     std::string line = text;
-    if (c_.loss.kind == "cross_entropy") {
+    if (!std::isnan(sums.accuracy)) {
       std::snprintf(text, sizeof text, " acc %.4f", sums.accuracy / steps);
       line += text;
     }
@@ -547,7 +369,7 @@ class Trainer {
   void save(Reporter& report, const std::vector<std::pair<std::string, double>>& metrics,
             std::optional<io::TrainerState> position = std::nullopt) {
     io::TrainerState at = position.value_or(state_);
-    at.gradient_grid = exact_ ? exact_->grid() : std::vector<int>{};
+    at.gradient_grid = reducer_->grid();
     bool best = false;
     for (const auto& [name, value] : metrics)
       if (name == "test_" + c_.best_metric && improves_best(value)) state_.best_metric = at.best_metric = value, best = true;
@@ -567,7 +389,7 @@ class Trainer {
   bool improves_best(double value) const {
     if (std::isnan(value)) return false;
     if (std::isnan(state_.best_metric)) return true;
-    return c_.best_metric == "loss" ? value < state_.best_metric : value > state_.best_metric;
+    return c_.task->higher_is_better(c_.best_metric) ? value > state_.best_metric : value < state_.best_metric;
   }
 
   int stop(Reporter& report) {
@@ -595,14 +417,14 @@ class Trainer {
   std::unique_ptr<data::EvalReader> eval_reader_;
   std::unique_ptr<core::Model> model_;
   std::unique_ptr<core::Optimizer> optimizer_;
-  std::unique_ptr<dist::GradientSync> sync_;
+  std::unique_ptr<dist::GradientReducer> reducer_;
   std::unique_ptr<dist::Watchdog> watchdog_;
-  std::unique_ptr<dist::ExactGradientSum> exact_;
+  dist::ExactGradientSum* exact_ = nullptr;  // reducer_ under exact reduction (its route, for the start line)
   io::ModelMeta meta_;
   io::TrainerState state_;
   long steps_per_epoch_ = 0, total_steps_ = 0;
   long last_saved_step_ = -1;  // the global step of the newest checkpoint, so none is written twice
-  std::vector<double> totals_;  // train_step's allreduce buffer, kept to reuse its allocation
+  dist::StepTotals totals_{comm_};
   double previous_wait_ = 0;    // this rank's communication wait in the last step
 };
 

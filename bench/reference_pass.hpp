@@ -3,6 +3,7 @@
 // pools applying the ReLUs before them, flatten a view) with the loss, on fixed normal images and
 // labels 0..9 repeating. Shared by kernels_bench (model_pass) and lockstep_bench.
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/model.hpp"
@@ -26,7 +27,7 @@ class ReferencePass {
     for (int n = 0; n < batch; ++n) labels_[n] = n % 10;
   }
   // One forward and backward pass; the gradients accumulate in the arena.
-  core::LossSum run() { return worker_.accumulate({images_.data(), labels_.data(), nullptr, batch_}, {}); }
+  core::LossSum run() { return worker_.accumulate({images_.data(), labels_.data(), nullptr, batch_}, *task_); }
   core::Model& model() { return model_; }
 
  private:
@@ -35,6 +36,7 @@ class ReferencePass {
   core::Buffer images_;
   std::vector<std::int32_t> labels_;
   core::GradientWorker worker_;
+  std::unique_ptr<core::Task> task_ = core::make_task("cross_entropy");
 };
 
 }  // namespace mpicnn::bench

@@ -7,20 +7,7 @@
 
 namespace mpicnn::core {
 
-LossSum compute_loss(float* output_grad, const float* outputs, const BatchView& batch, const LossConfig& loss,
-                     int outputs_per_sample) {
-  if (loss.kind == "cross_entropy") {
-    if (!batch.labels) throw ConfigError("loss 'cross_entropy' needs class labels, but the dataset has regression targets");
-    return softmax_cross_entropy(output_grad, outputs, batch.labels, loss.class_weights, batch.count, outputs_per_sample);
-  }
-  if (loss.kind == "mse") {
-    if (!batch.targets) throw ConfigError("loss 'mse' needs regression targets, but the dataset has class labels");
-    return mean_squared_error(output_grad, outputs, batch.targets, batch.count, outputs_per_sample);
-  }
-  throw ConfigError("unknown loss '" + loss.kind + "' (known: cross_entropy, mse)");
-}
-
-LossSum GradientWorker::accumulate(const BatchView& batch, const LossConfig& loss,
+LossSum GradientWorker::accumulate(const BatchView& batch, const Task& task,
                                    const std::function<void(int)>& layer_done) {
   if (batch.count == 0) {
     for (int i = int(model_.layers().size()) - 1; i >= 0; --i)
@@ -28,16 +15,16 @@ LossSum GradientWorker::accumulate(const BatchView& batch, const LossConfig& los
     return {};
   }
   const float* outputs = model_.forward(batch.images, batch.count);
-  const LossSum sums = compute_loss(output_grad_.data(), outputs, batch, loss, int(model_.output_shape().size()));
+  const LossSum sums = task.loss(output_grad_.data(), outputs, batch, int(model_.output_shape().size()));
   model_.backward(output_grad_.data(), batch.count, layer_done);
   return sums;
 }
 
-LossSum GradientWorker::evaluate(const BatchView& batch, const LossConfig& loss, const float** outputs) {
+LossSum GradientWorker::evaluate(const BatchView& batch, const Task& task, const float** outputs) {
   if (batch.count == 0) return {};
   const float* out = model_.forward(batch.images, batch.count);
   if (outputs) *outputs = out;
-  return compute_loss(nullptr, out, batch, loss, int(model_.output_shape().size()));
+  return task.loss(nullptr, out, batch, int(model_.output_shape().size()));
 }
 
 void scale_gradients(ParamStore& params, double factor) {

@@ -7,27 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "loss.hpp"
 #include "model.hpp"
+#include "task.hpp"
 
 namespace mpicnn::core {
-
-struct LossConfig {
-  std::string kind = "cross_entropy";  // cross_entropy (softmax output) or mse (regression output)
-  std::vector<float> class_weights;     // cross_entropy only; empty = all 1
-};
-
-// A batch as the kernels see it: (count, C, H, W) images and labels (classification) or
-// (count, K) targets (regression).
-struct BatchView {
-  const float* images = nullptr;
-  const std::int32_t* labels = nullptr;
-  const float* targets = nullptr;
-  int count = 0;
-};
-
-LossSum compute_loss(float* output_grad, const float* outputs, const BatchView& batch, const LossConfig& loss,
-                     int outputs_per_sample);
 
 // Forward and backward over the batch; parameter gradients accumulate d(loss sum)/d(w).
 // layer_done(i) fires for every layer, last first, even when the batch is empty, so that ranks
@@ -35,9 +18,9 @@ LossSum compute_loss(float* output_grad, const float* outputs, const BatchView& 
 class GradientWorker {
  public:
   explicit GradientWorker(Model& model) : model_(model), output_grad_(std::size_t(model.max_batch()) * model.output_shape().size()) {}
-  LossSum accumulate(const BatchView& batch, const LossConfig& loss, const std::function<void(int)>& layer_done = {});
+  LossSum accumulate(const BatchView& batch, const Task& task, const std::function<void(int)>& layer_done = {});
   // Forward and loss only (evaluation); `outputs` receives the model's outputs when not null.
-  LossSum evaluate(const BatchView& batch, const LossConfig& loss, const float** outputs = nullptr);
+  LossSum evaluate(const BatchView& batch, const Task& task, const float** outputs = nullptr);
 
  private:
   Model& model_;

@@ -343,6 +343,17 @@ MPICNN_H5_INSTANTIATE(float)
 MPICNN_H5_INSTANTIATE(double)
 #undef MPICNN_H5_INSTANTIATE
 
+std::vector<std::string> attribute_names(hid_t object) {
+  std::vector<std::string> names;
+  hsize_t index = 0;
+  const auto collect = [](hid_t, const char* name, const H5A_info_t*, void* out) -> herr_t {
+    static_cast<std::vector<std::string>*>(out)->push_back(name);
+    return 0;
+  };
+  check(H5Aiterate2(object, H5_INDEX_NAME, H5_ITER_INC, &index, collect, &names), object, "list attributes of");
+  return names;
+}
+
 bool has_attribute(hid_t object, const std::string& name) {
   silence_errors();
   return check(H5Aexists(object, name.c_str()), object, "look up attributes of") > 0;

@@ -107,6 +107,8 @@ std::vector<T> read_dataset(hid_t location, const std::string& name, std::vector
 // Attributes on any object (file root, group, dataset). Numbers are stored as int64 or float64;
 // reading converts between numeric types and rejects strings and vice versa with a clear message.
 bool has_attribute(hid_t object, const std::string& name);
+// Names of the object's attributes, in creation order (HDF5's name order when it has none).
+std::vector<std::string> attribute_names(hid_t object);
 void write_attribute(hid_t object, const std::string& name, const std::string& value);
 void write_attribute(hid_t object, const std::string& name, const char* value);
 void write_number_attribute(hid_t object, const std::string& name, std::int64_t value);

@@ -38,8 +38,9 @@ std::uint32_t add_to_grid(float* g, std::int64_t* sum, std::size_t n, double sca
 
 }  // namespace
 
-ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& params, bool shared_memory)
-    : comm_(comm), params_(params) {
+ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& params, int micro_batch,
+                                   bool shared_memory)
+    : comm_(comm), params_(params), micro_batch_(micro_batch) {
   int layers = 0;
   std::size_t chunks = 0;
   for (const core::ParamInfo& info : params.infos()) {
@@ -190,6 +191,10 @@ ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, std::span<
   }
   follow_gradients();  // scale_ keeps this step's grid for write_gradients
   return result;
+}
+
+core::GradientSource ExactGradientSum::gradients(double factor) {
+  return [this, factor](std::size_t begin, std::size_t end, float* out) { write_gradients(factor, begin, end, out); };
 }
 
 void ExactGradientSum::write_gradients(double factor, std::size_t begin, std::size_t end, float* out) const {

@@ -27,36 +27,34 @@
 #include "core/params.hpp"
 #include "distributed/comm.hpp"
 #include "distributed/node_sum.hpp"
+#include "distributed/reducer.hpp"
 #include "distributed/watchdog.hpp"
 
 namespace mpicnn::dist {
 
-class ExactGradientSum {
+class ExactGradientSum final : public GradientReducer {
  public:
-  enum class Outcome { ok, retry, non_finite };
-  struct Result {
-    Outcome outcome = Outcome::ok;
-    double wait_seconds = 0;  // blocked on communication that backward did not hide
-  };
 
   // shared_memory: sum through NodeSum where ranks share a node (false: MPI over all ranks).
-  ExactGradientSum(const Communicator& comm, core::ParamStore& params, bool shared_memory = true);
+  ExactGradientSum(const Communicator& comm, core::ParamStore& params, int micro_batch, bool shared_memory = true);
   ~ExactGradientSum();
   ExactGradientSum(const ExactGradientSum&) = delete;
   ExactGradientSum& operator=(const ExactGradientSum&) = delete;
 
   // A new step of `global_micro_batches` micro-batches over all ranks. The gradient arena must be
   // zero, as it is from the start and after every step (layer_done zeroes what it took).
-  void begin_step(long global_micro_batches);
+  int micro_batch(int) const override { return micro_batch_; }
+  void begin_step(long global_micro_batches) override;
   // Backward has finished layer `layer` of a micro-batch: its gradients go onto the grid (the
   // step's `first` micro-batch starts the sums, so they need no zeroing) and its part of the arena
   // is zeroed for the next micro-batch. In this rank's last micro-batch (`last`; a rank without
   // samples calls it once per layer, first and last) the layer's sum across ranks starts.
-  void layer_done(int layer, bool first, bool last);
+  void layer_done(int layer, bool first, bool last) override;
   // Waits for the sums and for `also` (other requests of this step, e.g. the loss sums). retry:
   // some gradient outgrew its grid, which is now wider; compute the step again (from begin_step).
   // Otherwise call write_gradients next.
-  Result finish(Watchdog& watchdog, std::span<MPI_Request> also);
+  Result finish(Watchdog& watchdog, std::span<MPI_Request> also) override;
+  core::GradientSource gradients(double factor) override;
   bool shared_memory() const { return node_ != nullptr; }
   bool across_nodes() const { return across_nodes_; }
   // The summed gradient of the arena's floats [begin, end) times `factor` (1 / the loss
@@ -66,8 +64,8 @@ class ExactGradientSum {
   void write_gradients(double factor, std::size_t begin, std::size_t end, float* out) const;
 
   // Grid exponents per parameter tensor, for checkpoints.
-  const std::vector<int>& grid() const { return exponent_; }
-  void set_grid(const std::vector<int>& exponents);
+  std::vector<int> grid() const override { return exponent_; }
+  void set_grid(const std::vector<int>& exponents) override;
 
  private:
   struct Tensor {
@@ -84,6 +82,7 @@ class ExactGradientSum {
 
   const Communicator& comm_;
   core::ParamStore& params_;
+  int micro_batch_;
   std::vector<Tensor> tensors_;
   std::vector<int> exponent_;            // per tensor: the grid holds |g| < 2^exponent
   std::vector<double> scale_;            // per tensor, this step: sum += trunc(g * scale)

@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "core/training.hpp"
+
 namespace mpicnn::dist {
 
 GradientSync::GradientSync(const Communicator& comm, core::ParamStore& params, int layers, std::size_t bucket_bytes)
@@ -22,7 +24,7 @@ GradientSync::~GradientSync() {
     if (b.request != MPI_REQUEST_NULL) MPI_Request_free(&b.request);
 }
 
-void GradientSync::layer_done(int layer) {
+void GradientSync::layer_done(int layer, bool, bool) {
   if (comm_.size() == 1) return;
   while (next_ < buckets_.size() && layer <= buckets_[next_].first_layer) {
     Bucket& b = buckets_[next_++];
@@ -37,9 +39,9 @@ void GradientSync::layer_done(int layer) {
   }
 }
 
-double GradientSync::finish(Watchdog& watchdog, std::span<MPI_Request> also) {
+GradientReducer::Result GradientSync::finish(Watchdog& watchdog, std::span<MPI_Request> also) {
   const auto start = std::chrono::steady_clock::now();
-  if (comm_.size() > 1) layer_done(0);
+  if (comm_.size() > 1) layer_done(0, true, true);
   waiting_.clear();  // keeps its capacity: no allocation per step after the first
   for (auto& b : buckets_) waiting_.push_back(b.request);
   waiting_.insert(waiting_.end(), also.begin(), also.end());
@@ -47,7 +49,12 @@ double GradientSync::finish(Watchdog& watchdog, std::span<MPI_Request> also) {
   for (auto& b : buckets_) b.request = MPI_REQUEST_NULL;
   std::fill(also.begin(), also.end(), MPI_REQUEST_NULL);
   next_ = 0;
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return {Outcome::ok, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()};
+}
+
+core::GradientSource GradientSync::gradients(double factor) {
+  core::scale_gradients(params_, factor);
+  return {};
 }
 
 }  // namespace mpicnn::dist

@@ -5,27 +5,33 @@
 // packing copies.
 #include <mpi.h>
 
+#include <algorithm>
+
 #include <vector>
 
 #include "core/params.hpp"
 #include "distributed/comm.hpp"
+#include "distributed/reducer.hpp"
 #include "distributed/watchdog.hpp"
 
 namespace mpicnn::dist {
 
-class GradientSync {
+class GradientSync final : public GradientReducer {
  public:
   // bucket_bytes: a bucket closes once it holds at least this much (0 = one bucket per layer
   // with parameters).
   GradientSync(const Communicator& comm, core::ParamStore& params, int layers, std::size_t bucket_bytes);
   ~GradientSync();
 
-  // Called by backward when layer `layer` has final gradients.
-  void layer_done(int layer);
+  int micro_batch(int local) const override { return std::max(local, 1); }
+  void begin_step(long) override { params_.zero_grads(); }
+  // Called by backward when layer `layer` has final gradients (one micro-batch per step).
+  void layer_done(int layer, bool first, bool last) override;
   // Waits for every bucket and for `also` (other requests of this step, e.g. the loss sums)
-  // through the watchdog; returns the seconds spent waiting here, i.e. the communication that
-  // backward did not hide.
-  double finish(Watchdog& watchdog, std::span<MPI_Request> also);
+  // through the watchdog; the wait is the communication that backward did not hide.
+  Result finish(Watchdog& watchdog, std::span<MPI_Request> also) override;
+  // Divides the summed arena by the normaliser in place.
+  core::GradientSource gradients(double factor) override;
   int buckets() const { return int(buckets_.size()); }
 
  private:

@@ -267,9 +267,8 @@ BundleHeader read_bundle_header(const std::string& path) {
   b.source.global_step = long(h5::read_attribute<std::int64_t>(source.get(), "global_step"));
   if (h5::exists(f, "metrics")) {
     h5::Handle metrics = h5::open_group(f, "metrics");
-    for (const char* name : {"test_loss", "test_accuracy", "train_loss", "train_accuracy"})
-      if (h5::has_attribute(metrics.get(), name))
-        b.metrics.emplace_back(name, h5::read_attribute<double>(metrics.get(), name));
+    for (const std::string& name : h5::attribute_names(metrics.get()))  // whatever the task evaluated
+      b.metrics.emplace_back(name, h5::read_attribute<double>(metrics.get(), name));
   }
   return b;
 }

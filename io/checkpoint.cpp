@@ -280,8 +280,8 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   h.config_ini = h5::read_string_attribute(config.get(), "ini");
   if (h5::exists(f, "metrics")) {
     h5::Handle metrics = h5::open_group(f, "metrics");
-    for (const char* name : {"test_loss", "test_accuracy", "train_loss", "train_accuracy"})
-      if (h5::has_attribute(metrics.get(), name)) h.metrics.emplace_back(name, h5::read_attribute<double>(metrics.get(), name));
+    for (const std::string& name : h5::attribute_names(metrics.get()))  // whatever the task evaluated
+      h.metrics.emplace_back(name, h5::read_attribute<double>(metrics.get(), name));
   }
   return h;
 }

@@ -159,7 +159,7 @@ std::vector<float> train(int threads, int steps, double* final_loss = nullptr) {
   for (int s = 0; s < steps; ++s) {
     model.params().zero_grads();
     const BatchView batch{data.images.data() + s * 32 * 144, data.labels.data() + s * 32, nullptr, 32};
-    const LossSum sums = worker.accumulate(batch, {});
+    const LossSum sums = worker.accumulate(batch, *make_task("cross_entropy"));
     scale_gradients(model.params(), 1.0 / sums.normalizer);
     sgd.step(model.params(), 0.05);
     loss = sums.sum / sums.normalizer;
@@ -187,7 +187,7 @@ TEST(Training, EmptyBatchStillReportsEveryLayerOnce) {
   Model model("conv(2,3) relu flatten dense(2)", {1, 5, 5}, 4);
   GradientWorker worker(model);
   std::vector<int> done;
-  const LossSum s = worker.accumulate({}, {}, [&](int i) { done.push_back(i); });
+  const LossSum s = worker.accumulate({}, *make_task("cross_entropy"), [&](int i) { done.push_back(i); });
   EXPECT_EQ(done, (std::vector<int>{3, 2, 1, 0}));
   EXPECT_EQ(s.normalizer, 0.0);
 }

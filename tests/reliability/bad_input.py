@@ -171,7 +171,7 @@ case("config_missing_data_path", train(data__path=None), ["data.path", "missing 
 case("config_bad_choice", train(optimizer__name="adamm"), ["optimizer.name", "'adamm'", "sgd, adam", "did you mean 'adam'"])
 case("config_momentum_one", train(optimizer__momentum="1"), ["optimizer.momentum", "below 1"])
 case("config_best_metric_accuracy_for_mse", train(loss__kind="mse", checkpoint__best_metric="accuracy"),
-     ["checkpoint.best_metric", "accuracy", "cross_entropy", "'mse'", "use loss"])
+     ["checkpoint.best_metric", "accuracy", "not a metric of loss.kind = mse", "known: auto, loss"])
 case("config_class_weights_count", train(loss__class_weights="1,2"), ["loss.class_weights", "2 weights", "3"])
 
 # ---- layer specs ----

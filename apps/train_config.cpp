@@ -1,0 +1,145 @@
+#include "apps/train_config.hpp"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <limits>
+#include <thread>
+
+#include "core/errors.hpp"
+
+namespace fs = std::filesystem;
+
+namespace mpicnn::app {
+
+std::vector<Key> train_keys() {
+  return {
+      {"config", "", "INI config file (every key below may be set there, in its [section])"},
+      {"output", "", "run folder for config, metrics.jsonl and checkpoints [default: runs/<config name>]"},
+      {"resume", "", "checkpoint file or run folder to continue from (a run folder holding a checkpoint resumes by itself)"},
+      {"data.path", "", "HDF5 dataset file (format: datasets/README.md)", true},
+      {"data.train_split", "train", "split to train on"},
+      {"data.eval_split", "test", "split evaluated after every epoch ('none' or '': no evaluation)"},
+      {"data.normalize", "true", "subtract the per-channel mean and divide by the std"},
+      {"data.mean", "", "per-channel means overriding the file's, comma-separated"},
+      {"data.std", "", "per-channel stds overriding the file's, comma-separated"},
+      {"data.random_flip", "false", "augmentation: random horizontal flip"},
+      {"data.random_crop_pad", "0", "augmentation: pad by this many pixels and crop back at random"},
+      {"data.cache_mb", "0", "read the training split into memory before the first step when it fits in this many MB (0 = stream from the file)"},
+      {"data.prefetch", "true", "read the next batch in a background thread"},
+      {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
+      {"model.init", "he", "weight initialisation: he, he_uniform, xavier, xavier_normal, resnet (torchvision's ResNet: conv kaiming_normal fan_out, dense as nn.Linear; BatchNorm always 1 and 0)"},
+      {"train.epochs", "10", "epochs to train"},
+      {"train.batch_size", "64", "GLOBAL batch: samples per step summed over all ranks"},
+      {"train.seed", "1", "seed of weights, data order and augmentation"},
+      {"train.threads", "0", "threads per rank (0: $MPICNN_THREADS, else $SLURM_CPUS_PER_TASK, else this node's cores / ranks on it)"},
+      {"train.log_interval", "100", "steps between progress lines and metrics records"},
+      {"train.max_steps", "0", "stop after this many global steps (0 = no limit)"},
+      {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
+      {"train.reduction", "exact", "gradient sum across ranks: exact (bitwise the same for any rank count) or fast (overlapped with backward, rounding depends on the rank count)"},
+      {"train.micro_batch", "16", "exact reduction: samples per micro-batch, the unit whose gradients are summed exactly"},
+      {"train.node_sum", "shared", "exact reduction: sum the ranks of a node in shared memory, then across nodes (shared), or all ranks through MPI's allreduce (mpi)"},
+      {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
+      {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
+      {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
+      {"loss.kind", "cross_entropy", "cross_entropy (softmax classification) or mse (regression)"},
+      {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
+      {"optimizer.name", "sgd", "sgd, adam or adamw"},
+      {"optimizer.lr", "0.01", "base learning rate"},
+      {"optimizer.momentum", "0", "SGD momentum"},
+      {"optimizer.nesterov", "false", "SGD Nesterov momentum"},
+      {"optimizer.weight_decay", "0", "L2 penalty (adamw: decoupled decay)"},
+      {"optimizer.beta1", "0.9", "Adam beta1"},
+      {"optimizer.beta2", "0.999", "Adam beta2"},
+      {"optimizer.epsilon", "1e-8", "Adam epsilon"},
+      {"schedule.kind", "constant", "learning-rate schedule: constant, step or cosine"},
+      {"schedule.warmup_epochs", "0", "linear warm-up from 0, in epochs (may be fractional)"},
+      {"schedule.step_epochs", "1", "step schedule: epochs between decays"},
+      {"schedule.gamma", "0.1", "step schedule: decay factor"},
+      {"schedule.min_lr", "0", "cosine schedule: final learning rate"},
+      {"checkpoint.every_steps", "0", "also checkpoint every this many steps (0 = at the end of every epoch only)"},
+      {"checkpoint.keep", "3", "step checkpoints kept (best.h5 is kept besides)"},
+      {"checkpoint.best_metric", "auto", "test metric choosing best.h5 (accuracy: higher is better, loss: lower); auto: the task's first (cross_entropy: accuracy, mse: loss)"},
+  };
+}
+
+TrainConfig read_config(const Settings& s) {
+  TrainConfig c;
+  c.data_path = s.text("data.path");
+  c.train_split = s.text("data.train_split");
+  c.eval_split = s.text("data.eval_split") == "none" ? "" : s.text("data.eval_split");  // "" too
+  c.normalize = s.flag("data.normalize");
+  c.mean = s.reals("data.mean");
+  c.std = s.reals("data.std");
+  c.random_flip = s.flag("data.random_flip");
+  c.random_crop_pad = int(s.integer("data.random_crop_pad", 0));
+  c.cache_bytes = std::size_t(s.integer("data.cache_mb", 0)) << 20;
+  c.prefetch = s.flag("data.prefetch");
+  c.spec = s.text("model.spec");
+  c.init = s.choice("model.init", core::known_init_schemes());
+  c.epochs = int(s.integer("train.epochs", 1));
+  c.global_batch = int(s.integer("train.batch_size", 1));
+  c.seed = std::uint64_t(s.integer("train.seed", 0, std::numeric_limits<long>::max()));
+  c.threads = int(s.integer("train.threads", 0));
+  c.log_interval = s.integer("train.log_interval", 1);
+  c.max_steps = s.integer("train.max_steps", 0);
+  c.eval_batch = int(s.integer("train.eval_batch", 1));
+  c.bucket_bytes = std::size_t(s.integer("train.bucket_kb", 0)) << 10;
+  c.collective_timeout = s.real("train.collective_timeout", 0);
+  c.exact_reduction = s.choice("train.reduction", {"exact", "fast"}) == "exact";
+  c.shared_memory_sum = s.choice("train.node_sum", {"shared", "mpi"}) == "shared";
+  c.micro_batch = int(s.integer("train.micro_batch", 1));
+  c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
+  core::TaskOptions task_options;
+  for (double w : s.reals("loss.class_weights")) task_options.class_weights.push_back(float(w));
+  c.task = core::make_task(s.choice("loss.kind", core::known_tasks()), task_options);
+  c.optimizer.name = s.choice("optimizer.name", {"sgd", "adam", "adamw"});
+  c.schedule.base_lr = s.real("optimizer.lr", 0, false);
+  c.optimizer.momentum = s.real("optimizer.momentum", 0);
+  c.optimizer.nesterov = s.flag("optimizer.nesterov");
+  c.optimizer.weight_decay = s.real("optimizer.weight_decay", 0);
+  c.optimizer.beta1 = s.real("optimizer.beta1", 0);
+  c.optimizer.beta2 = s.real("optimizer.beta2", 0);
+  c.optimizer.epsilon = s.real("optimizer.epsilon", 0, false);
+  c.schedule.kind = s.choice("schedule.kind", {"constant", "step", "cosine"});
+  c.warmup_epochs = s.real("schedule.warmup_epochs", 0);
+  c.step_epochs = s.real("schedule.step_epochs", 0, false);
+  c.schedule.gamma = s.real("schedule.gamma", 0, false);
+  c.schedule.min_lr = s.real("schedule.min_lr", 0);
+  c.every_steps = s.integer("checkpoint.every_steps", 0);
+  c.keep = int(s.integer("checkpoint.keep", 1));
+  c.best_metric = s.text("checkpoint.best_metric");
+  const std::vector<std::string> metrics = c.task->best_metrics();
+  if (c.best_metric == "auto") c.best_metric = metrics.front();
+  if (std::find(metrics.begin(), metrics.end(), c.best_metric) == metrics.end()) {
+    std::string known;
+    for (const auto& m : metrics) known += (known.empty() ? "" : ", ") + m;
+    throw ConfigError("'checkpoint.best_metric' = " + c.best_metric + " is not a metric of loss.kind = " + c.task->kind() +
+                      " (known: auto, " + known + ")");
+  }
+  if (c.optimizer.momentum >= 1) throw ConfigError("'optimizer.momentum' must be below 1, got " + s.text("optimizer.momentum"));
+  if (c.optimizer.nesterov && c.optimizer.momentum == 0) throw ConfigError("'optimizer.nesterov' needs 'optimizer.momentum' > 0");
+  const std::string name = s.given("config") ? fs::path(s.text("config")).stem().string() : "run";
+  c.run_dir = s.given("output") ? s.text("output") : "runs/" + name;
+  c.resume = s.text("resume");
+  return c;
+}
+
+int choose_threads(int requested, const dist::Communicator& comm, std::string* warning) {
+  const int node_cores = int(std::max(1u, std::thread::hardware_concurrency()));
+  cpu_set_t mask;
+  const int allowed = sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : node_cores;
+  // Launchers that know the allocation say it: SLURM's cpus-per-task, or scripts/slurm/launch.sh.
+  for (const char* variable : {"MPICNN_THREADS", "SLURM_CPUS_PER_TASK"})
+    if (requested == 0 && std::getenv(variable)) requested = std::max(0, std::atoi(std::getenv(variable)));
+  const int threads = requested > 0 ? requested : std::max(1, std::min(allowed, node_cores / comm.ranks_on_node()));
+  if (threads * comm.ranks_on_node() > node_cores || threads > allowed)
+    *warning = "warning: " + std::to_string(comm.ranks_on_node()) + " ranks x " + std::to_string(threads) +
+               " threads on a node with " + std::to_string(node_cores) + " cores (this rank may use " +
+               std::to_string(allowed) + "): oversubscribed, expect slower steps";
+  return threads;
+}
+
+}  // namespace mpicnn::app

@@ -1,0 +1,41 @@
+#pragma once
+// `mpicnn train`'s settings: the schema of its keys (defaults and help) and the checked values.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apps/settings.hpp"
+#include "core/optimizer.hpp"
+#include "core/task.hpp"
+#include "distributed/comm.hpp"
+
+namespace mpicnn::app {
+
+std::vector<Key> train_keys();
+
+struct TrainConfig {
+  std::string data_path, train_split, eval_split, spec, init, run_dir, resume;
+  std::vector<double> mean, std;
+  bool normalize, random_flip, prefetch;
+  int random_crop_pad, epochs, global_batch, threads, eval_batch, keep, micro_batch;
+  bool exact_reduction, shared_memory_sum;
+  long log_interval, max_steps, every_steps;
+  std::size_t cache_bytes, bucket_bytes;
+  std::uint64_t seed;
+  std::shared_ptr<const core::Task> task;  // from loss.kind and loss.class_weights
+  core::OptimizerConfig optimizer;
+  core::ScheduleConfig schedule;
+  double warmup_epochs, step_epochs;
+  std::string best_metric, progress;
+  double collective_timeout;
+};
+
+TrainConfig read_config(const Settings& s);
+
+// Threads per rank: this node's cores shared among the ranks on it, and never more than the cores
+// this rank may run on (mpirun binds each rank to one core by default). Sets *warning when the
+// node is oversubscribed.
+int choose_threads(int requested, const dist::Communicator& comm, std::string* warning);
+
+}  // namespace mpicnn::app

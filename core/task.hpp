@@ -1,0 +1,77 @@
+#pragma once
+// What a model is trained for, one object per kind: the loss with its exact normaliser, the
+// step's metrics, the evaluation sums and metrics, the default metric choosing best.h5, what
+// `predict` writes and the ONNX output's post-processing. The trainer, the evaluator, predict
+// and the exporters ask the task; none of them branches on a loss name.
+//
+// Exactness: every quantity a task reduces across ranks is a sum of per-sample values in fixed
+// slots (integers, or floats each written by one rank), so the result does not depend on the rank
+// count; the normaliser comes from integers (class histograms, sample counts).
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "loss.hpp"
+
+namespace mpicnn::core {
+
+// A batch as the kernels see it: (count, C, H, W) images and labels (classification) or
+// (count, K) targets (regression).
+struct BatchView {
+  const float* images = nullptr;
+  const std::int32_t* labels = nullptr;
+  const float* targets = nullptr;
+  int count = 0;
+};
+
+using Metric = std::pair<std::string, double>;  // "accuracy", 0.91
+
+// What the dataset offers a task: labels and their class count, or targets and their size.
+struct DatasetTargets {
+  bool has_labels = false;
+  int classes = 0, target_size = 0;
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  // The config's loss.kind and the checkpoint's /model loss attribute: "cross_entropy", "mse".
+  virtual std::string kind() const = 0;
+  // Throws ConfigError (naming `where`) when the dataset or the model's outputs do not fit.
+  virtual void check(const DatasetTargets& data, int outputs, const std::string& where) const = 0;
+
+  // Loss sum over the batch and d(sum)/d(outputs) (grad may be null), plus per-sample counts.
+  virtual LossSum loss(float* grad, const float* outputs, const BatchView& batch, int outputs_per_sample) const = 0;
+  // Appends what the step's allreduce must sum for the normaliser (e.g. the class histogram);
+  // then normalizer() reads the summed values back.
+  virtual void append_step_totals(const BatchView& batch, int outputs, std::vector<double>& totals) const = 0;
+  virtual double normalizer(std::span<const double> summed, int global_count, int outputs) const = 0;
+  // The step's metrics beside the loss, from the summed LossSum.correct.
+  virtual std::vector<Metric> step_metrics(double correct, int global_count) const = 0;
+
+  // Evaluation: true when outputs are class scores (a confusion matrix and accuracy follow).
+  virtual bool classifies() const = 0;
+  // Metrics of a whole evaluation, beside "loss" (without the "test_" prefix).
+  virtual std::vector<Metric> eval_metrics(double correct, std::int64_t count) const = 0;
+  // The metrics best.h5 may be chosen by, the default first; whether higher is better.
+  virtual std::vector<std::string> best_metrics() const = 0;
+  virtual bool higher_is_better(const std::string& metric) const = 0;
+
+  // What predict writes per sample: its dataset name and the transform of the outputs.
+  virtual std::string prediction_name() const = 0;  // "probabilities", "outputs"
+  virtual void predict(float* out, const float* outputs, int outputs_per_sample) const = 0;
+  // The ONNX operator that turns logits into predictions ("Softmax"), or "" for none.
+  virtual std::string onnx_postprocess() const = 0;
+};
+
+struct TaskOptions {
+  std::vector<float> class_weights;  // cross_entropy; empty = all 1
+};
+
+// Throws ConfigError naming the kind and the known ones.
+std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& options = {});
+const std::vector<std::string>& known_tasks();
+
+}  // namespace mpicnn::core
