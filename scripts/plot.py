@@ -751,13 +751,15 @@ class Parser(argparse.ArgumentParser):
 
 def parser():
     p = Parser(prog="plot.py", description=__doc__.split("\n\n")[0],
-               epilog="Pictures are PNG, 1200x800 pixels. Output folder: --output, else plots/ inside the "
-                      "(first) input's folder. README.md, section Pictures, describes the input formats.")
+               epilog="Pictures are PNG, 1200x800 pixels. Output folder: --output, else plots/ in the input's "
+                      "folder (several run folders need --output). README.md, section Pictures, describes the "
+                      "input formats.")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def command(name, help_text):
         c = commands.add_parser(name, help=help_text, description=help_text)
-        c.add_argument("-o", "--output", metavar="DIR", help="folder for the PNG files (default: INPUT_FOLDER/plots)")
+        c.add_argument("-o", "--output", metavar="DIR",
+                       help="folder for the PNG files (default: INPUT_FOLDER/plots; needed with several run folders)")
         return c
 
     c = command("all", "every picture the run folders hold inputs for: metrics.jsonl (required), eval.json, "
@@ -796,6 +798,9 @@ def main(argv=None):
         return 2
     written = []  # paths, each printed as it is written
     try:
+        iou = getattr(args, "iou", None)  # all and pr only
+        if iou is not None and not 0 < iou <= 1:
+            raise InputError(f"--iou {iou}: expected an overlap in (0, 1]")
         out = output_dir(args)
         check_writable(out)
         if args.command == "all":

@@ -494,6 +494,8 @@ def error_cases():
                                                                            embeddings=np.zeros((5, 1)),
                                                                            labels=np.zeros(5, np.int32))],
                                      ["e.h5: embeddings (5, 1)", "D >= 2"]),
+        "iou_out_of_range": (lambda work, d: ["pr", os.path.join(work, "run2", "detections.json"), "--iou", "1.5"],
+                             ["--iou 1.5: expected an overlap in (0, 1]"]),
         "unknown_command": (lambda work, d: ["pictures", run(work)], ["invalid choice: 'pictures'", "--help"]),
         "output_not_writable": (lambda work, d: ["confusion", os.path.join(run(work), "eval.json"), "-o",
                                                  os.path.join(write(d, "file", "x"), "plots")],
