@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian machine: install and build, convert Fashion-MNIST (Debian's
-# dataset-fashion-mnist) to HDF5, train the reference CNN on 2 ranks, evaluate, export.
+# dataset-fashion-mnist) to HDF5, train the reference CNN on 2 ranks, evaluate, export, and draw
+# the run's pictures (scripts/plot.py) into the run folder's plots/.
 # Re-running it resumes or reuses what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,11 @@ build/mpicnn inspect "$data"
 
 mpirun -np 2 build/mpicnn train --config configs/fashion_mnist.ini --output "$run" "$@"
 mpirun -np 2 build/mpicnn eval --checkpoint "$run" --data "$data"
+# The same evaluation for machines, and every test sample's probabilities: the pictures' inputs.
+mpirun -np 2 build/mpicnn eval --checkpoint "$run" --data "$data" --json > "$run/eval.json"
+mpirun -np 2 build/mpicnn predict --checkpoint "$run" --data "$data" --output "$run/predictions.h5"
 build/mpicnn export --checkpoint "$run" --format onnx --output "$run/model.onnx"
 build/mpicnn export --checkpoint "$run" --format h5 --output "$run/model_bundle.h5"
-echo "quickstart: done; run folder $run (metrics.jsonl, checkpoints, model.onnx, model_bundle.h5)"
+/usr/bin/python3 scripts/plot.py all "$run"
+echo "quickstart: done; run folder $run (metrics.jsonl, checkpoints, eval.json, predictions.h5, model.onnx," \
+  "model_bundle.h5, plots/*.png)"
