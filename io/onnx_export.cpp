@@ -173,8 +173,7 @@ class LayerExporter {
     const auto& params = model.params().infos();
     for (std::size_t i = 0; i < params.size(); ++i) params_[params[i].name] = &params[i];
     const auto& state = model.state().infos();
-    for (std::size_t i = 0; i < state.size(); ++i)
-      if (!state[i].counter) state_[state[i].name] = int(i);
+    for (std::size_t i = 0; i < state.size(); ++i) (state[i].counter ? counters_ : state_)[state[i].name] = int(i);
   }
 
   // The top-level layers from `x`; then checks that every parameter and running statistic found
@@ -231,6 +230,15 @@ class LayerExporter {
   // Evaluation semantics: y = scale * (x - running_mean) / sqrt(running_var + epsilon) + B.
   Value add_batchnorm(const core::BatchNorm& bn, const std::string& prefix, Value x) {
     if (bn.prefix() != prefix) internal("BatchNorm declared as '" + bn.prefix() + "' is walked as '" + prefix + "'");
+    // Statistics never committed are the initial mean 0 and variance 1: a graph with them would
+    // not be the trained model (a checkpoint written without BatchNorm state loads so).
+    const std::string batches = prefix + "num_batches_tracked";
+    const auto counter = counters_.find(batches);
+    if (counter == counters_.end()) internal("layer " + user_path(prefix) + " 'bn' has no state '" + batches + "'");
+    if (model_.state().counter(counter->second) == 0)
+      throw Error("ONNX export: layer " + user_path(prefix) + " '" + bn.spec() + "' has running statistics that were "
+                  "never updated (" + batches + " = 0): the graph would normalise with mean 0 and variance 1, not "
+                  "with the training data's");
     const std::string name = node_name(prefix, "bn");
     const int channels = bn.input_shape().c;
     std::string scale = prefix + "scale_ones", shift = prefix + "shift_zeros";
@@ -372,7 +380,8 @@ class LayerExporter {
   GraphBuilder& g_;
   const core::Model& model_;
   std::map<std::string, const core::ParamInfo*> params_;
-  std::map<std::string, int> state_;  // float tensors (inference does not use the batch counters)
+  std::map<std::string, int> state_;     // float tensors: initializers
+  std::map<std::string, int> counters_;  // num_batches_tracked: checked, not exported
   std::set<std::string> used_;
   std::size_t parameters_ = 0;
   bool have_axes_ = false;

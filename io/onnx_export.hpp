@@ -58,7 +58,8 @@ OnnxExportSummary export_onnx(const std::string& checkpoint_path, const std::str
 // supplies what the file records besides the tensors (spec, input, loss, normalisation, class
 // names, the source's file name, creation time, step and metrics), `source_sha256` the digest
 // recorded as the source's. Error naming the layer path ("layer 4.main.1") for a layer kind the
-// exporter cannot express.
+// exporter cannot express, and for a BatchNorm whose running statistics were never updated
+// (num_batches_tracked 0): its graph would not be the trained model.
 OnnxExportSummary export_onnx_model(const core::Model& model, const CheckpointHeader& source,
                                     const std::string& source_sha256, const std::string& output_path,
                                     const OnnxExportOptions& options = {});

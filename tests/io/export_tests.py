@@ -8,11 +8,12 @@ Debian's /usr/bin/python3 (numpy, h5py, onnx, torch), one case per test:
 
 Cases: sha256 (mpicnn's SHA-256 against hashlib), setup (tiny datasets and two trained checkpoints),
 setup_fashion_mnist, onnx_checker, onnxruntime ARCH, pytorch ARCH, bundle ARCH, errors,
-onnx_blocks BLOCK_ARCH.
+onnx_blocks BLOCK_ARCH, onnx_blocks_errors.
 ARCH: a (conv/maxpool/dense classifier, 3 channels, non-square images, trained on 2 ranks),
 b (avgpool with pad and stride 2, leakyrelu, tanh, sigmoid, maxpool with pad, conv without bias,
 conv after dense; mse regression), fmnist (the reference CNN briefly trained on Fashion-MNIST).
 
+onnx_blocks_errors: export of a BatchNorm whose statistics were never updated.
 onnx_blocks BLOCK_ARCH: a model with residual blocks, repeat, BatchNorm, dropout and global pooling,
 built in memory by io_onnx_blocks (checkpoints hold no running statistics yet); BLOCK_ARCH: resnet
 (a small ResNet: repeat of identity blocks, a strided block with a projection shortcut, bn with and
@@ -658,6 +659,26 @@ def case_onnx_blocks(ctx, arch):
     print(f"{arch}: {len(graph.node)} nodes, {len(batchnorms)} BatchNormalization, checker (full_check) passed")
 
 
+def case_onnx_blocks_errors(ctx):
+    """BatchNorm whose running statistics were never updated (no training pass committed, as a
+    checkpoint without BatchNorm state loads): one error line naming the layer path, no file."""
+    out = ctx.path("blocks_errors")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    cases = [("top level", BLOCK_ARCHS["resnet"]["spec"], "layer 2 'bn(eps=1e-05,momentum=0.1)'", "1.num_batches_tracked = 0"),
+             ("inside a block", "conv(4,3) residual{conv(4,3,pad=1) bn(affine=false)} flatten dense(2)",
+              "layer 2.main.2 'bn(eps=1e-05,momentum=0.1,affine=false)'", "1.main.1.num_batches_tracked = 0")]
+    for label, spec, *needles in cases:
+        result = run([ctx.o.onnx_blocks, spec, "3,12,10", "cross_entropy", out, 0], expect_ok=False)
+        lines = result.stderr.strip().splitlines()
+        check(result.returncode != 0, f"{label}: exit status 0")
+        check(len(lines) == 1 and lines[0].startswith("error: ONNX export: "), f"{label}: stderr {result.stderr!r}")
+        for needle in needles:
+            check(needle in lines[0], f"{label}: {lines[0]!r} does not mention {needle!r}")
+        check(not [f for f in os.listdir(out) if f.startswith("model.onnx")], f"{label}: a failed export left a file")
+        print(f"{label}: exit {result.returncode}: {lines[0]}")
+
+
 # ---------------------------------------------------------------------------------------------
 # (f) bad input: one line "error: ...", non-zero exit, nothing written
 
@@ -715,7 +736,7 @@ def main():
     ctx = Context(options)
     cases = {"sha256": case_sha256, "setup": case_setup, "setup_fashion_mnist": case_setup_fashion_mnist, "onnx_checker": case_onnx_checker,
              "onnxruntime": case_onnxruntime, "pytorch": case_pytorch, "bundle": case_bundle, "errors": case_errors,
-             "onnx_blocks": case_onnx_blocks}
+             "onnx_blocks": case_onnx_blocks, "onnx_blocks_errors": case_onnx_blocks_errors}
     try:
         if options.arch:
             cases[options.case](ctx, options.arch)
