@@ -4,6 +4,7 @@
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
 
+#include <algorithm>
 #include <bit>
 #include <charconv>
 #include <cerrno>
@@ -13,8 +14,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <variant>
 
+#include "core/batchnorm.hpp"
+#include "core/blocks.hpp"
 #include "core/errors.hpp"
 #include "io/bundle.hpp"
 #include "io/checkpoint.hpp"
@@ -123,10 +128,14 @@ class GraphBuilder {
     t->set_raw_data(values.data(), values.size() * sizeof(std::int64_t));
   }
 
-  // The last node's output becomes the graph output `name`; value_info for every other tensor.
-  void finish(const std::string& name) {
-    onnx::NodeProto* last = graph_->mutable_node(graph_->node_size() - 1);
-    last->set_output(0, name);
+  // Tensor `last`, the last node's output, becomes the graph output `name`; value_info for every
+  // other tensor.
+  void finish(const std::string& last, const std::string& name) {
+    onnx::NodeProto* node = graph_->mutable_node(graph_->node_size() - 1);
+    if (node->output(0) != last)
+      throw Error("ONNX export: the graph ends in '" + last + "' but its last node makes '" + node->output(0) +
+                  "' (an exporter bug, please report it)");
+    node->set_output(0, name);
     produced_.pop_back();
     for (const auto& [tensor, dims] : produced_) {
       std::vector<Dim> full = {std::string("N")};
@@ -148,95 +157,246 @@ int named_integer(const core::LayerArgs& a, const std::string& key) {
   return std::stoi(it->second);
 }
 
-// The layers of `model` as ONNX nodes, from tensor "input_normalized" to the last layer's output.
-void add_layers(GraphBuilder& g, const core::Model& model, std::size_t* parameters) {
-  const auto& infos = model.params().infos();
-  const float* base = model.params().values().data();
-  std::string x = "input_normalized";
-  bool flat = false;  // the tensor is [N,F] (after flatten or dense), else [N,C,H,W]
-  bool have_axes = false;
-  auto param = [&](int layer, bool bias) -> const core::ParamInfo* {
-    for (const auto& p : infos)
-      if (p.layer == layer && p.is_bias() == bias) return &p;
-    return nullptr;
-  };
-  auto add_param = [&](const core::ParamInfo& p) {
-    g.initializer(p.name, {p.dims.begin(), p.dims.end()}, base + p.offset, p.size);
-    *parameters += p.size;
-  };
+// The value flowing between nodes: a tensor name, [N,F] when flat (after flatten or dense; the
+// engine's (F,1,1)), else [N,C,H,W].
+struct Value {
+  std::string tensor;
+  bool flat = false;
+};
 
-  for (std::size_t i = 0; i < model.layers().size(); ++i) {
-    const core::Layer& layer = *model.layers()[i];
-    const auto parsed = core::parse_spec(layer.spec());
-    const core::LayerArgs& a = parsed.at(0);
-    const std::string name = "layer" + std::to_string(i) + "_" + a.kind;
+// Walks the model's layer tree as the engine declares it (core/blocks.hpp): a layer at name prefix
+// "3.main.0." owns the parameters "3.main.0.weight"/"3.main.0.bias" and the state
+// "3.main.0.running_mean"/"3.main.0.running_var", and its nodes are named "layer3.main.0_<kind>".
+class LayerExporter {
+ public:
+  LayerExporter(GraphBuilder& g, const core::Model& model) : g_(g), model_(model) {
+    const auto& params = model.params().infos();
+    for (std::size_t i = 0; i < params.size(); ++i) params_[params[i].name] = &params[i];
+    const auto& state = model.state().infos();
+    for (std::size_t i = 0; i < state.size(); ++i) (state[i].counter ? counters_ : state_)[state[i].name] = int(i);
+  }
+
+  // The top-level layers from `x`; then checks that every parameter and running statistic found
+  // its node, so a walk that lost a branch cannot pass for a smaller model.
+  Value model(Value x) {
+    x = chain(model_.layers(), "", x);
+    for (const auto& [name, info] : params_)
+      if (!used_.count(name)) internal("parameter '" + name + "' is in no node");
+    for (const auto& [name, index] : state_)
+      if (!used_.count(name)) internal("state tensor '" + name + "' is in no node");
+    return x;
+  }
+  std::size_t parameters() const { return parameters_; }
+
+  // The kinds of leaf layers this exporter maps (composites: residual, repeat).
+  static const std::vector<std::string>& leaf_kinds() {
+    static const std::vector<std::string> kinds = {"avgpool", "bn", "conv", "dense", "dropout", "flatten",
+                                                   "globalavgpool", "globalmaxpool", "leakyrelu", "maxpool",
+                                                   "relu", "sigmoid", "tanh"};
+    return kinds;
+  }
+
+ private:
+  // Layer i of a sequence at prefix p has prefix p + "i." (core::Sequential::declare).
+  Value chain(const std::vector<std::unique_ptr<core::Layer>>& layers, const std::string& prefix, Value x) {
+    for (std::size_t i = 0; i < layers.size(); ++i) x = layer(*layers[i], prefix + std::to_string(i) + ".", x);
+    return x;
+  }
+
+  Value layer(const core::Layer& layer, const std::string& prefix, Value x) {
+    if (const auto* seq = dynamic_cast<const core::Sequential*>(&layer)) return chain(seq->children(), prefix, x);
+    // repeat(n): copy k is a Sequential at prefix + "k.", one after the other.
+    if (const auto* repeat = dynamic_cast<const core::Repeat*>(&layer)) return chain(repeat->body().children(), prefix, x);
+    if (const auto* residual = dynamic_cast<const core::Residual*>(&layer)) return add_residual(*residual, prefix, x);
+    if (const auto* bn = dynamic_cast<const core::BatchNorm*>(&layer)) return add_batchnorm(*bn, prefix, x);
+    return add_leaf(layer, prefix, x);
+  }
+
+  // Both branches from the same input, then Add (an identity shortcut adds the input itself).
+  Value add_residual(const core::Residual& residual, const std::string& prefix, Value x) {
+    const std::string name = node_name(prefix, "residual");
+    Value main = chain(residual.main_branch().children(), prefix + "main.", x);
+    Value other = residual.shortcut_branch() ? chain(residual.shortcut_branch()->children(), prefix + "shortcut.", x) : x;
+    // Both are (C,1,1) in the engine but one may be [N,C] here: Add would broadcast [N,C] against
+    // [N,C,1,1] to [N,C,N,C], so the one that is not flat is flattened.
+    if (main.flat != other.flat) {
+      Value& spatial = main.flat ? other : main;
+      spatial = flatten(spatial, name + (main.flat ? "_shortcut_flatten" : "_main_flatten"), residual.output_shape());
+    }
+    return {g_.node("Add", name, {main.tensor, other.tensor}, dims(residual.output_shape(), main.flat))->output(0),
+            main.flat};
+  }
+
+  // Evaluation semantics: y = scale * (x - running_mean) / sqrt(running_var + epsilon) + B.
+  Value add_batchnorm(const core::BatchNorm& bn, const std::string& prefix, Value x) {
+    if (bn.prefix() != prefix) internal("BatchNorm declared as '" + bn.prefix() + "' is walked as '" + prefix + "'");
+    // Statistics never committed are the initial mean 0 and variance 1: a graph with them would
+    // not be the trained model (a checkpoint written without BatchNorm state loads so).
+    const std::string batches = prefix + "num_batches_tracked";
+    const auto counter = counters_.find(batches);
+    if (counter == counters_.end()) internal("layer " + user_path(prefix) + " 'bn' has no state '" + batches + "'");
+    if (model_.state().counter(counter->second) == 0)
+      throw Error("ONNX export: layer " + user_path(prefix) + " '" + bn.spec() + "' has running statistics that were "
+                  "never updated (" + batches + " = 0): the graph would normalise with mean 0 and variance 1, not "
+                  "with the training data's");
+    const std::string name = node_name(prefix, "bn");
+    const int channels = bn.input_shape().c;
+    std::string scale = prefix + "scale_ones", shift = prefix + "shift_zeros";
+    if (bn.affine()) {
+      scale = add_param(bn, prefix, "weight");
+      shift = add_param(bn, prefix, "bias");
+    } else {  // affine=false: no weight or bias in the model (nor in PyTorch's state_dict)
+      const std::vector<float> ones(std::size_t(channels), 1.f), zeros(std::size_t(channels), 0.f);
+      g_.initializer(scale, {channels}, ones.data(), ones.size());
+      g_.initializer(shift, {channels}, zeros.data(), zeros.size());
+    }
+    const std::string mean = add_state(bn, prefix, "running_mean"), var = add_state(bn, prefix, "running_var");
+    // [N,C] (a BN after dense) is an input BatchNormalization takes as it is.
+    onnx::NodeProto* n = g_.node("BatchNormalization", name, {x.tensor, scale, shift, mean, var},
+                                 dims(bn.output_shape(), x.flat));
+    add_float(n, "epsilon", bn.eps());
+    return {name, x.flat};
+  }
+
+  Value add_leaf(const core::Layer& layer, const std::string& prefix, Value x) {
+    const core::LayerArgs a = core::parse_spec(layer.spec()).at(0);
+    const std::string name = node_name(prefix, a.kind);
     const core::Shape in = layer.input_shape(), out = layer.output_shape();
-    const bool spatial = a.kind == "conv" || a.kind == "maxpool" || a.kind == "avgpool";
-    if (spatial && flat) {  // a dense output (units,1,1) feeding a spatial layer: back to [N,units,1,1]
-      if (!have_axes) g.initializer("unsqueeze_axes_hw", {2, 3}), have_axes = true;
-      x = g.node("Unsqueeze", name + "_to_nchw", {x, "unsqueeze_axes_hw"}, chw(in))->output(0);
-      flat = false;
+    const bool spatial = a.kind == "conv" || a.kind == "maxpool" || a.kind == "avgpool" || a.kind == "globalavgpool" ||
+                         a.kind == "globalmaxpool";
+    if (spatial && x.flat) {  // a dense output (units,1,1) feeding a spatial layer: back to [N,units,1,1]
+      if (!have_axes_) g_.initializer("unsqueeze_axes_hw", {2, 3}), have_axes_ = true;
+      x = {g_.node("Unsqueeze", name + "_to_nchw", {x.tensor, "unsqueeze_axes_hw"}, chw(in))->output(0), false};
     }
     if (a.kind == "conv") {
-      const core::ParamInfo* weight = param(int(i), false);
-      const core::ParamInfo* bias = param(int(i), true);
+      const std::string weight = add_param(layer, prefix, "weight");
+      std::vector<std::string> inputs = {x.tensor, weight};
+      if (params_.count(prefix + "bias")) inputs.push_back(add_param(layer, prefix, "bias"));
       const int stride = named_integer(a, "stride"), pad = named_integer(a, "pad");
-      add_param(*weight);
-      std::vector<std::string> inputs = {x, weight->name};
-      if (bias) add_param(*bias), inputs.push_back(bias->name);
-      onnx::NodeProto* n = g.node("Conv", name, inputs, chw(out));
-      add_ints(n, "kernel_shape", {weight->dims[2], weight->dims[3]});
+      const std::vector<int>& w = params_.at(weight)->dims;
+      onnx::NodeProto* n = g_.node("Conv", name, inputs, chw(out));
+      add_ints(n, "kernel_shape", {w[2], w[3]});
       add_ints(n, "strides", {stride, stride});
       add_ints(n, "pads", {pad, pad, pad, pad});
       add_ints(n, "dilations", {1, 1});
       add_int(n, "group", 1);
-      x = name;
-    } else if (a.kind == "maxpool" || a.kind == "avgpool") {
+      return {name, false};
+    }
+    if (a.kind == "maxpool" || a.kind == "avgpool") {
       const int window = std::stoi(a.positional.at(0));
       const int stride = named_integer(a, "stride"), pad = named_integer(a, "pad");
-      onnx::NodeProto* n = g.node(a.kind == "maxpool" ? "MaxPool" : "AveragePool", name, {x}, chw(out));
+      onnx::NodeProto* n = g_.node(a.kind == "maxpool" ? "MaxPool" : "AveragePool", name, {x.tensor}, chw(out));
       add_ints(n, "kernel_shape", {window, window});
       add_ints(n, "strides", {stride, stride});
       add_ints(n, "pads", {pad, pad, pad, pad});
       add_int(n, "ceil_mode", 0);
       // Our average divides by window^2 also where the window covers padding (PyTorch's default).
       if (a.kind == "avgpool") add_int(n, "count_include_pad", 1);
-      x = name;
-    } else if (a.kind == "relu" || a.kind == "leakyrelu" || a.kind == "sigmoid" || a.kind == "tanh") {
+      return {name, false};
+    }
+    if (a.kind == "globalavgpool" || a.kind == "globalmaxpool")
+      return {g_.node(a.kind == "globalavgpool" ? "GlobalAveragePool" : "GlobalMaxPool", name, {x.tensor}, chw(out))->output(0),
+              false};
+    if (a.kind == "relu" || a.kind == "leakyrelu" || a.kind == "sigmoid" || a.kind == "tanh") {
       const char* op = a.kind == "relu" ? "Relu" : a.kind == "leakyrelu" ? "LeakyRelu" : a.kind == "sigmoid" ? "Sigmoid" : "Tanh";
-      const std::vector<std::int64_t> dims = flat ? std::vector<std::int64_t>{std::int64_t(out.size())} : chw(out);
-      onnx::NodeProto* n = g.node(op, name, {x}, dims);
+      onnx::NodeProto* n = g_.node(op, name, {x.tensor}, dims(out, x.flat));
       // The model runs with the float the canonical spec's text parses to; so does the graph.
       if (a.kind == "leakyrelu") add_float(n, "alpha", std::stof(a.named.at("slope")));
-      x = name;
-    } else if (a.kind == "flatten") {
-      if (!flat) {
-        add_int(g.node("Flatten", name, {x}, {std::int64_t(out.size())}), "axis", 1);
-        x = name;
-      }
-      flat = true;
-    } else if (a.kind == "dense") {
-      if (!flat) {  // dense reads a (C,1,1) input as C features
-        add_int(g.node("Flatten", name + "_flatten", {x}, {std::int64_t(in.size())}), "axis", 1);
-        x = name + "_flatten";
-      }
-      const core::ParamInfo* weight = param(int(i), false);
-      const core::ParamInfo* bias = param(int(i), true);
-      add_param(*weight);
-      std::vector<std::string> inputs = {x, weight->name};
-      if (bias) add_param(*bias), inputs.push_back(bias->name);
-      onnx::NodeProto* n = g.node("Gemm", name, inputs, {std::int64_t(out.size())});
+      return {name, x.flat};
+    }
+    if (a.kind == "dropout") return x;  // the identity in evaluation: no node
+    if (a.kind == "flatten") return x.flat ? x : flatten(x, name, out);
+    if (a.kind == "dense") {
+      if (!x.flat) x = flatten(x, name + "_flatten", in);  // dense reads a (C,1,1) input as C features
+      const std::string weight = add_param(layer, prefix, "weight");
+      std::vector<std::string> inputs = {x.tensor, weight};
+      if (params_.count(prefix + "bias")) inputs.push_back(add_param(layer, prefix, "bias"));
+      onnx::NodeProto* n = g_.node("Gemm", name, inputs, {std::int64_t(out.size())});
       add_float(n, "alpha", 1.0f);
       add_float(n, "beta", 1.0f);
       add_int(n, "transA", 0);
       add_int(n, "transB", 1);  // weight is (out,in), as PyTorch's Linear
-      x = name;
-      flat = true;
-    } else {
-      throw Error("ONNX export: no ONNX mapping for layer " + std::to_string(i) + " '" + layer.spec() + "'");
+      return {name, true};
     }
+    std::string known;
+    for (const auto& kind : leaf_kinds()) known += (known.empty() ? "" : ", ") + kind;
+    throw Error("ONNX export: layer " + user_path(prefix) + " '" + layer.spec() + "' has no ONNX mapping (exported: " +
+                known + ", residual, repeat)");
   }
-  if (!flat) add_int(g.node("Flatten", "output_flatten", {x}, {std::int64_t(model.output_shape().size())}), "axis", 1);
+
+  Value flatten(const Value& x, const std::string& name, const core::Shape& shape) {
+    add_int(g_.node("Flatten", name, {x.tensor}, {std::int64_t(shape.size())}), "axis", 1);
+    return {name, true};
+  }
+
+  // A parameter as an initializer under its own (PyTorch state_dict) name.
+  std::string add_param(const core::Layer& layer, const std::string& prefix, const std::string& what) {
+    const std::string name = prefix + what;
+    const auto it = params_.find(name);
+    if (it == params_.end()) internal("layer " + user_path(prefix) + " '" + layer.spec() + "' has no parameter '" + name + "'");
+    const core::ParamInfo& p = *it->second;
+    g_.initializer(name, {p.dims.begin(), p.dims.end()}, model_.params().values().data() + p.offset, p.size);
+    used_.insert(name);
+    parameters_ += p.size;
+    return name;
+  }
+  std::string add_state(const core::Layer& layer, const std::string& prefix, const std::string& what) {
+    const std::string name = prefix + what;
+    const auto it = state_.find(name);
+    if (it == state_.end()) internal("layer " + user_path(prefix) + " '" + layer.spec() + "' has no state '" + name + "'");
+    const core::StateInfo& s = model_.state().infos()[std::size_t(it->second)];
+    g_.initializer(name, {s.dims.begin(), s.dims.end()}, model_.state().value(it->second), s.size);
+    used_.insert(name);
+    return name;
+  }
+
+  static std::vector<std::int64_t> dims(const core::Shape& s, bool flat) {
+    return flat ? std::vector<std::int64_t>{std::int64_t(s.size())} : chw(s);
+  }
+  // "3.main.0." -> "layer3.main.0_conv": the parameter names' path, so a node and its weights
+  // read alike (top-level nodes keep their old names, "layer3_conv").
+  static std::string node_name(const std::string& prefix, const std::string& kind) {
+    return "layer" + prefix.substr(0, prefix.size() - 1) + "_" + kind;
+  }
+  // The 1-based path the engine's spec errors use ("4.main.1" for prefix "3.main.0.").
+  static std::string user_path(const std::string& prefix) {
+    std::string path, part;
+    for (char c : prefix) {
+      if (c != '.') {
+        part += c;
+        continue;
+      }
+      const bool number = !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
+      if (!path.empty()) path += '.';
+      path += number ? std::to_string(std::stoi(part) + 1) : part;
+      part.clear();
+    }
+    return path;
+  }
+  [[noreturn]] static void internal(const std::string& what) {
+    throw Error("ONNX export: " + what + " (an exporter bug, please report it)");
+  }
+
+  GraphBuilder& g_;
+  const core::Model& model_;
+  std::map<std::string, const core::ParamInfo*> params_;
+  std::map<std::string, int> state_;     // float tensors: initializers
+  std::map<std::string, int> counters_;  // num_batches_tracked: checked, not exported
+  std::set<std::string> used_;
+  std::size_t parameters_ = 0;
+  bool have_axes_ = false;
+};
+
+// The layers of `model` as ONNX nodes, from tensor "input_normalized" to a [N,K] output.
+Value add_layers(GraphBuilder& g, const core::Model& model, std::size_t* parameters) {
+  LayerExporter exporter(g, model);
+  Value x = exporter.model({"input_normalized", false});
+  if (!x.flat) {
+    add_int(g.node("Flatten", "output_flatten", {x.tensor}, {std::int64_t(model.output_shape().size())}), "axis", 1);
+    x = {"output_flatten", true};
+  }
+  *parameters = exporter.parameters();
+  return x;
 }
 
 void add_metadata(onnx::ModelProto& m, const std::string& key, const std::string& value) {
@@ -284,9 +444,8 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
   g.initializer("std", {1, input.c, 1, 1}, std_dev.data(), std_dev.size());
   g.node("Sub", "input_centered", {"input", "mean"}, chw(input));
   g.node("Div", "input_normalized", {"input_centered", "std"}, chw(input));
-  summary->parameters = 0;
-  add_layers(g, model, &summary->parameters);
-  g.finish("logits");
+  const Value logits = add_layers(g, model, &summary->parameters);
+  g.finish(logits.tensor, "logits");
   set_tensor_type(graph->add_output(), "logits", {std::string("N"), k});
   summary->outputs = {"logits"};
   if (classify) {
@@ -349,15 +508,22 @@ void write_bytes(const std::string& path, const std::string& bytes) {
 
 }  // namespace
 
-OnnxExportSummary export_onnx(const std::string& checkpoint_path, const std::string& output_path,
-                              const OnnxExportOptions& options) {
-  const CheckpointHeader h = read_checkpoint_header(checkpoint_path);
-  check_export_target(output_path, checkpoint_path);
-  core::Model model(h.model.spec, h.model.input, 1);
-  load_checkpoint(checkpoint_path, model, nullptr);
+const std::vector<std::string>& onnx_exported_kinds() {
+  static const std::vector<std::string> kinds = [] {
+    std::vector<std::string> all = LayerExporter::leaf_kinds();
+    all.insert(all.end(), {"repeat", "residual"});
+    std::sort(all.begin(), all.end());
+    return all;
+  }();
+  return kinds;
+}
+
+OnnxExportSummary export_onnx_model(const core::Model& model, const CheckpointHeader& source,
+                                    const std::string& source_sha256, const std::string& output_path,
+                                    const OnnxExportOptions& options) {
   OnnxExportSummary summary;
-  summary.source_sha256 = sha256_file(checkpoint_path);
-  const onnx::ModelProto m = build_model(h, model, summary.source_sha256, options, &summary);
+  summary.source_sha256 = source_sha256;
+  const onnx::ModelProto m = build_model(source, model, source_sha256, options, &summary);
   if (m.ByteSizeLong() > std::size_t(INT_MAX))
     throw IoError(output_path + ": the model needs " + std::to_string(m.ByteSizeLong()) +
                   " bytes, beyond the 2 GiB a single ONNX protobuf file can hold");
@@ -367,6 +533,15 @@ OnnxExportSummary export_onnx(const std::string& checkpoint_path, const std::str
   write_bytes(output_path, bytes);
   summary.bytes = bytes.size();
   return summary;
+}
+
+OnnxExportSummary export_onnx(const std::string& checkpoint_path, const std::string& output_path,
+                              const OnnxExportOptions& options) {
+  const CheckpointHeader h = read_checkpoint_header(checkpoint_path);
+  check_export_target(output_path, checkpoint_path);
+  core::Model model(h.model.spec, h.model.input, 1);
+  load_checkpoint(checkpoint_path, model, nullptr);
+  return export_onnx_model(model, h, sha256_file(checkpoint_path), output_path, options);
 }
 
 }  // namespace mpicnn::io

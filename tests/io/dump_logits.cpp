@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
     core::Model model(meta.spec, meta.input, kBatch);
     if (bundle) io::load_bundle(path, model);
     else io::load_checkpoint(path, model, nullptr);
+    // Inference: BatchNorm with its running statistics, dropout the identity (as the ONNX graph).
+    model.run().training = false;
     const std::size_t k = model.output_shape().size();
     std::vector<float> logits;
     data::Batch batch;

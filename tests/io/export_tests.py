@@ -3,16 +3,26 @@
 forward pass, the HDF5 inference bundle, and bad input. Run by CTest (tests/io/CMakeLists.txt) with
 Debian's /usr/bin/python3 (numpy, h5py, onnx, torch), one case per test:
 
-  export_tests.py --mpicnn EXE --dump-logits EXE [--sha256 EXE] --work DIR [--node-modules DIR]
-                  [--mpiexec EXE] CASE [ARCH]
+  export_tests.py --mpicnn EXE --dump-logits EXE [--sha256 EXE] [--onnx-blocks EXE] --work DIR
+                  [--node-modules DIR] [--mpiexec EXE] CASE [ARCH]
 
 Cases: sha256 (mpicnn's SHA-256 against hashlib), setup (tiny datasets and two trained checkpoints),
-setup_fashion_mnist, onnx_checker, onnxruntime ARCH, pytorch ARCH, bundle ARCH, errors.
+setup_fashion_mnist, onnx_checker, onnxruntime ARCH, pytorch ARCH, bundle ARCH, errors,
+onnx_blocks BLOCK_ARCH, onnx_blocks_errors.
 ARCH: a (conv/maxpool/dense classifier, 3 channels, non-square images, trained on 2 ranks),
 b (avgpool with pad and stride 2, leakyrelu, tanh, sigmoid, maxpool with pad, conv without bias,
 conv after dense; mse regression), fmnist (the reference CNN briefly trained on Fashion-MNIST).
 
-Metric everywhere: max over all samples and outputs of |a - b| (float32 values), tolerance 1e-4.
+onnx_blocks_errors: export of a BatchNorm whose statistics were never updated.
+onnx_blocks BLOCK_ARCH: a model with residual blocks, repeat, BatchNorm, dropout and global pooling,
+built in memory by io_onnx_blocks (checkpoints hold no running statistics yet); BLOCK_ARCH: resnet
+(a small ResNet: repeat of identity blocks, a strided block with a projection shortcut, bn with and
+without affine, dropout, globalavgpool), mixed (BN after dense, a residual on flat values with a
+convolution shortcut, dropout-only branches, globalmaxpool, globalavgpool of a flat value, absorbed
+ReLU, a convolution as the last layer; mse).
+
+Metric everywhere: max over all samples and outputs of |a - b| (float32 values), tolerance 1e-4;
+onnx_blocks: that maximum divided by the largest |engine value| of the output, tolerance 1e-5.
 """
 import argparse
 import hashlib
@@ -40,6 +50,36 @@ ARCHS = {
         data="fashion_mnist.h5", run="run_fmnist", loss="cross_entropy", ranks=1, lr=0.02),
 }
 CLASS_NAMES_A = ["naevus", "melanoma", "basal cell", 'type "B"']
+
+BLOCK_TOLERANCE = 1e-5
+BLOCK_ARCHS = {
+    "resnet": dict(
+        spec="conv(8,3,pad=1,bias=false) bn relu "
+             "repeat(2){residual{conv(8,3,pad=1,bias=false) bn relu dropout(0.2) conv(8,3,pad=1,bias=false) bn} relu} "
+             "residual{conv(16,3,stride=2,pad=1,bias=false) bn relu conv(16,3,pad=1,bias=false) bn(affine=false) "
+             "| conv(16,1,stride=2,bias=false) bn} relu dropout(0.3) globalavgpool flatten dense(5)",
+        input="3,12,10", loss="cross_entropy",
+        ops={"Conv": 8, "BatchNormalization": 8, "Add": 3, "Relu": 7, "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1},
+        nodes={"layer0_conv": "Conv", "layer1_bn": "BatchNormalization", "layer3.0.0.main.0_conv": "Conv",
+               "layer3.1.0.main.5_bn": "BatchNormalization", "layer3.1.0_residual": "Add", "layer3.1.1_relu": "Relu",
+               "layer4.main.4_bn": "BatchNormalization", "layer4.shortcut.0_conv": "Conv", "layer4_residual": "Add",
+               "layer7_globalavgpool": "GlobalAveragePool", "layer9_dense": "Gemm"},
+        affine_false=["4.main.4."]),
+    "mixed": dict(
+        spec="conv(6,3,pad=1) bn(eps=0.001,momentum=0.5) relu residual{conv(6,3,pad=1) bn relu | dropout(0.5)} relu "
+             "maxpool(2) globalmaxpool flatten dense(12,bias=false) bn relu residual{dense(12) bn relu | conv(12,1,bias=false)} "
+             "dropout(0.5) residual{dropout(0.1)} globalavgpool conv(4,1)",
+        input="2,9,11", loss="mse",
+        ops={"Conv": 4, "BatchNormalization": 4, "Add": 3, "MaxPool": 1, "GlobalMaxPool": 1, "GlobalAveragePool": 1,
+             "Gemm": 2, "Unsqueeze": 2},
+        nodes={"layer1_bn": "BatchNormalization", "layer3_residual": "Add", "layer5_maxpool": "MaxPool",
+               "layer6_globalmaxpool": "GlobalMaxPool", "layer9_bn": "BatchNormalization",
+               "layer11.shortcut.0_conv_to_nchw": "Unsqueeze", "layer11_residual_shortcut_flatten": "Flatten",
+               "layer11_residual": "Add", "layer13_residual": "Add", "layer14_globalavgpool_to_nchw": "Unsqueeze",
+               "layer15_conv": "Conv", "output_flatten": "Flatten"},
+        epsilon={"layer1_bn": 0.001, "layer9_bn": 1e-5},
+        affine_false=[]),
+}
 
 
 class Failure(Exception):
@@ -530,6 +570,116 @@ def case_bundle(ctx, arch):
 
 
 # ---------------------------------------------------------------------------------------------
+# (e) blocks, BatchNorm, dropout and global pooling: a model built in memory (io_onnx_blocks),
+# onnx's checker, the graph's structure and initializers, onnxruntime against the engine's
+# evaluation mode
+
+def compare_relative(label, a, b):
+    """max |a - b| over the output divided by its largest |b|: relative to the output's scale, so
+    logits near zero do not inflate it."""
+    check(a.shape == b.shape, f"{label}: shapes {a.shape} and {b.shape} differ")
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    diff = float(np.max(np.abs(a64 - b64)))
+    scale = float(np.max(np.abs(b64)))
+    relative = diff / scale
+    print(f"{label}: max abs diff {diff:.3g}, largest |engine value| {scale:.3g}, relative {relative:.3g} "
+          f"over {a.size} values (tolerance {BLOCK_TOLERANCE:g})")
+    check(relative <= BLOCK_TOLERANCE, f"{label}: relative difference {relative:.3g} exceeds {BLOCK_TOLERANCE:g}")
+    return relative
+
+
+def case_onnx_blocks(ctx, arch):
+    import h5py
+    import onnx
+    from onnx import helper, numpy_helper
+    a = BLOCK_ARCHS[arch]
+    out = ctx.path(f"blocks_{arch}")
+    os.makedirs(out, exist_ok=True)
+    info = json.loads(run([ctx.o.onnx_blocks, a["spec"], a["input"], a["loss"], out]).stdout.strip().splitlines()[-1])
+    n, k = info["n"], info["k"]
+    path = os.path.join(out, "model.onnx")
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    graph = model.graph
+
+    names = [node.name for node in graph.node]
+    check(len(set(names)) == len(names), f"node names repeat: {sorted(x for x in names if names.count(x) > 1)}")
+    ops = [node.op_type for node in graph.node]
+    check("Dropout" not in ops, "a Dropout node in an inference graph")
+    for op, count in a["ops"].items():
+        check(ops.count(op) == count, f"{arch}: {ops.count(op)} {op} nodes, expected {count}: {ops}")
+    by_name = {node.name: node for node in graph.node}
+    for name, op in a["nodes"].items():
+        check(name in by_name and by_name[name].op_type == op, f"{arch}: no {op} node named {name!r} in {names}")
+    attrs = {node.name: {x.name: helper.get_attribute_value(x) for x in node.attribute} for node in graph.node}
+    for name, eps in a.get("epsilon", {}).items():
+        check(attrs[name]["epsilon"] == np.float32(eps), f"{arch}: {name} epsilon {attrs[name]['epsilon']}, expected {eps}")
+
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    with h5py.File(os.path.join(out, "tensors.h5"), "r") as f:
+        tensors = {name: f[name][:] for name in f}
+    batchnorms = [name[:-len("running_mean")] for name in tensors if name.endswith("running_mean")]
+    check(ops.count("BatchNormalization") == len(batchnorms), f"{len(batchnorms)} BatchNorm layers in the model")
+    for name, value in tensors.items():
+        if name.endswith("num_batches_tracked"):
+            check(int(value[0]) == info["training_passes"], f"{name} = {value}")
+            check(name not in inits, f"{name} needs no initializer")
+            continue
+        check(name in inits, f"{arch}: model tensor {name} missing from the initializers")
+        check(inits[name].dtype == np.float32 and np.array_equal(inits[name], value), f"{arch}: initializer {name} differs")
+    for prefix in batchnorms:  # the statistics came from training passes, not the initial 0 and 1
+        mean, var = tensors[prefix + "running_mean"], tensors[prefix + "running_var"]
+        check(np.max(np.abs(mean)) > 0.01 and np.max(np.abs(var - 1)) > 0.01, f"{prefix}: trivial running statistics")
+        node = by_name.get(f"layer{prefix[:-1]}_bn")
+        check(node is not None and node.op_type == "BatchNormalization", f"no BatchNormalization node for {prefix}")
+        check(list(node.input[3:]) == [prefix + "running_mean", prefix + "running_var"], f"{node.name} inputs {node.input}")
+        if prefix in a["affine_false"]:
+            check(list(node.input[1:3]) == [prefix + "scale_ones", prefix + "shift_zeros"], f"{node.name} inputs {node.input}")
+            check(np.all(inits[prefix + "scale_ones"] == 1) and np.all(inits[prefix + "shift_zeros"] == 0), "1/0 initializers")
+        else:
+            check(list(node.input[1:3]) == [prefix + "weight", prefix + "bias"], f"{node.name} inputs {node.input}")
+            check(np.max(np.abs(tensors[prefix + "weight"] - 1)) > 0.01, f"{prefix}weight is trivial")
+
+    c, h, w = map(int, a["input"].split(","))
+    engine = np.fromfile(os.path.join(out, "logits.f32"), dtype=np.float32).reshape(n, k)
+    inputs = os.path.join(out, "inputs.f32")
+    env = dict(os.environ, NODE_PATH=ctx.o.node_modules)
+    classify = a["loss"] == "cross_entropy"
+    for batch in (1, 5, n):
+        prefix = os.path.join(out, f"b{batch}_")
+        printed = run(["node", os.path.join(os.path.dirname(__file__), "run_onnx.js"), path, inputs, f"{n},{c},{h},{w}",
+                       batch, prefix], env=env).stdout.strip().splitlines()[-1]
+        check(json.loads(printed)["outputs"] == (["logits", "probabilities"] if classify else ["logits"]), printed)
+        logits = np.fromfile(prefix + "logits.f32", dtype=np.float32).reshape(n, k)
+        compare_relative(f"{arch} batch {batch}: onnxruntime logits vs engine (evaluation mode)", logits, engine)
+        if classify:
+            probabilities = np.fromfile(prefix + "probabilities.f32", dtype=np.float32).reshape(n, k)
+            compare_relative(f"{arch} batch {batch}: onnxruntime probabilities vs softmax of the engine's logits",
+                             probabilities, softmax(engine))
+    print(f"{arch}: {len(graph.node)} nodes, {len(batchnorms)} BatchNormalization, checker (full_check) passed")
+
+
+def case_onnx_blocks_errors(ctx):
+    """BatchNorm whose running statistics were never updated (no training pass committed, as a
+    checkpoint without BatchNorm state loads): one error line naming the layer path, no file."""
+    out = ctx.path("blocks_errors")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    cases = [("top level", BLOCK_ARCHS["resnet"]["spec"], "layer 2 'bn(eps=1e-05,momentum=0.1)'", "1.num_batches_tracked = 0"),
+             ("inside a block", "conv(4,3) residual{conv(4,3,pad=1) bn(affine=false)} flatten dense(2)",
+              "layer 2.main.2 'bn(eps=1e-05,momentum=0.1,affine=false)'", "1.main.1.num_batches_tracked = 0")]
+    for label, spec, *needles in cases:
+        result = run([ctx.o.onnx_blocks, spec, "3,12,10", "cross_entropy", out, 0], expect_ok=False)
+        lines = result.stderr.strip().splitlines()
+        check(result.returncode != 0, f"{label}: exit status 0")
+        check(len(lines) == 1 and lines[0].startswith("error: ONNX export: "), f"{label}: stderr {result.stderr!r}")
+        for needle in needles:
+            check(needle in lines[0], f"{label}: {lines[0]!r} does not mention {needle!r}")
+        check(not [f for f in os.listdir(out) if f.startswith("model.onnx")], f"{label}: a failed export left a file")
+        print(f"{label}: exit {result.returncode}: {lines[0]}")
+
+
+# ---------------------------------------------------------------------------------------------
 # (f) bad input: one line "error: ...", non-zero exit, nothing written
 
 def expect_error(ctx, label, args, *needles):
@@ -576,6 +726,7 @@ def main():
     parser.add_argument("--mpicnn", required=True)
     parser.add_argument("--dump-logits", required=True)
     parser.add_argument("--sha256", default="")
+    parser.add_argument("--onnx-blocks", default="")
     parser.add_argument("--work", required=True)
     parser.add_argument("--node-modules", default="")
     parser.add_argument("--mpiexec", default="mpirun")
@@ -584,7 +735,8 @@ def main():
     options = parser.parse_args()
     ctx = Context(options)
     cases = {"sha256": case_sha256, "setup": case_setup, "setup_fashion_mnist": case_setup_fashion_mnist, "onnx_checker": case_onnx_checker,
-             "onnxruntime": case_onnxruntime, "pytorch": case_pytorch, "bundle": case_bundle, "errors": case_errors}
+             "onnxruntime": case_onnxruntime, "pytorch": case_pytorch, "bundle": case_bundle, "errors": case_errors,
+             "onnx_blocks": case_onnx_blocks, "onnx_blocks_errors": case_onnx_blocks_errors}
     try:
         if options.arch:
             cases[options.case](ctx, options.arch)
