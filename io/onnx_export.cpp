@@ -21,6 +21,7 @@
 #include "core/batchnorm.hpp"
 #include "core/blocks.hpp"
 #include "core/errors.hpp"
+#include "core/task.hpp"
 #include "io/bundle.hpp"
 #include "io/checkpoint.hpp"
 
@@ -407,7 +408,8 @@ void add_metadata(onnx::ModelProto& m, const std::string& key, const std::string
 
 onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model, const std::string& sha256,
                              const OnnxExportOptions& options, OnnxExportSummary* summary) {
-  const bool classify = h.model.loss == "cross_entropy" && options.probabilities;
+  // The task says how logits become predictions (classification: Softmax as "probabilities").
+  const bool classify = core::make_task(h.model.loss)->onnx_postprocess() == "Softmax" && options.probabilities;
   const std::string source = fs::path(h.path).filename().string();
   const core::Shape input = h.model.input;
   const std::int64_t k = std::int64_t(model.output_shape().size());

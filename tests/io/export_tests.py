@@ -45,6 +45,14 @@ ARCHS = {
         spec="conv(6,5,stride=2,pad=2) leakyrelu(slope=0.2) avgpool(3,stride=2,pad=1) conv(8,3,pad=1,bias=false) "
              "tanh maxpool(2,stride=2,pad=1) flatten dense(16) sigmoid conv(5,1)",
         data="b.h5", run="run_b", loss="mse", ranks=1, lr=0.05),
+    # Trained through mpicnn train on 2 ranks: BatchNorm running statistics from the trainer's
+    # commits, dropout active in training and removed in the export.
+    "c": dict(
+        spec="conv(8,3,pad=1,bias=false) bn relu residual{conv(8,3,pad=1,bias=false) bn relu dropout(0.2) "
+             "conv(8,3,pad=1,bias=false) bn} relu residual{conv(16,3,stride=2,pad=1,bias=false) bn relu "
+             "conv(16,3,pad=1,bias=false) bn | conv(16,1,stride=2,bias=false) bn} relu globalavgpool flatten "
+             "dropout(0.3) dense(4)",
+        data="a.h5", run="run_c", loss="cross_entropy", ranks=2, lr=0.05),
     "fmnist": dict(
         spec="conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)",
         data="fashion_mnist.h5", run="run_fmnist", loss="cross_entropy", ranks=1, lr=0.02),
@@ -171,6 +179,7 @@ def case_setup(ctx):
     ctx.mpicnn("convert", "--format", "npz", "--input", ctx.path("b.npz"), "--output", ctx.path("b.h5"))
     train(ctx, "a", 24, 16)
     train(ctx, "b", 24, 16)
+    train(ctx, "c", 24, 16)
 
 
 def case_setup_fashion_mnist(ctx):
