@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <vector>
 
 #include "core/model.hpp"
 #include "fuzz_util.hpp"
@@ -63,6 +64,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                      plan[i].name.c_str());
         std::abort();
       }
+    // The layers run (training and evaluation mode: BatchNorm, dropout, blocks) without crashing;
+    // a BatchNorm meeting one value per channel in training is a clean rejection.
+    std::vector<float> x(input.size(), 0.5f), dy(model.output_shape().size(), 1.f);
+    for (bool training : {false, true}) {
+      model.run().training = training;
+      model.forward(x.data(), 1);
+      model.backward(dy.data(), 1);
+    }
     mpicnn::core::Model rebuilt(canonical, input, 1);
     if (rebuilt.canonical_spec() != canonical) {
       std::fprintf(stderr, "FINDING: canonical spec is not a fixed point: '%s' -> '%s'\n", canonical.c_str(),

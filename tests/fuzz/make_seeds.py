@@ -39,7 +39,11 @@ def main():
     specs = ["conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)",
              "conv(8,3,stride=2,pad=1,bias=false) leakyrelu(slope=0.1) avgpool(2,stride=1) flatten dense(4)",
              "conv(filters=4,kernel=3) sigmoid maxpool(window=2,stride=2,pad=1) tanh flatten dense(3)",
-             "flatten dense(3) relu dense(2)"]
+             "flatten dense(3) relu dense(2)",
+             "conv(8,3,pad=1,bias=false) bn relu residual{conv(8,3,pad=1,bias=false) bn relu dropout(0.2) "
+             "conv(8,3,pad=1,bias=false) bn} relu residual{conv(16,3,stride=2,pad=1,bias=false) bn | "
+             "conv(16,1,stride=2,bias=false) bn(eps=0.001,momentum=0.5,affine=false)} relu globalavgpool flatten dense(5)",
+             "repeat(2){conv(4,3,pad=1) bn relu} globalmaxpool flatten repeat(3){dense(4) dropout(p=0.5)} dense(2)"]
     for i, spec in enumerate(specs):
         put("spec", f"spec{i}", bytes([0, 27, 27]) + spec.encode())
     put("spec", "rgb", bytes([2, 31, 31]) + specs[0].encode())
