@@ -15,6 +15,7 @@
 #include "apps/commands.hpp"
 #include "apps/evaluate.hpp"
 #include "apps/report.hpp"
+#include "apps/run_checkpoints.hpp"
 #include "apps/settings.hpp"
 #include "apps/train_config.hpp"
 #include "core/errors.hpp"
@@ -139,36 +140,8 @@ class Trainer {
   // Resume from --resume or from the run folder's own checkpoint (a requeued job); otherwise
   // rank 0 initialises and broadcasts. Either way all ranks must then hold the same weights.
   void start_from_checkpoint_or_init() {
-    io::CheckpointDir dir(c_.run_dir, c_.keep);
-    std::string path = c_.resume.empty() ? dir.latest().value_or("") : io::resolve_checkpoint(c_.resume);
-    if (!path.empty()) {
-      const io::CheckpointHeader header = io::read_checkpoint_header(path);
-      if (header.model.spec != meta_.spec || header.model.input != meta_.input)
-        throw ConfigError(path + ": checkpoint model '" + header.model.spec + "' on " + header.model.input.str() +
-                          " differs from the config's '" + meta_.spec + "' on " + meta_.input.str());
-      io::load_checkpoint(path, *model_, optimizer_.get());
-      state_ = header.trainer;
-      if (c_.exact_reduction && !state_.gradient_grid.empty()) {
-        if (state_.gradient_grid.size() != model_->params().infos().size())
-          throw IoError(path + ": /trainer attribute 'gradient_grid' has " + std::to_string(state_.gradient_grid.size()) +
-                        " exponents, expected " + std::to_string(model_->params().infos().size()) + " (one per parameter tensor)");
-        reducer_->set_grid(state_.gradient_grid);
-      }
-      last_saved_step_ = state_.global_step;
-      if (state_.seed != c_.seed && comm_.is_root())
-        std::fprintf(stderr, "warning: resuming with train.seed %llu from the checkpoint (config says %llu)\n",
-                     (unsigned long long)state_.seed, (unsigned long long)c_.seed);
-      if (state_.best_metric_name != c_.best_metric) {
-        if (comm_.is_root() && !std::isnan(state_.best_metric))
-          std::fprintf(stderr,
-                       "warning: checkpoint.best_metric is '%s', the checkpoint chose best.h5 by '%s': "
-                       "the next evaluation chooses it anew\n",
-                       c_.best_metric.c_str(), state_.best_metric_name.c_str());
-        state_.best_metric = io::TrainerState{}.best_metric;
-      }
-      if (comm_.is_root())
-        std::printf("resuming from %s: epoch %d, step %ld of %ld (global step %ld)\n", path.c_str(), state_.epoch + 1,
-                    state_.step_in_epoch, steps_per_epoch_, state_.global_step);
+    if (auto resumed = checkpoints_.resume(trained(), steps_per_epoch_)) {
+      state_ = *resumed;
     } else {
       state_.seed = c_.seed;
       if (comm_.is_root()) core::init_params(model_->params(), c_.init, c_.seed);
@@ -179,6 +152,8 @@ class Trainer {
     if (!comm_.same_on_all_ranks(dist::fingerprint(values.data(), values.size() * sizeof(float))))
       throw Error("ranks hold different weights before the first step (fingerprint mismatch)");
   }
+
+  TrainedModel trained() { return {*model_, *optimizer_, *reducer_, meta_}; }
 
   std::string sum_route() const {
     const std::string mpi = comm_.ring_allreduce() ? "ring allreduce" : "MPI's own allreduce";
@@ -368,28 +343,7 @@ class Trainer {
 
   void save(Reporter& report, const std::vector<std::pair<std::string, double>>& metrics,
             std::optional<io::TrainerState> position = std::nullopt) {
-    io::TrainerState at = position.value_or(state_);
-    at.gradient_grid = reducer_->grid();
-    bool best = false;
-    for (const auto& [name, value] : metrics)
-      if (name == "test_" + c_.best_metric && improves_best(value)) state_.best_metric = at.best_metric = value, best = true;
-    if (comm_.is_root()) {
-      io::CheckpointDir dir(c_.run_dir, c_.keep);
-      const std::string path = dir.path_for(at.global_step);
-      io::save_checkpoint(path, meta_, *model_, *optimizer_, at, config_ini_, comm_.size(), metrics);
-      dir.commit(path);
-      if (best) io::save_checkpoint(dir.best_path(), meta_, *model_, *optimizer_, at, config_ini_, comm_.size(), metrics);
-      report.line("checkpoint: " + path + (best ? " (best so far, also best.h5)" : ""));
-    }
-    comm_.barrier();
-    last_saved_step_ = at.global_step;
-  }
-
-  // Accuracy is better higher, loss lower; any value beats none, and NaN never wins.
-  bool improves_best(double value) const {
-    if (std::isnan(value)) return false;
-    if (std::isnan(state_.best_metric)) return true;
-    return c_.task->higher_is_better(c_.best_metric) ? value > state_.best_metric : value < state_.best_metric;
+    checkpoints_.save(trained(), state_, position.value_or(state_), metrics, report);
   }
 
   int stop(Reporter& report) {
@@ -404,7 +358,7 @@ class Trainer {
 
   int finish_early(Reporter& report) {
     report.line("reached train.max_steps = " + std::to_string(c_.max_steps));
-    if (last_saved_step_ == state_.global_step) return 0;
+    if (checkpoints_.last_saved_step() == state_.global_step) return 0;
     if (state_.step_in_epoch == steps_per_epoch_) end_epoch(report, {});
     else save(report, evaluate_now(report));
     return 0;
@@ -423,7 +377,7 @@ class Trainer {
   io::ModelMeta meta_;
   io::TrainerState state_;
   long steps_per_epoch_ = 0, total_steps_ = 0;
-  long last_saved_step_ = -1;  // the global step of the newest checkpoint, so none is written twice
+  RunCheckpoints checkpoints_{c_, config_ini_, comm_};
   dist::StepTotals totals_{comm_};
   double previous_wait_ = 0;    // this rank's communication wait in the last step
 };
