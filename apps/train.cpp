@@ -65,7 +65,7 @@ class Trainer {
     model_->reserve_statistics(statistics_slots());
     c_.task->check({info.target_size == 0, info.num_classes, info.target_size}, int(model_->output_shape().size()),
                    c_.data_path);
-    optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params().size());
+    optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params());
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
     if (c_.exact_reduction) {
       auto exact = std::make_unique<dist::ExactGradientSum>(comm, model_->params(), c_.micro_batch, c_.shared_memory_sum);

@@ -51,6 +51,7 @@ std::vector<Key> train_keys() {
       {"optimizer.momentum", "0", "SGD momentum"},
       {"optimizer.nesterov", "false", "SGD Nesterov momentum"},
       {"optimizer.weight_decay", "0", "L2 penalty (adamw: decoupled decay)"},
+      {"optimizer.decay_norm_and_bias", "true", "apply weight decay to biases and BatchNorm scales and shifts too (PyTorch's default; false as torchvision's ResNet recipes)"},
       {"optimizer.beta1", "0.9", "Adam beta1"},
       {"optimizer.beta2", "0.999", "Adam beta2"},
       {"optimizer.epsilon", "1e-8", "Adam epsilon"},
@@ -100,6 +101,7 @@ TrainConfig read_config(const Settings& s) {
   c.optimizer.momentum = s.real("optimizer.momentum", 0);
   c.optimizer.nesterov = s.flag("optimizer.nesterov");
   c.optimizer.weight_decay = s.real("optimizer.weight_decay", 0);
+  c.optimizer.decay_norm_and_bias = s.flag("optimizer.decay_norm_and_bias");
   c.optimizer.beta1 = s.real("optimizer.beta1", 0);
   c.optimizer.beta2 = s.real("optimizer.beta2", 0);
   c.optimizer.epsilon = s.real("optimizer.epsilon", 0, false);

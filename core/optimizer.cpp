@@ -47,6 +47,27 @@ Optimizer::Optimizer(const OptimizerConfig& config, std::size_t arena_size) : co
   }
 }
 
+Optimizer::Optimizer(const OptimizerConfig& config, const ParamStore& params) : Optimizer(config, params.size()) {
+  if (config.decay_norm_and_bias) return;
+  for (const ParamInfo& p : params.infos())
+    if (p.role != ParamRole::weight) undecayed_.emplace_back(p.offset, p.offset + p.size);
+  std::sort(undecayed_.begin(), undecayed_.end());
+}
+
+template <class Update>
+void Optimizer::split_by_decay(std::size_t begin, std::size_t end, Update&& update) const {
+  auto range = std::lower_bound(undecayed_.begin(), undecayed_.end(), std::make_pair(begin, std::size_t(0)),
+                                [](const auto& a, const auto& b) { return a.second <= b.first; });
+  std::size_t at = begin;
+  for (; range != undecayed_.end() && range->first < end; ++range) {
+    const std::size_t from = std::max(range->first, begin), to = std::min(range->second, end);
+    if (at < from) update(at, from, true);
+    update(from, to, false);
+    at = to;
+  }
+  if (at < end) update(at, end, true);
+}
+
 std::vector<std::pair<std::string, Buffer*>> Optimizer::state() {
   if (config_.name == "sgd") return first_.size() ? std::vector<std::pair<std::string, Buffer*>>{{"momentum", &first_}}
                                                   : std::vector<std::pair<std::string, Buffer*>>{};
@@ -98,10 +119,12 @@ void Optimizer::step(ParamStore& params, double lr, const GradientSource& source
   float* second = second_.data();
   const float decay = float(config_.weight_decay), rate = float(lr);
   if (config_.name == "sgd") {
-    const SgdRule rule{decay, float(config_.momentum), rate};
+    const SgdRule rule{decay, float(config_.momentum), rate}, undecayed{0.f, float(config_.momentum), rate};
     const auto update = !first ? sgd_chunk<false, false> : config_.nesterov ? sgd_chunk<true, true> : sgd_chunk<true, false>;
     for_each_chunk(params, source, [&](std::size_t begin, std::size_t end, const float* g) {
-      update(w + begin, first ? first + begin : nullptr, g, end - begin, rule);
+      split_by_decay(begin, end, [&](std::size_t from, std::size_t to, bool decayed) {
+        update(w + from, first ? first + from : nullptr, g + (from - begin), to - from, decayed ? rule : undecayed);
+      });
     });
     return;
   }
@@ -115,9 +138,13 @@ void Optimizer::step(ParamStore& params, double lr, const GradientSource& source
                       float(lr / (1.0 - std::pow(b1, double(steps_)))),
                       float(std::sqrt(1.0 - std::pow(b2, double(steps_)))),
                       float(config_.epsilon)};
+  AdamRule undecayed = rule;
+  undecayed.decay = 0.f;
   const auto update = config_.name == "adamw" ? adam_chunk<true> : adam_chunk<false>;
   for_each_chunk(params, source, [&](std::size_t begin, std::size_t end, const float* g) {
-    update(w + begin, first + begin, second + begin, g, end - begin, rule);
+    split_by_decay(begin, end, [&](std::size_t from, std::size_t to, bool decayed) {
+      update(w + from, first + from, second + from, g + (from - begin), to - from, decayed ? rule : undecayed);
+    });
   });
 }
 

@@ -14,6 +14,9 @@ struct OptimizerConfig {
   double momentum = 0.0;     // sgd
   bool nesterov = false;     // sgd
   double weight_decay = 0.0; // sgd/adam: L2 added to the gradient; adamw: decoupled
+  // Whether weight decay also applies to biases and BatchNorm scales and shifts. PyTorch's
+  // default is yes (one parameter group); torchvision's ResNet recipes turn it off.
+  bool decay_norm_and_bias = true;
   double beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8;
 };
 
@@ -26,6 +29,9 @@ using GradientSource = std::function<void(std::size_t begin, std::size_t end, fl
 class Optimizer {
  public:
   Optimizer(const OptimizerConfig& config, std::size_t arena_size);
+  // The same with the parameters' roles known: without decay_norm_and_bias, biases and BatchNorm
+  // scales and shifts get no weight decay.
+  Optimizer(const OptimizerConfig& config, const ParamStore& params);
   // Applies one update with learning rate `lr` from the averaged gradients: the arena's, or when
   // given, those `source` writes chunk by chunk just before the update reads them.
   void step(ParamStore& params, double lr, const GradientSource& source = {});
@@ -36,8 +42,13 @@ class Optimizer {
   const OptimizerConfig& config() const { return config_; }
 
  private:
+  // Calls update(begin, end, decayed) for the runs of [begin, end) with and without weight decay.
+  template <class Update>
+  void split_by_decay(std::size_t begin, std::size_t end, Update&& update) const;
+
   OptimizerConfig config_;
   long steps_ = 0;
+  std::vector<std::pair<std::size_t, std::size_t>> undecayed_;  // sorted float ranges of the arena
   Buffer first_, second_;  // momentum, or Adam's first and second moments
 };
 

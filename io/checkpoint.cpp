@@ -81,6 +81,7 @@ void write_header(hid_t file, const ModelMeta& meta, const core::Optimizer& opti
   h5::write_attribute(opt.get(), "momentum", o.momentum);
   h5::write_attribute(opt.get(), "nesterov", std::int64_t(o.nesterov));
   h5::write_attribute(opt.get(), "weight_decay", o.weight_decay);
+  h5::write_attribute(opt.get(), "decay_norm_and_bias", std::int64_t(o.decay_norm_and_bias));
   h5::write_attribute(opt.get(), "beta1", o.beta1);
   h5::write_attribute(opt.get(), "beta2", o.beta2);
   h5::write_attribute(opt.get(), "epsilon", o.epsilon);
@@ -254,6 +255,8 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   h.optimizer.momentum = h5::read_attribute<double>(opt.get(), "momentum");
   h.optimizer.nesterov = h5::read_attribute<std::int64_t>(opt.get(), "nesterov") != 0;
   h.optimizer.weight_decay = h5::read_attribute<double>(opt.get(), "weight_decay");
+  if (h5::has_attribute(opt.get(), "decay_norm_and_bias"))  // older files: decay applied to every parameter
+    h.optimizer.decay_norm_and_bias = h5::read_attribute<std::int64_t>(opt.get(), "decay_norm_and_bias") != 0;
   h.optimizer.beta1 = h5::read_attribute<double>(opt.get(), "beta1");
   h.optimizer.beta2 = h5::read_attribute<double>(opt.get(), "beta2");
   h.optimizer.epsilon = h5::read_attribute<double>(opt.get(), "epsilon");

@@ -192,5 +192,29 @@ TEST(Training, EmptyBatchStillReportsEveryLayerOnce) {
   EXPECT_EQ(s.normalizer, 0.0);
 }
 
+// Without decay_norm_and_bias, weight decay reaches only weights: biases and BatchNorm scales and
+// shifts move by their gradients alone (zero here), across update chunks (a 30000-float dense
+// weight spans four 8K chunks, its bias starts inside one). SGD and AdamW alike.
+TEST(Optimizer, DecayNormAndBiasOffLeavesBiasesAndBatchNormUndecayed) {
+  for (const std::string name : {"sgd", "adamw"})
+    for (bool decay_all : {true, false}) {
+      Model model("conv(3,3) bn flatten dense(100) dense(3,bias=false)", {1, 12, 12}, 1);
+      std::fill(model.params().values().data(), model.params().values().data() + model.params().size(), 1.f);
+      OptimizerConfig config;
+      config.name = name;
+      config.weight_decay = 0.5;
+      config.decay_norm_and_bias = decay_all;
+      Optimizer optimizer(config, model.params());
+      optimizer.step(model.params(), 0.1);
+      for (std::size_t p = 0; p < model.params().infos().size(); ++p) {
+        const ParamInfo& info = model.params().info(int(p));
+        const bool decayed = decay_all || info.role == ParamRole::weight;
+        const float expected = decayed ? 0.95f : 1.f;  // sgd: 1 - 0.1 * 0.5; adamw: 1 * (1 - 0.1 * 0.5), zero moments
+        for (std::size_t i = 0; i < info.size; ++i)
+          ASSERT_EQ(model.params().value(int(p))[i], expected) << name << " " << info.name << "[" << i << "]";
+      }
+    }
+}
+
 }  // namespace
 }  // namespace mpicnn::core
