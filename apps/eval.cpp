@@ -89,13 +89,16 @@ Evaluation run_collecting(Loaded& l, const dist::Communicator& comm, Outputs* ga
 std::string number(double v) {
   if (std::isnan(v)) return "null";
   char text[32];
-  std::snprintf(text, sizeof text, "%.6g", v);
+  std::snprintf(text, sizeof text, "%.17g", v);  // round-trips: scripts compare figures exactly
   return text;
 }
 
 void print_json(const Evaluation& e, const ClassificationReport* r, const std::vector<std::string>& names) {
   std::ostringstream out;
-  out << "{\"samples\": " << e.count << ", \"loss\": " << number(e.loss);
+  out << "{\"samples\": " << e.count << ", \"loss\": " << number(e.loss) << ", \"metrics\": {";
+  for (std::size_t i = 0; i < e.metrics.size(); ++i)
+    out << (i ? ", " : "") << "\"" << e.metrics[i].first << "\": " << number(e.metrics[i].second);
+  out << "}";
   if (r) {
     out << ", \"accuracy\": " << number(e.accuracy) << ", \"confusion_matrix\": [";
     for (int i = 0; i < e.classes; ++i) {
@@ -121,11 +124,16 @@ void print_json(const Evaluation& e, const ClassificationReport* r, const std::v
 
 void print_text(const Evaluation& e, const ClassificationReport* r, const std::vector<std::string>& names) {
   std::printf("samples %lld  loss %.6f", (long long)e.count, e.loss);
-  if (!r) {
-    std::printf("\n");
-    return;
-  }
-  std::printf("  accuracy %.4f\n\nconfusion matrix (rows: true class, columns: predicted)\n", e.accuracy);
+  for (const auto& [name, value] : e.metrics)
+    if (name.rfind("auc_", 0) != 0) std::printf("  %s %.4f", name.c_str(), value);
+  std::printf("\n");
+  for (const auto& [name, value] : e.metrics)  // per label (multi-label): "auc_<k>"
+    if (name.rfind("auc_", 0) == 0) {
+      const std::size_t k = std::stoul(name.substr(4));
+      std::printf("  label %-16s auc %.4f\n", (k < names.size() ? names[k] : std::to_string(k)).c_str(), value);
+    }
+  if (!r) return;
+  std::printf("\nconfusion matrix (rows: true class, columns: predicted)\n");
   for (int i = 0; i < e.classes; ++i) {
     for (int j = 0; j < e.classes; ++j) std::printf("%7lld", (long long)e.confusion[std::size_t(i) * e.classes + j]);
     std::printf("\n");

@@ -4,6 +4,24 @@
 
 namespace mpicnn::app {
 
+namespace {
+
+struct Predictions {
+  std::vector<float> values, targets;
+  std::vector<std::int32_t> labels;
+  void add(const core::Task& task, const core::BatchView& view, const float* out, int outputs) {
+    for (int n = 0; n < view.count; ++n) {
+      const std::size_t at = values.size();
+      values.resize(at + std::size_t(outputs));
+      task.predict(values.data() + at, out + std::size_t(n) * outputs, outputs);
+      if (view.labels) labels.push_back(view.labels[n]);
+      if (view.targets) targets.insert(targets.end(), view.targets + std::size_t(n) * outputs, view.targets + std::size_t(n + 1) * outputs);
+    }
+  }
+};
+
+}  // namespace
+
 Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader& reader,
                     const dist::Communicator& comm,
                     const OutputSink& sink, dist::Watchdog* watchdog) {
@@ -14,6 +32,7 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
   result.confusion.assign(std::size_t(result.classes) * result.classes, 0);
   model.run().training = false;  // the trainer sets training mode again before its next step
   core::GradientWorker worker(model);
+  Predictions mine;  // needs_scores(): this rank's predictions and truth, in its part's order
   core::LossSum sums;
   data::Batch batch;
   reader.rewind();
@@ -33,6 +52,7 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
           const int predicted = int(std::max_element(row, row + outputs) - row);
           ++result.confusion[std::size_t(view.labels[n]) * outputs + predicted];
         }
+      if (task.needs_scores()) mine.add(task, view, out, outputs);
       if (sink) sink(batch, start, count, out);
     }
   }
@@ -51,6 +71,11 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
   result.loss = totals[1] > 0 ? totals[0] / totals[1] : 0;
   result.correct = totals[2];
   result.accuracy = result.count > 0 ? totals[2] / double(result.count) : 0;
+  // The ranks' parts are contiguous and in rank order: gathered, they are the split in order.
+  const std::vector<float> predictions = task.needs_scores() ? comm.allgather(mine.values) : std::vector<float>{};
+  const std::vector<std::int32_t> labels = task.needs_scores() ? comm.allgather(mine.labels) : std::vector<std::int32_t>{};
+  const std::vector<float> targets = task.needs_scores() ? comm.allgather(mine.targets) : std::vector<float>{};
+  result.metrics = task.eval_metrics({result.correct, result.count, outputs, predictions, labels, targets});
   return result;
 }
 

@@ -20,6 +20,7 @@ struct Evaluation {
   std::int64_t count = 0; // samples evaluated (all ranks)
   int classes = 0;
   std::vector<std::int64_t> confusion;  // (classes, classes): row = true class, column = predicted
+  std::vector<core::Metric> metrics;    // the task's (accuracy, auc, ...), identical on every rank
 };
 
 // Sees the model's outputs (count, outputs) for samples [start, start + count) of `batch`.

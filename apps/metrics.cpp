@@ -1,30 +1,12 @@
 #include "metrics.hpp"
 
+#include "core/metrics.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
 namespace mpicnn::app {
-
-double roc_auc(const std::vector<float>& scores, const std::vector<bool>& positive) {
-  std::vector<std::size_t> order(scores.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return scores[a] < scores[b]; });
-  // Sum of the positives' ranks, ties sharing their mean rank.
-  double rank_sum = 0;
-  std::size_t positives = 0;
-  for (std::size_t i = 0; i < order.size();) {
-    std::size_t j = i;
-    while (j < order.size() && scores[order[j]] == scores[order[i]]) ++j;
-    const double mean_rank = 0.5 * double(i + 1 + j);
-    for (std::size_t k = i; k < j; ++k)
-      if (positive[order[k]]) rank_sum += mean_rank, ++positives;
-    i = j;
-  }
-  const std::size_t negatives = scores.size() - positives;
-  if (positives == 0 || negatives == 0) return std::nan("");
-  return (rank_sum - 0.5 * double(positives) * double(positives + 1)) / (double(positives) * double(negatives));
-}
 
 ClassificationReport classification_report(const std::vector<std::int64_t>& confusion, int classes,
                                            const std::vector<float>& probabilities,
@@ -52,7 +34,7 @@ ClassificationReport classification_report(const std::vector<std::int64_t>& conf
       scores[n] = probabilities[n * classes + k];
       positive[n] = labels[n] == k;
     }
-    m.auc = roc_auc(scores, positive);
+    m.auc = core::roc_auc(scores, positive);
     report.per_class.push_back(m);
   }
   auto average = [&](bool weighted) {

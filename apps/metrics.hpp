@@ -22,8 +22,5 @@ ClassificationReport classification_report(const std::vector<std::int64_t>& conf
                                            const std::vector<float>& probabilities,
                                            const std::vector<std::int32_t>& labels);
 
-// Area under the ROC curve of `scores` for `positive` labels (Mann-Whitney U with ties counted
-// half); NaN when one of the two groups is empty.
-double roc_auc(const std::vector<float>& scores, const std::vector<bool>& positive);
 
 }  // namespace mpicnn::app

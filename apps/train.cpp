@@ -212,7 +212,7 @@ class Trainer {
     // Exact reduction: the optimizer has the summed gradient written chunk by chunk as it goes.
     const core::GradientSource gradients = reducer_->gradients(1.0 / normalizer);
     r.loss = totals[kLossSum] / normalizer;
-    r.metrics = c_.task->step_metrics(totals[kCorrect], batch.global_count);
+    r.metrics = c_.task->step_metrics(totals[kCorrect], batch.global_count, int(model_->output_shape().size()));
     r.accuracy = metric_or_nan(r.metrics, "accuracy");
     r.stop = totals[kStop] > 0;
     r.previous_wait = {totals_.minimum(), totals[kPreviousWait] / comm_.size()};
@@ -310,10 +310,10 @@ class Trainer {
     const Evaluation e = evaluate(*model_, *c_.task, *eval_reader_, comm_, {}, watchdog_.get());
     std::map<std::string, double> fields = {{"epoch", state_.epoch + 1}, {"global_step", double(state_.global_step)},
                                             {"test_loss", e.loss}, {"samples", double(e.count)}, {"elapsed_s", report.elapsed()}};
-    for (const auto& [name, value] : c_.task->eval_metrics(e.correct, e.count)) fields["test_" + name] = value;
+    for (const auto& [name, value] : e.metrics) fields["test_" + name] = value;
     report.record("eval", fields);
     std::vector<std::pair<std::string, double>> metrics = {{"test_loss", e.loss}};
-    for (const auto& [name, value] : c_.task->eval_metrics(e.correct, e.count)) metrics.emplace_back("test_" + name, value);
+    for (const auto& [name, value] : e.metrics) metrics.emplace_back("test_" + name, value);
     return metrics;
   }
 
@@ -328,6 +328,7 @@ class Trainer {
       line += text;
     }
     for (const auto& [name, value] : metrics) {
+      if (name.rfind("test_auc_", 0) == 0) continue;  // per label: in metrics.jsonl, not on the line
       std::snprintf(text, sizeof text, ", %s %.4f", name.c_str(), value);
       line += text;
     }

@@ -44,8 +44,9 @@ std::vector<Key> train_keys() {
       {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
       {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
       {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
-      {"loss.kind", "cross_entropy", "cross_entropy (softmax classification) or mse (regression)"},
+      {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label) or mse (regression)"},
       {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
+      {"loss.pos_weight", "", "per-label positive weights for bce, comma-separated (BCEWithLogitsLoss pos_weight)"},
       {"optimizer.name", "sgd", "sgd, adam or adamw"},
       {"optimizer.lr", "0.01", "base learning rate"},
       {"optimizer.momentum", "0", "SGD momentum"},
@@ -95,6 +96,7 @@ TrainConfig read_config(const Settings& s) {
   c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
   core::TaskOptions task_options;
   for (double w : s.reals("loss.class_weights")) task_options.class_weights.push_back(float(w));
+  for (double w : s.reals("loss.pos_weight")) task_options.pos_weight.push_back(float(w));
   c.task = core::make_task(s.choice("loss.kind", core::known_tasks()), task_options);
   c.optimizer.name = s.choice("optimizer.name", {"sgd", "adam", "adamw"});
   c.schedule.base_lr = s.real("optimizer.lr", 0, false);

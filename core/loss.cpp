@@ -38,6 +38,25 @@ LossSum softmax_cross_entropy(float* grad, const float* logits, const std::int32
   return result;
 }
 
+LossSum sigmoid_binary_cross_entropy(float* grad, const float* logits, const float* targets,
+                                     std::span<const float> pos_weight, int batch, int labels) {
+  LossSum result;
+  for (int n = 0; n < batch; ++n)
+    for (int k = 0; k < labels; ++k) {
+      const std::size_t i = std::size_t(n) * labels + k;
+      const double x = logits[i], t = targets[i], p = pos_weight.empty() ? 1.0 : pos_weight[k];
+      const double softplus_minus_x = std::max(-x, 0.0) + std::log1p(std::exp(-std::abs(x)));
+      const double positive_scale = 1 + (p - 1) * t;
+      result.sum += (1 - t) * x + positive_scale * softplus_minus_x;
+      if ((x > 0) == (t > 0.5)) result.correct += 1;
+      // d/dx: (1 - t) - (1 + (p - 1) t) sigmoid(-x); sigmoid(-x) from exp(-|x|) without overflow.
+      const double e = std::exp(-std::abs(x)), sigmoid_minus_x = x >= 0 ? e / (1 + e) : 1 / (1 + e);
+      if (grad) grad[i] = float((1 - t) - positive_scale * sigmoid_minus_x);
+    }
+  result.normalizer = double(batch) * labels;
+  return result;
+}
+
 LossSum mean_squared_error(float* grad, const float* outputs, const float* targets, int batch, int outputs_per_sample) {
   LossSum result;
   const std::size_t n = std::size_t(batch) * outputs_per_sample;

@@ -23,6 +23,13 @@ LossSum softmax_cross_entropy(float* grad /*N,K*/, const float* logits /*N,K*/, 
 LossSum mean_squared_error(float* grad /*N,K*/, const float* outputs /*N,K*/, const float* targets /*N,K*/,
                            int batch, int outputs_per_sample);
 
+// Sigmoid + binary cross-entropy per output (multi-label), fused and stable:
+// l = (1 - t) x + (1 + (p - 1) t) softplus(-x) with p the label's positive weight (1 when
+// pos_weight is empty), as PyTorch's BCEWithLogitsLoss(pos_weight=...); the mean divides by N*K.
+// correct counts outputs whose 0.5-threshold decision (x > 0) equals the target (t > 0.5).
+LossSum sigmoid_binary_cross_entropy(float* grad /*N,K*/, const float* logits /*N,K*/, const float* targets /*N,K*/,
+                                     std::span<const float> pos_weight, int batch, int labels);
+
 // Softmax probabilities of one row of logits.
 void softmax(float* probabilities, const float* logits, int classes);
 

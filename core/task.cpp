@@ -1,8 +1,10 @@
 #include "task.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "errors.hpp"
+#include "metrics.hpp"
 
 namespace mpicnn::core {
 namespace {
@@ -37,14 +39,17 @@ class Classification final : public Task {
     for (std::size_t c = 0; c < histogram.size(); ++c) total += histogram[c] * (weights_.empty() ? 1.0 : weights_[c]);
     return total;
   }
-  std::vector<Metric> step_metrics(double correct, int global_count) const override {
+  std::vector<Metric> step_metrics(double correct, int global_count, int) const override {
     return {{"accuracy", correct / global_count}};
   }
   bool classifies() const override { return true; }
-  std::vector<Metric> eval_metrics(double correct, std::int64_t count) const override {
-    return {{"accuracy", count > 0 ? correct / double(count) : 0.0}};
+  bool needs_scores() const override { return true; }
+  // MedMNIST's evaluator: ACC by arg-max, AUC one-vs-rest mean (binary: of class 1's score).
+  std::vector<Metric> eval_metrics(const EvalSums& e) const override {
+    return {{"accuracy", e.count > 0 ? e.correct / double(e.count) : 0.0},
+            {"auc", multiclass_auc(e.predictions, e.labels, e.outputs)}};
   }
-  std::vector<std::string> best_metrics() const override { return {"accuracy", "loss"}; }
+  std::vector<std::string> best_metrics() const override { return {"accuracy", "auc", "loss"}; }
   bool higher_is_better(const std::string& metric) const override { return metric != "loss"; }
   std::string prediction_name() const override { return "probabilities"; }
   void predict(float* out, const float* outputs, int k) const override { softmax(out, outputs, k); }
@@ -72,9 +77,9 @@ class Regression final : public Task {
   double normalizer(std::span<const double>, int global_count, int k) const override {
     return double(global_count) * double(k);
   }
-  std::vector<Metric> step_metrics(double, int) const override { return {}; }
+  std::vector<Metric> step_metrics(double, int, int) const override { return {}; }
   bool classifies() const override { return false; }
-  std::vector<Metric> eval_metrics(double, std::int64_t) const override { return {}; }
+  std::vector<Metric> eval_metrics(const EvalSums&) const override { return {}; }
   std::vector<std::string> best_metrics() const override { return {"loss"}; }
   bool higher_is_better(const std::string&) const override { return false; }
   std::string prediction_name() const override { return "outputs"; }
@@ -82,20 +87,75 @@ class Regression final : public Task {
   std::string onnx_postprocess() const override { return ""; }
 };
 
+// Multi-label: one sigmoid per label, binary cross-entropy (optional per-label positive weights);
+// MedMNIST's evaluator: ACC at the 0.5 threshold averaged over labels, AUC per label and mean.
+class MultiLabel final : public Task {
+ public:
+  explicit MultiLabel(std::vector<float> pos_weight) : pos_weight_(std::move(pos_weight)) {}
+  std::string kind() const override { return "bce"; }
+  void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
+    if (data.has_labels)
+      throw ConfigError("loss 'bce' needs 0/1 targets per label (multi-label), but " + where +
+                        " has one class label per sample: use cross_entropy");
+    if (data.target_size != outputs)
+      throw ConfigError("model.spec ends with " + std::to_string(outputs) + " outputs, but " + where + " has " +
+                        std::to_string(data.target_size) + " labels per sample");
+    if (!pos_weight_.empty() && int(pos_weight_.size()) != outputs)
+      throw ConfigError("'loss.pos_weight' has " + std::to_string(pos_weight_.size()) +
+                        " weights, expected one per label (" + std::to_string(outputs) + ")");
+  }
+  LossSum loss(float* grad, const float* outputs, const BatchView& batch, int k) const override {
+    if (!batch.targets) throw ConfigError("loss 'bce' needs 0/1 targets per label, but the dataset has class labels");
+    return sigmoid_binary_cross_entropy(grad, outputs, batch.targets, pos_weight_, batch.count, k);
+  }
+  void append_step_totals(const BatchView&, int, std::vector<double>&) const override {}
+  double normalizer(std::span<const double>, int global_count, int k) const override {
+    return double(global_count) * double(k);
+  }
+  std::vector<Metric> step_metrics(double correct, int global_count, int k) const override {
+    return {{"accuracy", correct / double(global_count) / double(k)}};
+  }
+  bool classifies() const override { return false; }
+  bool needs_scores() const override { return true; }
+  std::vector<Metric> eval_metrics(const EvalSums& e) const override {
+    const std::vector<double> aucs = per_label_auc(e.predictions, e.targets, e.outputs);
+    std::vector<Metric> metrics = {
+        {"accuracy", e.count > 0 ? e.correct / double(e.count) / double(e.outputs) : 0.0}, {"auc", mean_defined(aucs)}};
+    for (std::size_t k = 0; k < aucs.size(); ++k) metrics.emplace_back("auc_" + std::to_string(k), aucs[k]);
+    return metrics;
+  }
+  std::vector<std::string> best_metrics() const override { return {"auc", "accuracy", "loss"}; }
+  bool higher_is_better(const std::string& metric) const override { return metric != "loss"; }
+  std::string prediction_name() const override { return "probabilities"; }
+  bool one_class_per_sample() const override { return false; }
+  void predict(float* out, const float* outputs, int k) const override {
+    for (int i = 0; i < k; ++i) out[i] = float(1 / (1 + std::exp(-double(outputs[i]))));
+  }
+  std::string onnx_postprocess() const override { return "Sigmoid"; }
+
+ private:
+  std::vector<float> pos_weight_;
+};
+
 }  // namespace
 
 const std::vector<std::string>& known_tasks() {
-  static const std::vector<std::string> kinds = {"cross_entropy", "mse"};
+  static const std::vector<std::string> kinds = {"cross_entropy", "mse", "bce"};
   return kinds;
 }
 
 std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& options) {
   if (kind == "cross_entropy") return std::make_unique<Classification>(options.class_weights);
+  if (kind == "bce") {
+    if (!options.class_weights.empty()) throw ConfigError("'loss.class_weights' applies to cross_entropy; use loss.pos_weight with 'bce'");
+    return std::make_unique<MultiLabel>(options.pos_weight);
+  }
+  if (!options.pos_weight.empty()) throw ConfigError("'loss.pos_weight' applies to bce only, not '" + kind + "'");
   if (kind == "mse") {
     if (!options.class_weights.empty()) throw ConfigError("'loss.class_weights' applies to cross_entropy only, not 'mse'");
     return std::make_unique<Regression>();
   }
-  throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse)");
+  throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse, bce)");
 }
 
 }  // namespace mpicnn::core

@@ -28,6 +28,17 @@ struct BatchView {
 
 using Metric = std::pair<std::string, double>;  // "accuracy", 0.91
 
+// What an evaluation of a whole split gives a task: the sums, and for a task that needs them
+// (AUC) every sample's prediction (Task::predict of its outputs) and truth, in the split's order.
+struct EvalSums {
+  double correct = 0;
+  std::int64_t count = 0;
+  int outputs = 0;
+  std::span<const float> predictions;  // (count, outputs); empty unless needs_scores()
+  std::span<const std::int32_t> labels;
+  std::span<const float> targets;
+};
+
 // What the dataset offers a task: labels and their class count, or targets and their size.
 struct DatasetTargets {
   bool has_labels = false;
@@ -49,25 +60,30 @@ class Task {
   virtual void append_step_totals(const BatchView& batch, int outputs, std::vector<double>& totals) const = 0;
   virtual double normalizer(std::span<const double> summed, int global_count, int outputs) const = 0;
   // The step's metrics beside the loss, from the summed LossSum.correct.
-  virtual std::vector<Metric> step_metrics(double correct, int global_count) const = 0;
+  virtual std::vector<Metric> step_metrics(double correct, int global_count, int outputs) const = 0;
 
   // Evaluation: true when outputs are class scores (a confusion matrix and accuracy follow).
   virtual bool classifies() const = 0;
+  // Whether eval_metrics needs every sample's prediction (AUC), gathered from all ranks.
+  virtual bool needs_scores() const { return false; }
   // Metrics of a whole evaluation, beside "loss" (without the "test_" prefix).
-  virtual std::vector<Metric> eval_metrics(double correct, std::int64_t count) const = 0;
+  virtual std::vector<Metric> eval_metrics(const EvalSums& sums) const = 0;
   // The metrics best.h5 may be chosen by, the default first; whether higher is better.
   virtual std::vector<std::string> best_metrics() const = 0;
   virtual bool higher_is_better(const std::string& metric) const = 0;
 
   // What predict writes per sample: its dataset name and the transform of the outputs.
   virtual std::string prediction_name() const = 0;  // "probabilities", "outputs"
+  // Whether predictions are one class per sample (softmax over the outputs).
+  virtual bool one_class_per_sample() const { return classifies(); }
   virtual void predict(float* out, const float* outputs, int outputs_per_sample) const = 0;
-  // The ONNX operator that turns logits into predictions ("Softmax"), or "" for none.
+  // The ONNX operator that turns logits into predictions ("Softmax", "Sigmoid"), or "" for none.
   virtual std::string onnx_postprocess() const = 0;
 };
 
 struct TaskOptions {
   std::vector<float> class_weights;  // cross_entropy; empty = all 1
+  std::vector<float> pos_weight;     // bce: per label, as BCEWithLogitsLoss(pos_weight=...); empty = all 1
 };
 
 // Throws ConfigError naming the kind and the known ones.

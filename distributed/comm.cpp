@@ -145,7 +145,26 @@ std::vector<T> gather(std::span<const T> values, MPI_Datatype type, int rank, in
   return all;
 }
 
+template <class T>
+std::vector<T> gather_everywhere(std::span<const T> values, MPI_Datatype type, int size) {
+  int mine = int(values.size());
+  std::vector<int> counts(size), offsets(size);
+  check(MPI_Allgather(&mine, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "MPI_Allgather");
+  for (int r = 1; r < size; ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
+  std::vector<T> all(std::size_t(offsets[size - 1]) + counts[size - 1]);
+  check(MPI_Allgatherv(values.data(), mine, type, all.data(), counts.data(), offsets.data(), type, MPI_COMM_WORLD),
+        "MPI_Allgatherv");
+  return all;
+}
+
 }  // namespace
+
+std::vector<float> Communicator::allgather(std::span<const float> values) const {
+  return gather_everywhere(values, MPI_FLOAT, size_);
+}
+std::vector<std::int32_t> Communicator::allgather(std::span<const std::int32_t> values) const {
+  return gather_everywhere(values, MPI_INT32_T, size_);
+}
 
 std::vector<float> Communicator::gather_to_root(std::span<const float> values) const {
   return gather(values, MPI_FLOAT, rank_, size_);

@@ -59,6 +59,9 @@ class Communicator {
   void barrier() const;
   // Concatenates every rank's values on rank 0, in rank order (empty on other ranks).
   std::vector<float> gather_to_root(std::span<const float> values) const;
+  // Every rank's values, concatenated in rank order, on every rank.
+  std::vector<float> allgather(std::span<const float> values) const;
+  std::vector<std::int32_t> allgather(std::span<const std::int32_t> values) const;
   std::vector<std::int32_t> gather_to_root(std::span<const std::int32_t> values) const;
 
  private:

@@ -15,6 +15,7 @@ packages=(
   zlib1g-dev libstb-dev                            # image-folder converter
   libonnx-dev libprotobuf-dev protobuf-compiler python3-onnx   # ONNX export and its checker
   python3-torch python3-h5py python3-numpy         # PyTorch references in tests and benchmarks
+  python3-sklearn                                  # metric references (AUC, accuracy) in tests
   python3-matplotlib                               # scripts/plot.py: pictures of run folders
   dataset-fashion-mnist                            # the real dataset of the quick start
   slurm-wlm munge                                  # the local SLURM cluster of the SLURM tests
