@@ -8,6 +8,10 @@
 // sample is dropped or repeated within an epoch. A background thread reads the next batch while
 // the caller computes.
 // EvalReader: each rank reads a contiguous part of the split, in order; together exactly once.
+//
+// Behind them, internal to datasets/: schema.hpp checks a file against the format (read_info and
+// check_input_shape are defined in schema.cpp), sample_reader.hpp reads and preprocesses samples,
+// pipeline.hpp prefetches batches.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
