@@ -2,7 +2,7 @@
 """Multi-label end to end on a generated ChestMNIST-layout file (28x28 grey images, labels (N,14)
 of 0/1): converted with `mpicnn convert --format npz`, trained with loss.kind = bce on 2 ranks,
 evaluated with `mpicnn eval --json` on 1, 2 and 3 ranks. Passes when the three reports give the
-same per-label and mean AUC and accuracy (bitwise), the mean AUC shows learning (>= 0.8), and
+same per-label and mean AUC and accuracy (bitwise), the mean AUC shows learning (>= 0.9), and
 scikit-learn's roc_auc_score on `mpicnn predict`'s probabilities and the dataset's targets gives
 the same AUCs to 1e-9.
 
@@ -22,13 +22,13 @@ SPEC = "conv(8,3,pad=1) bn relu maxpool(2) conv(16,3,pad=1) bn relu maxpool(2) f
 
 
 def chest_like(rng, n):
-    """Label k is present with probability 0.3; when present, block k of a 4x4 grid of 7x7 blocks is bright."""
+    """Label k is present with probability 0.3; when present, block k of a 4x4 grid of 7x7 blocks is a little brighter (AUC well below 1)."""
     targets = (rng.random((n, LABELS)) < 0.3).astype(np.uint8)
-    images = rng.integers(0, 80, size=(n, 28, 28)).astype(np.int32)
+    images = rng.integers(0, 160, size=(n, 28, 28)).astype(np.int32)
     for i in range(n):
         for k in np.flatnonzero(targets[i]):
             r, c = 7 * (k // 4), 7 * (k % 4)
-            images[i, r:r + 7, c:c + 7] += 120
+            images[i, r:r + 7, c:c + 7] += 30
     return np.clip(images, 0, 255).astype(np.uint8), targets
 
 
@@ -76,8 +76,8 @@ def main():
     print(f"[ figure ] largest |sklearn roc_auc_score - mpicnn| over the 14 labels: {worst:.3g}")
     if worst > 1e-9:
         sys.exit("FAILED: mpicnn's AUC differs from scikit-learn's")
-    if metrics["auc"] < 0.8:
-        sys.exit(f"FAILED: mean AUC {metrics['auc']:.4f} < 0.8: the model did not learn the labels")
+    if metrics["auc"] < 0.9:
+        sys.exit(f"FAILED: mean AUC {metrics['auc']:.4f} < 0.9: the model did not learn the labels")
 
 
 if __name__ == "__main__":
