@@ -35,7 +35,10 @@ Sequential::Sequential(std::vector<std::unique_ptr<Layer>> layers) : children_(s
 
 std::string Sequential::spec() const {
   std::string text;
-  for (const auto& child : children_) text += (text.empty() ? "" : " ") + child->spec();
+  for (const auto& child : children_) {
+    if (!text.empty()) text += ' ';  // appended, not "" + string: GCC 12 warns falsely (bug 105651)
+    text += child->spec();
+  }
   return text;
 }
 

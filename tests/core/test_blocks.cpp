@@ -252,9 +252,10 @@ TEST(Blocks, ResidualIsTheSumOfItsBranches) {
     Model& branch = q.name.find(".main.") != std::string::npos ? a : b;
     const std::string local = q.name.substr(q.name.find('.', 2) + 1);
     for (const auto& p : branch.params().infos())
-      if (p.name == local)
+      if (p.name == local) {
         EXPECT_EQ(0, std::memcmp(branch.params().grads().data() + p.offset, block.params().grads().data() + q.offset, p.size * 4))
             << q.name;
+      }
   }
 }
 
