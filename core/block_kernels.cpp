@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "parallel.hpp"
 #include "rng.hpp"
@@ -18,6 +19,23 @@ void for_channel_planes(const T* data, const NormGeometry& g, int batch, int c, 
 }
 
 double channel_flops(const NormGeometry& g, int batch) { return 4.0 * double(batch) * double(g.spatial); }
+
+// Channel c's sum of dy and of dy * x_hat over the batch (x_hat = (x - mean) * inv_std): the
+// gradients of shift and scale, and what the training backward subtracts.
+template <class T>
+std::pair<double, double> channel_gradient_sums(const T* out_grad, const T* in, double mean, double inv_std,
+                                                const NormGeometry& g, int batch, std::size_t c) {
+  double sum_dy = 0, sum_dy_xhat = 0;
+  for (int n = 0; n < batch; ++n) {
+    const std::size_t at = std::size_t(n) * g.sample() + c * g.spatial;
+    for (std::size_t i = 0; i < g.spatial; ++i) {
+      const double dy = double(out_grad[at + i]);
+      sum_dy += dy;
+      sum_dy_xhat += dy * (double(in[at + i]) - mean) * inv_std;
+    }
+  }
+  return {sum_dy, sum_dy_xhat};
+}
 
 }  // namespace
 
@@ -66,15 +84,7 @@ void batchnorm_backward_train(T* in_grad, T* gamma_grad, T* beta_grad, const T* 
   const double count = double(batch) * double(g.spatial);
   parallel_for(g.channels, channel_flops(g, batch), [&](std::size_t c) {
     const double m = double(mean[c]), inv_std = 1.0 / std::sqrt(double(variance[c]) + eps);
-    double sum_dy = 0, sum_dy_xhat = 0;
-    for (int n = 0; n < batch; ++n) {
-      const std::size_t at = std::size_t(n) * g.sample() + c * g.spatial;
-      for (std::size_t i = 0; i < g.spatial; ++i) {
-        const double dy = double(out_grad[at + i]);
-        sum_dy += dy;
-        sum_dy_xhat += dy * (double(in[at + i]) - m) * inv_std;
-      }
-    }
+    const auto [sum_dy, sum_dy_xhat] = channel_gradient_sums(out_grad, in, m, inv_std, g, batch, c);
     if (gamma_grad) gamma_grad[c] += T(sum_dy_xhat);
     if (beta_grad) beta_grad[c] += T(sum_dy);
     if (!in_grad) return;
@@ -97,16 +107,12 @@ void batchnorm_backward_eval(T* in_grad, T* gamma_grad, T* beta_grad, const T* o
   parallel_for(g.channels, channel_flops(g, batch), [&](std::size_t c) {
     const double m = double(running_mean[c]), inv_std = 1.0 / std::sqrt(double(running_var[c]) + eps);
     const double scale = (gamma ? double(gamma[c]) : 1.0) * inv_std;
-    double sum_dy = 0, sum_dy_xhat = 0;
-    for (int n = 0; n < batch; ++n) {
-      const std::size_t at = std::size_t(n) * g.sample() + c * g.spatial;
-      for (std::size_t i = 0; i < g.spatial; ++i) {
-        const double dy = double(out_grad[at + i]);
-        sum_dy += dy;
-        sum_dy_xhat += dy * (double(in[at + i]) - m) * inv_std;
-        if (in_grad) in_grad[at + i] = T(scale * dy);
+    const auto [sum_dy, sum_dy_xhat] = channel_gradient_sums(out_grad, in, m, inv_std, g, batch, c);
+    if (in_grad)
+      for (int n = 0; n < batch; ++n) {
+        const std::size_t at = std::size_t(n) * g.sample() + c * g.spatial;
+        for (std::size_t i = 0; i < g.spatial; ++i) in_grad[at + i] = T(scale * double(out_grad[at + i]));
       }
-    }
     if (gamma_grad) gamma_grad[c] += T(sum_dy_xhat);
     if (beta_grad) beta_grad[c] += T(sum_dy);
   });
@@ -160,28 +166,33 @@ void global_maxpool_backward(T* in_grad, const T* out_grad, const std::int32_t* 
   });
 }
 
-bool dropout_keeps(const DropoutKey& key, long sample, std::size_t element, double p) {
+namespace {
+
+// The hash of a sample's key: (seed, layer, step, global position); an element's draw hashes it once more.
+std::uint64_t sample_hash(const DropoutKey& key, long sample) {
   std::uint64_t h = derive_seed(key.seed, key.layer);
   h = derive_seed(h, std::uint64_t(key.step));
-  h = derive_seed(h, std::uint64_t(key.first_sample + sample));
-  h = derive_seed(h, element);
-  return double(h >> 11) * 0x1.0p-53 >= p;
+  return derive_seed(h, std::uint64_t(key.first_sample + sample));
 }
 
-namespace {
+bool keeps(std::uint64_t sample, std::size_t element, double p) {
+  return double(derive_seed(sample, element) >> 11) * 0x1.0p-53 >= p;
+}
 
 // Calls body(n, e, keep) over the batch, one sample per task; the sample's key is hashed once.
 template <class Body>
 void for_each_mask(std::size_t per_sample, int batch, double p, const DropoutKey& key, Body&& body) {
   parallel_for(batch, 8.0 * double(per_sample), [&](std::size_t n) {
-    std::uint64_t h = derive_seed(key.seed, key.layer);
-    h = derive_seed(h, std::uint64_t(key.step));
-    h = derive_seed(h, std::uint64_t(key.first_sample + long(n)));
-    for (std::size_t e = 0; e < per_sample; ++e) body(n, e, double(derive_seed(h, e) >> 11) * 0x1.0p-53 >= p);
+    const std::uint64_t h = sample_hash(key, long(n));
+    for (std::size_t e = 0; e < per_sample; ++e) body(n, e, keeps(h, e, p));
   });
 }
 
 }  // namespace
+
+bool dropout_keeps(const DropoutKey& key, long sample, std::size_t element, double p) {
+  return keeps(sample_hash(key, sample), element, p);
+}
 
 template <class T>
 void dropout_forward(T* out, const T* in, std::size_t per_sample, int batch, double p, const DropoutKey& key) {
