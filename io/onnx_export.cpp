@@ -408,8 +408,9 @@ void add_metadata(onnx::ModelProto& m, const std::string& key, const std::string
 
 onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model, const std::string& sha256,
                              const OnnxExportOptions& options, OnnxExportSummary* summary) {
-  // The task says how logits become predictions (classification: Softmax as "probabilities").
-  const bool classify = core::make_task(h.model.loss)->onnx_postprocess() == "Softmax" && options.probabilities;
+  // The task says how logits become predictions: Softmax over classes, Sigmoid per label.
+  const std::string postprocess = options.probabilities ? core::make_task(h.model.loss)->onnx_postprocess() : "";
+  const bool classify = !postprocess.empty();
   const std::string source = fs::path(h.path).filename().string();
   const core::Shape input = h.model.input;
   const std::int64_t k = std::int64_t(model.output_shape().size());
@@ -429,9 +430,11 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
       "fed the network before normalising: " + kInputScaling +
       " (mean and std in metadata; the graph normalises itself, do not normalise again). Output 'logits': float32 [N," +
       std::to_string(k) + "], the network's raw outputs." +
-      (classify ? " Output 'probabilities': softmax of the logits over axis 1, classes in the order of metadata "
-                  "'class_names'."
-                : ""));
+      (postprocess == "Softmax" ? " Output 'probabilities': softmax of the logits over axis 1, classes in the order "
+                                  "of metadata 'class_names'."
+       : postprocess == "Sigmoid" ? " Output 'probabilities': the sigmoid of each logit, one probability per label "
+                                    "(multi-label), labels in the order of metadata 'class_names'."
+                                  : ""));
 
   onnx::GraphProto* graph = m.mutable_graph();
   graph->set_name("mpicnn");
@@ -451,12 +454,12 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
   set_tensor_type(graph->add_output(), "logits", {std::string("N"), k});
   summary->outputs = {"logits"};
   if (classify) {
-    onnx::NodeProto* softmax = graph->add_node();
-    softmax->set_op_type("Softmax");
-    softmax->set_name("probabilities");
-    softmax->add_input("logits");
-    softmax->add_output("probabilities");
-    add_int(softmax, "axis", 1);
+    onnx::NodeProto* node = graph->add_node();
+    node->set_op_type(postprocess);
+    node->set_name("probabilities");
+    node->add_input("logits");
+    node->add_output("probabilities");
+    if (postprocess == "Softmax") add_int(node, "axis", 1);
     set_tensor_type(graph->add_output(), "probabilities", {std::string("N"), k});
     summary->outputs.push_back("probabilities");
   }
