@@ -220,7 +220,12 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"Stride2", 4, 12, 12, 16, 4, 4, 2, 0, 3},
         ConvCase{"Pad2", 2, 8, 8, 12, 5, 5, 1, 2, 5},                     // out 8x8 but padded
         ConvCase{"Pointwise", 5, 6, 7, 11, 1, 1, 1, 0, 5},
-        ConvCase{"PointwiseStride2", 5, 7, 7, 6, 1, 1, 2, 0, 3}),
+        ConvCase{"PointwiseStride2", 5, 7, 7, 6, 1, 1, 2, 0, 3},
+        // Weight gradient through im2row with C*R*S a whole number of 32-column pads (no padding
+        // to absorb an over-long run): ResNet-18's 64-channel 3x3 convolutions and its 1x1 stride-2
+        // shortcuts. An over-long run once overwrote the next row's first taps here.
+        ConvCase{"Im2rowNoPad576Deep", 64, 6, 6, 8, 3, 3, 1, 1, 2},
+        ConvCase{"Im2rowNoPadPointwiseStride2", 64, 6, 6, 8, 1, 1, 2, 0, 2}),
     [](const ::testing::TestParamInfo<ConvCase>& info) { return info.param.name; });
 
 }  // namespace
