@@ -14,7 +14,7 @@ packages=(
   libopenblas-dev libopenblas0-pthread             # sgemm (one BLAS thread per call)
   zlib1g-dev libstb-dev                            # image-folder converter
   libonnx-dev libprotobuf-dev protobuf-compiler python3-onnx   # ONNX export and its checker
-  python3-torch python3-h5py python3-numpy         # PyTorch references in tests and benchmarks
+  python3-torch python3-torchvision python3-h5py python3-numpy   # PyTorch references (torchvision: ResNet-18)
   dataset-fashion-mnist                            # the real dataset of the quick start
   slurm-wlm munge                                  # the local SLURM cluster of the SLURM tests
   clang-14 libclang-rt-14-dev                      # libFuzzer targets
