@@ -22,6 +22,8 @@ class Sequential final : public Layer {
   explicit Sequential(std::vector<std::unique_ptr<Layer>> layers);
 
   std::string spec() const override;
+  // In a summary (a copy of a repeat's body) its kind only: its layers get rows of their own.
+  std::string title() const override { return "sequential"; }
   // At the top (an empty prefix) child i declares "i." as reduction unit i; below, every child
   // declares "<prefix>i." in the enclosing unit. Names are 0-based, as nn.Sequential's.
   void declare(ParamStore&, StateStore&, const Scope&) override;

@@ -14,7 +14,7 @@ packages=(
   libopenblas-dev libopenblas0-pthread             # sgemm (one BLAS thread per call)
   zlib1g-dev libstb-dev                            # image-folder converter
   libonnx-dev libprotobuf-dev protobuf-compiler python3-onnx   # ONNX export and its checker
-  python3-torch python3-h5py python3-numpy         # PyTorch references in tests and benchmarks
+  python3-torch python3-torchvision python3-h5py python3-numpy   # PyTorch references (torchvision: ResNet-18)
   python3-sklearn                                  # metric references (AUC, accuracy) in tests
   python3-matplotlib                               # scripts/plot.py: pictures of run folders
   dataset-fashion-mnist                            # the real dataset of the quick start

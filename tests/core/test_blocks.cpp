@@ -219,6 +219,10 @@ TEST(Blocks, CanonicalSpecRoundTripsAndSummaryShowsNesting) {
   EXPECT_THAT(summary, HasSubstr("5.shortcut.0"));
   EXPECT_THAT(summary, HasSubstr("  conv(16,1,stride=2,pad=0,bias=false)"));
   EXPECT_THAT(summary, HasSubstr("(16,6,6)"));
+  // A repeat's copies are rows of their own kind, not their whole body's spec on one line.
+  const std::string copies = repeated.summary();
+  EXPECT_THAT(copies, HasSubstr("0.1              sequential"));
+  EXPECT_THAT(copies, ::testing::Not(HasSubstr("conv(4,3,stride=1,pad=1) relu ")));
 }
 
 // A residual block is its two branches run as models of their own, added: outputs and parameter
