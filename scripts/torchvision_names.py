@@ -48,8 +48,9 @@ inverse; tests/core/pytorch/make_resnet_fixtures.py checks both ways against tor
 
 Tensor layouts need no change: mpicnn stores PyTorch's (conv (K,C,R,S), dense (out,in)).
 
-BatchNorm's running statistics: a source without them (checkpoints and bundles of this version hold
-the parameters only) is refused, since torchvision's evaluation mode needs them; with
+BatchNorm's running statistics come from the file's /state group (checkpoints and bundles hold them
+under PyTorch's names). A source without them (a file written before BatchNorm state was saved, or
+an .npz of weights only) is refused, since torchvision's evaluation mode needs them; with
 --allow-missing-state the .pt holds the weights only, for load_state_dict(strict=False).
 """
 import argparse

@@ -35,6 +35,7 @@ import sys
 
 import numpy as np
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOLERANCE = 1e-4
 
 ARCHS = {
@@ -57,6 +58,9 @@ ARCHS = {
     "bml": dict(
         spec="conv(6,5,stride=2,pad=2) relu maxpool(2) conv(8,3,pad=1,bias=false) bn relu globalavgpool flatten dense(5)",
         data="b.h5", run="run_bml", loss="bce", ranks=2, lr=0.05),
+    # configs/resnet18_28.ini's ResNet-18 (28) with 4 classes, on a.h5 (3x20x16), a few steps on
+    # 2 ranks: its bundle must load into torchvision's resnet18 with strict=True.
+    "r18": dict(spec=None, data="a.h5", run="run_r18", loss="cross_entropy", ranks=2, lr=0.01),
     "fmnist": dict(
         spec="conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)",
         data="fashion_mnist.h5", run="run_fmnist", loss="cross_entropy", ranks=1, lr=0.02),
@@ -185,6 +189,21 @@ def case_setup(ctx):
     train(ctx, "b", 24, 16)
     train(ctx, "c", 24, 16)
     train(ctx, "bml", 24, 16)
+
+
+def resnet18_28_spec(classes):
+    """configs/resnet18_28.ini's model.spec with `classes` outputs."""
+    import configparser
+    config = configparser.ConfigParser()
+    config.read(os.path.join(REPO, "configs", "resnet18_28.ini"))
+    spec = " ".join(config["model"]["spec"].split())
+    return re.sub(r"dense\(\d+\)$", f"dense({classes})", spec)
+
+
+def case_setup_resnet18(ctx):
+    """Needs setup's a.h5."""
+    ARCHS["r18"]["spec"] = resnet18_28_spec(len(CLASS_NAMES_A))
+    train(ctx, "r18", 3, 16)
 
 
 def case_setup_fashion_mnist(ctx):
@@ -737,6 +756,35 @@ def case_errors(ctx):
     check(not [f for f in os.listdir("/proc") if f.startswith("mpicnn-export-test")], "left files in /proc")
 
 
+# torchvision's resnet18 (3x3 stem, no max pool) with the state_dict that scripts/torchvision_names.py
+# makes of the bundle, loaded with strict=True, against mpicnn predict.
+def case_torchvision(ctx, arch):
+    import h5py
+    import torch
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import torchvision_names
+    out = ctx.path(f"tv_{arch}")
+    os.makedirs(out, exist_ok=True)
+    bundle, weights = os.path.join(out, "model.h5"), os.path.join(out, "resnet18.pt")
+    ctx.export(arch, "h5", bundle)
+    run(["/usr/bin/python3", os.path.join(REPO, "scripts", "torchvision_names.py"), bundle, weights])
+    with h5py.File(bundle, "r") as f:
+        mean = np.asarray(f["model"].attrs["mean"], dtype=np.float64)
+        std = np.asarray(f["model"].attrs["std"], dtype=np.float64)
+        check("state" in f, f"{bundle} has no /state (BatchNorm running statistics)")
+    state = torch.load(weights)
+    model = torchvision_names.torchvision_model(state["fc.weight"].shape[0], small_input=True)
+    model.load_state_dict(state, strict=True)  # every tensor, running statistics included, none extra
+    model.eval()
+    x = test_images(ctx, arch).astype(np.float64)
+    x = ((x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).astype(np.float32)
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+    predicted = predict(ctx, arch, os.path.join(out, "predict.h5"))
+    compare(f"{arch}: torchvision resnet18 (bundle loaded with strict=True) vs mpicnn predict", probabilities, predicted)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mpicnn", required=True)
@@ -752,7 +800,10 @@ def main():
     ctx = Context(options)
     cases = {"sha256": case_sha256, "setup": case_setup, "setup_fashion_mnist": case_setup_fashion_mnist, "onnx_checker": case_onnx_checker,
              "onnxruntime": case_onnxruntime, "pytorch": case_pytorch, "bundle": case_bundle, "errors": case_errors,
-             "onnx_blocks": case_onnx_blocks, "onnx_blocks_errors": case_onnx_blocks_errors}
+             "onnx_blocks": case_onnx_blocks, "onnx_blocks_errors": case_onnx_blocks_errors,
+             "setup_resnet18": case_setup_resnet18, "torchvision": case_torchvision}
+    if options.case != "setup_resnet18" and options.arch == "r18":
+        ARCHS["r18"]["spec"] = resnet18_28_spec(len(CLASS_NAMES_A))
     try:
         if options.arch:
             cases[options.case](ctx, options.arch)
