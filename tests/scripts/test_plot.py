@@ -197,8 +197,9 @@ def check_written(result, out_dir, names, colours=()):
         check_picture(os.path.join(out_dir, name), colours.get(name, ()) if isinstance(colours, dict) else colours)
 
 
+# The classification task evaluates AUC too (test only: steps log accuracy and loss).
 TRAINING = ["loss_per_step.png", "loss_per_epoch.png", "accuracy_per_step.png", "accuracy_per_epoch.png",
-            "learning_rate.png", "throughput.png"]
+            "auc_per_step.png", "auc_per_epoch.png", "learning_rate.png", "throughput.png"]
 EVALUATION = ["confusion_counts.png", "confusion_normalised.png", "roc.png", "precision_recall.png"]
 FUTURE = ["detections.png", "detection_precision_recall.png", "embeddings_pca.png"]
 
@@ -259,6 +260,8 @@ def case_training(work):
                                "run test": column("eval", "test_loss", "epoch")},
         "accuracy_per_epoch.png": {"run train": column("epoch", "train_accuracy", "epoch"),
                                    "run test": column("eval", "test_accuracy", "epoch")},
+        "auc_per_step.png": {"run test": column("eval", "test_auc")},
+        "auc_per_epoch.png": {"run test": column("eval", "test_auc", "epoch")},
         "learning_rate.png": {"run": column("train", "lr")},
         "throughput.png": {"run": column("train", "img_per_s"), "marks": column("eval", "global_step")[0]},
     }
