@@ -20,6 +20,13 @@ double peak_rss_mb() {
   return double(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
+double process_cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto seconds = [](const timeval& t) { return double(t.tv_sec) + 1e-6 * double(t.tv_usec); };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 double Reporter::elapsed() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
 }
@@ -63,7 +70,7 @@ void Reporter::step(int epoch, long step_in_epoch, long global_step, double loss
                    {"loss", mean_loss}, {"accuracy", mean_accuracy}, {"img_per_s", rate}, {"lr", lr},
                    {"elapsed_s", elapsed()}, {"comm_wait_share", window_comm_ / std::max(seconds, 1e-9)},
                    {"comm_wait_share_mean", window_comm_mean_ / std::max(seconds, 1e-9)},
-                   {"peak_rss_mb", peak_rss_mb()}});
+                   {"peak_rss_mb", peak_rss_mb()}, {"cpu_s", process_cpu_seconds()}});
   // Regression runs pass NaN accuracies: nothing to show.
   char accuracy_buffer[32] = "";
   if (std::isfinite(mean_accuracy)) std::snprintf(accuracy_buffer, sizeof accuracy_buffer, " acc %.3f", mean_accuracy);

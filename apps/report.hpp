@@ -11,6 +11,9 @@ namespace mpicnn::app {
 
 // This process's peak resident memory in MiB (rank 0's, in the records it writes).
 double peak_rss_mb();
+// CPU seconds this process has used so far, every thread, user and system: on a shared machine,
+// images over CPU time of a window is a rate that other work taking turns on the cores leaves alone.
+double process_cpu_seconds();
 
 // Seconds a step waited on the gradient sum after backward. The rank that arrived last waited only
 // for the communication backward did not hide: the least wait over ranks; the mean over ranks

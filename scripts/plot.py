@@ -31,7 +31,7 @@ import numpy as np
 WIDTH, HEIGHT, DPI = 1200, 800, 100
 
 # metrics.jsonl fields that place a record or describe the machine, not the model.
-POSITION_FIELDS = {"kind", "epoch", "step", "global_step", "elapsed_s", "samples"}
+POSITION_FIELDS = {"kind", "epoch", "step", "global_step", "elapsed_s", "cpu_s", "samples"}
 SYSTEM_FIELDS = {"img_per_s", "lr", "comm_wait_share", "comm_wait_share_mean", "peak_rss_mb"}
 
 
