@@ -145,9 +145,9 @@ class Repeat final : public Layer {
     return "repeat(" + std::to_string(times_) + "){" + first.spec() + "}";
   }
   std::string title() const override { return "repeat(" + std::to_string(times_) + ")"; }
+  // Copy k declares "<prefix>k.": what the body Sequential does below the top level.
   void declare(ParamStore& params, StateStore& state, const Scope& scope) override {
-    for (std::size_t k = 0; k < body_->children().size(); ++k)
-      body_->children()[k]->declare(params, state, {scope.prefix + std::to_string(k) + ".", scope.unit});
+    body_->declare(params, state, scope);
   }
   void bind(const BindContext& context) override { body_->bind(context); }
   void forward(float* out, const float* in, int batch) override { body_->forward(out, in, batch); }
