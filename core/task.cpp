@@ -144,17 +144,16 @@ const std::vector<std::string>& known_tasks() {
   return kinds;
 }
 
+// Each kind takes only its own weights: one given to another kind is an error, not ignored.
 std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& options) {
+  if (!options.class_weights.empty() && kind != "cross_entropy")
+    throw ConfigError("'loss.class_weights' applies to cross_entropy only, not '" + kind + "'" +
+                      (kind == "bce" ? ": use loss.pos_weight" : ""));
+  if (!options.pos_weight.empty() && kind != "bce")
+    throw ConfigError("'loss.pos_weight' applies to bce only, not '" + kind + "'");
   if (kind == "cross_entropy") return std::make_unique<Classification>(options.class_weights);
-  if (kind == "bce") {
-    if (!options.class_weights.empty()) throw ConfigError("'loss.class_weights' applies to cross_entropy; use loss.pos_weight with 'bce'");
-    return std::make_unique<MultiLabel>(options.pos_weight);
-  }
-  if (!options.pos_weight.empty()) throw ConfigError("'loss.pos_weight' applies to bce only, not '" + kind + "'");
-  if (kind == "mse") {
-    if (!options.class_weights.empty()) throw ConfigError("'loss.class_weights' applies to cross_entropy only, not 'mse'");
-    return std::make_unique<Regression>();
-  }
+  if (kind == "bce") return std::make_unique<MultiLabel>(options.pos_weight);
+  if (kind == "mse") return std::make_unique<Regression>();
   throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse, bce)");
 }
 

@@ -172,6 +172,8 @@ case("config_bad_choice", train(optimizer__name="adamm"), ["optimizer.name", "'a
 case("config_momentum_one", train(optimizer__momentum="1"), ["optimizer.momentum", "below 1"])
 case("config_best_metric_accuracy_for_mse", train(loss__kind="mse", checkpoint__best_metric="accuracy"),
      ["checkpoint.best_metric", "accuracy", "not a metric of loss.kind = mse", "known: auto, loss"])
+case("config_bce_on_class_labels", train(loss__kind="bce"), ["loss 'bce'", "0/1 targets", "class label", "cross_entropy"])
+case("config_pos_weight_without_bce", train(loss__pos_weight="1,2"), ["loss.pos_weight", "bce only", "cross_entropy"])
 case("config_class_weights_count", train(loss__class_weights="1,2"), ["loss.class_weights", "2 weights", "3"])
 
 # ---- layer specs ----
