@@ -147,6 +147,8 @@ case("config_unknown_section", train(config="bad.ini"), ["bad.ini", "unknown key
      ini("[trian]\nepochs = 2\n"))
 case("config_unknown_key", train(config="bad.ini"), ["bad.ini", "unknown key 'train.epoch'", "did you mean 'train.epochs'"],
      ini("[train]\nepoch = 2\n"))
+case("config_abbreviated_key", train(config="bad.ini"), ["bad.ini", "unknown key 'train.batch'", "did you mean 'train.batch_size'"],
+     ini("[train]\nbatch = 8\n"))
 case("config_key_outside_section", train(config="bad.ini"), ["bad.ini", "'epochs'", "train.epochs"], ini("epochs = 2\n"))
 case("config_line_with_placeholder", train(config="bad.ini"), ["bad.ini", "invalid line", "%invalid_line%"],
      ini("[train]\nepochs = 2\nx%invalid_line%\n"))
@@ -213,6 +215,8 @@ case("spec_outputs_differ_from_classes", train(model__spec="conv(4,3) relu flatt
 # ---- command line ----
 case("cli_unknown_command", ["trian"], ["unknown command 'trian'", "did you mean 'train'", "known:"])
 case("cli_unknown_option", train(epochs="2"), ["unknown option 'epochs'", "did you mean 'train.epochs'"])
+case("cli_abbreviated_option", train(train__batch="8"), ["unknown option 'train.batch'", "did you mean 'train.batch_size'"])
+case("cli_ambiguous_abbreviation", train(train__e="2"), ["unknown option 'train.e'", "did you mean 'train.epochs'"])
 case("cli_option_without_value", ["train", "--data.path"], ["data.path", "missing"])
 case("cli_stray_argument", train() + ["extra"], ["takes no bare arguments", "train"])
 case("cli_eval_missing_checkpoint", ["eval", "--data=data.h5"], ["missing required option '--checkpoint'"])
