@@ -203,10 +203,11 @@ int run_predict(const Args& args, const dist::Communicator& comm) {
   Loaded l = load(s, comm);
   Outputs o;
   run_collecting(l, comm, &o);
-  if (!comm.is_root()) return 0;
-  write_predictions(s.text("output"), o, int(l.model->output_shape().size()), *l.task);
-  std::printf("predictions for %zu samples written to %s\n", o.values.size() / l.model->output_shape().size(),
-              s.text("output").c_str());
+  comm.on_root([&] {
+    write_predictions(s.text("output"), o, int(l.model->output_shape().size()), *l.task);
+    std::printf("predictions for %zu samples written to %s\n", o.values.size() / l.model->output_shape().size(),
+                s.text("output").c_str());
+  });
   return 0;
 }
 

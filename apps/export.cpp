@@ -23,19 +23,20 @@ int run_export(const Args& args, const dist::Communicator& comm) {
   const bool probabilities = s.flag("probabilities");
   const std::string checkpoint = io::resolve_checkpoint(s.text("checkpoint"));
   const std::string output = s.text("output");
-  if (!comm.is_root()) return 0;
-  if (format == "onnx") {
-    const io::OnnxExportSummary summary = io::export_onnx(checkpoint, output, {probabilities});
-    std::string outputs;
-    for (const auto& name : summary.outputs) outputs += (outputs.empty() ? "" : ", ") + name;
-    std::printf("wrote %s: ONNX opset %d, %d nodes, %zu parameters, outputs %s; source %s (sha256 %s)\n",
-                output.c_str(), io::kOnnxOpset, summary.nodes, summary.parameters, outputs.c_str(), checkpoint.c_str(),
-                summary.source_sha256.c_str());
-  } else {
-    const io::BundleHeader bundle = io::export_bundle(checkpoint, output);
-    std::printf("wrote %s: mpicnn inference bundle, spec %s; source %s (sha256 %s)\n", output.c_str(),
-                bundle.model.spec.c_str(), checkpoint.c_str(), bundle.source.sha256.c_str());
-  }
+  comm.on_root([&] {
+    if (format == "onnx") {
+      const io::OnnxExportSummary summary = io::export_onnx(checkpoint, output, {probabilities});
+      std::string outputs;
+      for (const auto& name : summary.outputs) outputs += (outputs.empty() ? "" : ", ") + name;
+      std::printf("wrote %s: ONNX opset %d, %d nodes, %zu parameters, outputs %s; source %s (sha256 %s)\n",
+                  output.c_str(), io::kOnnxOpset, summary.nodes, summary.parameters, outputs.c_str(), checkpoint.c_str(),
+                  summary.source_sha256.c_str());
+    } else {
+      const io::BundleHeader bundle = io::export_bundle(checkpoint, output);
+      std::printf("wrote %s: mpicnn inference bundle, spec %s; source %s (sha256 %s)\n", output.c_str(),
+                  bundle.model.spec.c_str(), checkpoint.c_str(), bundle.source.sha256.c_str());
+    }
+  });
   return 0;
 }
 

@@ -1,15 +1,19 @@
 // mpicnn: one executable, subcommands train, eval, predict, export, convert, inspect.
-// Only main catches: it prints one line "error: ..." and ends the whole job with MPI_Abort, so no
-// rank waits forever for a peer that has failed.
+// Only main catches: it prints one line "error: ..." and ends the job with exit status 1. When
+// every rank met an error (a bad option, config, dataset or checkpoint is seen by all), the ranks
+// end together and normally; when one rank fails alone, MPI_Abort ends the others, so no rank
+// waits forever for a peer that has failed.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <functional>
 #include <map>
-#include <thread>
+#include <memory>
 
 #include "apps/commands.hpp"
 #include "apps/settings.hpp"
 #include "core/errors.hpp"
+#include "distributed/watchdog.hpp"
 
 namespace {
 
@@ -56,21 +60,37 @@ int run(int argc, char** argv, const mpicnn::dist::Communicator& comm) {
   return it->second.first(mpicnn::app::Args(argv + 2, argv + argc), comm);
 }
 
-// Errors every rank meets alike (a bad option or config; a non-finite loss, known to all ranks
-// after the step's allreduce) are printed once, by rank 0; the other ranks give rank 0 a moment
-// to print before they end the job themselves.
-void fail(const std::exception& error, const mpicnn::dist::Communicator* comm) {
-  const bool alike_everywhere = dynamic_cast<const mpicnn::ConfigError*>(&error) != nullptr ||
-                                dynamic_cast<const mpicnn::NumericError*>(&error) != nullptr;
+// How long a failed rank waits for the others to report an error too. Ranks meet the errors of
+// the checks before training within milliseconds of each other (they start from MPI_Init's
+// synchronisation and read the same options and files), but on a busy machine a rank may lose
+// its core for seconds (a window of 3 s was missed once with 2 ranks on 2 cores at a load average
+// of 6). A rank that fails alone ends the job this much later.
+constexpr double kAgreementSeconds = 5.0;
+
+void print_error(int rank, int size, const std::string& message) {
+  if (size > 1 && rank != 0) std::fprintf(stderr, "error: [rank %d] %s\n", rank, message.c_str());
+  else std::fprintf(stderr, "error: %s\n", message.c_str());
+  std::fflush(stderr);
+}
+
+// Returns the exit status when every rank failed (the job then ends normally, without Open MPI's
+// MPI_ABORT banner); otherwise ends the whole job with MPI_Abort.
+int fail(const std::exception& error, const mpicnn::dist::Communicator* comm) {
   const int rank = comm ? comm->rank() : 0, size = comm ? comm->size() : 1;
-  if (rank == 0 || !alike_everywhere) {
-    if (size > 1 && rank != 0) std::fprintf(stderr, "error: [rank %d] %s\n", rank, error.what());
-    else std::fprintf(stderr, "error: %s\n", error.what());
-    std::fflush(stderr);
-  } else {
-    std::this_thread::sleep_for(std::chrono::seconds(2));
+  const std::string message = error.what();
+  // A hang is reported by the ranks still answering, about one that is not: there is nobody to agree with.
+  if (size > 1 && dynamic_cast<const mpicnn::dist::HangError*>(&error) == nullptr) {
+    const std::vector<std::uint64_t> ids =
+        comm->errors_on_every_rank(mpicnn::dist::fingerprint(message.data(), message.size()), kAgreementSeconds);
+    if (!ids.empty()) {
+      // Each distinct message once, from the lowest rank that holds it: rank 0's line alone when all agree.
+      if (std::find(ids.begin(), ids.begin() + rank, ids[rank]) == ids.begin() + rank) print_error(rank, size, message);
+      return 1;
+    }
   }
+  print_error(rank, size, message);
   if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+  return 1;
 }
 
 }  // namespace
@@ -86,8 +106,7 @@ int main(int argc, char** argv) {
       comm = std::make_unique<mpicnn::dist::Communicator>();
       code = run(argc, argv, *comm);
     } catch (const std::exception& error) {
-      fail(error, comm.get());
-      return 1;
+      return fail(error, comm.get());
     }
   } catch (const std::exception& error) {
     std::fprintf(stderr, "error: %s\n", error.what());

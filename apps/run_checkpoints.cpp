@@ -87,7 +87,7 @@ void RunCheckpoints::save(const TrainedModel& trained, io::TrainerState& state, 
   for (const auto& [name, value] : metrics)
     if (name == "test_" + c_.best_metric && improves_best(value, state.best_metric))
       state.best_metric = at.best_metric = value, best = true;
-  if (comm_.is_root()) {
+  comm_.on_root([&] {
     io::CheckpointDir dir(c_.run_dir, c_.keep);
     const std::string path = dir.path_for(at.global_step);
     io::save_checkpoint(path, trained.meta, trained.model, trained.optimizer, at, config_ini_, comm_.size(), metrics);
@@ -96,8 +96,7 @@ void RunCheckpoints::save(const TrainedModel& trained, io::TrainerState& state, 
       io::save_checkpoint(dir.best_path(), trained.meta, trained.model, trained.optimizer, at, config_ini_, comm_.size(),
                           metrics);
     report.line("checkpoint: " + path + (best ? " (best so far, also best.h5)" : ""));
-  }
-  comm_.barrier();
+  });
   last_saved_step_ = at.global_step;
 }
 

@@ -83,9 +83,12 @@ std::string nearest(const std::string& word, const std::vector<std::string>& kno
   std::size_t best_distance = std::max<std::size_t>(3, word.size() / 3) + 1;
   for (const auto& name : known) {
     std::size_t d = edit_distance(word, name);
-    // A key typed without its section ("epochs" for "train.epochs") is a near miss too.
+    // A key typed without its section ("epochs" for "train.epochs") is a near miss too, and so is
+    // an abbreviation ("train.batch" for "train.batch_size").
     const auto dot = name.find('.');
     if (dot != std::string::npos) d = std::min(d, edit_distance(word, name.substr(dot + 1)) + 1);
+    if (word.size() >= 2 && name.size() > word.size() && name.compare(0, word.size(), word) == 0)
+      d = std::min<std::size_t>(d, 1);
     if (d < best_distance) best_distance = d, best = name;
   }
   return best;
@@ -126,7 +129,11 @@ void Settings::parse(const std::vector<std::string>& args, const std::string& po
       if (empty_value) split_args.insert(split_args.end(), {arg.substr(0, arg.size() - 1), ""});
       else split_args.push_back(arg);
     }
-    po::store(po::command_line_parser(split_args).options(description).positional(bare).run(), vm);
+    // Whole names only, as in a config file: by default Boost takes an abbreviation silently
+    // ("--train.batch" for train.batch_size, where "[train] batch" is an unknown key) or refuses it
+    // as ambiguous without the nearest key.
+    const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+    po::store(po::command_line_parser(split_args).options(description).positional(bare).style(style).run(), vm);
   } catch (const po::unknown_option& e) {
     throw unknown(strip_dashes(e.get_option_name()), "option");
   } catch (const po::too_many_positional_options_error&) {

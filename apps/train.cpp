@@ -87,7 +87,7 @@ class Trainer {
     prepare_run_dir();
     start_from_checkpoint_or_init();
     // Only now: a resume that fails its checks must leave the run folder's config.ini as it was.
-    if (comm_.is_root()) io::write_file_atomically(c_.run_dir + "/config.ini", config_ini_);
+    comm_.on_root([&] { io::write_file_atomically(c_.run_dir + "/config.ini", config_ini_); });
     std::signal(SIGTERM, on_stop_signal);
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGUSR1, on_stop_signal);
@@ -128,13 +128,12 @@ class Trainer {
   };
 
   void prepare_run_dir() {
-    if (comm_.is_root()) {
+    comm_.on_root([&] {
       std::error_code error;
       fs::create_directories(c_.run_dir, error);
       if (error || !fs::is_directory(c_.run_dir))
         throw IoError("output folder '" + c_.run_dir + "' cannot be created (" + error.message() + ")");
-    }
-    comm_.barrier();
+    });
   }
 
   // Resume from --resume or from the run folder's own checkpoint (a requeued job); otherwise

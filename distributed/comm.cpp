@@ -1,6 +1,8 @@
 #include "comm.hpp"
 
+#include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include "core/errors.hpp"
 
@@ -77,6 +79,7 @@ Environment::~Environment() { MPI_Finalize(); }
 Communicator::Communicator() {
   check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
   check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
+  check(MPI_Comm_dup(MPI_COMM_WORLD, &errors_), "MPI_Comm_dup");
   check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_), "MPI_Comm_split_type");
   check(MPI_Comm_size(node_, &ranks_on_node_), "MPI_Comm_size");
   check(MPI_Comm_rank(node_, &node_rank_), "MPI_Comm_rank");
@@ -97,7 +100,8 @@ Communicator::~Communicator() {
   MPI_Finalized(&finalized);
   if (finalized) return;
   if (leaders_ != MPI_COMM_NULL) MPI_Comm_free(&leaders_);
-  MPI_Comm_free(&node_);
+  if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
+  if (errors_ != MPI_COMM_NULL) MPI_Comm_free(&errors_);
 }
 
 void Communicator::allreduce_sum(std::span<float> values) const {
@@ -171,6 +175,25 @@ std::vector<float> Communicator::gather_to_root(std::span<const float> values) c
 }
 std::vector<std::int32_t> Communicator::gather_to_root(std::span<const std::int32_t> values) const {
   return gather(values, MPI_INT32_T, rank_, size_);
+}
+
+std::vector<std::uint64_t> Communicator::errors_on_every_rank(std::uint64_t error_id, double seconds) const {
+  if (size_ == 1) return {error_id};
+  error_id_ = error_id;
+  error_ids_.assign(size_, 0);
+  MPI_Request request = MPI_REQUEST_NULL;
+  // No check(): this runs while an error is being reported; a failing call means no agreement.
+  if (MPI_Iallgather(&error_id_, 1, MPI_UINT64_T, error_ids_.data(), 1, MPI_UINT64_T, errors_, &request) != MPI_SUCCESS)
+    return {};
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    int done = 0;
+    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return {};
+    if (done) return error_ids_;
+    // The request stays active: the caller ends the job with MPI_Abort.
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > seconds) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 void Communicator::barrier() const { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }

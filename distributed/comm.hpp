@@ -4,9 +4,12 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <exception>
 #include <span>
 #include <string>
 #include <vector>
+
+#include "core/errors.hpp"
 
 namespace mpicnn::dist {
 
@@ -64,10 +67,41 @@ class Communicator {
   std::vector<std::int32_t> allgather(std::span<const std::int32_t> values) const;
   std::vector<std::int32_t> gather_to_root(std::span<const std::int32_t> values) const;
 
+  // Runs `work` (file work, no MPI) on rank 0 alone and gives every rank its outcome: when it
+  // throws, rank 0 rethrows and the other ranks throw mpicnn::Error with the same message. The
+  // ranks then fail alike and end together, instead of waiting for rank 0 in their next collective.
+  template <class Work>
+  void on_root(Work&& work) const {
+    std::string message;
+    std::exception_ptr error;
+    if (is_root()) {
+      try {
+        work();
+      } catch (const std::exception& e) {
+        error = std::current_exception();
+        message = *e.what() ? e.what() : "unknown error";
+      }
+    }
+    if (size_ > 1) broadcast(message);
+    if (error) std::rethrow_exception(error);
+    if (!message.empty()) throw Error(message);
+  }
+
+  // After an error on this rank, once per process: every rank's `error_id` (a fingerprint of its
+  // message), in rank order, when every rank reports an error within `seconds`; empty when some
+  // rank does not. That rank is working on, or waiting for this one in a collective, and only
+  // MPI_Abort ends the job then. Through a communicator of its own, so that no collective left
+  // pending on MPI_COMM_WORLD by the failed work can match it.
+  std::vector<std::uint64_t> errors_on_every_rank(std::uint64_t error_id, double seconds) const;
+
  private:
   int rank_ = 0, size_ = 1, ranks_on_node_ = 1, node_rank_ = 0, nodes_ = 1, most_ranks_on_a_node_ = 1;
-  MPI_Comm node_ = MPI_COMM_NULL, leaders_ = MPI_COMM_NULL;
+  MPI_Comm node_ = MPI_COMM_NULL, leaders_ = MPI_COMM_NULL, errors_ = MPI_COMM_NULL;
   bool ring_allreduce_ = false;
+  // errors_on_every_rank's buffers: members, as its collective may still be under way, after the
+  // wait gave up, until MPI_Abort ends this rank.
+  mutable std::uint64_t error_id_ = 0;
+  mutable std::vector<std::uint64_t> error_ids_;
 };
 
 // A 64-bit FNV-1a hash of raw bytes, for checking that ranks hold identical weights.

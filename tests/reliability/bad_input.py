@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""Bad-input suite: every case runs mpicnn once alone and once under `mpirun -np 2`, and checks
+"""Bad-input suite: every case runs mpicnn once alone and under `mpirun -np 2` and `-np 3`, and checks
 - alone: stderr holds exactly one line, `error: ...`, naming the culprit and what was expected
   (the case's patterns), and nothing else but `warning:` lines;
-- both: a non-zero exit that is not a signal, within 10 s, no core file, no process left running,
-  the error line present (under mpirun a rank-specific one may carry "[rank N]");
-- both: no existing checkpoint, `latest` pointer or config.ini in the case's folder changed.
+- under mpirun, an error every rank meets (all cases but those marked `one_rank=`): the ranks agree
+  and end normally with exit status 1; stderr holds rank 0's one error line and nothing else but
+  `warning:` lines and mpirun's own note of the non-zero exit status (no MPI_ABORT banner, no
+  ORTE_ERROR_LOG, no second rank's line);
+- under mpirun, an error one rank meets alone (`one_rank=`: e.g. the bad sample that only one rank
+  reads, while the others wait in the step's allreduce): that rank's error line, and the job ended
+  by MPI_Abort (not normally), at most AGREEMENT_SECONDS later than the others;
+- all: a non-zero exit that is not a signal, within 10 s, no core file, no process left running,
+  and no existing checkpoint, `latest` pointer or config.ini in the case's folder changed.
 
   bad_input.py --list                                   case names, one a line (CMake reads them)
   bad_input.py --mpicnn BIN --fixtures DIR --setup      writes the shared fixtures
@@ -19,10 +25,20 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (SPEC, Failure, check, check_failed_cleanly, fresh_dir, hash_files, run,  # noqa: E402
-                    write_dataset)
+from common import (MPIRUN_EXIT_NOTE, SPEC, Failure, check, check_failed_cleanly, fresh_dir,  # noqa: E402
+                    hash_files, mpicnn_env, run, split_mpirun_blocks, write_dataset)
 
 DEADLINE = 10  # seconds every run must end within
+# ...and an error one rank meets alone this much later: the failed rank waits for the others to
+# report an error too before it ends the job with MPI_Abort (kAgreementSeconds, apps/main.cpp).
+AGREEMENT_SECONDS = 5
+# When a rank ends with a non-zero status, mpirun (Open MPI 4.1) signals the job's ranks and sleeps
+# odls_base_sigkill_timeout (1 s) once or twice before it exits: 1.3 s more per run in the median,
+# 3 minutes over the suite. Nothing checked here depends on that grace period.
+MPIRUN_ENV = dict(mpicnn_env(), OMPI_MCA_odls_base_sigkill_timeout="0")
+# 3 ranks as well as 2: a third rank is not rank 0's only peer. It adds about 0.9 s a case, 1.6
+# minutes over the suite (measured against the suite with 2 ranks only, alternating case by case).
+MPI_RANKS = (2, 3)
 CKPT = "ckpt-000000008.h5"  # the fixture run's only step checkpoint (1 epoch of 64 samples, batch 8)
 BN_SPEC = "conv(4,3) bn relu maxpool(2) flatten dense(3)"  # the fixture run "run_bn": BatchNorm state
 
@@ -48,15 +64,18 @@ def evaluate(**overrides):
 CASES = {}
 
 
-def case(name, argv, expect, setup=None, mpi_only=False, bug=None, protect=r"\.h5$|^latest$", memory_cap=False):
-    """expect: substrings the error line must all contain (the culprit and what was expected).
+def case(name, argv, expect, setup=None, mpi_only=False, bug=None, protect=r"\.h5$|^latest$", memory_cap=False,
+         one_rank=None):
+    """expect: substrings the error line must all contain (the culprit and what was expected);
+    '<ranks>' stands for the rank count under mpirun.
     bug: a product bug this case shows and that is not fixed yet; CMake registers the case
     DISABLED and the text says what is wrong.
     protect: names of the files in the case folder that must not change (checkpoints and `latest`).
-    memory_cap: run with a 4 GiB address-space limit (cases that may try a huge allocation)."""
+    memory_cap: run with a 4 GiB address-space limit (cases that may try a huge allocation).
+    one_rank: why, under mpirun, only one rank meets this error (the job must then end by MPI_Abort)."""
     assert name not in CASES, name
     CASES[name] = dict(argv=argv, expect=expect, setup=setup, mpi_only=mpi_only, bug=bug, protect=protect,
-                       memory_cap=memory_cap)
+                       memory_cap=memory_cap, one_rank=one_rank)
 
 
 # ---- set-up helpers: each gets (workdir, fixtures) and writes the case's inputs ----
@@ -147,6 +166,8 @@ case("config_unknown_section", train(config="bad.ini"), ["bad.ini", "unknown key
      ini("[trian]\nepochs = 2\n"))
 case("config_unknown_key", train(config="bad.ini"), ["bad.ini", "unknown key 'train.epoch'", "did you mean 'train.epochs'"],
      ini("[train]\nepoch = 2\n"))
+case("config_abbreviated_key", train(config="bad.ini"), ["bad.ini", "unknown key 'train.batch'", "did you mean 'train.batch_size'"],
+     ini("[train]\nbatch = 8\n"))
 case("config_key_outside_section", train(config="bad.ini"), ["bad.ini", "'epochs'", "train.epochs"], ini("epochs = 2\n"))
 case("config_line_with_placeholder", train(config="bad.ini"), ["bad.ini", "invalid line", "%invalid_line%"],
      ini("[train]\nepochs = 2\nx%invalid_line%\n"))
@@ -166,7 +187,7 @@ case("config_epochs_beyond_int", train(train__epochs="4294967296"), ["train.epoc
 case("config_batch_beyond_int", train(train__batch_size="4294967304"), ["train.batch_size", "4294967304"])
 case("config_batch_zero", train(train__batch_size="0"), ["train.batch_size", ">= 1", "'0'"])
 case("config_batch_negative", train(train__batch_size="-8"), ["train.batch_size", ">= 1", "'-8'"])
-case("config_batch_below_ranks", train(train__batch_size="1"), ["train.batch_size", "1", "2 ranks"], mpi_only=True)
+case("config_batch_below_ranks", train(train__batch_size="1"), ["train.batch_size", "1", "<ranks> ranks"], mpi_only=True)
 case("config_missing_data_path", train(data__path=None), ["data.path", "missing required"])
 case("config_bad_choice", train(optimizer__name="adamm"), ["optimizer.name", "'adamm'", "sgd, adam", "did you mean 'adam'"])
 case("config_momentum_one", train(optimizer__momentum="1"), ["optimizer.momentum", "below 1"])
@@ -215,6 +236,8 @@ case("spec_outputs_differ_from_classes", train(model__spec="conv(4,3) relu flatt
 # ---- command line ----
 case("cli_unknown_command", ["trian"], ["unknown command 'trian'", "did you mean 'train'", "known:"])
 case("cli_unknown_option", train(epochs="2"), ["unknown option 'epochs'", "did you mean 'train.epochs'"])
+case("cli_abbreviated_option", train(train__batch="8"), ["unknown option 'train.batch'", "did you mean 'train.batch_size'"])
+case("cli_ambiguous_abbreviation", train(train__e="2"), ["unknown option 'train.e'", "did you mean 'train.epochs'"])
 case("cli_option_without_value", ["train", "--data.path"], ["data.path", "missing"])
 case("cli_stray_argument", train() + ["extra"], ["takes no bare arguments", "train"])
 case("cli_eval_missing_checkpoint", ["eval", "--data=data.h5"], ["missing required option '--checkpoint'"])
@@ -252,10 +275,11 @@ case("data_count_mismatch", train(), ["data.h5", "/train/labels", "60 entries", 
      dataset(splits=split_pair(images(64), labels(60))))
 case("data_empty_split", train(), ["data.h5", "empty", "at least one sample"],
      dataset(splits=split_pair(images(0), labels(0))))
+ONE_READER = "sample 0 is read by one rank, in its step, while the others wait for it in the step's allreduce"
 case("data_nan_pixel", train(), ["data.h5", "/train/images", "NaN", "finite"],
-     dataset(splits=split_pair(images(64, dtype=np.float32, fill=np.nan), labels(64))))
+     dataset(splits=split_pair(images(64, dtype=np.float32, fill=np.nan), labels(64))), one_rank=ONE_READER)
 case("data_inf_pixel", train(), ["data.h5", "/train/images", "infinite", "finite"],
-     dataset(splits=split_pair(images(64, dtype=np.float32, fill=np.inf), labels(64))))
+     dataset(splits=split_pair(images(64, dtype=np.float32, fill=np.inf), labels(64))), one_rank=ONE_READER)
 case("data_std_zero", train(), ["data.h5", "'std'", "positive"], dataset(attrs={"std": np.zeros(1)}))
 case("data_eval_split_missing", train(data__eval_split="val"), ["data.h5", "'/val'"])
 case("data_shape_differs_from_checkpoint", evaluate(), ["data.h5", "(1,10,10)", "(1,8,8)"],
@@ -383,6 +407,36 @@ def check_error_line(line, expect, label, stderr):
     check(not missing, f"{label}: error line lacks {missing}:\n{line}\n--- stderr ---\n{stderr}")
 
 
+def expected(spec, ranks=1):
+    return [text.replace("<ranks>", str(ranks)) for text in spec["expect"]]
+
+
+def check_ended_together(mpi, spec, label, ranks):
+    """Every rank met the error: they agree, end normally with status 1, and only rank 0 speaks."""
+    lines, blocks = split_mpirun_blocks(mpi.stderr)
+    errors = [line for line in lines if line.startswith("error:")]
+    others = [line for line in lines if not line.startswith(("error:", "warning:"))]
+    foreign = [block for block in blocks if not MPIRUN_EXIT_NOTE.search(block)]
+    check(len(errors) == 1 and not others and not foreign,
+          f"{label}: expected rank 0's one 'error:' line and nothing else but warnings and mpirun's note of the "
+          f"exit status: {mpi.describe()}")
+    check(not errors[0].startswith("error: [rank"), f"{label}: the error line is not rank 0's: {mpi.describe()}")
+    check(mpi.returncode == 1, f"{label}: exit status {mpi.returncode}, expected 1: {mpi.describe()}")
+    check_error_line(errors[0], expected(spec, ranks), label, mpi.stderr)
+    return errors[0]
+
+
+def check_ended_by_one_rank(mpi, spec, label, ranks):
+    """One rank met the error while the others wait for it: it names itself and ends the job with MPI_Abort."""
+    expect = expected(spec, ranks)
+    matching = [line for line in mpi.error_lines() if all(text in line for text in expect)]
+    check(matching, f"{label}: no error line contains all of {expect}: {mpi.describe()}")
+    _, blocks = split_mpirun_blocks(mpi.stderr)
+    check(not any(MPIRUN_EXIT_NOTE.search(block) for block in blocks),
+          f"{label}: the ranks ended normally, although only one met the error (expected MPI_Abort): {mpi.describe()}")
+    return matching[0]
+
+
 def run_case(name, binary, fixtures, workroot):
     spec = CASES[name]
     argv = [binary] + spec["argv"]
@@ -400,19 +454,19 @@ def run_case(name, binary, fixtures, workroot):
         others = [line for line in lines if not line.startswith(("error:", "warning:"))]
         check(len(errors) == 1 and not others,
               f"alone: expected one 'error:' line and nothing else on stderr: {alone.describe()}")
-        check_error_line(errors[0], spec["expect"], "alone", alone.stderr)
+        check_error_line(errors[0], expected(spec), "alone", alone.stderr)
         check_unchanged(before, workdir, "alone", spec["protect"])
         print("alone:", errors[0])
 
-    before = prepare(spec, workdir, fixtures)
-    mpi = run(argv, workdir, DEADLINE, ranks=2, memory=memory)
-    check_failed_cleanly(mpi, workdir, "mpirun -np 2")
-    errors = mpi.error_lines()
-    check(errors, f"mpirun -np 2: no 'error:' line: {mpi.describe()}")
-    matching = [line for line in errors if all(text in line for text in spec["expect"])]
-    check(matching, f"mpirun -np 2: no error line contains all of {spec['expect']}: {mpi.describe()}")
-    check_unchanged(before, workdir, "mpirun -np 2", spec["protect"])
-    print(f"mpirun -np 2 ({mpi.seconds:.1f} s):", matching[0])
+    for ranks in MPI_RANKS:
+        label = f"mpirun -np {ranks}"
+        before = prepare(spec, workdir, fixtures)
+        deadline = DEADLINE + (AGREEMENT_SECONDS if spec["one_rank"] else 0)
+        mpi = run(argv, workdir, deadline, ranks=ranks, env=MPIRUN_ENV, memory=memory)
+        check_failed_cleanly(mpi, workdir, label, deadline)
+        line = (check_ended_by_one_rank if spec["one_rank"] else check_ended_together)(mpi, spec, label, ranks)
+        check_unchanged(before, workdir, label, spec["protect"])
+        print(f"{label} ({mpi.seconds:.1f} s):", line)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -107,6 +107,33 @@ def run(argv, cwd, timeout, ranks=0, env=None, fsize=None, memory=None):
     return Run(process.returncode, out, err, time.monotonic() - start, timed_out)
 
 
+# Open MPI's mpirun (4.1) adds a note of its own whenever a rank ends with a non-zero status, even
+# after MPI_Finalize ("Primary job terminated normally, but 1 process returned a non-zero exit
+# code", "mpirun detected that one or more processes exited with non-zero status"); `mpirun -q`
+# leaves it out. Each of its messages is a block between two rulers of dashes.
+MPIRUN_EXIT_NOTE = re.compile(r"returned\s+a non-zero exit code|returned\s+non-zero exit codes|exited with non-zero status")
+RULER = re.compile(r"^-{20,}$")
+
+
+def split_mpirun_blocks(stderr):
+    """(the lines of stderr outside Open MPI's ruled message blocks, the blocks' texts)."""
+    lines, blocks, block = [], [], None
+    for line in stderr.splitlines():
+        if RULER.match(line.strip()):
+            if block is None:
+                block = []
+            else:
+                blocks.append("\n".join(block))
+                block = None
+        elif block is not None:
+            block.append(line)
+        elif line.strip():
+            lines.append(line)
+    if block is not None:  # an unclosed block: its lines stay visible
+        lines.extend(line for line in block if line.strip())
+    return lines, blocks
+
+
 def kill_group(pgid):
     try:
         os.killpg(pgid, signal.SIGKILL)

@@ -13,6 +13,9 @@ nan_loss                optimizer.lr=1e6 after a good checkpoint: the run stops 
 hang_detector           SIGSTOP to rank 1 mid-epoch with train.collective_timeout=5: the job ends
                         within 20 s saying which rank has "not arrived".
 hang_detector_in_evaluation  the same with rank 1 stopped during the evaluation after an epoch.
+rank_fails_alone        one sample of the training split holds a NaN: the one rank that reads it fails
+                        mid-epoch while the other waits in the step's allreduce (hang detector off);
+                        it names the sample, and MPI_Abort ends the job within 20 s.
 checkpoint_without_class_names  a dataset without class names: its checkpoints load.
 empty_option_value      `--data.eval_split=` (the help's "'' = none") is accepted on the command line.
 best_metric_on_resume   best.h5 names the metric that chose it, with that metric's own value; a resumed
@@ -32,8 +35,8 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (CRASH_PATTERNS, Failure, check, core_files, fresh_dir, hash_files, kill_group,  # noqa: E402
-                    mpicnn_env, rank_pids, run, wait_gone, write_dataset)
+from common import (CRASH_PATTERNS, MPIRUN_EXIT_NOTE, Failure, check, core_files, fresh_dir, hash_files,  # noqa: E402
+                    kill_group, mpicnn_env, rank_pids, run, split_mpirun_blocks, wait_gone, write_dataset)
 
 SPEC = "conv(8,3) relu maxpool(2) flatten dense(3)"
 STEPS_PER_EPOCH = 128  # 2048 samples, global batch 16
@@ -189,6 +192,11 @@ def checkpoint_write_fails(binary, workdir, one_line=False):
     if one_line:
         check(any("cannot write checkpoint" in line and "File too large" in line for line in errors),
               f"the reason 'File too large' is not on the error line (a multi-line message?):\n{err[-3000:]}")
+        # Rank 0 writes; the others learn the outcome from it, so all end together with its one line.
+        lines, blocks = split_mpirun_blocks(err)
+        check(len(errors) == 1 and not [line for line in lines if not line.startswith(("error:", "warning:"))]
+              and all(MPIRUN_EXIT_NOTE.search(block) for block in blocks),
+              f"expected rank 0's one error line and nothing else but mpirun's note of the exit status:\n{err[-3000:]}")
     check_no_leftovers(workdir, "after the failed write")
     after = hash_files(run_dir, r"^ckpt-\d{9}\.h5$|^best\.h5$")
     changed = [name for name in before if after.get(name) != before[name]]
@@ -280,6 +288,28 @@ def hang_detector_in_evaluation(binary, workdir):
                                 eval_started, "the first epoch's checkpoint and 0.3 s of the next")
 
 
+def rank_fails_alone(binary, workdir):
+    fresh_dir(workdir)
+    path = write_dataset(os.path.join(workdir, "data.h5"), n_train=2048, n_test=64, shape=(1, 16, 16),
+                         dtype=np.float32)
+    with h5py.File(path, "r+") as f:
+        f["train/images"][1000, 0, 0, 0] = np.nan
+    # train.collective_timeout=0: the waiting rank waits without the hang detector's limit, and only
+    # the failed rank's MPI_Abort can end it.
+    result = run([binary] + train_args(train__collective_timeout="0", train__max_steps="128"), workdir, 20, ranks=2)
+    print(f"exit {result.returncode} after {result.seconds:.1f} s")
+    print("\n".join(result.error_lines()))
+    check(not result.timed_out, "the job did not end within 20 s: " + result.describe())
+    check(result.returncode != 0, "exit status 0 although a rank failed: " + result.describe())
+    check(not CRASH_PATTERNS.search(result.stdout + result.stderr), "crash: " + result.describe())
+    check(any("sample 1000" in line and "NaN" in line for line in result.error_lines()),
+          "no error line naming sample 1000: " + result.describe())
+    _, blocks = split_mpirun_blocks(result.stderr)
+    check(not any(MPIRUN_EXIT_NOTE.search(block) for block in blocks),
+          "the ranks ended normally, although only one met the error (expected MPI_Abort): " + result.describe())
+    check_no_leftovers(workdir, "after the failure")
+
+
 def checkpoint_without_class_names(binary, workdir):
     fresh_dir(workdir)
     write_dataset(os.path.join(workdir, "data.h5"), n_train=64, n_test=16, shape=(1, 16, 16),
@@ -339,7 +369,7 @@ def best_metric_on_resume(binary, workdir):
 
 
 SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line, nan_loss,
-                                     hang_detector, hang_detector_in_evaluation,
+                                     hang_detector, hang_detector_in_evaluation, rank_fails_alone,
                                      checkpoint_without_class_names, empty_option_value, best_metric_on_resume)}
 
 
