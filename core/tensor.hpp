@@ -1,5 +1,5 @@
 #pragma once
-// Float32 buffers in NCHW order with 64-byte-aligned storage, and the per-sample shape (C,H,W).
+// Float32 buffers in NCHW (or NCDHW) order with 64-byte-aligned storage, and the per-sample shape.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -10,14 +10,18 @@
 
 namespace mpicnn::core {
 
-// Shape of one sample; a dense layer's output is (units,1,1).
+// Shape of one sample, stored C,D,H,W; a dense layer's output is (units,1,1). Depth d is 1 for
+// images and comes last so that every 2D Shape{c, h, w} keeps meaning what it did.
 struct Shape {
-  int c = 0, h = 0, w = 0;
-  std::size_t size() const { return std::size_t(c) * h * w; }
+  int c = 0, h = 0, w = 0, d = 1;
+  std::size_t size() const { return std::size_t(c) * d * h * w; }
+  bool is_volume() const { return d > 1; }
   bool operator==(const Shape&) const = default;
   std::string str() const {
     std::string text = "(";  // built by appending: GCC 12 warns falsely on "(" + std::string (bug 105651)
-    text += std::to_string(c) + "," + std::to_string(h) + "," + std::to_string(w) + ")";
+    text += std::to_string(c) + ",";
+    if (is_volume()) text += std::to_string(d) + ",";
+    text += std::to_string(h) + "," + std::to_string(w) + ")";
     return text;
   }
 };
