@@ -2,9 +2,10 @@
 
 #include <sys/resource.h>
 
+#include <charconv>
 #include <cmath>
-#include <iomanip>
 #include <sstream>
+#include <string_view>
 
 namespace mpicnn::app {
 
@@ -34,10 +35,12 @@ double Reporter::elapsed() const {
 void Reporter::record(const std::string& kind, const std::map<std::string, double>& fields) {
   if (!active_) return;
   std::ostringstream out;
-  out << std::setprecision(8) << "{\"kind\": \"" << kind << "\"";
+  out << "{\"kind\": \"" << kind << "\"";
   for (const auto& [name, value] : fields) {
     out << ", \"" << name << "\": ";
-    if (std::isfinite(value)) out << value;
+    // The shortest text that reads back as the same double: scripts compare figures exactly.
+    char text[32];
+    if (std::isfinite(value)) out << std::string_view(text, std::to_chars(text, text + sizeof text, value).ptr - text);
     else out << "null";
   }
   out << "}\n";

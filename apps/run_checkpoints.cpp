@@ -85,7 +85,7 @@ void RunCheckpoints::save(const TrainedModel& trained, io::TrainerState& state, 
   at.gradient_grid = trained.reducer.grid();
   bool best = false;
   for (const auto& [name, value] : metrics)
-    if (name == "test_" + c_.best_metric && improves_best(value, state.best_metric))
+    if (name == c_.eval_split + "_" + c_.best_metric && improves_best(value, state.best_metric))
       state.best_metric = at.best_metric = value, best = true;
   comm_.on_root([&] {
     io::CheckpointDir dir(c_.run_dir, c_.keep);

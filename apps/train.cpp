@@ -77,6 +77,9 @@ class Trainer {
     if (!c_.eval_split.empty())
       eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
           c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
+    if (!c_.test_split.empty())  // opened now: a missing split must fail before training, not after
+      test_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
+          c_.data_path, c_.test_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
     steps_per_epoch_ = reader_->steps_per_epoch();
     total_steps_ = steps_per_epoch_ * c_.epochs;
     c_.schedule.warmup_steps = long(std::llround(c_.warmup_epochs * steps_per_epoch_));
@@ -111,6 +114,7 @@ class Trainer {
       end_epoch(report, epoch_sums);
     }
     report.line("done: " + std::to_string(state_.global_step) + " steps in " + std::to_string(report.elapsed()) + " s");
+    report_test_split(report);
     return 0;
   }
 
@@ -304,16 +308,55 @@ class Trainer {
     return "no weight, gradient or layer output is non-finite: the input data may hold NaN or Inf";
   }
 
-  std::vector<std::pair<std::string, double>> evaluate_now(Reporter& report) {
+  using Figures = std::vector<std::pair<std::string, double>>;
+
+  // The figures of `reader`'s split, named <split>_<metric>, recorded as `kind` beside `fields`.
+  Figures evaluate_split(data::EvalReader& reader, const std::string& split, const std::string& kind,
+                         std::map<std::string, double> fields, Reporter& report) {
+    const Evaluation e = evaluate(*model_, *c_.task, reader, comm_, {}, watchdog_.get());
+    Figures figures = {{split + "_loss", e.loss}};
+    for (const auto& [name, value] : e.metrics) figures.emplace_back(split + "_" + name, value);
+    fields.insert({{"samples", double(e.count)}, {"elapsed_s", report.elapsed()}});
+    for (const auto& [name, value] : figures) fields[name] = value;
+    report.record(kind, fields);
+    return figures;
+  }
+
+  Figures evaluate_now(Reporter& report) {
     if (!eval_reader_) return {};
-    const Evaluation e = evaluate(*model_, *c_.task, *eval_reader_, comm_, {}, watchdog_.get());
-    std::map<std::string, double> fields = {{"epoch", state_.epoch + 1}, {"global_step", double(state_.global_step)},
-                                            {"test_loss", e.loss}, {"samples", double(e.count)}, {"elapsed_s", report.elapsed()}};
-    for (const auto& [name, value] : e.metrics) fields["test_" + name] = value;
-    report.record("eval", fields);
-    std::vector<std::pair<std::string, double>> metrics = {{"test_loss", e.loss}};
-    for (const auto& [name, value] : e.metrics) metrics.emplace_back("test_" + name, value);
-    return metrics;
+    return evaluate_split(*eval_reader_, c_.eval_split, "eval",
+                          {{"epoch", state_.epoch + 1}, {"global_step", double(state_.global_step)}}, report);
+  }
+
+  // MedMNIST's protocol: a split that chose nothing reports the chosen checkpoint, once. Without a
+  // best.h5 (no evaluation gave a finite figure) the last weights are reported, and said so.
+  void report_test_split(Reporter& report) {
+    if (c_.test_split.empty()) return;
+    std::string best = io::CheckpointDir(c_.run_dir, c_.keep).best_path();
+    if (comm_.is_root() && !fs::exists(best)) best.clear();
+    comm_.broadcast(best);  // rank 0 wrote it: its view decides, so no rank skips the load alone
+    std::string chosen = "the last weights (no best.h5)";
+    std::map<std::string, double> fields;
+    if (!best.empty()) {
+      const io::CheckpointHeader header = io::read_checkpoint_header(best);
+      io::load_checkpoint(best, *model_, nullptr);
+      chosen = "best.h5 (global step " + std::to_string(header.trainer.global_step) + ", " + c_.eval_split + "_" +
+               c_.best_metric + " " + format_figure(header.trainer.best_metric) + ")";
+      fields = {{"epoch", header.trainer.epoch}, {"global_step", double(header.trainer.global_step)}};
+    }
+    std::string line = "split '" + c_.test_split + "' with " + chosen + ":";
+    for (const auto& [name, value] : evaluate_split(*test_reader_, c_.test_split, "test", fields, report))
+      if (!is_per_label(name)) line += " " + name + " " + format_figure(value);
+    report.line(line);
+  }
+
+  // Per-label AUCs go to metrics.jsonl only: fourteen of them would drown the line.
+  static bool is_per_label(const std::string& name) { return name.find("_auc_") != std::string::npos; }
+
+  static std::string format_figure(double value) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.4f", value);
+    return text;
   }
 
   void end_epoch(Reporter& report, const EpochSums& sums) {
@@ -326,11 +369,8 @@ class Trainer {
       std::snprintf(text, sizeof text, " acc %.4f", sums.accuracy / steps);
       line += text;
     }
-    for (const auto& [name, value] : metrics) {
-      if (name.rfind("test_auc_", 0) == 0) continue;  // per label: in metrics.jsonl, not on the line
-      std::snprintf(text, sizeof text, ", %s %.4f", name.c_str(), value);
-      line += text;
-    }
+    for (const auto& [name, value] : metrics)
+      if (!is_per_label(name)) line += ", " + name + " " + format_figure(value);
     std::snprintf(text, sizeof text, " (%.1f s)", report.elapsed());
     report.line(line + text);
     report.record("epoch", {{"epoch", state_.epoch + 1}, {"train_loss", sums.loss / steps},
@@ -358,9 +398,11 @@ class Trainer {
 
   int finish_early(Reporter& report) {
     report.line("reached train.max_steps = " + std::to_string(c_.max_steps));
-    if (checkpoints_.last_saved_step() == state_.global_step) return 0;
-    if (state_.step_in_epoch == steps_per_epoch_) end_epoch(report, {});
-    else save(report, evaluate_now(report));
+    if (checkpoints_.last_saved_step() != state_.global_step) {
+      if (state_.step_in_epoch == steps_per_epoch_) end_epoch(report, {});
+      else save(report, evaluate_now(report));
+    }
+    report_test_split(report);
     return 0;
   }
 
@@ -368,7 +410,7 @@ class Trainer {
   std::string config_ini_;
   const dist::Communicator& comm_;
   std::unique_ptr<data::TrainReader> reader_;
-  std::unique_ptr<data::EvalReader> eval_reader_;
+  std::unique_ptr<data::EvalReader> eval_reader_, test_reader_;
   std::unique_ptr<core::Model> model_;
   std::unique_ptr<core::Optimizer> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;

@@ -21,7 +21,8 @@ std::vector<Key> train_keys() {
       {"resume", "", "checkpoint file or run folder to continue from (a run folder holding a checkpoint resumes by itself)"},
       {"data.path", "", "HDF5 dataset file (format: datasets/README.md)", true},
       {"data.train_split", "train", "split to train on"},
-      {"data.eval_split", "test", "split evaluated after every epoch ('none' or '': no evaluation)"},
+      {"data.eval_split", "test", "split evaluated after every epoch, its figures named <split>_<metric>; it chooses best.h5 ('none' or '': no evaluation)"},
+      {"data.test_split", "", "split evaluated once when training ends, with best.h5's weights (MedMNIST's protocol: eval_split = val chooses, test_split reports; '' or 'none': not)"},
       {"data.normalize", "true", "subtract the per-channel mean and divide by the std"},
       {"data.mean", "", "per-channel means overriding the file's, comma-separated"},
       {"data.std", "", "per-channel stds overriding the file's, comma-separated"},
@@ -47,6 +48,8 @@ std::vector<Key> train_keys() {
       {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label) or mse (regression)"},
       {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
       {"loss.pos_weight", "", "per-label positive weights for bce, comma-separated (BCEWithLogitsLoss pos_weight)"},
+      {"loss.focal_gamma", "0", "focal loss for imbalance when > 0: cross_entropy becomes -w_y (1-p_y)^gamma log p_y (class_weights as alpha), bce torchvision's sigmoid_focal_loss"},
+      {"loss.focal_alpha", "none", "bce focal loss: weight alpha of positives, 1-alpha of negatives (torchvision's default 0.25); none: no weighting"},
       {"optimizer.name", "sgd", "sgd, adam or adamw"},
       {"optimizer.lr", "0.01", "base learning rate"},
       {"optimizer.momentum", "0", "SGD momentum"},
@@ -63,7 +66,7 @@ std::vector<Key> train_keys() {
       {"schedule.min_lr", "0", "cosine schedule: final learning rate"},
       {"checkpoint.every_steps", "0", "also checkpoint every this many steps (0 = at the end of every epoch only)"},
       {"checkpoint.keep", "3", "step checkpoints kept (best.h5 is kept besides)"},
-      {"checkpoint.best_metric", "auto", "test metric choosing best.h5 (accuracy: higher is better, loss: lower); auto: the task's first (cross_entropy: accuracy, mse: loss)"},
+      {"checkpoint.best_metric", "auto", "metric of data.eval_split choosing best.h5 (accuracy: higher is better, loss: lower); auto: the task's first (cross_entropy: accuracy, mse: loss)"},
   };
 }
 
@@ -72,6 +75,12 @@ TrainConfig read_config(const Settings& s) {
   c.data_path = s.text("data.path");
   c.train_split = s.text("data.train_split");
   c.eval_split = s.text("data.eval_split") == "none" ? "" : s.text("data.eval_split");  // "" too
+  c.test_split = s.text("data.test_split") == "none" ? "" : s.text("data.test_split");
+  if (!c.test_split.empty() && c.test_split == c.eval_split)
+    throw ConfigError("'data.test_split' = " + c.test_split + " is also 'data.eval_split': the split that chooses best.h5 "
+                      "cannot also report it (use val for data.eval_split)");
+  if (!c.test_split.empty() && c.eval_split.empty())
+    throw ConfigError("'data.test_split' needs 'data.eval_split' (the split whose figures choose best.h5)");
   c.normalize = s.flag("data.normalize");
   c.mean = s.reals("data.mean");
   c.std = s.reals("data.std");
@@ -97,6 +106,9 @@ TrainConfig read_config(const Settings& s) {
   core::TaskOptions task_options;
   for (double w : s.reals("loss.class_weights")) task_options.class_weights.push_back(float(w));
   for (double w : s.reals("loss.pos_weight")) task_options.pos_weight.push_back(float(w));
+  task_options.focal_gamma = s.real("loss.focal_gamma", 0);
+  if (s.text("loss.focal_alpha") != "none") task_options.focal_alpha = s.real("loss.focal_alpha", 0);
+  if (task_options.focal_alpha > 1) throw ConfigError("'loss.focal_alpha' must be in [0, 1] or none, got " + s.text("loss.focal_alpha"));
   c.task = core::make_task(s.choice("loss.kind", core::known_tasks()), task_options);
   c.optimizer.name = s.choice("optimizer.name", {"sgd", "adam", "adamw"});
   c.schedule.base_lr = s.real("optimizer.lr", 0, false);

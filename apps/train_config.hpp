@@ -15,7 +15,7 @@ namespace mpicnn::app {
 std::vector<Key> train_keys();
 
 struct TrainConfig {
-  std::string data_path, train_split, eval_split, spec, init, run_dir, resume;
+  std::string data_path, train_split, eval_split, test_split, spec, init, run_dir, resume;
   std::vector<double> mean, std;
   bool normalize, random_flip, prefetch;
   int random_crop_pad, epochs, global_batch, threads, eval_batch, keep, micro_batch;

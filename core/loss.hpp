@@ -30,6 +30,18 @@ LossSum mean_squared_error(float* grad /*N,K*/, const float* outputs /*N,K*/, co
 LossSum sigmoid_binary_cross_entropy(float* grad /*N,K*/, const float* logits /*N,K*/, const float* targets /*N,K*/,
                                      std::span<const float> pos_weight, int batch, int labels);
 
+// Focal loss (Lin et al. 2017) for class labels: l = -w_y (1 - p_y)^gamma log p_y with p the
+// softmax and w the class weights (the per-class alpha; all 1 when empty); normalised by sum(w_y)
+// like softmax_cross_entropy, which it equals at gamma = 0.
+LossSum softmax_focal_loss(float* grad /*N,K*/, const float* logits /*N,K*/, const std::int32_t* labels /*N*/,
+                           std::span<const float> class_weights, double gamma, int batch, int classes);
+
+// Sigmoid focal loss per output, as torchvision.ops.sigmoid_focal_loss: with p = sigmoid(x) and
+// p_t = p t + (1 - p)(1 - t), l = a_t (1 - p_t)^gamma BCE(x, t), a_t = alpha t + (1 - alpha)(1 - t)
+// when alpha >= 0 (1 when alpha < 0); the mean divides by N*K.
+LossSum sigmoid_focal_loss(float* grad /*N,K*/, const float* logits /*N,K*/, const float* targets /*N,K*/,
+                           double gamma, double alpha, int batch, int labels);
+
 // Softmax probabilities of one row of logits.
 void softmax(float* probabilities, const float* logits, int classes);
 

@@ -13,7 +13,8 @@ namespace {
 // weights, computed from the global class histogram (integers) as PyTorch's weighted mean.
 class Classification final : public Task {
  public:
-  explicit Classification(std::vector<float> class_weights) : weights_(std::move(class_weights)) {}
+  Classification(std::vector<float> class_weights, double focal_gamma)
+      : weights_(std::move(class_weights)), gamma_(focal_gamma) {}
   std::string kind() const override { return "cross_entropy"; }
   void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
     if (!data.has_labels)
@@ -27,6 +28,7 @@ class Classification final : public Task {
   }
   LossSum loss(float* grad, const float* outputs, const BatchView& batch, int k) const override {
     if (!batch.labels) throw ConfigError("loss 'cross_entropy' needs class labels, but the dataset has regression targets");
+    if (gamma_ > 0) return softmax_focal_loss(grad, outputs, batch.labels, weights_, gamma_, batch.count, k);
     return softmax_cross_entropy(grad, outputs, batch.labels, weights_, batch.count, k);
   }
   void append_step_totals(const BatchView& batch, int k, std::vector<double>& totals) const override {
@@ -57,6 +59,7 @@ class Classification final : public Task {
 
  private:
   std::vector<float> weights_;
+  double gamma_;
 };
 
 // Mean squared error over every output value; the normaliser is count x outputs.
@@ -91,7 +94,8 @@ class Regression final : public Task {
 // MedMNIST's evaluator: ACC at the 0.5 threshold averaged over labels, AUC per label and mean.
 class MultiLabel final : public Task {
  public:
-  explicit MultiLabel(std::vector<float> pos_weight) : pos_weight_(std::move(pos_weight)) {}
+  MultiLabel(std::vector<float> pos_weight, double focal_gamma, double focal_alpha)
+      : pos_weight_(std::move(pos_weight)), gamma_(focal_gamma), alpha_(focal_alpha) {}
   std::string kind() const override { return "bce"; }
   void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
     if (data.has_labels)
@@ -106,6 +110,7 @@ class MultiLabel final : public Task {
   }
   LossSum loss(float* grad, const float* outputs, const BatchView& batch, int k) const override {
     if (!batch.targets) throw ConfigError("loss 'bce' needs 0/1 targets per label, but the dataset has class labels");
+    if (gamma_ > 0) return sigmoid_focal_loss(grad, outputs, batch.targets, gamma_, alpha_, batch.count, k);
     return sigmoid_binary_cross_entropy(grad, outputs, batch.targets, pos_weight_, batch.count, k);
   }
   void append_step_totals(const BatchView&, int, std::vector<double>&) const override {}
@@ -135,6 +140,7 @@ class MultiLabel final : public Task {
 
  private:
   std::vector<float> pos_weight_;
+  double gamma_, alpha_;
 };
 
 }  // namespace
@@ -151,8 +157,14 @@ std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& opti
                       (kind == "bce" ? ": use loss.pos_weight" : ""));
   if (!options.pos_weight.empty() && kind != "bce")
     throw ConfigError("'loss.pos_weight' applies to bce only, not '" + kind + "'");
-  if (kind == "cross_entropy") return std::make_unique<Classification>(options.class_weights);
-  if (kind == "bce") return std::make_unique<MultiLabel>(options.pos_weight);
+  if (options.focal_gamma > 0 && kind == "mse") throw ConfigError("'loss.focal_gamma' applies to cross_entropy and bce, not 'mse'");
+  if (options.focal_alpha >= 0 && !(kind == "bce" && options.focal_gamma > 0))
+    throw ConfigError("'loss.focal_alpha' applies to bce with loss.focal_gamma > 0 only" +
+                      std::string(kind == "cross_entropy" ? ": cross_entropy's focal loss takes loss.class_weights" : ""));
+  if (options.focal_gamma > 0 && !options.pos_weight.empty())
+    throw ConfigError("'loss.pos_weight' and 'loss.focal_gamma' do not combine (focal loss weighs labels by loss.focal_alpha)");
+  if (kind == "cross_entropy") return std::make_unique<Classification>(options.class_weights, options.focal_gamma);
+  if (kind == "bce") return std::make_unique<MultiLabel>(options.pos_weight, options.focal_gamma, options.focal_alpha);
   if (kind == "mse") return std::make_unique<Regression>();
   throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse, bce)");
 }

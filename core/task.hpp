@@ -84,6 +84,8 @@ class Task {
 struct TaskOptions {
   std::vector<float> class_weights;  // cross_entropy; empty = all 1
   std::vector<float> pos_weight;     // bce: per label, as BCEWithLogitsLoss(pos_weight=...); empty = all 1
+  double focal_gamma = 0;            // > 0: focal loss (cross_entropy: softmax focal; bce: sigmoid focal)
+  double focal_alpha = -1;           // bce's focal alpha; < 0: none (torchvision's default is 0.25)
 };
 
 // Throws ConfigError naming the kind and the known ones.

@@ -130,12 +130,21 @@ class Run:
                 y.append(value)
         return x, y
 
+    def eval_split(self):
+        """The split the evaluations were taken on: their figures are named `<split>_X`
+        (data.eval_split; `test` unless the run chose another, e.g. `val`)."""
+        for record in self.eval.values():
+            for key in record:
+                if key.endswith("_loss"):
+                    return key[:-len("_loss")]
+        return "test"
+
     def fields(self):
-        """Metric names: train records' own fields, `train_X` of epoch records, `test_X` of evaluations."""
+        """Metric names: train records' own fields, `train_X` of epoch records, `<split>_X` of evaluations."""
         names = []
         for record in self.train.values():
             names += [k for k in record if k not in POSITION_FIELDS | SYSTEM_FIELDS]
-        for records, prefix in ((self.epoch, "train_"), (self.eval, "test_")):
+        for records, prefix in ((self.epoch, "train_"), (self.eval, self.eval_split() + "_")):
             for record in records.values():
                 names += [k[len(prefix):] for k in record if k.startswith(prefix)]
         return list(dict.fromkeys(names))
@@ -229,9 +238,10 @@ def plot_training(runs, out_dir, written):
         per_step, per_epoch = [], []
         for run, colour in zip(runs, palette):
             per_step.append((f"{run.name} train", run.series("train", metric), colour, False))
-            per_step.append((f"{run.name} test", run.series("eval", "test_" + metric), colour, True))
+            split = run.eval_split()
+            per_step.append((f"{run.name} {split}", run.series("eval", f"{split}_{metric}"), colour, True))
             per_epoch.append((f"{run.name} train", run.series("epoch", "train_" + metric), colour, False))
-            per_epoch.append((f"{run.name} test", run.series("eval", "test_" + metric, by_epoch=True), colour, True))
+            per_epoch.append((f"{run.name} {split}", run.series("eval", f"{split}_{metric}", by_epoch=True), colour, True))
         log_y = metric == "loss"
         chart(f"{file_name(metric)}_per_step.png", f"{words} per step (train: mean over each logging interval)",
               "global step", words, per_step, log_y)

@@ -4,7 +4,8 @@ of 0/1): converted with `mpicnn convert --format npz`, trained with loss.kind = 
 evaluated with `mpicnn eval --json` on 1, 2 and 3 ranks. Passes when the three reports give the
 same per-label and mean AUC and accuracy (bitwise), the mean AUC shows learning (>= 0.9), and
 scikit-learn's roc_auc_score on `mpicnn predict`'s probabilities and the dataset's targets gives
-the same AUCs to 1e-9.
+the same AUCs to 1e-9. MedMNIST's protocol: the val split chooses best.h5 (by val AUC) and
+data.test_split reports the test split once for it, equal to `mpicnn eval` of best.h5.
 
   multilabel.py MPICNN_EXE WORK_DIR MPIEXEC
 """
@@ -39,6 +40,26 @@ def run(command, **kwargs):
     return result.stdout
 
 
+def check_protocol(exe, out, data):
+    """best.h5 holds the evaluation with the highest val_auc, and the run's final 'test' record
+    holds the test figures `mpicnn eval` gives for best.h5."""
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    evals = [r for r in records if r["kind"] == "eval"]
+    tests = [r for r in records if r["kind"] == "test"]
+    if len(tests) != 1 or any("test_auc" in r for r in evals):
+        sys.exit(f"FAILED: expected val_* evaluations and one final test record, got {len(evals)} and {len(tests)}")
+    best = max(evals, key=lambda r: r["val_auc"])
+    if tests[0]["global_step"] != best["global_step"]:
+        sys.exit(f"FAILED: test reported step {tests[0]['global_step']}, best val_auc was at {best['global_step']}")
+    chosen = json.loads(run([exe, "eval", "--checkpoint", os.path.join(out, "best.h5"), "--data", data, "--json"]))
+    for name, value in chosen["metrics"].items():
+        if tests[0][f"test_{name}"] != value:
+            sys.exit(f"FAILED: final test_{name} {tests[0][f'test_{name}']} != eval of best.h5 {value}")
+    print(f"[ figure ] best.h5 from global step {best['global_step']} (val AUC {best['val_auc']:.4f} of "
+          + ", ".join(f"{r['val_auc']:.4f}" for r in evals) + f"); its test AUC {tests[0]['test_auc']:.4f}")
+
+
 def main():
     exe, work, mpiexec = sys.argv[1:4]
     os.makedirs(work, exist_ok=True)
@@ -52,13 +73,14 @@ def main():
     out = os.path.join(work, "run")
     subprocess.run(["rm", "-rf", out])
     run([mpiexec, "-np", 2, exe, "train", "--data.path", data, "--model.spec", SPEC, "--loss.kind", "bce",
-         "--data.eval_split", "val", "--train.batch_size", 64, "--train.epochs", 4, "--optimizer.name", "adam",
+         "--data.eval_split", "val", "--data.test_split", "test", "--checkpoint.best_metric", "auc", "--train.batch_size", 64, "--train.epochs", 4, "--optimizer.name", "adam",
          "--optimizer.lr", 0.003, "--train.progress", "lines", "--output", out])
     reports = {}
     for ranks in (1, 2, 3):
         launcher = [mpiexec, "--oversubscribe", "-np", ranks]
         reports[ranks] = json.loads(run(launcher + [exe, "eval", "--checkpoint", out, "--data", data, "--json"]))
     metrics = reports[1]["metrics"]
+    check_protocol(exe, out, data)
     for ranks in (2, 3):
         if reports[ranks]["metrics"] != metrics:
             sys.exit(f"FAILED: eval on {ranks} ranks differs from 1 rank:\n{reports[ranks]['metrics']}\n{metrics}")

@@ -195,6 +195,14 @@ case("config_best_metric_accuracy_for_mse", train(loss__kind="mse", checkpoint__
      ["checkpoint.best_metric", "accuracy", "not a metric of loss.kind = mse", "known: auto, loss"])
 case("config_bce_on_class_labels", train(loss__kind="bce"), ["loss 'bce'", "0/1 targets", "class label", "cross_entropy"])
 case("config_pos_weight_without_bce", train(loss__pos_weight="1,2"), ["loss.pos_weight", "bce only", "cross_entropy"])
+case("config_focal_alpha_without_gamma", train(loss__focal_alpha="0.25"),
+     ["loss.focal_alpha", "bce with loss.focal_gamma > 0", "class_weights"])
+case("config_focal_alpha_above_one", train(loss__focal_alpha="1.5"), ["loss.focal_alpha", "[0, 1]", "1.5"])
+case("config_focal_gamma_mse", train(loss__kind="mse", loss__focal_gamma="2"), ["loss.focal_gamma", "not 'mse'"])
+case("config_test_split_is_eval_split", train(data__test_split="test"),
+     ["data.test_split", "test", "data.eval_split", "val"])
+case("config_test_split_missing", train(data__eval_split="train", data__test_split="val"),
+     ["data.h5", "no split '/val'", "splits in the file: test, train"])
 case("config_class_weights_count", train(loss__class_weights="1,2"), ["loss.class_weights", "2 weights", "3"])
 
 # ---- layer specs ----
