@@ -48,6 +48,7 @@ std::vector<Key> train_keys() {
       {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label) or mse (regression)"},
       {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
       {"loss.pos_weight", "", "per-label positive weights for bce, comma-separated (BCEWithLogitsLoss pos_weight)"},
+      {"loss.label_smoothing", "0", "cross_entropy: mix the one-hot target with the uniform distribution by this amount, in [0, 1), as PyTorch's label_smoothing"},
       {"loss.focal_gamma", "0", "focal loss for imbalance when > 0: cross_entropy becomes -w_y (1-p_y)^gamma log p_y (class_weights as alpha), bce torchvision's sigmoid_focal_loss"},
       {"loss.focal_alpha", "none", "bce focal loss: weight alpha of positives, 1-alpha of negatives (torchvision's default 0.25); none: no weighting"},
       {"optimizer.name", "sgd", "sgd, adam or adamw"},
@@ -107,6 +108,9 @@ TrainConfig read_config(const Settings& s) {
   for (double w : s.reals("loss.class_weights")) task_options.class_weights.push_back(float(w));
   for (double w : s.reals("loss.pos_weight")) task_options.pos_weight.push_back(float(w));
   task_options.focal_gamma = s.real("loss.focal_gamma", 0);
+  task_options.label_smoothing = s.real("loss.label_smoothing", 0);
+  if (task_options.label_smoothing >= 1)
+    throw ConfigError("'loss.label_smoothing' must be in [0, 1), got " + s.text("loss.label_smoothing"));
   if (s.text("loss.focal_alpha") != "none") task_options.focal_alpha = s.real("loss.focal_alpha", 0);
   if (task_options.focal_alpha > 1) throw ConfigError("'loss.focal_alpha' must be in [0, 1] or none, got " + s.text("loss.focal_alpha"));
   c.task = core::make_task(s.choice("loss.kind", core::known_tasks()), task_options);

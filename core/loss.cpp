@@ -40,6 +40,32 @@ double log_sum_exp(const float* z, int classes) {
 
 bool argmax_is(const float* z, int classes, int label) { return std::max_element(z, z + classes) - z == label; }
 
+// The label-smoothed form of softmax_cross_entropy (see loss.hpp). d/dz_j of the sample's loss:
+// (1 - e) w_y (p_j - [j = y]) + (e / K) (W p_j - w_j), W = sum_k w_k.
+LossSum smoothed_cross_entropy(float* grad, const float* logits, const std::int32_t* labels,
+                               std::span<const float> class_weights, int batch, int classes, double e) {
+  double all_weights = 0;
+  for (int k = 0; k < classes; ++k) all_weights += class_weight(class_weights, k);
+  LossSum result;
+  for (int n = 0; n < batch; ++n) {
+    const float* z = logits + std::size_t(n) * classes;
+    const int label = checked_label(labels, n, classes);
+    const double weight = class_weight(class_weights, label), log_total = log_sum_exp(z, classes);
+    double smooth = 0;
+    for (int k = 0; k < classes; ++k) smooth += class_weight(class_weights, k) * (log_total - z[k]);
+    result.sum += (1 - e) * weight * (log_total - z[label]) + e / classes * smooth;
+    result.normalizer += weight;
+    if (argmax_is(z, classes, label)) result.correct += 1;
+    if (!grad) continue;
+    float* g = grad + std::size_t(n) * classes;
+    for (int k = 0; k < classes; ++k) {
+      const double p = std::exp(double(z[k]) - log_total);
+      g[k] = float((1 - e) * weight * (p - (k == label)) + e / classes * (all_weights * p - class_weight(class_weights, k)));
+    }
+  }
+  return result;
+}
+
 // The slope of m^gamma, m = 1 - p_t: gamma m^(gamma - 1), taken as 0 at m = 0 (its limit for
 // gamma > 1; m = 0 needs a probability of exactly 1).
 double focal_slope(double m, double gamma) { return m > 0 ? gamma * std::pow(m, gamma - 1) : 0.0; }
@@ -47,7 +73,8 @@ double focal_slope(double m, double gamma) { return m > 0 ? gamma * std::pow(m, 
 
 
 LossSum softmax_cross_entropy(float* grad, const float* logits, const std::int32_t* labels,
-                              std::span<const float> class_weights, int batch, int classes) {
+                              std::span<const float> class_weights, int batch, int classes, double label_smoothing) {
+  if (label_smoothing > 0) return smoothed_cross_entropy(grad, logits, labels, class_weights, batch, classes, label_smoothing);
   LossSum result;
   for (int n = 0; n < batch; ++n) {
     const float* z = logits + std::size_t(n) * classes;

@@ -15,9 +15,11 @@ struct LossSum {
 
 // Softmax + cross-entropy, fused and stable (log-sum-exp with the max subtracted). With class
 // weights the mean is sum(w_y * loss) / sum(w_y), as PyTorch's CrossEntropyLoss(weight=...).
-// grad may be null (evaluation). Throws if a label is outside [0, classes).
+// grad may be null (evaluation). Throws if a label is outside [0, classes). Label smoothing e,
+// as PyTorch's CrossEntropyLoss(weight=w, label_smoothing=e): each sample adds
+// (1 - e) w_y (-log p_y) + (e / K) sum_k w_k (-log p_k), still divided by sum(w_y).
 LossSum softmax_cross_entropy(float* grad /*N,K*/, const float* logits /*N,K*/, const std::int32_t* labels /*N*/,
-                              std::span<const float> class_weights, int batch, int classes);
+                              std::span<const float> class_weights, int batch, int classes, double label_smoothing = 0);
 
 // Mean squared error over every output: sum((y - t)^2) / (N*K).
 LossSum mean_squared_error(float* grad /*N,K*/, const float* outputs /*N,K*/, const float* targets /*N,K*/,

@@ -13,8 +13,8 @@ namespace {
 // weights, computed from the global class histogram (integers) as PyTorch's weighted mean.
 class Classification final : public Task {
  public:
-  Classification(std::vector<float> class_weights, double focal_gamma)
-      : weights_(std::move(class_weights)), gamma_(focal_gamma) {}
+  Classification(std::vector<float> class_weights, double focal_gamma, double label_smoothing)
+      : weights_(std::move(class_weights)), gamma_(focal_gamma), smoothing_(label_smoothing) {}
   std::string kind() const override { return "cross_entropy"; }
   void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
     if (!data.has_labels)
@@ -29,7 +29,7 @@ class Classification final : public Task {
   LossSum loss(float* grad, const float* outputs, const BatchView& batch, int k) const override {
     if (!batch.labels) throw ConfigError("loss 'cross_entropy' needs class labels, but the dataset has regression targets");
     if (gamma_ > 0) return softmax_focal_loss(grad, outputs, batch.labels, weights_, gamma_, batch.count, k);
-    return softmax_cross_entropy(grad, outputs, batch.labels, weights_, batch.count, k);
+    return softmax_cross_entropy(grad, outputs, batch.labels, weights_, batch.count, k, smoothing_);
   }
   void append_step_totals(const BatchView& batch, int k, std::vector<double>& totals) const override {
     const std::size_t first = totals.size();
@@ -59,7 +59,7 @@ class Classification final : public Task {
 
  private:
   std::vector<float> weights_;
-  double gamma_;
+  double gamma_, smoothing_;
 };
 
 // Mean squared error over every output value; the normaliser is count x outputs.
@@ -163,7 +163,11 @@ std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& opti
                       std::string(kind == "cross_entropy" ? ": cross_entropy's focal loss takes loss.class_weights" : ""));
   if (options.focal_gamma > 0 && !options.pos_weight.empty())
     throw ConfigError("'loss.pos_weight' and 'loss.focal_gamma' do not combine (focal loss weighs labels by loss.focal_alpha)");
-  if (kind == "cross_entropy") return std::make_unique<Classification>(options.class_weights, options.focal_gamma);
+  if (options.label_smoothing > 0 && (kind != "cross_entropy" || options.focal_gamma > 0))
+    throw ConfigError("'loss.label_smoothing' applies to cross_entropy without loss.focal_gamma only, not '" + kind + "'" +
+                      (options.focal_gamma > 0 ? " with focal_gamma" : ""));
+  if (kind == "cross_entropy")
+    return std::make_unique<Classification>(options.class_weights, options.focal_gamma, options.label_smoothing);
   if (kind == "bce") return std::make_unique<MultiLabel>(options.pos_weight, options.focal_gamma, options.focal_alpha);
   if (kind == "mse") return std::make_unique<Regression>();
   throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse, bce)");

@@ -86,6 +86,7 @@ struct TaskOptions {
   std::vector<float> pos_weight;     // bce: per label, as BCEWithLogitsLoss(pos_weight=...); empty = all 1
   double focal_gamma = 0;            // > 0: focal loss (cross_entropy: softmax focal; bce: sigmoid focal)
   double focal_alpha = -1;           // bce's focal alpha; < 0: none (torchvision's default is 0.25)
+  double label_smoothing = 0;        // cross_entropy, as PyTorch's CrossEntropyLoss(label_smoothing=...)
 };
 
 // Throws ConfigError naming the kind and the known ones.

@@ -1,5 +1,6 @@
-// Focal losses against PyTorch (tests/core/pytorch/make_loss_fixtures.py, written at test time):
-// torchvision.ops.sigmoid_focal_loss and the multi-class form, loss and d(mean)/d(logits) in float64.
+// Focal and label-smoothed losses against PyTorch (tests/core/pytorch/make_loss_fixtures.py, written
+// at test time): torchvision.ops.sigmoid_focal_loss, the multi-class focal form and
+// F.cross_entropy(label_smoothing=...), loss and d(mean)/d(logits) in float64.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -56,17 +57,21 @@ LossSum our_loss(const Case& c, std::vector<float>& grad) {
     return mpicnn::core::sigmoid_focal_loss(grad.data(), logits.data(), targets.data(), c.gamma, c.alpha, c.n, c.k);
   }
   const std::vector<std::int32_t> labels(c.truth.begin(), c.truth.end());
+  if (c.kind == "smoothed")
+    return mpicnn::core::softmax_cross_entropy(grad.data(), logits.data(), labels.data(), weights, c.n, c.k, c.gamma);
   return mpicnn::core::softmax_focal_loss(grad.data(), logits.data(), labels.data(), weights, c.gamma, c.n, c.k);
 }
 
-TEST(FocalLoss, MatchesPyTorch) {
+TEST(Losses, MatchPyTorch) {
   const std::vector<Case> cases = read_cases();
-  ASSERT_EQ(cases.size(), 9u);
+  ASSERT_EQ(cases.size(), 12u);
   for (const Case& c : cases) {
     std::vector<float> grad;
     const LossSum ours = our_loss(c, grad);
     const double mean = ours.sum / ours.normalizer;
-    const std::string name = c.kind + " gamma " + std::to_string(c.gamma) + " alpha " + std::to_string(c.alpha);
+    const std::string name = c.kind + (c.kind == "smoothed" ? " label_smoothing " + std::to_string(c.gamma)
+                                                            : " gamma " + std::to_string(c.gamma) + " alpha " + std::to_string(c.alpha)) +
+                             (c.weights.empty() ? "" : ", class weights");
     EXPECT_NEAR(mean, c.loss[0], 1e-6 * std::abs(c.loss[0])) << name;
     double worst = 0, largest = 0;
     for (std::size_t i = 0; i < grad.size(); ++i) {
@@ -80,7 +85,7 @@ TEST(FocalLoss, MatchesPyTorch) {
   }
 }
 
-TEST(FocalLoss, GammaZeroIsCrossEntropy) {
+TEST(Losses, FocalAtGammaZeroIsCrossEntropy) {
   const std::vector<float> logits = {2.f, -1.f, 0.5f, 0.f, 3.f, -2.f};
   const std::vector<std::int32_t> labels = {2, 0};
   const std::vector<float> weights = {0.5f, 2.f, 1.f};

@@ -199,6 +199,9 @@ case("config_focal_alpha_without_gamma", train(loss__focal_alpha="0.25"),
      ["loss.focal_alpha", "bce with loss.focal_gamma > 0", "class_weights"])
 case("config_focal_alpha_above_one", train(loss__focal_alpha="1.5"), ["loss.focal_alpha", "[0, 1]", "1.5"])
 case("config_focal_gamma_mse", train(loss__kind="mse", loss__focal_gamma="2"), ["loss.focal_gamma", "not 'mse'"])
+case("config_label_smoothing_one", train(loss__label_smoothing="1"), ["loss.label_smoothing", "[0, 1)", "1"])
+case("config_label_smoothing_focal", train(loss__label_smoothing="0.1", loss__focal_gamma="2"),
+     ["loss.label_smoothing", "without loss.focal_gamma", "focal_gamma"])
 case("config_test_split_is_eval_split", train(data__test_split="test"),
      ["data.test_split", "test", "data.eval_split", "val"])
 case("config_test_split_missing", train(data__eval_split="train", data__test_split="val"),

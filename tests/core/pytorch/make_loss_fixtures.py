@@ -4,12 +4,14 @@ PyTorch's autograd in float64:
   sigmoid: torchvision.ops.sigmoid_focal_loss itself (reduction="mean"), for several gamma and alpha
            (alpha -1: none), 0/1 and soft targets, logits up to +-30 (saturated sigmoids);
   softmax: the published multi-class form, -w_y (1 - p_y)^gamma log p_y summed and divided by
-           sum(w_y), written here with log_softmax (torch has no built-in one).
+           sum(w_y), written here with log_softmax (torch has no built-in one);
+  smoothed: torch.nn.functional.cross_entropy itself with label_smoothing (the <gamma> field holds
+           the smoothing), with and without class weights.
 
     /usr/bin/python3 make_loss_fixtures.py OUTPUT.txt
 
 Text layout, one case per block:
-  case <kind> <gamma> <alpha> <N> <K>
+  case <kind> <gamma or smoothing> <alpha> <N> <K>
   logits  N*K values (the float32 inputs, printed exactly)
   truth   N labels (softmax) or N*K targets (sigmoid)
   weights K class weights (softmax; empty line for none)
@@ -55,11 +57,25 @@ def softmax_case(rng, gamma, weighted, n=9, k=4):
             line("loss", [loss.item()]) + line("grad", z.grad.numpy()))
 
 
+def smoothed_case(rng, smoothing, weighted, n=8, k=5):
+    logits = rng.normal(0, 3, size=(n, k)).astype(np.float32)
+    labels = rng.integers(0, k, size=n)
+    weights = rng.uniform(0.2, 3, size=k).astype(np.float32) if weighted else None
+    z = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(z, torch.tensor(labels), label_smoothing=smoothing,
+                                             weight=torch.tensor(weights, dtype=torch.float64) if weighted else None)
+    loss.backward()
+    return (f"case smoothed {smoothing!r} -1.0 {n} {k}\n" + line("logits", logits) + line("truth", labels) +
+            ("weights " + " ".join(repr(float(v)) for v in weights) + "\n" if weighted else "weights\n") +
+            line("loss", [loss.item()]) + line("grad", z.grad.numpy()))
+
+
 def main():
     rng = np.random.default_rng(11)
     cases = [sigmoid_case(rng, g, a, soft) for g, a, soft in
              ((2.0, 0.25, False), (2.0, -1.0, False), (0.5, 0.75, False), (1.0, -1.0, True), (3.0, 0.25, True))]
     cases += [softmax_case(rng, g, weighted) for g, weighted in ((2.0, False), (2.0, True), (0.5, False), (1.0, True))]
+    cases += [smoothed_case(rng, e, weighted) for e, weighted in ((0.1, False), (0.1, True), (0.4, True))]
     with open(sys.argv[1], "w") as f:
         f.writelines(cases)
 
