@@ -84,6 +84,8 @@ class Trainer {
     total_steps_ = steps_per_epoch_ * c_.epochs;
     c_.schedule.warmup_steps = long(std::llround(c_.warmup_epochs * steps_per_epoch_));
     c_.schedule.step_size = std::max(1L, long(std::llround(c_.step_epochs * steps_per_epoch_)));
+    for (double epoch : c_.milestone_epochs)
+      c_.schedule.milestone_steps.push_back(long(std::llround(epoch * steps_per_epoch_)));
   }
 
   int run() {
