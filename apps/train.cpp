@@ -19,6 +19,7 @@
 #include "apps/settings.hpp"
 #include "apps/train_config.hpp"
 #include "core/errors.hpp"
+#include "core/metrics.hpp"
 #include "core/optimizer.hpp"
 #include "core/parallel.hpp"
 #include "core/training.hpp"
@@ -352,8 +353,8 @@ class Trainer {
     report.line(line);
   }
 
-  // Per-label AUCs go to metrics.jsonl only: fourteen of them would drown the line.
-  static bool is_per_label(const std::string& name) { return name.find("_auc_") != std::string::npos; }
+  // Per-label figures go to metrics.jsonl only: fourteen labels' would drown the line.
+  static bool is_per_label(const std::string& name) { return core::per_label_index(name) >= 0; }
 
   static std::string format_figure(double value) {
     char text[32];
