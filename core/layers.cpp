@@ -13,9 +13,15 @@ namespace {
 
 int pooled_size(int in, int window, int stride, int pad) { return (in + 2 * pad - window) / stride + 1; }
 
+// The 2D layers refuse volumes rather than treat depth as more channels or more samples.
+void require_image(const ArgReader& a, const Shape& in, const std::string& instead) {
+  if (in.is_volume()) a.fail("needs an image input (C,H,W), got volume " + in.str() + " (for volumes use " + instead + ")");
+}
+
 class Conv2D final : public Layer {
  public:
   Conv2D(const ArgReader& a, const Shape& in) {
+    require_image(a, in, "conv3d");
     const int filters = a.integer("filters", 1), kernel = a.integer("kernel", 1);
     const int stride = a.integer("stride", 1), pad = a.integer("pad", 0);
     bias_ = a.boolean("bias");
@@ -62,6 +68,7 @@ class Conv2D final : public Layer {
 class Pool2D final : public Layer {
  public:
   Pool2D(const ArgReader& a, const Shape& in, bool is_max) : max_(is_max) {
+    require_image(a, in, is_max ? "maxpool3d" : "avgpool3d");
     const int window = a.integer("window", 1);
     const int stride = a.given("stride") ? a.integer("stride", 1) : window;
     const int pad = a.integer("pad", 0);
@@ -299,6 +306,9 @@ const std::map<std::string, Factory>& factories() {
       {"dropout", plain([](const LayerArgs& a, const Shape& in, Path path) {
          return std::make_unique<Dropout>(ArgReader(a, {"p=0.5"}, path), in);
        })},
+      {"conv3d", plain(make_conv3d)},
+      {"maxpool3d", plain(make_maxpool3d)},
+      {"avgpool3d", plain(make_avgpool3d)},
       {"bn", plain(make_batchnorm)},
       {"residual", make_residual},
       {"repeat", make_repeat},
