@@ -155,7 +155,7 @@ class Dense final : public Layer {
   Dense(const ArgReader& a, const Shape& in) {
     units_ = a.integer("units", 1);
     bias_ = a.boolean("bias");
-    if (in.h != 1 || in.w != 1) a.fail("needs a flat input (C,1,1), got " + in.str() + ": add 'flatten' before it");
+    if (in.size() != std::size_t(in.c)) a.fail("needs a flat input (C,1,1), got " + in.str() + ": add 'flatten' before it");
     input_ = in;
     output_ = {units_, 1, 1};
   }
@@ -186,12 +186,12 @@ class Dense final : public Layer {
   ParamStore* store_ = nullptr;
 };
 
-// Global pooling over every spatial position: (C,H,W) -> (C,1,1), as PyTorch's
-// AdaptiveAvgPool2d(1) / AdaptiveMaxPool2d(1).
+// Global pooling over every spatial position: (C,H,W) or (C,D,H,W) -> (C,1,1), as PyTorch's
+// AdaptiveAvgPool2d(1) / AdaptiveMaxPool2d(1), or their 3d forms followed by a flatten to (C,1,1).
 class GlobalPool final : public Layer {
  public:
   GlobalPool(const Shape& in, bool is_max) : max_(is_max) {
-    g_ = {in.c, std::size_t(in.h) * in.w};
+    g_ = {in.c, in.size() / std::size_t(in.c)};
     input_ = in;
     output_ = {in.c, 1, 1};
   }

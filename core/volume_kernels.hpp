@@ -31,20 +31,20 @@ struct Conv3dGeometry {
   std::size_t out_size() const { return std::size_t(filters) * out_voxels(); }
 };
 
-// Samples per task; weight and bias gradient partials of the chunks are summed in chunk order.
-constexpr int kConv3dChunk = 4;
-// Workspace elements (of the kernel's element type) for `batch` samples: per chunk the vol2col
-// columns (C*T*R*S, OD*OH*OW), reused for their gradient, and the weight and bias gradient partials.
-std::size_t conv3d_workspace_size(const Conv3dGeometry& g, int batch);
+// Scratch (the vol2col columns of a block of output voxels) lives in a per-thread buffer that grows
+// to the largest layer's need once: it is overwritten before every use, so which thread holds it
+// changes nothing. Work splits: forward and input gradient per sample; weight and bias gradient per
+// block of kConv3dFilterBlock filters, each summing over the samples in order (no partials to store).
+constexpr int kConv3dFilterBlock = 16;
 
 template <class T>
-void conv3d_forward(T* out /*N,K,OD,OH,OW*/, T* workspace, const T* in /*N,C,D,H,W*/,
-                    const T* weight /*K,C,T,R,S*/, const T* bias /*K or null*/, const Conv3dGeometry& g, int batch);
-// in_grad may be null (first layer: no one needs it).
+void conv3d_forward(T* out /*N,K,OD,OH,OW*/, const T* in /*N,C,D,H,W*/, const T* weight /*K,C,T,R,S*/,
+                    const T* bias /*K or null*/, const Conv3dGeometry& g, int batch);
+// in_grad may be null (first layer: no one needs it), bias_grad too (no bias).
 template <class T>
 void conv3d_backward(T* in_grad /*N,C,D,H,W or null*/, T* weight_grad /*K,C,T,R,S*/, T* bias_grad /*K or null*/,
-                     T* workspace, const T* out_grad /*N,K,OD,OH,OW*/, const T* in /*N,C,D,H,W*/,
-                     const T* weight /*K,C,T,R,S*/, const Conv3dGeometry& g, int batch);
+                     const T* out_grad /*N,K,OD,OH,OW*/, const T* in /*N,C,D,H,W*/, const T* weight /*K,C,T,R,S*/,
+                     const Conv3dGeometry& g, int batch);
 
 struct Pool3dGeometry {
   int channels;

@@ -49,17 +49,13 @@ class Conv3D final : public Layer {
     if (bias_)
       bias_index_ = store.declare({scope.prefix + "bias", {g_.filters}, 0, 0, scope.unit, fan_in, fan_out, ParamRole::bias});
   }
-  void bind(const BindContext& context) override {
-    store_ = &context.params;
-    workspace_ = Buffer(conv3d_workspace_size(g_, context.max_batch));
-  }
+  void bind(const BindContext& context) override { store_ = &context.params; }
   void forward(float* out, const float* in, int batch) override {
-    conv3d_forward(out, workspace_.data(), in, store_->value(weight_), bias_ ? store_->value(bias_index_) : nullptr, g_,
+    conv3d_forward(out, in, store_->value(weight_), bias_ ? store_->value(bias_index_) : nullptr, g_,
                    batch);
   }
   void backward(float* in_grad, const float* out_grad, const float* in, const float*, int batch) override {
-    conv3d_backward(in_grad, store_->grad(weight_), bias_ ? store_->grad(bias_index_) : nullptr, workspace_.data(),
-                    out_grad, in, store_->value(weight_), g_, batch);
+    conv3d_backward(in_grad, store_->grad(weight_), bias_ ? store_->grad(bias_index_) : nullptr, out_grad, in, store_->value(weight_), g_, batch);
   }
   double forward_flops() const override { return 2.0 * double(g_.out_size()) * double(g_.col_rows()); }
 
@@ -68,7 +64,6 @@ class Conv3D final : public Layer {
   bool bias_ = true;
   int weight_ = -1, bias_index_ = -1;
   ParamStore* store_ = nullptr;
-  Buffer workspace_;
 };
 
 class Pool3D final : public Layer {

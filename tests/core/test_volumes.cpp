@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
@@ -81,18 +82,17 @@ void check_conv3d_against_direct(const Conv3dCase& c) {
   const Conv3dProblem p(c);
   const ConvReference<Conv3dProblem> want{p};
   const Conv3dGeometry& g = p.g;
-  std::vector<T> workspace(conv3d_workspace_size(g, c.batch));
   const std::vector<T> x = as<T>(p.x), w = as<T>(p.w), b = as<T>(p.b), dy = as<T>(p.dy);
   std::vector<T> y(c.batch * g.out_size());
-  conv3d_forward(y.data(), workspace.data(), x.data(), w.data(), b.data(), g, c.batch);
+  conv3d_forward(y.data(), x.data(), w.data(), b.data(), g, c.batch);
   expect_close(y, want.forward(), "forward");
   std::vector<T> dx(x.size()), dw = as<T>(p.dw0), db = as<T>(p.db0);
-  conv3d_backward(dx.data(), dw.data(), db.data(), workspace.data(), dy.data(), x.data(), w.data(), g, c.batch);
+  conv3d_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), g, c.batch);
   expect_close(dx, want.input_grad(), "input gradient");
   expect_close(dw, want.weight_grad(), "weight gradient");
   expect_close(db, want.bias_grad(), "bias gradient");
   std::vector<T> dw_only = as<T>(p.dw0);
-  conv3d_backward(static_cast<T*>(nullptr), dw_only.data(), static_cast<T*>(nullptr), workspace.data(), dy.data(),
+  conv3d_backward(static_cast<T*>(nullptr), dw_only.data(), static_cast<T*>(nullptr), dy.data(),
                   x.data(), w.data(), g, c.batch);
   EXPECT_EQ(dw_only, dw) << "without input gradient and bias";
 }
@@ -107,10 +107,10 @@ TEST_P(Conv3dDirect, BitwiseIdenticalForOneTwoAndThreeThreads) {
   const Conv3dGeometry& g = p.g;
   const std::vector<float> x = as<float>(p.x), w = as<float>(p.w), b = as<float>(p.b), dy = as<float>(p.dy);
   expect_bitwise_on_one_two_and_three_threads([&] {
-    std::vector<float> workspace(conv3d_workspace_size(g, p.batch)), y(p.batch * g.out_size()), dx(x.size()),
+    std::vector<float> y(p.batch * g.out_size()), dx(x.size()),
         dw(w.size()), db(b.size());
-    conv3d_forward(y.data(), workspace.data(), x.data(), w.data(), b.data(), g, p.batch);
-    conv3d_backward(dx.data(), dw.data(), db.data(), workspace.data(), dy.data(), x.data(), w.data(), g, p.batch);
+    conv3d_forward(y.data(), x.data(), w.data(), b.data(), g, p.batch);
+    conv3d_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), g, p.batch);
     for (const auto* part : {&dx, &dw, &db}) y.insert(y.end(), part->begin(), part->end());
     return y;
   });
@@ -124,15 +124,16 @@ INSTANTIATE_TEST_SUITE_P(
                       Conv3dCase{"Pointwise", 6, {4, 5, 3}, 7, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2},
                       Conv3dCase{"PerAxis", 2, {5, 7, 6}, 3, {1, 3, 2}, {1, 2, 1}, {0, 1, 1}, 9},  // three chunks
                       Conv3dCase{"Stem7Stride2", 1, {12, 12, 12}, 8, {7, 7, 7}, {2, 2, 2}, {3, 3, 3}, 2},
-                      Conv3dCase{"ManySamplesLarge", 16, {8, 8, 8}, 32, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 6}),
+                      Conv3dCase{"ManySamplesLarge", 16, {8, 8, 8}, 32, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 6},
+                      // 1080 column rows x 1000 voxels: two voxel blocks; 20 filters: two filter blocks
+                      Conv3dCase{"TwoVoxelBlocks", 40, {10, 10, 10}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 2}),
     [](const ::testing::TestParamInfo<Conv3dCase>& info) { return info.param.name; });
 
 TEST(Conv3d, ForwardByHand) {
   // A 2x2x2 input 1..8, one 2x2x2 filter of ones, bias 0.5: one output, the sum 36 plus 0.5.
   const Conv3dGeometry g{1, {2, 2, 2}, 1, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}};
   std::vector<float> in = {1, 2, 3, 4, 5, 6, 7, 8}, weight(8, 1.f), bias = {0.5f}, out(1);
-  std::vector<float> workspace(conv3d_workspace_size(g, 1));
-  conv3d_forward(out.data(), workspace.data(), in.data(), weight.data(), bias.data(), g, 1);
+  conv3d_forward(out.data(), in.data(), weight.data(), bias.data(), g, 1);
   EXPECT_EQ(out[0], 36.5f);
 }
 
@@ -142,14 +143,13 @@ TEST(Conv3d, GradientsMatchCentralDifferences) {
   const int n = 5;
   const Vec x = random_vec(n * g.in_size(), 1), w = random_vec(g.filters * g.col_rows(), 2), b = random_vec(g.filters, 3);
   const Vec r = random_vec(n * g.out_size(), 4);
-  Vec ws(conv3d_workspace_size(g, n));
   auto forward = [&](const Vec& xx, const Vec& ww, const Vec& bb) {
     Vec out(n * g.out_size());
-    conv3d_forward(out.data(), ws.data(), xx.data(), ww.data(), bb.data(), g, n);
+    conv3d_forward(out.data(), xx.data(), ww.data(), bb.data(), g, n);
     return out;
   };
   Vec dx(x.size()), dw(w.size(), 0.0), db(b.size(), 0.0);
-  conv3d_backward(dx.data(), dw.data(), db.data(), ws.data(), r.data(), x.data(), w.data(), g, n);
+  conv3d_backward(dx.data(), dw.data(), db.data(), r.data(), x.data(), w.data(), g, n);
   expect_gradient([&](const Vec& v) { return forward(v, w, b); }, x, dx, r);
   expect_gradient([&](const Vec& v) { return forward(x, v, b); }, w, dw, r);
   expect_gradient([&](const Vec& v) { return forward(x, w, v); }, b, db, r);
@@ -281,6 +281,91 @@ TEST(VolumeLayers, ArgumentsAreValidated) {
   EXPECT_THAT(error_of<ConfigError>("conv3d(4)", kVolume), HasSubstr("missing argument 'kernel'"));
   EXPECT_THAT(error_of<ConfigError>("maxpool3d(2,pad=2)", kVolume), HasSubstr("at most half the window"));
   EXPECT_THAT(error_of<ConfigError>("avgpool3d(3,strid=1)", kVolume), HasSubstr("has no argument 'strid'"));
+}
+
+}  // namespace
+}  // namespace mpicnn::core
+
+namespace mpicnn::core {
+namespace {
+
+// The spec of a config file's [model] section (configs/*.ini).
+std::string config_spec(const std::string& name) {
+  std::ifstream file(std::string(MPICNN_CONFIG_DIR) + "/" + name);
+  std::string line;
+  while (std::getline(file, line))
+    if (line.rfind("spec = ", 0) == 0) return line.substr(7);
+  ADD_FAILURE() << name << ": no 'spec = ' line";
+  return "";
+}
+
+TEST(VolumeModels, ResNet18For28CubedVolumesBuildsWithMonaisShapes) {
+  Model model(config_spec("resnet18_3d.ini"), {1, 28, 28, 28}, 2);
+  const auto& layers = model.layers();
+  ASSERT_EQ(layers.size(), 19u);
+  EXPECT_EQ(layers[0]->output_shape(), (Shape{64, 28, 28, 28}));
+  EXPECT_EQ(layers[3]->output_shape(), (Shape{64, 28, 28, 28}));   // layer1
+  EXPECT_EQ(layers[5]->output_shape(), (Shape{128, 14, 14, 14}));  // layer2
+  EXPECT_EQ(layers[9]->output_shape(), (Shape{256, 7, 7, 7}));     // layer3
+  EXPECT_EQ(layers[13]->output_shape(), (Shape{512, 4, 4, 4}));    // layer4
+  EXPECT_EQ(layers[16]->output_shape(), (Shape{512, 1, 1}));
+  EXPECT_EQ(layers[18]->output_shape(), (Shape{11, 1, 1}));
+  // 33,145,419 parameters (the 3x3x3 kernels hold three times the weights of the 2D ResNet-18's
+  // 11.2M), counted from the layer shapes of the BasicBlocks:
+  std::size_t expected = 64 * 27 + 2 * 64;  // stem conv and bn
+  const int widths[4] = {64, 128, 256, 512};
+  for (int stage = 0, in = 64; stage < 4; in = widths[stage], ++stage) {
+    const std::size_t f = std::size_t(widths[stage]);
+    expected += f * in * 27 + f * f * 27 + 4 * f;       // first block: two convs, two bn
+    if (stage > 0) expected += f * std::size_t(in) + 2 * f;  // its shortcut conv and bn
+    expected += 2 * f * f * 27 + 4 * f;                 // second block
+  }
+  expected += 512 * 11 + 11;
+  EXPECT_EQ(model.params().count(), expected);
+  EXPECT_EQ(model.canonical_spec(), Model(model.canonical_spec(), {1, 28, 28, 28}, 1).canonical_spec());
+}
+
+TEST(VolumeModels, BatchNormNormalisesEachChannelOverBatchAndDepthHeightWidth) {
+  const Shape volume{3, 4, 5, 6};
+  Model model("bn", volume, 2);
+  std::fill(model.params().value(0), model.params().value(0) + 3, 1.f);  // the scale (init's job in training)
+  const std::vector<float> x = as<float>(random_vec(2 * volume.size(), 41, 3.0));
+  model.run().training = true;
+  const float* y = model.forward(x.data(), 2);
+  const std::size_t spatial = volume.size() / 3;  // D*H*W = 120
+  for (int c = 0; c < 3; ++c) {
+    double sum = 0, squares = 0;
+    for (int n = 0; n < 2; ++n)
+      for (std::size_t i = 0; i < spatial; ++i) {
+        const double v = y[(std::size_t(n) * 3 + c) * spatial + i];
+        sum += v, squares += v * v;
+      }
+    EXPECT_NEAR(sum / (2 * spatial), 0.0, 1e-6) << c;
+    EXPECT_NEAR(squares / (2 * spatial), 1.0, 1e-4) << c;  // biased variance, eps 1e-5
+  }
+}
+
+TEST(VolumeModels, GlobalPoolsReduceDepthHeightAndWidth) {
+  const Shape volume{2, 3, 4, 5};
+  const std::vector<float> x = as<float>(random_vec(volume.size(), 42));
+  const std::size_t spatial = volume.size() / 2;
+  for (const bool is_max : {false, true}) {
+    Model model(is_max ? "globalmaxpool flatten dense(1)" : "globalavgpool flatten dense(1)", volume, 1);
+    model.forward(x.data(), 1);
+    EXPECT_EQ(model.layers()[0]->output_shape(), (Shape{2, 1, 1}));
+    for (int c = 0; c < 2; ++c) {
+      double sum = 0, best = -1e30;
+      for (std::size_t i = 0; i < spatial; ++i) sum += x[c * spatial + i], best = std::max(best, double(x[c * spatial + i]));
+      EXPECT_NEAR(model.activation(0)[c], is_max ? best : sum / double(spatial), 1e-6) << c;
+    }
+  }
+}
+
+TEST(VolumeModels, DenseNeedsAFlatInputAndFlattenGivesOne) {
+  EXPECT_THAT(error_of<ConfigError>("conv3d(2,3) dense(4)", kVolume),
+              HasSubstr("layer 2 'dense' needs a flat input (C,1,1), got (2,6,8,10): add 'flatten' before it"));
+  Model model("conv3d(2,3) flatten dense(4)", kVolume, 1);
+  EXPECT_EQ(model.layers()[1]->output_shape(), (Shape{2 * 6 * 8 * 10, 1, 1}));
 }
 
 }  // namespace
