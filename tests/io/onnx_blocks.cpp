@@ -41,7 +41,10 @@ core::Shape parse_shape(const std::string& text) {
   int c = 0, d = 1, h = 0, w = 0;
   char end = 0;
   const bool volume = std::sscanf(text.c_str(), "%d,%d,%d,%d%c", &c, &d, &h, &w, &end) == 4;
-  if (!volume && std::sscanf(text.c_str(), "%d,%d,%d%c", &c, &h, &w, &end) != 3) c = 0;
+  if (!volume) {
+    d = 1;
+    if (std::sscanf(text.c_str(), "%d,%d,%d%c", &c, &h, &w, &end) != 3) c = 0;
+  }
   if (c < 1 || d < 1 || h < 1 || w < 1) throw ConfigError("shape '" + text + "': expected C,H,W or C,D,H,W");
   return {c, h, w, d};
 }
