@@ -34,8 +34,9 @@ std::string join(const std::vector<double>& values) {
 void inspect_dataset(const std::string& path) {
   const data::DatasetInfo first = data::read_info(path, "train");
   std::printf("%s: mpicnn dataset\n", path.c_str());
-  std::printf("  image shape %s, %s pixels, %d classes\n", first.shape.str().c_str(), first.uint8 ? "uint8" : "float32",
-              first.num_classes);
+  const std::string shape = (first.shape.is_volume() ? "volume shape (C,D,H,W) " : "image shape ") + first.shape.str();
+  std::printf("  %s, %s pixels, %d classes, task %s\n", shape.c_str(),
+              first.uint8 ? "uint8" : "float32", first.num_classes, first.task.empty() ? "not recorded" : first.task.c_str());
   for (const auto& split : first.splits) {
     const data::DatasetInfo info = data::read_info(path, split);
     std::printf("  /%-6s %8zu samples, %s\n", split.c_str(), info.count,
