@@ -97,7 +97,11 @@ int run_convert(const Args& args, const dist::Communicator&) {
       {"format", "", "input layout: idx (MNIST family), npz (MedMNIST) or folder (one subfolder per class)", true},
       {"input", "", "IDX folder, .npz file or image folder", true},
       {"output", "", "HDF5 dataset to write", true},
-      {"names", "", "class names: comma-separated, or 'fashion-mnist'"},
+      {"names", "", "class names (or multi-label label names): comma-separated, or 'fashion-mnist'"},
+      {"task", "", "npz: what the labels mean: multi-class, binary, multi-label or regression (empty: multi-class "
+                   "for one label per sample; several labels must be told)"},
+      {"layout", "auto", "npz: images (N,H,W,C) channels_last, (N,D,H,W) volume, (N,H,W) grey, or auto "
+                         "(refuses a rank-4 array whose last axis is 1, 3 or 4)"},
       {"height", "0", "folder: resize images to this height (0 = all images must have one size)"},
       {"width", "0", "folder: resize images to this width"},
       {"channels", "0", "folder: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
@@ -109,6 +113,8 @@ int run_convert(const Args& args, const dist::Communicator&) {
   if (!parse_or_help(s, args)) return 0;
   data::ConvertOptions o;
   o.class_names = split_names(s.text("names"));
+  o.task = s.text("task");
+  o.layout = s.choice("layout", {"auto", "grey", "channels_last", "volume"});
   o.height = int(s.integer("height", 0));
   o.width = int(s.integer("width", 0));
   o.channels = int(s.integer("channels", 0));
@@ -121,7 +127,9 @@ int run_convert(const Args& args, const dist::Communicator&) {
   const data::ConvertSummary summary = format == "idx"   ? data::convert_idx(in, out, o)
                                        : format == "npz" ? data::convert_npz(in, out, o)
                                                          : data::convert_image_folder(in, out, o);
-  std::printf("wrote %s: images %s, %d classes", out.c_str(), summary.shape.str().c_str(), summary.num_classes);
+  std::printf("wrote %s: %s %s, %d classes", out.c_str(), summary.shape.is_volume() ? "volumes" : "images",
+              summary.shape.str().c_str(), summary.num_classes);
+  if (!summary.task.empty()) std::printf(", task %s", summary.task.c_str());
   for (const auto& [split, count] : summary.split_counts) std::printf(", %s %zu", split.c_str(), count);
   std::printf("\n");
   return 0;

@@ -14,7 +14,13 @@ namespace mpicnn::data {
 
 struct ConvertOptions {
   WriterOptions writer;                  // gzip level and chunk length of the output
-  std::vector<std::string> class_names;  // IDX and NPZ: optional names, one per class
+  std::vector<std::string> class_names;  // IDX, NPZ, NIfTI, DICOM: optional names, one per class (or label)
+  // NPZ, NIfTI, DICOM: the task kind recorded in the dataset (multi-class, binary, multi-label,
+  // regression); empty: multi-class for one label per sample, an error for several.
+  std::string task;
+  // NPZ: how a rank-4 image array reads: auto, grey (N,H,W), channels_last (N,H,W,C) or
+  // volume (N,D,H,W); auto refuses a last axis of 1, 3 or 4 (channels or a volume's width?).
+  std::string layout = "auto";
   // Image folders only.
   int height = 0, width = 0;   // resize every image to height x width (bilinear); 0: sizes must all match
   int channels = 0;            // 1 (grey) or 3 (RGB); 0: 1 if every image is grey, else 3 (alpha is dropped)
@@ -27,6 +33,7 @@ struct ConvertSummary {
   std::map<std::string, std::size_t> split_counts;  // "train" -> 60000, ...
   core::Shape shape;
   int num_classes = 0;
+  std::string task;  // as recorded; empty when the converter records none (IDX, folder)
 };
 
 // The ten Fashion-MNIST class names, in label order.
@@ -39,8 +46,9 @@ const std::vector<std::string>& fashion_mnist_class_names();
 ConvertSummary convert_idx(const std::string& folder, const std::string& output_path, const ConvertOptions& options = {});
 
 // A NumPy .npz in MedMNIST layout: train_images, train_labels, optional val_*, test_*. Images
-// (N,H,W) or (N,H,W,C) uint8; labels (N) or (N,1) integers become labels, (N,K) with K > 1
-// become multi-label targets (N,K) float32 with num_classes = K.
+// uint8 (N,H,W) grey, (N,H,W,C) channels last or (N,D,H,W) volumes (options.layout decides a
+// rank-4 array whose last axis is 1, 3 or 4 long); labels (N) or (N,1) class indices, (N,K)
+// multi-label 0/1 or regression targets as options.task says (labels.hpp).
 ConvertSummary convert_npz(const std::string& file, const std::string& output_path, const ConvertOptions& options = {});
 
 // One subfolder per class (class names = subfolder names in byte order), PNG or JPEG files in
