@@ -25,6 +25,22 @@ std::vector<std::string> split_names(const std::string& text) {
   return names;
 }
 
+int parse_count(const std::string& text, const char* option) {
+  char* end = nullptr;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end || v < 1 || v > 4096)
+    throw ConfigError(std::string("--") + option + " value '" + text + "', expected integers 1..4096");
+  return int(v);
+}
+
+double parse_real(const std::string& text, const char* option) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end || !std::isfinite(v))
+    throw ConfigError(std::string("--") + option + " value '" + text + "', expected a number");
+  return v;
+}
+
 std::string join(const std::vector<double>& values) {
   std::ostringstream out;
   for (std::size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
@@ -94,8 +110,9 @@ void inspect_bundle(const std::string& path) {
 
 int run_convert(const Args& args, const dist::Communicator&) {
   Settings s("convert", {
-      {"format", "", "input layout: idx (MNIST family), npz (MedMNIST) or folder (one subfolder per class)", true},
-      {"input", "", "IDX folder, .npz file or image folder", true},
+      {"format", "", "input layout: idx (MNIST family), npz (MedMNIST), folder (one subfolder per class), "
+                     "nifti (.nii/.nii.gz files) or dicom (DICOM files or series)", true},
+      {"input", "", "IDX folder, .npz file, image folder, or folder of NIfTI/DICOM files", true},
       {"output", "", "HDF5 dataset to write", true},
       {"names", "", "class names (or multi-label label names): comma-separated, or 'fashion-mnist'"},
       {"task", "", "npz: what the labels mean: multi-class, binary, multi-label or regression (empty: multi-class "
@@ -107,6 +124,11 @@ int run_convert(const Args& args, const dist::Communicator&) {
       {"channels", "0", "folder: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
       {"test_fraction", "0", "folder: share of each class written to /test"},
       {"seed", "0", "folder: which images go to /test"},
+      {"labels", "", "nifti, dicom: labels CSV, rows \"file-or-series,label[,split]\" (split: train, val or test)"},
+      {"shape", "", "nifti, dicom: fixed output D,H,W (or H,W); empty = every sample must have one shape"},
+      {"fit", "resize", "nifti, dicom: how samples reach --shape: resize (trilinear) or crop (centred, zero padded)"},
+      {"time_points", "false", "nifti: a 4D file gives one sample per time point (else 4D files are refused)"},
+      {"window", "", "dicom: center,width: clip rescaled values to [center - width/2, center + width/2]"},
       {"compression", "auto", "gzip level 0-9, or auto: 4 for chunks of 16 KiB or more, none for smaller ones"},
       {"chunk", "0", "samples per HDF5 chunk (0 = automatic)"},
   });
@@ -120,13 +142,25 @@ int run_convert(const Args& args, const dist::Communicator&) {
   o.channels = int(s.integer("channels", 0));
   o.test_fraction = s.real("test_fraction", 0);
   o.seed = std::uint64_t(s.integer("seed", 0));
+  o.labels = s.text("labels");
+  for (const std::string& v : split_names(s.text("shape"))) o.shape.push_back(parse_count(v, "shape"));
+  o.fit = s.choice("fit", {"resize", "crop"});
+  o.time_points = s.flag("time_points");
+  if (const std::vector<std::string> w = split_names(s.text("window")); !w.empty()) {
+    if (w.size() != 2) throw ConfigError("--window '" + s.text("window") + "', expected center,width");
+    o.window = true;
+    o.window_center = parse_real(w[0], "window");
+    o.window_width = parse_real(w[1], "window");
+    if (!(o.window_width > 0)) throw ConfigError("--window width " + w[1] + ", expected > 0");
+  }
   o.writer.compression_level = s.text("compression") == "auto" ? -1 : int(s.integer("compression", 0, 9));
   o.writer.chunk_samples = int(s.integer("chunk", 0));
-  const std::string format = s.choice("format", {"idx", "npz", "folder"});
+  const std::string format = s.choice("format", {"idx", "npz", "folder", "nifti"});
   const std::string in = s.text("input"), out = s.text("output");
-  const data::ConvertSummary summary = format == "idx"   ? data::convert_idx(in, out, o)
-                                       : format == "npz" ? data::convert_npz(in, out, o)
-                                                         : data::convert_image_folder(in, out, o);
+  const data::ConvertSummary summary = format == "idx"     ? data::convert_idx(in, out, o)
+                                       : format == "npz"   ? data::convert_npz(in, out, o)
+                                       : format == "nifti" ? data::convert_nifti(in, out, o)
+                                                           : data::convert_image_folder(in, out, o);
   std::printf("wrote %s: %s %s, %d classes", out.c_str(), summary.shape.is_volume() ? "volumes" : "images",
               summary.shape.str().c_str(), summary.num_classes);
   if (!summary.task.empty()) std::printf(", task %s", summary.task.c_str());

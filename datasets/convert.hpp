@@ -26,6 +26,13 @@ struct ConvertOptions {
   int channels = 0;            // 1 (grey) or 3 (RGB); 0: 1 if every image is grey, else 3 (alpha is dropped)
   double test_fraction = 0.0;  // part of each class written to /test (0: no /test)
   std::uint64_t seed = 0;      // chooses which images of each class go to /test
+  // NIfTI and DICOM.
+  std::string labels;          // the labels CSV: "file-or-series,label[,split]"
+  std::vector<int> shape;      // fixed output D,H,W (or H,W); empty: every sample must have one shape
+  std::string fit = "resize";  // how a sample reaches `shape`: resize (trilinear) or crop (centred, zero padded)
+  bool time_points = false;    // NIfTI: a 4D file gives one sample per time point (else it is refused)
+  bool window = false;         // DICOM: clip to [center - width/2, center + width/2] after rescaling
+  double window_center = 0, window_width = 0;
 };
 
 // What was written, for the command line to print.
@@ -56,5 +63,11 @@ ConvertSummary convert_npz(const std::string& file, const std::string& output_pa
 // options.height/width are set.
 ConvertSummary convert_image_folder(const std::string& folder, const std::string& output_path,
                                     const ConvertOptions& options = {});
+
+// A folder of NIfTI-1 or NIfTI-2 files (.nii, .nii.gz), read by niftilib, labelled by the CSV
+// options.labels ("file,label[,split]", file relative to the folder). Voxels are scaled by
+// scl_slope/scl_inter as nibabel does (a slope of 0 or not finite: unscaled) and written as
+// float32: 3D files as volumes (N,1,D,H,W) with D = z, H = y, W = x; 2D files as images.
+ConvertSummary convert_nifti(const std::string& folder, const std::string& output_path, const ConvertOptions& options);
 
 }  // namespace mpicnn::data

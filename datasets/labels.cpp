@@ -9,6 +9,10 @@
 namespace mpicnn::data {
 namespace {
 
+std::string sample(const LabelSource& source, std::size_t i) {
+  return source.one_row ? std::string() : " at sample " + std::to_string(i);
+}
+
 std::string number(double v) {
   if (v == std::floor(v) && std::abs(v) < 1e15) return std::to_string(std::int64_t(v));
   return std::to_string(v);
@@ -21,10 +25,10 @@ double largest_class(const LabelSource& source, int limit, const std::string& de
   for (std::size_t i = 0; i < values.size(); ++i) {
     const double v = values[i];
     if (!(v == std::floor(v) && v >= 0 && v <= 1e9))
-      throw ConfigError(source.where + ": label " + number(v) + " at sample " + std::to_string(i) +
+      throw ConfigError(source.where + ": label " + number(v) + sample(source, i) +
                         " is not a class index, expected an integer >= 0");
     if (limit > 0 && v >= limit)
-      throw ConfigError(source.where + ": label " + number(v) + " at sample " + std::to_string(i) +
+      throw ConfigError(source.where + ": label " + number(v) + sample(source, i) +
                         " is outside the declared classes 0.." + std::to_string(limit - 1) + " (" + declared + ")");
     largest = std::max(largest, v);
   }
@@ -87,7 +91,7 @@ LabelPlan plan_labels(const std::vector<LabelSource>& sources, const std::string
   for (const LabelSource& s : sources)
     for (std::size_t i = 0; i < s.values->size(); ++i)
       if (!std::isfinite((*s.values)[i]))
-        throw ConfigError(s.where + ": target at sample " + std::to_string(i / k) + " is not finite");
+        throw ConfigError(s.where + ": target" + sample(s, i / k) + " is not finite");
   plan.target_size = int(k);
   return plan;
 }

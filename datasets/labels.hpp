@@ -15,6 +15,7 @@ struct LabelSource {
   std::string where;
   const std::vector<double>* values = nullptr;
   std::size_t columns = 1;
+  bool one_row = false;  // the source is one sample: messages do not number samples
 };
 
 struct LabelPlan {
