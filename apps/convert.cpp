@@ -155,11 +155,12 @@ int run_convert(const Args& args, const dist::Communicator&) {
   }
   o.writer.compression_level = s.text("compression") == "auto" ? -1 : int(s.integer("compression", 0, 9));
   o.writer.chunk_samples = int(s.integer("chunk", 0));
-  const std::string format = s.choice("format", {"idx", "npz", "folder", "nifti"});
+  const std::string format = s.choice("format", {"idx", "npz", "folder", "nifti", "dicom"});
   const std::string in = s.text("input"), out = s.text("output");
   const data::ConvertSummary summary = format == "idx"     ? data::convert_idx(in, out, o)
                                        : format == "npz"   ? data::convert_npz(in, out, o)
                                        : format == "nifti" ? data::convert_nifti(in, out, o)
+                                       : format == "dicom" ? data::convert_dicom(in, out, o)
                                                            : data::convert_image_folder(in, out, o);
   std::printf("wrote %s: %s %s, %d classes", out.c_str(), summary.shape.is_volume() ? "volumes" : "images",
               summary.shape.str().c_str(), summary.num_classes);

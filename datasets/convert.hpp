@@ -70,4 +70,11 @@ ConvertSummary convert_image_folder(const std::string& folder, const std::string
 // float32: 3D files as volumes (N,1,D,H,W) with D = z, H = y, W = x; 2D files as images.
 ConvertSummary convert_nifti(const std::string& folder, const std::string& output_path, const ConvertOptions& options);
 
+// A folder of DICOM files (searched recursively; every file but hidden ones and the CSV must be
+// DICOM), read by GDCM with its codecs, labelled by the CSV options.labels: a row keyed by a file
+// (relative to the folder) is one sample (a 2D image, or a volume of its frames); a row keyed by a
+// SeriesInstanceUID is a volume of the series' files sorted by ImagePositionPatient along the
+// slice normal. Pixels are rescaled (slope, intercept), optionally windowed, written as float32.
+ConvertSummary convert_dicom(const std::string& folder, const std::string& output_path, const ConvertOptions& options);
+
 }  // namespace mpicnn::data
