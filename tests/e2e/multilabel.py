@@ -69,7 +69,7 @@ def main():
     np.savez_compressed(npz, **{f"{s}_{kind}": arr for s, (x, y) in splits.items() for kind, arr in
                                 (("images", x), ("labels", y))})
     data = os.path.join(work, "chestmnist_like.h5")
-    run([exe, "convert", "--format", "npz", "--input", npz, "--output", data])
+    run([exe, "convert", "--format", "npz", "--task", "multi-label", "--input", npz, "--output", data])
     out = os.path.join(work, "run")
     subprocess.run(["rm", "-rf", out])
     run([mpiexec, "-np", 2, exe, "train", "--data.path", data, "--model.spec", SPEC, "--loss.kind", "bce",

@@ -198,9 +198,9 @@ def case_setup(ctx):
     rng = np.random.default_rng(5)
     make_npz_a(ctx.path("a.npz"), rng)
     make_npz_b(ctx.path("b.npz"), rng)
-    ctx.mpicnn("convert", "--format", "npz", "--input", ctx.path("a.npz"), "--output", ctx.path("a.h5"),
+    ctx.mpicnn("convert", "--format", "npz", "--layout", "channels_last", "--input", ctx.path("a.npz"), "--output", ctx.path("a.h5"),
                "--names", ",".join(CLASS_NAMES_A))
-    ctx.mpicnn("convert", "--format", "npz", "--input", ctx.path("b.npz"), "--output", ctx.path("b.h5"))
+    ctx.mpicnn("convert", "--format", "npz", "--task", "multi-label", "--input", ctx.path("b.npz"), "--output", ctx.path("b.h5"))
     train(ctx, "a", 24, 16)
     train(ctx, "b", 24, 16)
     train(ctx, "c", 24, 16)
