@@ -278,6 +278,24 @@ TEST(VolumeLayers, TwoDimensionalLayersRefuseVolumesAndThreeDimensionalOnesImage
   EXPECT_THAT(e, HasSubstr("layer 1.main.1 'conv3d' needs a volume input"));
 }
 
+TEST(VolumeLayers, SizesPerAxis) {
+  Model model("conv3d(4,1x3x3,stride=1x2x2,pad=0x1x1) maxpool3d(2x1x1) avgpool3d(3x3x1,stride=1,pad=1x1x0)", kVolume, 1);
+  EXPECT_EQ(model.layers()[0]->output_shape(), (Shape{4, 5, 6, 8}));  // (C,D,H,W) = (4,8,5,6)
+  EXPECT_EQ(model.layers()[1]->output_shape(), (Shape{4, 5, 6, 4}));
+  EXPECT_EQ(model.layers()[2]->output_shape(), (Shape{4, 5, 6, 4}));
+  EXPECT_EQ(model.params().info(0).dims, (std::vector<int>{4, 1, 1, 3, 3}));
+  EXPECT_EQ(model.canonical_spec(), "conv3d(4,1x3x3,stride=1x2x2,pad=0x1x1) maxpool3d(2x1x1,stride=2x1x1,pad=0) "
+                                    "avgpool3d(3x3x1,stride=1,pad=1x1x0)");
+  Model again(model.canonical_spec(), kVolume, 1);
+  EXPECT_EQ(again.canonical_spec(), model.canonical_spec());
+  EXPECT_THAT(error_of<ConfigError>("conv3d(4,1x3)", kVolume),
+              HasSubstr("argument 'kernel' must be an integer or DxHxW (e.g. 1x3x3), got '1x3'"));
+  EXPECT_THAT(error_of<ConfigError>("conv3d(4,3,stride=1x0x1)", kVolume),
+              HasSubstr("argument 'stride' must be >= 1 on every axis, got 1x0x1"));
+  EXPECT_THAT(error_of<ConfigError>("maxpool3d(1x2x2,pad=1)", kVolume),
+              HasSubstr("pad 1 must be at most half the window 1x2x2"));
+}
+
 TEST(VolumeLayers, ArgumentsAreValidated) {
   EXPECT_THAT(error_of<ConfigError>("conv3d(4,9)", kVolume), HasSubstr("kernel 9 with pad 0 does not fit input (1,8,10,12)"));
   EXPECT_THAT(error_of<ConfigError>("conv3d(4)", kVolume), HasSubstr("missing argument 'kernel'"));

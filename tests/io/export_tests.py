@@ -97,12 +97,13 @@ BLOCK_ARCHS = {
         epsilon={"layer1_bn": 0.001, "layer9_bn": 1e-5},
         affine_false=[]),
     # Volumes (C,D,H,W) = (1,8,10,12): Conv, BatchNormalization, MaxPool and AveragePool (padded, stride
-    # 1) on 5-D tensors, residual blocks with a strided 1x1x1 shortcut, a global average pool of a volume.
+    # 1, sizes per axis) on 5-D tensors, residual blocks with a strided 1x1x1 shortcut, a global average
+    # pool of a volume.
     "volume": dict(
         spec="conv3d(6,3,pad=1,bias=false) bn relu residual{conv3d(6,3,pad=1,bias=false) bn relu "
              "conv3d(6,3,pad=1,bias=false) bn} relu residual{conv3d(8,3,stride=2,pad=1,bias=false) bn relu "
              "conv3d(8,3,pad=1,bias=false) bn | conv3d(8,1,stride=2,bias=false) bn} relu maxpool3d(2) "
-             "avgpool3d(3,stride=1,pad=1) conv3d(8,3,pad=1) globalavgpool flatten dense(4)",
+             "avgpool3d(3x3x1,stride=1,pad=1x1x0) conv3d(8,1x3x3,pad=0x1x1) globalavgpool flatten dense(4)",
         input="1,8,10,12", loss="cross_entropy",
         ops={"Conv": 7, "BatchNormalization": 6, "Add": 2, "Relu": 5, "MaxPool": 1, "AveragePool": 1,
              "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1},
