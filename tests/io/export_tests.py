@@ -20,7 +20,7 @@ built in memory by io_onnx_blocks (checkpoints hold no running statistics yet); 
 without affine, dropout, globalavgpool), mixed (BN after dense, a residual on flat values with a
 convolution shortcut, dropout-only branches, globalmaxpool, globalavgpool of a flat value, absorbed
 ReLU, a convolution as the last layer; mse), volume (conv3d, bn, residual blocks, maxpool3d, avgpool3d and
-globalavgpool on 5-D tensors).
+globalavgpool on 5-D tensors), volume_max (globalmaxpool of a volume).
 
 Metric everywhere: max over all samples and outputs of |a - b| (float32 values), tolerance 1e-4;
 onnx_blocks: that maximum divided by the largest |engine value| of the output, tolerance 1e-5.
@@ -111,6 +111,13 @@ BLOCK_ARCHS = {
                "layer7_maxpool3d": "MaxPool", "layer8_avgpool3d": "AveragePool", "layer9_conv3d": "Conv",
                "layer10_globalavgpool": "GlobalAveragePool", "layer10_globalavgpool_flatten": "Flatten",
                "layer12_dense": "Gemm"},
+        affine_false=[]),
+    # A volume's global max pool, after a ReLU and a max pool over volumes; mse.
+    "volume_max": dict(
+        spec="conv3d(5,3,stride=2,pad=1) bn relu maxpool3d(3,stride=2,pad=1) globalmaxpool flatten dense(3)",
+        input="2,9,8,7", loss="mse",
+        ops={"Conv": 1, "BatchNormalization": 1, "Relu": 1, "MaxPool": 1, "GlobalMaxPool": 1, "Flatten": 1, "Gemm": 1},
+        nodes={"layer4_globalmaxpool": "GlobalMaxPool", "layer4_globalmaxpool_flatten": "Flatten"},
         affine_false=[]),
 }
 
