@@ -127,8 +127,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Conv3dCase{"PerAxis", 2, {5, 7, 6}, 3, {1, 3, 2}, {1, 2, 1}, {0, 1, 1}, 9},  // three chunks
                       Conv3dCase{"Stem7Stride2", 1, {12, 12, 12}, 8, {7, 7, 7}, {2, 2, 2}, {3, 3, 3}, 2},
                       Conv3dCase{"ManySamplesLarge", 16, {8, 8, 8}, 32, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 6},
-                      // 1080 column rows x 1000 voxels: two voxel blocks; 20 filters: two filter blocks
-                      Conv3dCase{"TwoVoxelBlocks", 40, {10, 10, 10}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 2}),
+                      // 1080 column rows x 990 voxels: two voxel blocks (of 970), the second starting
+                      // inside an output row; 20 filters: two filter blocks
+                      Conv3dCase{"TwoVoxelBlocks", 40, {10, 11, 9}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 2}),
     [](const ::testing::TestParamInfo<Conv3dCase>& info) { return info.param.name; });
 
 TEST(Conv3d, ForwardByHand) {
