@@ -346,6 +346,25 @@ TEST(VolumeModels, ResNet18For28CubedVolumesBuildsWithMonaisShapes) {
   EXPECT_EQ(model.canonical_spec(), Model(model.canonical_spec(), {1, 28, 28, 28}, 1).canonical_spec());
 }
 
+TEST(VolumeModels, ResNet18For64CubedVolumesWithMonaisDefaultStem) {
+  const std::string spec = config_spec("resnet18_3d_64.ini");
+  Model model(spec, {1, 64, 64, 64}, 1);
+  const auto& layers = model.layers();
+  ASSERT_EQ(layers.size(), 20u);
+  EXPECT_EQ(layers[0]->output_shape(), (Shape{64, 32, 32, 32}));   // 7x7x7 stride-2 stem
+  EXPECT_EQ(layers[3]->output_shape(), (Shape{64, 16, 16, 16}));   // max pool
+  EXPECT_EQ(layers[4]->output_shape(), (Shape{64, 16, 16, 16}));   // layer1
+  EXPECT_EQ(layers[6]->output_shape(), (Shape{128, 8, 8, 8}));     // layer2
+  EXPECT_EQ(layers[10]->output_shape(), (Shape{256, 4, 4, 4}));    // layer3
+  EXPECT_EQ(layers[14]->output_shape(), (Shape{512, 2, 2, 2}));    // layer4
+  EXPECT_EQ(layers[19]->output_shape(), (Shape{11, 1, 1}));
+  // resnet18_3d.ini's count with a 7x7x7 stem instead of 3x3x3: 64 * (343 - 27) more weights.
+  EXPECT_EQ(model.params().count(), 33145419u + 64 * (343 - 27));
+  // On 28^3 the last stage would reach depth 1: refused where it happens.
+  EXPECT_THAT(error_of<ConfigError>(spec, {1, 28, 28, 28}),
+              HasSubstr("'conv3d' needs a volume input (C,D,H,W) with depth > 1, got image (512,1,1)"));
+}
+
 TEST(VolumeModels, BatchNormNormalisesEachChannelOverBatchAndDepthHeightWidth) {
   const Shape volume{3, 4, 5, 6};
   Model model("bn", volume, 2);
