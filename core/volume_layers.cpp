@@ -98,18 +98,21 @@ class Pool3D final : public Layer {
     if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.out_size(), 0);
   }
   void forward(float* out, const float* in, int batch) override {
-    if (max_) maxpool3d_forward(out, argmax_.data(), in, g_, batch);
+    if (max_) maxpool3d_forward(out, argmax_.data(), in, g_, batch, relu_);
     else avgpool3d_forward(out, in, g_, batch);
   }
-  void backward(float* in_grad, const float* out_grad, const float*, const float*, int batch) override {
+  void backward(float* in_grad, const float* out_grad, const float*, const float* out, int batch) override {
     if (!in_grad) return;
-    if (max_) maxpool3d_backward(in_grad, out_grad, argmax_.data(), g_, batch);
+    if (max_) maxpool3d_backward(in_grad, out_grad, argmax_.data(), g_, batch, relu_ ? out : nullptr);
     else avgpool3d_backward(in_grad, out_grad, g_, batch);
   }
+  bool can_absorb_preceding_relu() const override { return max_; }
+  void absorb_preceding_relu() override { relu_ = true; }
 
  private:
   Pool3dGeometry g_;
   bool max_;
+  bool relu_ = false;  // applies the ReLU before it (absorb_preceding_relu)
   std::vector<std::int32_t> argmax_;
 };
 
