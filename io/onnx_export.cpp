@@ -159,10 +159,30 @@ std::vector<std::int64_t> chw(const core::Shape& s) {
 // n copies of value (an attribute per spatial axis).
 std::vector<std::int64_t> per_axis(std::size_t n, int value) { return std::vector<std::int64_t>(n, value); }
 
-int named_integer(const core::LayerArgs& a, const std::string& key) {
+const std::string& named_text(const core::LayerArgs& a, const std::string& key) {
   const auto it = a.named.find(key);
   if (it == a.named.end()) throw Error("ONNX export: layer '" + a.kind + "' has no '" + key + "' in its canonical spec");
-  return std::stoi(it->second);
+  return it->second;
+}
+
+// A size per spatial axis as the canonical spec writes it: "3" for every axis, or "1x3x3" (3d layers).
+std::vector<std::int64_t> axis_sizes(const std::string& text, std::size_t axes) {
+  std::vector<std::int64_t> sizes;
+  for (std::size_t begin = 0; begin <= text.size();) {
+    const std::size_t x = std::min(text.find('x', begin), text.size());
+    sizes.push_back(std::stoll(text.substr(begin, x - begin)));
+    begin = x + 1;
+  }
+  if (sizes.size() == 1) sizes.assign(axes, sizes[0]);
+  if (sizes.size() != axes) throw Error("ONNX export: '" + text + "' gives " + std::to_string(sizes.size()) +
+                                        " sizes for " + std::to_string(axes) + " axes");
+  return sizes;
+}
+// ONNX pads: every axis's begin, then every axis's end (the engine pads both sides alike).
+std::vector<std::int64_t> both_sides(std::vector<std::int64_t> pads) {
+  const std::size_t n = pads.size();
+  for (std::size_t i = 0; i < n; ++i) pads.push_back(pads[i]);
+  return pads;
 }
 
 // The value flowing between nodes: a tensor name, [N,F] when flat (after flatten or dense; the
@@ -277,31 +297,27 @@ class LayerExporter {
       if (!have_axes_) g_.initializer("unsqueeze_axes_hw", {2, 3}), have_axes_ = true;
       x = {g_.node("Unsqueeze", name + "_to_nchw", {x.tensor, "unsqueeze_axes_hw"}, chw(in))->output(0), false};
     }
-    // 2 spatial axes (H,W) for conv/maxpool/avgpool, 3 (D,H,W) for their 3d forms; pads are given as
-    // every axis's begin, then every axis's end.
+    // 2 spatial axes (H,W) for conv/maxpool/avgpool, 3 (D,H,W) for their 3d forms.
     const std::size_t axes = a.kind.ends_with("3d") ? 3 : 2;
     if (is_conv) {
       const std::string weight = add_param(layer, prefix, "weight");
       std::vector<std::string> inputs = {x.tensor, weight};
       if (params_.count(prefix + "bias")) inputs.push_back(add_param(layer, prefix, "bias"));
-      const int stride = named_integer(a, "stride"), pad = named_integer(a, "pad");
       const std::vector<int>& w = params_.at(weight)->dims;  // (K,C,R,S) or (K,C,T,R,S)
       onnx::NodeProto* n = g_.node("Conv", name, inputs, chw(out));
       add_ints(n, "kernel_shape", std::vector<std::int64_t>(w.begin() + 2, w.end()));
-      add_ints(n, "strides", per_axis(axes, stride));
-      add_ints(n, "pads", per_axis(2 * axes, pad));
+      add_ints(n, "strides", axis_sizes(named_text(a, "stride"), axes));
+      add_ints(n, "pads", both_sides(axis_sizes(named_text(a, "pad"), axes)));
       add_ints(n, "dilations", per_axis(axes, 1));
       add_int(n, "group", 1);
       return {name, false};
     }
     if (is_pool) {
-      const int window = std::stoi(a.positional.at(0));
-      const int stride = named_integer(a, "stride"), pad = named_integer(a, "pad");
       const bool is_max = a.kind.starts_with("max");
       onnx::NodeProto* n = g_.node(is_max ? "MaxPool" : "AveragePool", name, {x.tensor}, chw(out));
-      add_ints(n, "kernel_shape", per_axis(axes, window));
-      add_ints(n, "strides", per_axis(axes, stride));
-      add_ints(n, "pads", per_axis(2 * axes, pad));
+      add_ints(n, "kernel_shape", axis_sizes(a.positional.at(0), axes));
+      add_ints(n, "strides", axis_sizes(named_text(a, "stride"), axes));
+      add_ints(n, "pads", both_sides(axis_sizes(named_text(a, "pad"), axes)));
       add_int(n, "ceil_mode", 0);
       // Our average divides by the whole window also where it covers padding (PyTorch's default).
       if (!is_max) add_int(n, "count_include_pad", 1);
