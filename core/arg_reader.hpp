@@ -102,5 +102,7 @@ inline std::string float_text(float value) {
 std::unique_ptr<Layer> make_batchnorm(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_residual(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_repeat(const LayerArgs&, const Shape&, const std::string& path);
+std::unique_ptr<Layer> make_l2norm(const LayerArgs&, const Shape&, const std::string& path);
+std::unique_ptr<Layer> make_cosine(const LayerArgs&, const Shape&, const std::string& path);
 
 }  // namespace mpicnn::core

@@ -300,6 +300,8 @@ const std::map<std::string, Factory>& factories() {
          return std::make_unique<Dropout>(ArgReader(a, {"p=0.5"}, path), in);
        })},
       {"bn", plain(make_batchnorm)},
+      {"l2norm", plain(make_l2norm)},
+      {"cosine", plain(make_cosine)},
       {"residual", make_residual},
       {"repeat", make_repeat},
   };
