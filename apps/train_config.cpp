@@ -45,12 +45,15 @@ std::vector<Key> train_keys() {
       {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
       {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
       {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
-      {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label) or mse (regression)"},
+      {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label), mse (regression), arcface or cosface (margin softmax over cosine(n) outputs), triplet (embeddings)"},
       {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
       {"loss.pos_weight", "", "per-label positive weights for bce, comma-separated (BCEWithLogitsLoss pos_weight)"},
       {"loss.label_smoothing", "0", "cross_entropy: mix the one-hot target with the uniform distribution by this amount, in [0, 1), as PyTorch's label_smoothing"},
       {"loss.focal_gamma", "0", "focal loss for imbalance when > 0: cross_entropy becomes -w_y (1-p_y)^gamma log p_y (class_weights as alpha), bce torchvision's sigmoid_focal_loss"},
       {"loss.focal_alpha", "none", "bce focal loss: weight alpha of positives, 1-alpha of negatives (torchvision's default 0.25); none: no weighting"},
+      {"loss.scale", "auto", "arcface, cosface: the scale s of the cosines (auto: 64)"},
+      {"loss.margin", "auto", "arcface: the angular margin m in radians, [0, pi/2) (auto: 0.5); cosface: the cosine margin, [0, 2) (auto: 0.4); triplet: the distance margin between unit embeddings, [0, 2) (auto: 0.2)"},
+      {"loss.mining", "auto", "triplet: batch_hard or semi_hard, inside each micro-batch (auto: batch_hard)"},
       {"optimizer.name", "sgd", "sgd, adam or adamw"},
       {"optimizer.lr", "0.01", "base learning rate"},
       {"optimizer.momentum", "0", "SGD momentum"},
@@ -113,6 +116,9 @@ TrainConfig read_config(const Settings& s) {
     throw ConfigError("'loss.label_smoothing' must be in [0, 1), got " + s.text("loss.label_smoothing"));
   if (s.text("loss.focal_alpha") != "none") task_options.focal_alpha = s.real("loss.focal_alpha", 0);
   if (task_options.focal_alpha > 1) throw ConfigError("'loss.focal_alpha' must be in [0, 1] or none, got " + s.text("loss.focal_alpha"));
+  if (s.text("loss.scale") != "auto") task_options.scale = s.real("loss.scale", 0, false);
+  if (s.text("loss.margin") != "auto") task_options.margin = s.real("loss.margin", 0);
+  if (s.text("loss.mining") != "auto") task_options.mining = s.choice("loss.mining", {"batch_hard", "semi_hard"});
   c.task = core::make_task(s.choice("loss.kind", core::known_tasks()), task_options);
   c.optimizer.name = s.choice("optimizer.name", {"sgd", "adam", "adamw"});
   c.schedule.base_lr = s.real("optimizer.lr", 0, false);

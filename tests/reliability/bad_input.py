@@ -202,6 +202,11 @@ case("config_focal_gamma_mse", train(loss__kind="mse", loss__focal_gamma="2"), [
 case("config_label_smoothing_one", train(loss__label_smoothing="1"), ["loss.label_smoothing", "[0, 1)", "1"])
 case("config_label_smoothing_focal", train(loss__label_smoothing="0.1", loss__focal_gamma="2"),
      ["loss.label_smoothing", "without loss.focal_gamma", "focal_gamma"])
+case("config_arcface_margin", train(loss__kind="arcface", loss__margin="2"), ["loss.margin", "arcface", "[0, pi/2)", "2"])
+case("config_cosface_scale", train(loss__kind="cosface", loss__scale="0"), ["loss.scale", "> 0", "0"])
+case("config_triplet_mining", train(loss__kind="triplet", loss__mining="hardest"),
+     ["loss.mining", "batch_hard, semi_hard", "hardest"])
+case("config_margin_cross_entropy", train(loss__margin="0.3"), ["loss.margin", "not 'cross_entropy'"])
 case("config_test_split_is_eval_split", train(data__test_split="test"),
      ["data.test_split", "test", "data.eval_split", "val"])
 case("config_test_split_missing", train(data__eval_split="train", data__test_split="val"),
