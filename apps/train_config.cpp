@@ -30,6 +30,8 @@ std::vector<Key> train_keys() {
       {"data.random_crop_pad", "0", "augmentation: pad by this many pixels and crop back at random"},
       {"data.cache_mb", "0", "read the training split into memory before the first step when it fits in this many MB (0 = stream from the file)"},
       {"data.prefetch", "true", "read the next batch in a background thread"},
+      {"data.identities_per_batch", "0", "P x K sampling for metric learning: P identities per group of P*K samples (0: shuffle the split)"},
+      {"data.images_per_identity", "0", "P x K sampling: K images of each identity per group (an identity with fewer is an error)"},
       {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
       {"model.init", "he", "weight initialisation: he, he_uniform, xavier, xavier_normal, resnet (torchvision's ResNet: conv kaiming_normal fan_out, dense as nn.Linear; BatchNorm always 1 and 0)"},
       {"train.epochs", "10", "epochs to train"},
@@ -74,6 +76,24 @@ std::vector<Key> train_keys() {
   };
 }
 
+namespace {
+// P x K groups must tile the global batch, and (exact reduction) each micro-batch, the group in
+// which a triplet loss mines, must hold whole identities.
+void check_balanced_sampling(const Settings& s, const TrainConfig& c) {
+  if (c.identities_per_batch == 0 && c.images_per_identity == 0) return;
+  if (c.identities_per_batch < 1 || c.images_per_identity < 1)
+    throw ConfigError("'data.identities_per_batch' = " + s.text("data.identities_per_batch") + " and 'data.images_per_identity' = " +
+                      s.text("data.images_per_identity") + ": P x K sampling needs both >= 1 (or both 0: no P x K sampling)");
+  const int group = c.identities_per_batch * c.images_per_identity;
+  if (c.global_batch % group != 0)
+    throw ConfigError("'train.batch_size' = " + std::to_string(c.global_batch) + " is not a multiple of P x K = " +
+                      std::to_string(group) + " ('data.identities_per_batch' x 'data.images_per_identity')");
+  if (c.exact_reduction && c.micro_batch % group != 0)
+    throw ConfigError("'train.micro_batch' = " + std::to_string(c.micro_batch) + " is not a multiple of P x K = " +
+                      std::to_string(group) + ": a micro-batch must hold whole identities");
+}
+}  // namespace
+
 TrainConfig read_config(const Settings& s) {
   TrainConfig c;
   c.data_path = s.text("data.path");
@@ -92,6 +112,8 @@ TrainConfig read_config(const Settings& s) {
   c.random_crop_pad = int(s.integer("data.random_crop_pad", 0));
   c.cache_bytes = std::size_t(s.integer("data.cache_mb", 0)) << 20;
   c.prefetch = s.flag("data.prefetch");
+  c.identities_per_batch = int(s.integer("data.identities_per_batch", 0));
+  c.images_per_identity = int(s.integer("data.images_per_identity", 0));
   c.spec = s.text("model.spec");
   c.init = s.choice("model.init", core::known_init_schemes());
   c.epochs = int(s.integer("train.epochs", 1));
@@ -106,6 +128,7 @@ TrainConfig read_config(const Settings& s) {
   c.exact_reduction = s.choice("train.reduction", {"exact", "fast"}) == "exact";
   c.shared_memory_sum = s.choice("train.node_sum", {"shared", "mpi"}) == "shared";
   c.micro_batch = int(s.integer("train.micro_batch", 1));
+  check_balanced_sampling(s, c);
   c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
   core::TaskOptions task_options;
   for (double w : s.reals("loss.class_weights")) task_options.class_weights.push_back(float(w));

@@ -9,6 +9,7 @@
 #include "core/errors.hpp"
 #include "datasets/balanced_sampler.hpp"
 #include "datasets/reader.hpp"
+#include "test_util.hpp"
 
 namespace mpicnn::data {
 namespace {
@@ -75,6 +76,35 @@ TEST(BalancedSampler, GlobalBatchesDoNotDependOnTheRankCount) {
       EXPECT_EQ(joined, std::vector<std::uint32_t>(order.begin() + long(first), order.begin() + long(first + total)))
           << ranks << " ranks";
     }
+}
+
+// TrainReader with a balanced order: each step's global batch is the sampler's run of positions,
+// split into whole micro-batches for 1, 2 and 3 ranks; every micro-batch holds whole identities.
+TEST(BalancedSampler, DrivesTheTrainReaderForAnyRankCount) {
+  testing::TempDir dir;
+  const std::string path = dir.file("pk.h5");
+  testing::write_indexed_dataset(path, 60, 3, {2, 3, 4}, 7);  // 7 identities, 8 or 9 images each
+  std::vector<std::int32_t> labels(60);
+  for (int i = 0; i < 60; ++i) labels[std::size_t(i)] = i % 7;
+  const BalancedSampling pk{3, 4};
+  const std::vector<std::uint32_t> expected = BalancedSampler(labels, pk).epoch_order(3, 1);  // 2 groups
+  for (int ranks = 1; ranks <= 3; ++ranks) {
+    std::vector<std::vector<long>> steps(1);
+    for (int rank = 0; rank < ranks; ++rank) {
+      ReaderOptions options;
+      options.path = path, options.global_batch = 24, options.rank = rank, options.ranks = ranks, options.seed = 3;
+      options.normalize = false, options.prefetch = false, options.micro_batch = 12, options.balanced = pk;
+      TrainReader reader(options);
+      ASSERT_EQ(reader.steps_per_epoch(), 1);
+      reader.seek(1, 0);
+      Batch batch;
+      ASSERT_TRUE(reader.next(batch));
+      EXPECT_EQ(batch.global_count, 24);
+      EXPECT_EQ(batch.count % 12, 0) << "rank " << rank << " of " << ranks << " got part of a micro-batch";
+      for (int i = 0; i < batch.count; ++i) steps[0].push_back(testing::sample_of(batch.images.data() + i * 24));
+    }
+    EXPECT_EQ(steps[0], std::vector<long>(expected.begin(), expected.end())) << ranks << " ranks";
+  }
 }
 
 std::string error_of(const std::vector<std::int32_t>& labels, BalancedSampling pk) {

@@ -206,6 +206,14 @@ case("config_arcface_margin", train(loss__kind="arcface", loss__margin="2"), ["l
 case("config_cosface_scale", train(loss__kind="cosface", loss__scale="0"), ["loss.scale", "> 0", "0"])
 case("config_triplet_mining", train(loss__kind="triplet", loss__mining="hardest"),
      ["loss.mining", "batch_hard, semi_hard", "hardest"])
+case("config_pk_not_dividing_batch", train(data__identities_per_batch="3", data__images_per_identity="3"),
+     ["train.batch_size", "not a multiple of P x K = 9"])
+case("config_pk_micro_batch", train(data__identities_per_batch="2", data__images_per_identity="4", train__micro_batch="4"),
+     ["train.micro_batch", "= 4", "P x K = 8", "whole identities"])
+case("config_pk_half_given", train(data__identities_per_batch="2"), ["data.identities_per_batch", "data.images_per_identity", ">= 1"])
+case("config_pk_too_few_images", train(data__identities_per_batch="2", data__images_per_identity="32", train__batch_size="64",
+                                       train__micro_batch="64"),
+     ["identity", "images, fewer than 'data.images_per_identity' = 32"])
 case("config_margin_cross_entropy", train(loss__margin="0.3"), ["loss.margin", "not 'cross_entropy'"])
 case("config_test_split_is_eval_split", train(data__test_split="test"),
      ["data.test_split", "test", "data.eval_split", "val"])
