@@ -7,6 +7,7 @@
 
 #include "errors.hpp"
 #include "metric_losses.hpp"
+#include "verification.hpp"
 #include "class_scores_task.hpp"
 
 namespace mpicnn::core {
@@ -17,6 +18,8 @@ std::string number_text(double value) {
   char text[32];
   return std::string(text, std::to_chars(text, text + sizeof text, value).ptr);
 }
+
+constexpr std::uint64_t kVerificationSeed = 18;  // the negative pairs of every evaluation
 
 void require_labels(const std::string& kind, const DatasetTargets& data, const std::string& where) {
   if (!data.has_labels)
@@ -71,9 +74,19 @@ class Triplet final : public Task {
     return {{"nn_accuracy", correct / global_count}};
   }
   bool classifies() const override { return false; }
-  std::vector<Metric> eval_metrics(const EvalSums&) const override { return {}; }
-  std::vector<std::string> best_metrics() const override { return {"loss"}; }
-  bool higher_is_better(const std::string&) const override { return false; }
+  bool needs_scores() const override { return true; }
+  // Verification on the split's identities (held out from training in an open-set split): every
+  // positive pair and as many seeded negatives, core/verification.hpp's figures. The pairs grow
+  // as N^2 / identities.
+  std::vector<Metric> eval_metrics(const EvalSums& e) const override {
+    const std::vector<Pair> pairs = pairs_from_labels(e.labels, kVerificationSeed);
+    if (pairs.size() < 10) return {};  // fewer pairs than folds
+    std::vector<bool> same(pairs.size());
+    for (std::size_t i = 0; i < pairs.size(); ++i) same[i] = pairs[i].same;
+    return verification_metrics(pair_scores(e.predictions, e.outputs, pairs), same);
+  }
+  std::vector<std::string> best_metrics() const override { return {"accuracy", "auc", "tar_at_far_1e-3", "loss"}; }
+  bool higher_is_better(const std::string& metric) const override { return metric != "loss"; }
   std::string prediction_name() const override { return "embeddings"; }
   bool one_class_per_sample() const override { return false; }
   void predict(float* out, const float* outputs, int k) const override { std::copy(outputs, outputs + k, out); }

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <set>
 #include <sstream>
 
 #include "errors.hpp"
@@ -91,14 +90,23 @@ std::vector<Pair> pairs_from_labels(std::span<const std::int32_t> labels, std::u
   const std::size_t positives = pairs.size();
   const std::size_t all_different = n * (n - (n > 0)) / 2 - positives;
   const std::size_t wanted = std::min(negatives < 0 ? positives : std::size_t(negatives), all_different);
+  // Drawn in rounds of what is still missing, each round's repeats removed by sorting (a set of
+  // millions of pairs would cost more than the rest of an evaluation).
   Rng rng(seed);
-  std::set<std::pair<std::uint32_t, std::uint32_t>> drawn;
+  std::vector<std::uint64_t> drawn;  // first << 32 | second, sorted
   while (drawn.size() < wanted) {
-    std::uint32_t a = std::uint32_t(rng.below(n)), b = std::uint32_t(rng.below(n));
-    if (labels[a] == labels[b]) continue;
-    if (a > b) std::swap(a, b);
-    if (drawn.insert({a, b}).second) pairs.push_back({a, b, false});
+    const std::size_t have = drawn.size();
+    while (drawn.size() < wanted) {
+      std::uint32_t a = std::uint32_t(rng.below(n)), b = std::uint32_t(rng.below(n));
+      if (labels[a] == labels[b]) continue;
+      if (a > b) std::swap(a, b);
+      drawn.push_back(std::uint64_t(a) << 32 | b);
+    }
+    std::sort(drawn.begin() + long(have), drawn.end());
+    std::inplace_merge(drawn.begin(), drawn.begin() + long(have), drawn.end());
+    drawn.erase(std::unique(drawn.begin(), drawn.end()), drawn.end());
   }
+  for (std::uint64_t key : drawn) pairs.push_back({std::uint32_t(key >> 32), std::uint32_t(key), false});
   for (std::size_t i = pairs.size(); i > 1; --i) std::swap(pairs[i - 1], pairs[rng.below(i)]);
   return pairs;
 }
@@ -154,18 +162,21 @@ double area_under(const RocCurve& roc) {
   return area;
 }
 
-// The threshold (among the distinct scores and +inf) of the best accuracy on `members`; ties go
-// to the largest threshold.
-double best_threshold(std::span<const double> scores, const std::vector<bool>& same, std::vector<std::size_t> members) {
-  std::sort(members.begin(), members.end(), [&](std::size_t a, std::size_t b) { return scores[a] > scores[b]; });
+// The threshold (among the distinct scores and +inf) of the best accuracy on the pairs outside
+// [held_first, held_end); ties go to the largest threshold. `by_score`: every pair, descending.
+double best_threshold(std::span<const double> scores, const std::vector<bool>& same, std::span<const std::size_t> by_score,
+                      std::size_t held_first, std::size_t held_end) {
+  auto trained = [&](std::size_t i) { return i < held_first || i >= held_end; };
   long correct = 0;  // at +inf every pair is called different: the different ones are right
-  for (std::size_t m : members) correct += !same[m];
+  for (std::size_t i : by_score) correct += trained(i) && !same[i];
   long best = correct;
   double threshold = kInfinity;
-  for (std::size_t i = 0; i < members.size();) {
-    const double t = scores[members[i]];
-    for (; i < members.size() && scores[members[i]] == t; ++i) correct += same[members[i]] ? 1 : -1;
-    if (correct > best) best = correct, threshold = t;
+  for (std::size_t k = 0; k < by_score.size();) {
+    const double t = scores[by_score[k]];
+    bool any = false;
+    for (; k < by_score.size() && scores[by_score[k]] == t; ++k)
+      if (trained(by_score[k])) correct += same[by_score[k]] ? 1 : -1, any = true;
+    if (any && correct > best) best = correct, threshold = t;
   }
   return threshold;
 }
@@ -176,15 +187,15 @@ FoldAccuracy kfold_accuracy(std::span<const double> scores, const std::vector<bo
   const std::size_t n = scores.size();
   if (folds < 2 || n < std::size_t(folds))
     throw ShapeError(std::to_string(n) + " pairs cannot be split into " + std::to_string(folds) + " folds");
+  std::vector<std::size_t> by_score(n);
+  std::iota(by_score.begin(), by_score.end(), 0);
+  std::sort(by_score.begin(), by_score.end(), [&](std::size_t a, std::size_t b) { return scores[a] > scores[b]; });
   FoldAccuracy result;
   std::size_t start = 0;
   for (int f = 0; f < folds; ++f) {
     // sklearn's KFold: the first n % folds folds are one pair longer.
     const std::size_t size = n / std::size_t(folds) + (std::size_t(f) < n % std::size_t(folds) ? 1 : 0);
-    std::vector<std::size_t> train;
-    for (std::size_t i = 0; i < n; ++i)
-      if (i < start || i >= start + size) train.push_back(i);
-    const double threshold = best_threshold(scores, same, train);
+    const double threshold = best_threshold(scores, same, by_score, start, start + size);
     long correct = 0;
     for (std::size_t i = start; i < start + size; ++i) correct += (scores[i] >= threshold) == same[i];
     result.accuracies.push_back(double(correct) / double(size));

@@ -13,6 +13,7 @@
 #include "core/errors.hpp"
 #include "core/metric_losses.hpp"
 #include "core/task.hpp"
+#include "core/verification.hpp"
 #include "fixture_text.hpp"
 
 namespace mpicnn::core {
@@ -88,6 +89,25 @@ TEST(MetricTasks, UseTheKernelsWithTheDefaults) {
   EXPECT_EQ(make_task("triplet")->prediction_name(), "embeddings");
   const std::vector<float> not_cosines = {3.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   EXPECT_THROW(make_task("arcface")->loss(nullptr, not_cosines.data(), batch, 3), ShapeError);
+}
+
+// triplet's evaluation: verification figures on the split's embeddings, pairs from its labels.
+TEST(MetricTasks, TripletEvaluationIsVerificationOnTheSplit) {
+  std::vector<float> embeddings;
+  std::vector<std::int32_t> labels;
+  for (int n = 0; n < 30; ++n) {
+    labels.push_back(n % 5);
+    for (int d = 0; d < 4; ++d) embeddings.push_back(float(std::sin(1.7 * n + d)) + (d == n % 4 ? 1.f : 0.f));
+  }
+  const auto task = make_task("triplet");
+  ASSERT_TRUE(task->needs_scores());
+  const std::vector<Metric> metrics = task->eval_metrics({0, 30, 4, embeddings, labels, {}});
+  const std::vector<Pair> pairs = pairs_from_labels(labels, 18);
+  std::vector<bool> same;
+  for (const Pair& p : pairs) same.push_back(p.same);
+  EXPECT_EQ(metrics, verification_metrics(pair_scores(embeddings, 4, pairs), same));
+  EXPECT_EQ(task->best_metrics().front(), "accuracy");
+  EXPECT_TRUE(task->eval_metrics({0, 2, 4, std::span(embeddings).first(8), std::span(labels).first(2), {}}).empty());
 }
 
 std::string error_of(const std::string& kind, const TaskOptions& options) {
