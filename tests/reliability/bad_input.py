@@ -272,6 +272,19 @@ case("cli_inspect_file_missing", ["inspect", "missing.h5"], ["missing.h5", "not 
 case("cli_eval_data_missing", evaluate(data="missing.h5"), ["missing.h5", "not found"],
      edited_checkpoint(lambda f: None))
 
+
+def embed_with_pairs(text):
+    """ckpt.h5 (the fixture run's checkpoint) and pairs.txt holding `text`."""
+    def setup(w, fx):
+        edited_checkpoint(lambda f: None)(w, fx)
+        raw_file("pairs.txt", text.encode())(w, fx)
+    return setup
+
+
+EMBED = ["embed", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=embeddings.h5", "--pairs=pairs.txt"]
+case("embed_pairs_missing_sample", EMBED, ["pairs.txt:2", "no sample for class0 image 999"],
+     embed_with_pairs("1 1\nclass0 1 999\nclass0 1 class1 1\n"), one_rank="only rank 0 reads the pairs file")
+
 # ---- datasets ----
 case("data_file_missing", train(data__path="missing.h5"), ["missing.h5", "not found"])
 case("data_zero_byte", train(), ["data.h5", "empty"], raw_file("data.h5", b""))
