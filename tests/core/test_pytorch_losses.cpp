@@ -10,10 +10,12 @@
 #include <vector>
 
 #include "core/loss.hpp"
+#include "text_fixture.hpp"
 
 namespace {
 
 using mpicnn::core::LossSum;
+const auto values_after = mpicnn::core::fixtures::values_after<double>;
 
 struct Case {
   std::string kind;
@@ -22,20 +24,9 @@ struct Case {
   std::vector<double> logits, truth, weights, loss, grad;
 };
 
-std::vector<double> values_after(std::istream& in, const std::string& name) {
-  std::string text, word;
-  std::getline(in, text);
-  std::istringstream line(text);
-  line >> word;
-  EXPECT_EQ(word, name);
-  std::vector<double> values;
-  for (double v; line >> v;) values.push_back(v);
-  return values;
-}
-
 std::vector<Case> read_cases() {
-  std::ifstream in(MPICNN_LOSS_FIXTURE);
-  EXPECT_TRUE(in) << MPICNN_LOSS_FIXTURE << " is missing: it is written by pytorch_reference.loss_fixtures";
+  std::ifstream in(MPICNN_TEXT_FIXTURE);
+  EXPECT_TRUE(in) << MPICNN_TEXT_FIXTURE << " is missing: it is written by pytorch_reference.loss_fixtures";
   std::vector<Case> cases;
   for (std::string text; std::getline(in, text);) {
     std::istringstream header(text);
