@@ -7,6 +7,7 @@
 #include "apps/commands.hpp"
 #include "apps/settings.hpp"
 #include "core/errors.hpp"
+#include "datasets/coco.hpp"
 #include "datasets/convert.hpp"
 #include "datasets/h5.hpp"
 #include "datasets/reader.hpp"
@@ -93,13 +94,14 @@ void inspect_bundle(const std::string& path) {
 
 int run_convert(const Args& args, const dist::Communicator&) {
   Settings s("convert", {
-      {"format", "", "input layout: idx (MNIST family), npz (MedMNIST) or folder (one subfolder per class)", true},
-      {"input", "", "IDX folder, .npz file or image folder", true},
+      {"format", "", "input layout: idx (MNIST family), npz (MedMNIST), folder (one subfolder per class) or coco", true},
+      {"input", "", "IDX folder, .npz file, image folder, or COCO JSON: FILE.json (train) or train=A.json,test=B.json", true},
+      {"images", "", "coco: folder of the images' file_name (default: each JSON's folder)"},
       {"output", "", "HDF5 dataset to write", true},
       {"names", "", "class names: comma-separated, or 'fashion-mnist'"},
-      {"height", "0", "folder: resize images to this height (0 = all images must have one size)"},
-      {"width", "0", "folder: resize images to this width"},
-      {"channels", "0", "folder: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
+      {"height", "0", "folder, coco: resize images to this height (0 = all images must have one size)"},
+      {"width", "0", "folder, coco: resize images to this width"},
+      {"channels", "0", "folder, coco: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
       {"test_fraction", "0", "folder: share of each class written to /test"},
       {"seed", "0", "folder: which images go to /test"},
       {"compression", "auto", "gzip level 0-9, or auto: 4 for chunks of 16 KiB or more, none for smaller ones"},
@@ -115,11 +117,12 @@ int run_convert(const Args& args, const dist::Communicator&) {
   o.seed = std::uint64_t(s.integer("seed", 0));
   o.writer.compression_level = s.text("compression") == "auto" ? -1 : int(s.integer("compression", 0, 9));
   o.writer.chunk_samples = int(s.integer("chunk", 0));
-  const std::string format = s.choice("format", {"idx", "npz", "folder"});
+  const std::string format = s.choice("format", {"idx", "npz", "folder", "coco"});
   const std::string in = s.text("input"), out = s.text("output");
-  const data::ConvertSummary summary = format == "idx"   ? data::convert_idx(in, out, o)
-                                       : format == "npz" ? data::convert_npz(in, out, o)
-                                                         : data::convert_image_folder(in, out, o);
+  const data::ConvertSummary summary = format == "idx"    ? data::convert_idx(in, out, o)
+                                       : format == "npz"  ? data::convert_npz(in, out, o)
+                                       : format == "coco" ? data::convert_coco(data::parse_coco_inputs(in), s.text("images"), out, o)
+                                                          : data::convert_image_folder(in, out, o);
   std::printf("wrote %s: images %s, %d classes", out.c_str(), summary.shape.str().c_str(), summary.num_classes);
   for (const auto& [split, count] : summary.split_counts) std::printf(", %s %zu", split.c_str(), count);
   std::printf("\n");

@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libbenchmark-dev                    # tests and micro-benchmarks
   libopenblas-dev libopenblas0-pthread             # sgemm (one BLAS thread per call)
   zlib1g-dev libstb-dev                            # image-folder converter
+  nlohmann-json3-dev                               # COCO annotations (convert --format coco)
   libonnx-dev libprotobuf-dev protobuf-compiler python3-onnx   # ONNX export and its checker
   python3-torch python3-torchvision python3-h5py python3-numpy   # PyTorch references (torchvision: ResNet-18)
   python3-sklearn                                  # metric references (AUC, accuracy) in tests
