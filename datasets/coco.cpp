@@ -66,16 +66,21 @@ const json& array(const json& object, const char* key, const std::string& where)
   return v;
 }
 
-json parse(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw IoError(path + ": file not found");
+template <class Input>
+json parse(Input&& input, const std::string& path) {
   try {
-    return json::parse(in);
+    return json::parse(input);
   } catch (const json::parse_error& e) {
     std::string reason = e.what();
     std::replace(reason.begin(), reason.end(), '\n', ' ');
     throw IoError(path + ": not valid JSON (" + reason + ")");
   }
+}
+
+json parse_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw IoError(path + ": file not found");
+  return parse(in, path);
 }
 
 CocoAnnotation read_annotation(const json& a, const std::string& path, std::size_t index) {
@@ -98,8 +103,7 @@ CocoAnnotation read_annotation(const json& a, const std::string& path, std::size
   return out;
 }
 
-CocoFile read_coco(const std::string& path, const std::string& image_folder) {
-  const json root = parse(path);
+CocoFile read_coco(const json& root, const std::string& path, const std::string& image_folder) {
   if (!root.is_object()) throw IoError(path + ": top level is " + std::string(root.type_name()) + ", expected COCO's object with images, annotations, categories");
   CocoFile file;
   file.path = path;
@@ -199,15 +203,24 @@ core::Box scaled_box(const CocoAnnotation& a, const CocoImage& image, const core
   return box;
 }
 
+std::vector<Placed> place_all(const CocoFile& file, const std::map<std::int64_t, std::int32_t>& classes) {
+  std::vector<Placed> placed(file.annotations.size());
+  for (std::size_t i = 0; i < file.annotations.size(); ++i) placed[i] = place(file.annotations[i], file, classes);
+  return placed;
+}
+
+std::map<std::int64_t, std::int32_t> class_indices(const CocoFile& file) {
+  std::map<std::int64_t, std::int32_t> classes;
+  for (const auto& [id, name] : file.categories) classes[id] = std::int32_t(classes.size());
+  return classes;
+}
+
 void write_coco_split(DatasetWriter& writer, const std::string& split, const CocoFile& file,
                       const std::map<std::int64_t, std::int32_t>& classes, const core::Shape& shape) {
   const int K = int(classes.size());
+  const std::vector<Placed> placed = place_all(file, classes);
   std::vector<std::vector<std::size_t>> of_image(file.images.size());
-  std::vector<Placed> placed(file.annotations.size());
-  for (std::size_t i = 0; i < file.annotations.size(); ++i) {
-    placed[i] = place(file.annotations[i], file, classes);
-    of_image[placed[i].image].push_back(i);
-  }
+  for (std::size_t i = 0; i < placed.size(); ++i) of_image[placed[i].image].push_back(i);
   SplitBoxes boxes;
   boxes.offsets.push_back(0);
   writer.begin_split(split, shape, file.images.size(), true, K);
@@ -247,6 +260,11 @@ std::pair<int, std::pair<int, int>> survey(const std::vector<CocoFile>& files) {
 
 }  // namespace
 
+std::size_t check_coco_json(const std::string& text, const std::string& path) {
+  const CocoFile file = read_coco(parse(text, path), path, "");
+  return place_all(file, class_indices(file)).size();
+}
+
 std::vector<CocoSplit> parse_coco_inputs(const std::string& text) {
   std::vector<CocoSplit> splits;
   std::stringstream stream(text);
@@ -269,10 +287,11 @@ ConvertSummary convert_coco(const std::vector<CocoSplit>& splits, const std::str
     throw ConfigError("coco: resize target " + std::to_string(options.height) + "x" + std::to_string(options.width) +
                       ", expected both height and width > 0, or both 0");
   std::vector<CocoFile> files;
-  for (const CocoSplit& s : splits) files.push_back(read_coco(s.json_path, image_folder));
-  std::map<std::int64_t, std::int32_t> classes;
+  for (const CocoSplit& s : splits) files.push_back(read_coco(parse_file(s.json_path), s.json_path, image_folder));
+  const std::map<std::int64_t, std::int32_t> classes = class_indices(files.front());
   std::vector<std::string> names;
-  for (const auto& [id, name] : files.front().categories) classes[id] = std::int32_t(names.size()), names.push_back(name);
+  for (const auto& category : files.front().categories) names.push_back(category.second);
+  for (const CocoFile& file : files) place_all(file, classes);  // every annotation checked before any image is read
   for (const CocoFile& file : files)
     if (file.categories != files.front().categories)
       throw IoError(file.path + ": its categories differ from " + files.front().path + "'s (every split needs the same list)");

@@ -24,6 +24,11 @@ struct CocoSplit {
 ConvertSummary convert_coco(const std::vector<CocoSplit>& splits, const std::string& image_folder,
                             const std::string& output_path, const ConvertOptions& options = {});
 
+// The checks convert_coco makes before it opens any image, on one JSON text: COCO's schema, ids,
+// and every annotation against its image's declared size and the categories. Returns the number
+// of annotations. (The fuzz target's entry point.)
+std::size_t check_coco_json(const std::string& text, const std::string& path);
+
 // "train.json" -> {{"train", "train.json"}}; "train=a.json,test=b.json" -> both.
 std::vector<CocoSplit> parse_coco_inputs(const std::string& text);
 
