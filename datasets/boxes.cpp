@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/errors.hpp"
+#include "core/rng.hpp"
 #include "datasets/h5.hpp"
 
 namespace mpicnn::data {
@@ -146,6 +147,37 @@ std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::si
   std::vector<std::uint32_t> samples(std::min(part.count - first, std::size_t(options.batch)));
   for (std::size_t i = 0; i < samples.size(); ++i) samples[i] = std::uint32_t(part.first + first + i);
   return samples;
+}
+
+BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
+                        const core::Shape& image) {
+  // The reader's draws (sample_reader.cpp transform, seed from reader.cpp augment_seed): crop offset
+  // dy, dx in [-pad, pad], then the flip. Output pixel (x, y) shows source pixel
+  // ((flip ? W-1-x : x) + dx, y + dy), so a source edge u lands at u - dx, or W + dx - u mirrored.
+  bool flip = false;
+  int dy = 0, dx = 0;
+  const int pad = options.random_crop_pad;
+  if (options.random_flip || pad > 0) {
+    core::Rng rng(core::derive_seed(core::derive_seed(options.seed, (1ull << 40) + std::uint64_t(epoch)), index));
+    if (pad > 0) {
+      dy = int(rng.below(2 * std::uint64_t(pad) + 1)) - pad;
+      dx = int(rng.below(2 * std::uint64_t(pad) + 1)) - pad;
+    }
+    if (options.random_flip) flip = rng.below(2) == 1;
+  }
+  const float W = float(image.w), H = float(image.h);
+  BoxList out;
+  for (std::size_t m = 0; m < boxes.boxes.size(); ++m) {
+    const core::Box& b = boxes.boxes[m];
+    core::Box moved = flip ? core::Box{W + float(dx) - b.x2, b.y1 - float(dy), W + float(dx) - b.x1, b.y2 - float(dy)}
+                           : core::Box{b.x1 - float(dx), b.y1 - float(dy), b.x2 - float(dx), b.y2 - float(dy)};
+    moved = {std::max(moved.x1, 0.f), std::max(moved.y1, 0.f), std::min(moved.x2, W), std::min(moved.y2, H)};
+    if (!(moved.x1 < moved.x2 && moved.y1 < moved.y2)) continue;
+    out.boxes.push_back(moved);
+    out.classes.push_back(boxes.classes[m]);
+    out.crowd.push_back(boxes.crowd[m]);
+  }
+  return out;
 }
 
 }  // namespace mpicnn::data

@@ -53,4 +53,18 @@ std::vector<std::uint32_t> train_step_samples(const ReaderOptions& options, std:
 // Likewise for EvalReader batch `step` of this rank's part.
 std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::size_t count, long step);
 
+// One sample's boxes, owned.
+struct BoxList {
+  std::vector<core::Box> boxes;
+  std::vector<std::int32_t> classes;
+  std::vector<std::uint8_t> crowd;
+};
+
+// Sample `index`'s boxes moved as TrainReader moves its pixels in `epoch` with options'
+// random_crop_pad and random_flip (the same seeded draws, datasets/README.md "Preprocessing and
+// augmentation"): shifted by the crop offset, mirrored, clipped to the image (W x H of `image`);
+// a box left with no area is dropped. Without augmentation the boxes as stored.
+BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
+                        const core::Shape& image);
+
 }  // namespace mpicnn::data
