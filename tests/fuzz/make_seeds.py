@@ -5,6 +5,7 @@ The checkpoint seeds are trained by mpicnn itself on a tiny dataset."""
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,12 @@ def main():
             coco = json.load(f)
         coco["annotations"][0]["iscrowd"] = 1
         put("coco", "generated_small.json", json.dumps(coco))
+
+    # Box arrays: byte recipes (fuzz_boxes.cpp reads sizes, presence, types and values from them).
+    rng = random.Random(17)
+    for name in ("recipe_a", "recipe_b", "recipe_c"):
+        put("boxes", name, bytes(rng.randrange(256) for _ in range(160)))
+    put("boxes", "recipe_zeros", bytes(160))
 
     specs = ["conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)",
              "conv(8,3,stride=2,pad=1,bias=false) leakyrelu(slope=0.1) avgpool(2,stride=1) flatten dense(4)",
