@@ -7,6 +7,7 @@
 #include "apps/commands.hpp"
 #include "apps/settings.hpp"
 #include "core/errors.hpp"
+#include "datasets/boxes.hpp"
 #include "datasets/coco.hpp"
 #include "datasets/convert.hpp"
 #include "datasets/h5.hpp"
@@ -32,6 +33,13 @@ std::string join(const std::vector<double>& values) {
   return out.str();
 }
 
+void print_boxes(const data::SplitBoxes& boxes) {
+  std::size_t crowd = 0, most = 0;
+  for (std::uint8_t c : boxes.crowd) crowd += c;
+  for (std::size_t n = 0; n < boxes.samples(); ++n) most = std::max(most, boxes.of(n).boxes.size());
+  std::printf("          %8zu boxes (%zu crowd), up to %zu in an image\n", boxes.boxes.size(), crowd, most);
+}
+
 void inspect_dataset(const std::string& path) {
   const data::DatasetInfo first = data::read_info(path, "train");
   std::printf("%s: mpicnn dataset\n", path.c_str());
@@ -41,6 +49,7 @@ void inspect_dataset(const std::string& path) {
     const data::DatasetInfo info = data::read_info(path, split);
     std::printf("  /%-6s %8zu samples, %s\n", split.c_str(), info.count,
                 info.target_size ? ("targets of " + std::to_string(info.target_size)).c_str() : "labels");
+    if (data::has_boxes(path, split)) print_boxes(data::read_boxes(path, split));
   }
   std::printf("  mean [%s], std [%s]\n", join(first.mean).c_str(), join(first.std).c_str());
   if (!first.class_names.empty()) {

@@ -77,6 +77,10 @@ def case_roundtrip(args, work):
         assert names[0] == "T-shirt/top" and names[9] == "Ankle boot" and f.attrs["num_classes"] == 10
         assert f["train/images"].shape == (40, 1, 96, 96)
         count = check_split(f, work, "train") + check_split(f, work, "test")
+    shown = subprocess.run([args.mpicnn, "inspect", out], capture_output=True, text=True, check=True).stdout
+    with h5py.File(out) as f:
+        train_boxes = len(f["train/boxes"])
+    assert f"{train_boxes} boxes (0 crowd)" in shown, shown
     print(f"[ figure ] {count} boxes of 52 canvases round trip exactly, pixels identical")
 
 
