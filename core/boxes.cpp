@@ -89,4 +89,27 @@ std::vector<std::int64_t> batched_nms(std::span<const Box> boxes, std::span<cons
                   [&](std::int64_t i, std::int64_t j) { return classes[i] == classes[j]; });
 }
 
+std::vector<SelectedBox> select_detections(std::span<const Box> boxes, std::span<const float> scores, int classes,
+                                           float score_threshold, double iou_threshold, int max_detections) {
+  if (scores.size() != boxes.size() * std::size_t(classes))
+    throw ShapeError("select_detections: " + std::to_string(scores.size()) + " scores for " + std::to_string(boxes.size()) +
+                     " boxes and " + std::to_string(classes) + " classes (expected boxes x classes)");
+  std::vector<Box> candidate_boxes;
+  std::vector<float> candidate_scores;
+  std::vector<std::int32_t> candidate_classes;
+  std::vector<std::int64_t> source;
+  for (std::size_t i = 0; i < scores.size(); ++i)
+    if (scores[i] > score_threshold) {
+      source.push_back(std::int64_t(i / std::size_t(classes)));
+      candidate_boxes.push_back(boxes[std::size_t(source.back())]);
+      candidate_scores.push_back(scores[i]);
+      candidate_classes.push_back(std::int32_t(i % std::size_t(classes)));
+    }
+  const std::vector<std::int64_t> kept = batched_nms(candidate_boxes, candidate_scores, candidate_classes, iou_threshold);
+  std::vector<SelectedBox> selected;
+  for (std::size_t j = 0; j < kept.size() && int(j) < max_detections; ++j)
+    selected.push_back({source[kept[j]], candidate_classes[kept[j]], candidate_scores[kept[j]]});
+  return selected;
+}
+
 }  // namespace mpicnn::core

@@ -35,4 +35,18 @@ std::vector<std::int64_t> nms(std::span<const Box> boxes, std::span<const float>
 std::vector<std::int64_t> batched_nms(std::span<const Box> boxes, std::span<const float> scores,
                                       std::span<const std::int32_t> classes, double iou_threshold);
 
+// One detection after post-processing: which box it came from, its class and score.
+struct SelectedBox {
+  std::int64_t box = 0;  // index into the candidate boxes
+  std::int32_t class_index = 0;
+  float score = 0;
+};
+
+// The post-processing torchvision's detectors apply (FCOS/RetinaNet postprocess_detections, without
+// their per-level top-k): every (box n, class k) with scores[n * classes + k] > score_threshold,
+// in that flat order; batched_nms per class; the best max_detections. In score order.
+std::vector<SelectedBox> select_detections(std::span<const Box> boxes, std::span<const float> scores /*N,K*/,
+                                           int classes, float score_threshold, double iou_threshold,
+                                           int max_detections);
+
 }  // namespace mpicnn::core

@@ -1,6 +1,7 @@
 // Box IoU, NMS and batched NMS against torchvision.ops on CPU (tests/core/pytorch/make_box_fixtures.py,
 // written at test time): identical kept indices and bitwise-identical float32 IoU, on random, grid
-// and duplicated boxes with continuous, tied and equal scores.
+// and duplicated boxes with continuous, tied and equal scores; and the detectors' post-processing
+// (score threshold, per-class NMS, top detections) against the same composition of torchvision ops.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -23,8 +24,8 @@ struct Case {
   std::string name;
   int n = 0;
   double threshold = 0;
-  std::vector<double> boxes, scores, iou;
-  std::vector<std::int64_t> classes, order, nms, batched;
+  std::vector<double> boxes, scores, iou, class_scores;
+  std::vector<std::int64_t> classes, order, nms, batched, select;
 };
 
 std::vector<Case> read_cases() {
@@ -40,6 +41,7 @@ std::vector<Case> read_cases() {
     c.classes = values_after<std::int64_t>(in, "classes"), c.order = values_after<std::int64_t>(in, "order");
     c.nms = values_after<std::int64_t>(in, "nms"), c.batched = values_after<std::int64_t>(in, "batched");
     c.iou = values_after<double>(in, "iou");
+    c.class_scores = values_after<double>(in, "class_scores"), c.select = values_after<std::int64_t>(in, "select");
     cases.push_back(c);
   }
   return cases;
@@ -57,7 +59,7 @@ bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 TEST(Boxes, MatchTorchvision) {
   const std::vector<Case> cases = read_cases();
   ASSERT_EQ(cases.size(), 324u);
-  int kept_nms = 0, kept_batched = 0, ties = 0, iou_values = 0, iou_differing = 0;
+  int kept_nms = 0, kept_batched = 0, ties = 0, iou_values = 0, iou_differing = 0, selected = 0;
   for (const Case& c : cases) {
     const std::string name = c.name + " N=" + std::to_string(c.n) + " threshold " + std::to_string(c.threshold);
     const std::vector<Box> boxes = boxes_of(c);
@@ -79,11 +81,20 @@ TEST(Boxes, MatchTorchvision) {
       EXPECT_EQ(iou[k], mpicnn::core::box_iou(boxes[k / c.n], boxes[k % c.n])) << name;
     }
     iou_values += int(iou.size());
+    const std::vector<float> class_scores(c.class_scores.begin(), c.class_scores.end());
+    std::vector<std::int64_t> selected_flat;
+    for (const auto& s : mpicnn::core::select_detections(boxes, class_scores, 3, 0.3f, c.threshold, 20)) {
+      selected_flat.push_back(s.box * 3 + s.class_index);
+      EXPECT_EQ(s.score, class_scores[std::size_t(s.box * 3 + s.class_index)]);
+    }
+    EXPECT_EQ(selected_flat, c.select) << name << " (select_detections)";
+    selected += int(selected_flat.size());
   }
   EXPECT_EQ(iou_differing, 0);
   std::printf("[ figure ] %zu cases: nms kept %d boxes, batched_nms %d, all indices identical to torchvision; "
-              "%d tied scores in sort order; %d IoU values, %d not bitwise equal to box_iou\n",
-              cases.size(), kept_nms, kept_batched, ties, iou_values, iou_differing);
+              "%d tied scores in sort order; %d IoU values, %d not bitwise equal to box_iou; select_detections "
+              "kept %d, identical\n",
+              cases.size(), kept_nms, kept_batched, ties, iou_values, iou_differing, selected);
 }
 
 TEST(Boxes, HandValues) {

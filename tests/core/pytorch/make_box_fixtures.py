@@ -19,6 +19,11 @@ Text layout, one case per block (values printed exactly: float32 widened to doub
   nms      kept indices of torchvision.ops.nms
   batched  kept indices of torchvision.ops.batched_nms
   iou      R*N torchvision.ops.box_iou(boxes[:R], boxes), R = min(N, 12)
+  class_scores  N*3 per-class scores (row-major), quantised in "levels"/"equal" cases
+  select   kept flat indices n*3+k of the detection post-processing torchvision's detectors use
+           (as FCOS/RetinaNet postprocess_detections without per-level top-k): candidates with
+           score > 0.3 in flat order, batched_nms per class at the case's threshold, the best 20
+           (above 1000 candidates per-class ops.nms in a stable score order: see per_class_nms)
 """
 import sys
 
@@ -57,17 +62,34 @@ def make_scores(rng, kind, n):
     return rng.random(n).astype(np.float32)
 
 
+def per_class_nms(boxes, scores, classes, threshold):
+    """batched_nms; above 1000 boxes torchvision's own loop (_batched_nms_vanilla) orders equal
+    scores by torch's unstable sort, so there the same per-class ops.nms calls are ordered by a
+    stable sort of the scores, as torchvision's coordinate-offset path below 1000 boxes orders them."""
+    if len(boxes) <= 1000:
+        return batched_nms(boxes, scores, classes, threshold)
+    kept = torch.cat([torch.where(classes == k)[0][nms(boxes[classes == k], scores[classes == k], threshold)]
+                      for k in torch.unique(classes)])
+    kept = torch.sort(kept)[0]
+    return kept[torch.sort(scores[kept], descending=True, stable=True)[1]]
+
+
 def case(rng, boxes_kind, scores_kind, n, threshold):
     boxes = make_boxes(rng, boxes_kind, n)
     scores = make_scores(rng, scores_kind, n)
     classes = rng.integers(0, 4, size=n).astype(np.int32)
     b, s = torch.from_numpy(boxes), torch.from_numpy(scores)
     rows = min(n, 12)
+    class_scores = np.stack([make_scores(rng, scores_kind, n) for _ in range(3)], axis=1).reshape(-1)
+    flat = torch.from_numpy(class_scores)
+    candidates = torch.where(flat > 0.3)[0]
+    kept = per_class_nms(b[candidates // 3], flat[candidates], candidates % 3, threshold)[:20]
     return (f"case {boxes_kind}-{scores_kind} {n} {threshold!r}\n" + line("boxes", boxes) + line("scores", scores) +
             int_line("classes", classes) + int_line("order", torch.sort(s, descending=True, stable=True)[1].numpy()) +
             int_line("nms", nms(b, s, threshold).numpy()) +
             int_line("batched", batched_nms(b, s, torch.from_numpy(classes).long(), threshold).numpy()) +
-            line("iou", box_iou(b[:rows], b).numpy()))
+            line("iou", box_iou(b[:rows], b).numpy()) + line("class_scores", class_scores) +
+            int_line("select", candidates[kept].numpy()))
 
 
 def main():
