@@ -149,6 +149,14 @@ std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::si
   return samples;
 }
 
+std::vector<core::GroundTruthBox> ground_truth(const SplitBoxes& boxes) {
+  std::vector<core::GroundTruthBox> truth;
+  for (std::size_t n = 0; n < boxes.samples(); ++n)
+    for (std::int64_t m = boxes.offsets[n]; m < boxes.offsets[n + 1]; ++m)
+      truth.push_back({boxes.image_ids[n], boxes.boxes[std::size_t(m)], boxes.classes[std::size_t(m)], boxes.crowd[std::size_t(m)] != 0});
+  return truth;
+}
+
 BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
                         const core::Shape& image) {
   // The reader's draws (sample_reader.cpp transform, seed from reader.cpp augment_seed): crop offset

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/boxes.hpp"
+#include "core/detection_eval.hpp"
 #include "datasets/reader.hpp"
 
 namespace mpicnn::data {
@@ -52,6 +53,10 @@ void write_boxes(hid_t file, const std::string& split, const SplitBoxes& boxes, 
 std::vector<std::uint32_t> train_step_samples(const ReaderOptions& options, std::size_t count, int epoch, long step);
 // Likewise for EvalReader batch `step` of this rank's part.
 std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::size_t count, long step);
+
+// Every box of the split as evaluation ground truth (core::evaluate_detections): image = the
+// sample's image id, class, crowd flag.
+std::vector<core::GroundTruthBox> ground_truth(const SplitBoxes& boxes);
 
 // One sample's boxes, owned.
 struct BoxList {

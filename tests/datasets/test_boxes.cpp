@@ -71,6 +71,23 @@ TEST(Boxes, RoundTrip) {
   EXPECT_EQ(read.of(7).classes[1], std::int32_t((7 + 1) % kClasses));
 }
 
+TEST(Boxes, GroundTruthForEvaluation) {
+  TempDir dir;
+  const std::string path = dir.file("boxes.h5");
+  write_dataset_with_boxes(path, 23, 5);
+  const SplitBoxes boxes = read_boxes(path, "train");
+  const std::vector<core::GroundTruthBox> truth = ground_truth(boxes);
+  ASSERT_EQ(truth.size(), boxes.boxes.size());
+  EXPECT_EQ(truth[0].image, 1007);  // sample 1's first box; sample 0 has none
+  // Detections equal to every non-crowd box: AP 1 for each class (crowd boxes are ignored).
+  std::vector<core::DetectedBox> detections;
+  for (const auto& t : truth)
+    if (!t.crowd) detections.push_back({t.image, t.box, t.class_index, 0.9f});
+  const core::DetectionMetrics m = core::evaluate_detections(truth, detections, kClasses);
+  EXPECT_NEAR(m.mean.ap, 1.0, 1e-12);
+  EXPECT_NEAR(m.mean.voc_ap50, 1.0, 1e-12);
+}
+
 TEST(Boxes, ReadableByH5py) {
   TempDir dir;
   const std::string path = dir.file("boxes.h5");
