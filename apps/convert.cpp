@@ -27,6 +27,22 @@ std::vector<std::string> split_names(const std::string& text) {
   return names;
 }
 
+int parse_count(const std::string& text, const char* option) {
+  char* end = nullptr;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end || v < 1 || v > 4096)
+    throw ConfigError(std::string("--") + option + " value '" + text + "', expected integers 1..4096");
+  return int(v);
+}
+
+double parse_real(const std::string& text, const char* option) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end || !std::isfinite(v))
+    throw ConfigError(std::string("--") + option + " value '" + text + "', expected a number");
+  return v;
+}
+
 std::string join(const std::vector<double>& values) {
   std::ostringstream out;
   for (std::size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
@@ -43,8 +59,9 @@ void print_boxes(const data::SplitBoxes& boxes) {
 void inspect_dataset(const std::string& path) {
   const data::DatasetInfo first = data::read_info(path, "train");
   std::printf("%s: mpicnn dataset\n", path.c_str());
-  std::printf("  image shape %s, %s pixels, %d classes\n", first.shape.str().c_str(), first.uint8 ? "uint8" : "float32",
-              first.num_classes);
+  const std::string shape = (first.shape.is_volume() ? "volume shape (C,D,H,W) " : "image shape ") + first.shape.str();
+  std::printf("  %s, %s pixels, %d classes, task %s\n", shape.c_str(),
+              first.uint8 ? "uint8" : "float32", first.num_classes, first.task.empty() ? "not recorded" : first.task.c_str());
   for (const auto& split : first.splits) {
     const data::DatasetInfo info = data::read_info(path, split);
     std::printf("  /%-6s %8zu samples, %s\n", split.c_str(), info.count,
@@ -103,36 +120,64 @@ void inspect_bundle(const std::string& path) {
 
 int run_convert(const Args& args, const dist::Communicator&) {
   Settings s("convert", {
-      {"format", "", "input layout: idx (MNIST family), npz (MedMNIST), folder (one subfolder per class) or coco", true},
-      {"input", "", "IDX folder, .npz file, image folder, or COCO JSON: FILE.json (train) or train=A.json,test=B.json", true},
+      {"format", "", "input layout: idx (MNIST family), npz (MedMNIST), folder (one subfolder per class), "
+                     "nifti (.nii/.nii.gz files), dicom (DICOM files or series) or coco (detection JSON)", true},
+      {"input", "", "IDX folder, .npz file, image folder, folder of NIfTI/DICOM files, or COCO JSON: FILE.json "
+                    "(train) or train=A.json,test=B.json", true},
       {"images", "", "coco: folder of the images' file_name (default: each JSON's folder)"},
       {"output", "", "HDF5 dataset to write", true},
-      {"names", "", "class names: comma-separated, or 'fashion-mnist'"},
+      {"names", "", "class names (or multi-label label names): comma-separated, or 'fashion-mnist'"},
+      {"task", "", "npz: what the labels mean: multi-class, binary, multi-label or regression (empty: multi-class "
+                   "for one label per sample; several labels must be told)"},
+      {"layout", "auto", "npz: images (N,H,W,C) channels_last, (N,D,H,W) volume, (N,H,W) grey, or auto "
+                         "(refuses a rank-4 array whose last axis is 1, 3 or 4)"},
       {"height", "0", "folder, coco: resize images to this height (0 = all images must have one size)"},
       {"width", "0", "folder, coco: resize images to this width"},
       {"channels", "0", "folder, coco: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
       {"test_fraction", "0", "folder: share of each class written to /test"},
       {"seed", "0", "folder: which images go to /test"},
+      {"labels", "", "nifti, dicom: labels CSV, rows \"file-or-series,label[,split]\" (split: train, val or test)"},
+      {"shape", "", "nifti, dicom: fixed output D,H,W (or H,W); empty = every sample must have one shape"},
+      {"fit", "resize", "nifti, dicom: how samples reach --shape: resize (trilinear) or crop (centred, zero padded)"},
+      {"time_points", "false", "nifti: a 4D file gives one sample per time point (else 4D files are refused)"},
+      {"window", "", "dicom: center,width: clip rescaled values to [center - width/2, center + width/2]"},
       {"compression", "auto", "gzip level 0-9, or auto: 4 for chunks of 16 KiB or more, none for smaller ones"},
       {"chunk", "0", "samples per HDF5 chunk (0 = automatic)"},
   });
   if (!parse_or_help(s, args)) return 0;
   data::ConvertOptions o;
   o.class_names = split_names(s.text("names"));
+  o.task = s.text("task");
+  o.layout = s.choice("layout", {"auto", "grey", "channels_last", "volume"});
   o.height = int(s.integer("height", 0));
   o.width = int(s.integer("width", 0));
   o.channels = int(s.integer("channels", 0));
   o.test_fraction = s.real("test_fraction", 0);
   o.seed = std::uint64_t(s.integer("seed", 0));
+  o.labels = s.text("labels");
+  for (const std::string& v : split_names(s.text("shape"))) o.shape.push_back(parse_count(v, "shape"));
+  o.fit = s.choice("fit", {"resize", "crop"});
+  o.time_points = s.flag("time_points");
+  if (const std::vector<std::string> w = split_names(s.text("window")); !w.empty()) {
+    if (w.size() != 2) throw ConfigError("--window '" + s.text("window") + "', expected center,width");
+    o.window = true;
+    o.window_center = parse_real(w[0], "window");
+    o.window_width = parse_real(w[1], "window");
+    if (!(o.window_width > 0)) throw ConfigError("--window width " + w[1] + ", expected > 0");
+  }
   o.writer.compression_level = s.text("compression") == "auto" ? -1 : int(s.integer("compression", 0, 9));
   o.writer.chunk_samples = int(s.integer("chunk", 0));
-  const std::string format = s.choice("format", {"idx", "npz", "folder", "coco"});
+  const std::string format = s.choice("format", {"idx", "npz", "folder", "nifti", "dicom", "coco"});
   const std::string in = s.text("input"), out = s.text("output");
-  const data::ConvertSummary summary = format == "idx"    ? data::convert_idx(in, out, o)
-                                       : format == "npz"  ? data::convert_npz(in, out, o)
-                                       : format == "coco" ? data::convert_coco(data::parse_coco_inputs(in), s.text("images"), out, o)
-                                                          : data::convert_image_folder(in, out, o);
-  std::printf("wrote %s: images %s, %d classes", out.c_str(), summary.shape.str().c_str(), summary.num_classes);
+  const data::ConvertSummary summary = format == "idx"     ? data::convert_idx(in, out, o)
+                                       : format == "npz"   ? data::convert_npz(in, out, o)
+                                       : format == "nifti" ? data::convert_nifti(in, out, o)
+                                       : format == "dicom" ? data::convert_dicom(in, out, o)
+                                       : format == "coco"  ? data::convert_coco(data::parse_coco_inputs(in), s.text("images"), out, o)
+                                                           : data::convert_image_folder(in, out, o);
+  std::printf("wrote %s: %s %s, %d classes", out.c_str(), summary.shape.is_volume() ? "volumes" : "images",
+              summary.shape.str().c_str(), summary.num_classes);
+  if (!summary.task.empty()) std::printf(", task %s", summary.task.c_str());
   for (const auto& [split, count] : summary.split_counts) std::printf(", %s %zu", split.c_str(), count);
   std::printf("\n");
   return 0;

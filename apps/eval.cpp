@@ -1,8 +1,10 @@
 // `mpicnn eval` and `mpicnn predict`: a checkpoint applied to a dataset split, under mpirun or
 // alone. Each rank evaluates its own part; sums are added and per-sample outputs gathered on rank 0.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "apps/commands.hpp"
@@ -10,6 +12,7 @@
 #include "apps/metrics.hpp"
 #include "apps/settings.hpp"
 #include "core/errors.hpp"
+#include "core/metrics.hpp"
 #include "core/task.hpp"
 #include "core/parallel.hpp"
 #include "datasets/h5.hpp"
@@ -122,16 +125,34 @@ void print_json(const Evaluation& e, const ClassificationReport* r, const std::v
   std::fputs(out.str().c_str(), stdout);
 }
 
+// Per-label metrics ("auc_3", multi-label) as one row per label, one column per metric.
+void print_per_label(const Evaluation& e, const std::vector<std::string>& names) {
+  std::vector<std::string> columns;
+  std::map<int, std::map<std::string, double>> rows;
+  for (const auto& [name, value] : e.metrics) {
+    const int k = core::per_label_index(name);
+    if (k < 0) continue;
+    const std::string metric = name.substr(0, name.rfind('_'));
+    if (std::find(columns.begin(), columns.end(), metric) == columns.end()) columns.push_back(metric);
+    rows[k][metric] = value;
+  }
+  if (rows.empty()) return;
+  std::printf("\n%-16s", "label");
+  for (const std::string& c : columns) std::printf(" %11s", c.c_str());
+  std::printf("\n");
+  for (const auto& [k, values] : rows) {
+    std::printf("%-16s", (std::size_t(k) < names.size() ? names[k] : std::to_string(k)).c_str());
+    for (const std::string& c : columns) std::printf(" %11.4f", values.count(c) ? values.at(c) : std::nan(""));
+    std::printf("\n");
+  }
+}
+
 void print_text(const Evaluation& e, const ClassificationReport* r, const std::vector<std::string>& names) {
   std::printf("samples %lld  loss %.6f", (long long)e.count, e.loss);
   for (const auto& [name, value] : e.metrics)
-    if (name.rfind("auc_", 0) != 0) std::printf("  %s %.4f", name.c_str(), value);
+    if (core::per_label_index(name) < 0) std::printf("  %s %.4f", name.c_str(), value);
   std::printf("\n");
-  for (const auto& [name, value] : e.metrics)  // per label (multi-label): "auc_<k>"
-    if (name.rfind("auc_", 0) == 0) {
-      const std::size_t k = std::stoul(name.substr(4));
-      std::printf("  label %-16s auc %.4f\n", (k < names.size() ? names[k] : std::to_string(k)).c_str(), value);
-    }
+  print_per_label(e, names);
   if (!r) return;
   std::printf("\nconfusion matrix (rows: true class, columns: predicted)\n");
   for (int i = 0; i < e.classes; ++i) {

@@ -72,9 +72,12 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
   result.correct = totals[2];
   result.accuracy = result.count > 0 ? totals[2] / double(result.count) : 0;
   // The ranks' parts are contiguous and in rank order: gathered, they are the split in order.
-  const std::vector<float> predictions = task.needs_scores() ? comm.allgather(mine.values) : std::vector<float>{};
-  const std::vector<std::int32_t> labels = task.needs_scores() ? comm.allgather(mine.labels) : std::vector<std::int32_t>{};
-  const std::vector<float> targets = task.needs_scores() ? comm.allgather(mine.targets) : std::vector<float>{};
+  const auto gather = [&](const auto& part) {
+    return watchdog ? watchdog->allgather(std::span(part), "evaluation") : comm.allgather(std::span(part));
+  };
+  std::vector<float> predictions, targets;
+  std::vector<std::int32_t> labels;
+  if (task.needs_scores()) predictions = gather(mine.values), labels = gather(mine.labels), targets = gather(mine.targets);
   result.metrics = task.eval_metrics({result.correct, result.count, outputs, predictions, labels, targets});
   return result;
 }

@@ -19,6 +19,7 @@
 #include "apps/settings.hpp"
 #include "apps/train_config.hpp"
 #include "core/errors.hpp"
+#include "core/metrics.hpp"
 #include "core/optimizer.hpp"
 #include "core/parallel.hpp"
 #include "core/training.hpp"
@@ -84,6 +85,8 @@ class Trainer {
     total_steps_ = steps_per_epoch_ * c_.epochs;
     c_.schedule.warmup_steps = long(std::llround(c_.warmup_epochs * steps_per_epoch_));
     c_.schedule.step_size = std::max(1L, long(std::llround(c_.step_epochs * steps_per_epoch_)));
+    for (double epoch : c_.milestone_epochs)
+      c_.schedule.milestone_steps.push_back(long(std::llround(epoch * steps_per_epoch_)));
   }
 
   int run() {
@@ -350,8 +353,8 @@ class Trainer {
     report.line(line);
   }
 
-  // Per-label AUCs go to metrics.jsonl only: fourteen of them would drown the line.
-  static bool is_per_label(const std::string& name) { return name.find("_auc_") != std::string::npos; }
+  // Per-label figures go to metrics.jsonl only: fourteen labels' would drown the line.
+  static bool is_per_label(const std::string& name) { return core::per_label_index(name) >= 0; }
 
   static std::string format_figure(double value) {
     char text[32];

@@ -60,16 +60,35 @@ std::vector<Key> train_keys() {
       {"optimizer.beta1", "0.9", "Adam beta1"},
       {"optimizer.beta2", "0.999", "Adam beta2"},
       {"optimizer.epsilon", "1e-8", "Adam epsilon"},
-      {"schedule.kind", "constant", "learning-rate schedule: constant, step or cosine"},
+      {"schedule.kind", "constant", "learning-rate schedule: constant, step, multistep or cosine"},
       {"schedule.warmup_epochs", "0", "linear warm-up from 0, in epochs (may be fractional)"},
       {"schedule.step_epochs", "1", "step schedule: epochs between decays"},
-      {"schedule.gamma", "0.1", "step schedule: decay factor"},
+      {"schedule.milestones", "", "multistep schedule: increasing epochs at which the rate is multiplied by gamma (MultiStepLR), e.g. 50,75"},
+      {"schedule.gamma", "0.1", "step and multistep schedules: decay factor"},
       {"schedule.min_lr", "0", "cosine schedule: final learning rate"},
       {"checkpoint.every_steps", "0", "also checkpoint every this many steps (0 = at the end of every epoch only)"},
       {"checkpoint.keep", "3", "step checkpoints kept (best.h5 is kept besides)"},
       {"checkpoint.best_metric", "auto", "metric of data.eval_split choosing best.h5 (accuracy: higher is better, loss: lower); auto: the task's first (cross_entropy: accuracy, mse: loss)"},
   };
 }
+
+namespace {
+
+// schedule.milestones: increasing positive epochs, given exactly when the schedule is multistep.
+std::vector<double> milestones(const Settings& s, const std::string& kind) {
+  const std::vector<double> epochs = s.reals("schedule.milestones");
+  if (kind != "multistep") {
+    if (!epochs.empty()) throw ConfigError("'schedule.milestones' is for schedule.kind = multistep, not " + kind);
+    return epochs;
+  }
+  if (epochs.empty()) throw ConfigError("schedule.kind = multistep needs 'schedule.milestones' (increasing epochs, e.g. 50,75)");
+  for (std::size_t i = 0; i < epochs.size(); ++i)
+    if (!(epochs[i] > 0) || (i > 0 && !(epochs[i] > epochs[i - 1])))
+      throw ConfigError("'schedule.milestones' must be increasing positive epochs, got " + s.text("schedule.milestones"));
+  return epochs;
+}
+
+}  // namespace
 
 TrainConfig read_config(const Settings& s) {
   TrainConfig c;
@@ -123,7 +142,8 @@ TrainConfig read_config(const Settings& s) {
   c.optimizer.beta1 = s.real("optimizer.beta1", 0);
   c.optimizer.beta2 = s.real("optimizer.beta2", 0);
   c.optimizer.epsilon = s.real("optimizer.epsilon", 0, false);
-  c.schedule.kind = s.choice("schedule.kind", {"constant", "step", "cosine"});
+  c.schedule.kind = s.choice("schedule.kind", {"constant", "step", "multistep", "cosine"});
+  c.milestone_epochs = milestones(s, c.schedule.kind);
   c.warmup_epochs = s.real("schedule.warmup_epochs", 0);
   c.step_epochs = s.real("schedule.step_epochs", 0, false);
   c.schedule.gamma = s.real("schedule.gamma", 0, false);

@@ -27,6 +27,7 @@ struct TrainConfig {
   core::OptimizerConfig optimizer;
   core::ScheduleConfig schedule;
   double warmup_epochs, step_epochs;
+  std::vector<double> milestone_epochs;  // multistep schedule
   std::string best_metric, progress;
   double collective_timeout;
 };

@@ -143,7 +143,7 @@ def ensure_data(binary, path):
         npz = os.path.join(scratch, "resnet18_28_synthetic.npz")
         np.savez_compressed(npz, **arrays)
         log(f"converting a generated MedMNIST-layout {npz} to {path}")
-        launch([binary, "convert", "--format", "npz", "--input", npz, "--output", path], 300)
+        launch([binary, "convert", "--format", "npz", "--layout", "channels_last", "--input", npz, "--output", path], 300)
 
 
 class Ours:

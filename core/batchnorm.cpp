@@ -10,7 +10,7 @@ BatchNorm::BatchNorm(const ArgReader& args, const Shape& in) : path_(args.path()
   affine_ = args.boolean("affine");
   if (!(eps_ > 0.f)) args.fail("argument 'eps' must be > 0, got " + float_text(eps_));
   if (!(momentum_ >= 0.f && momentum_ <= 1.f)) args.fail("argument 'momentum' must be in [0, 1], got " + float_text(momentum_));
-  g_ = {in.c, std::size_t(in.h) * std::size_t(in.w)};
+  g_ = {in.c, in.size() / std::size_t(in.c)};  // H*W, or D*H*W for a volume (BatchNorm3d)
   input_ = output_ = in;
 }
 

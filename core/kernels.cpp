@@ -1,12 +1,11 @@
 #include "kernels.hpp"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include "blas.hpp"
 #include "parallel.hpp"
 #include "tensor.hpp"
 
@@ -25,15 +24,7 @@ const bool blas_is_single_threaded = [] {
   return true;
 }();
 
-void gemm(CBLAS_TRANSPOSE a_trans, CBLAS_TRANSPOSE b_trans, int m, int n, int k, float alpha, const float* a, int lda,
-          const float* b, int ldb, float beta, float* c, int ldc) {
-  cblas_sgemm(CblasRowMajor, a_trans, b_trans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-// Double precision exists for gradient checks in the tests.
-void gemm(CBLAS_TRANSPOSE a_trans, CBLAS_TRANSPOSE b_trans, int m, int n, int k, double alpha, const double* a,
-          int lda, const double* b, int ldb, double beta, double* c, int ldc) {
-  cblas_dgemm(CblasRowMajor, a_trans, b_trans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
+using blas::gemm;
 
 int blocks_of(int n, int block) { return (n + block - 1) / block; }
 

@@ -13,9 +13,15 @@ namespace {
 
 int pooled_size(int in, int window, int stride, int pad) { return (in + 2 * pad - window) / stride + 1; }
 
+// The 2D layers refuse volumes rather than treat depth as more channels or more samples.
+void require_image(const ArgReader& a, const Shape& in, const std::string& instead) {
+  if (in.is_volume()) a.fail("needs an image input (C,H,W), got volume " + in.str() + " (for volumes use " + instead + ")");
+}
+
 class Conv2D final : public Layer {
  public:
   Conv2D(const ArgReader& a, const Shape& in) {
+    require_image(a, in, "conv3d");
     const int filters = a.integer("filters", 1), kernel = a.integer("kernel", 1);
     const int stride = a.integer("stride", 1), pad = a.integer("pad", 0);
     bias_ = a.boolean("bias");
@@ -62,6 +68,7 @@ class Conv2D final : public Layer {
 class Pool2D final : public Layer {
  public:
   Pool2D(const ArgReader& a, const Shape& in, bool is_max) : max_(is_max) {
+    require_image(a, in, is_max ? "maxpool3d" : "avgpool3d");
     const int window = a.integer("window", 1);
     const int stride = a.given("stride") ? a.integer("stride", 1) : window;
     const int pad = a.integer("pad", 0);
@@ -148,7 +155,7 @@ class Dense final : public Layer {
   Dense(const ArgReader& a, const Shape& in) {
     units_ = a.integer("units", 1);
     bias_ = a.boolean("bias");
-    if (in.h != 1 || in.w != 1) a.fail("needs a flat input (C,1,1), got " + in.str() + ": add 'flatten' before it");
+    if (in.size() != std::size_t(in.c)) a.fail("needs a flat input (C,1,1), got " + in.str() + ": add 'flatten' before it");
     input_ = in;
     output_ = {units_, 1, 1};
   }
@@ -179,12 +186,12 @@ class Dense final : public Layer {
   ParamStore* store_ = nullptr;
 };
 
-// Global pooling over every spatial position: (C,H,W) -> (C,1,1), as PyTorch's
-// AdaptiveAvgPool2d(1) / AdaptiveMaxPool2d(1).
+// Global pooling over every spatial position: (C,H,W) or (C,D,H,W) -> (C,1,1), as PyTorch's
+// AdaptiveAvgPool2d(1) / AdaptiveMaxPool2d(1), or their 3d forms followed by a flatten to (C,1,1).
 class GlobalPool final : public Layer {
  public:
   GlobalPool(const Shape& in, bool is_max) : max_(is_max) {
-    g_ = {in.c, std::size_t(in.h) * in.w};
+    g_ = {in.c, in.size() / std::size_t(in.c)};
     input_ = in;
     output_ = {in.c, 1, 1};
   }
@@ -299,6 +306,9 @@ const std::map<std::string, Factory>& factories() {
       {"dropout", plain([](const LayerArgs& a, const Shape& in, Path path) {
          return std::make_unique<Dropout>(ArgReader(a, {"p=0.5"}, path), in);
        })},
+      {"conv3d", plain(make_conv3d)},
+      {"maxpool3d", plain(make_maxpool3d)},
+      {"avgpool3d", plain(make_avgpool3d)},
       {"bn", plain(make_batchnorm)},
       {"residual", make_residual},
       {"repeat", make_repeat},

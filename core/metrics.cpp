@@ -53,6 +53,33 @@ std::vector<double> per_label_auc(std::span<const float> scores, std::span<const
   return aucs;
 }
 
+std::vector<ThresholdRates> per_label_rates(std::span<const float> scores, std::span<const float> targets, int labels,
+                                            double threshold) {
+  const auto ratio = [](std::int64_t part, std::int64_t whole) { return whole > 0 ? double(part) / double(whole) : std::nan(""); };
+  std::vector<ThresholdRates> rates;
+  const std::size_t n = labels > 0 ? scores.size() / std::size_t(labels) : 0;
+  for (int k = 0; k < labels; ++k) {
+    std::int64_t tp = 0, fp = 0, tn = 0, fn = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const bool predicted = scores[i * labels + k] > threshold, actual = targets[i * labels + k] > 0.5f;
+      tp += predicted && actual, fp += predicted && !actual, tn += !predicted && !actual, fn += !predicted && actual;
+    }
+    rates.push_back({ratio(tp, tp + fn), ratio(tn, tn + fp), ratio(tp, tp + fp)});
+  }
+  return rates;
+}
+
+int per_label_index(const std::string& name) {
+  const std::size_t underscore = name.rfind('_');
+  if (underscore == std::string::npos || underscore + 1 == name.size()) return -1;
+  int index = 0;
+  for (std::size_t i = underscore + 1; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9' || index > 1000000) return -1;
+    index = index * 10 + (name[i] - '0');
+  }
+  return index;
+}
+
 double mean_defined(const std::vector<double>& values) {
   double sum = 0;
   int count = 0;

@@ -3,6 +3,7 @@
 // them: ROC AUC (per label, one-vs-rest mean) and thresholded accuracy.
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace mpicnn::core {
@@ -21,6 +22,16 @@ std::vector<float> column(std::span<const float> values, int columns, int k);
 double multiclass_auc(std::span<const float> probabilities, std::span<const std::int32_t> labels, int classes);
 // Per-label AUC of scores (N, K) against 0/1 targets (N, K); NaN where a label has one group only.
 std::vector<double> per_label_auc(std::span<const float> scores, std::span<const float> targets, int labels);
+// Per label at a score threshold (predicted positive when score > threshold, as MedMNIST's
+// evaluator): sensitivity (recall), specificity and precision; NaN where nothing defines one (no
+// positive, no negative, nothing predicted positive).
+struct ThresholdRates {
+  double sensitivity, specificity, precision;
+};
+std::vector<ThresholdRates> per_label_rates(std::span<const float> scores, std::span<const float> targets, int labels,
+                                            double threshold);
+// A per-label metric is named "<metric>_<label index>" (auc_3, val_precision_12): its index, else -1.
+int per_label_index(const std::string& name);
 // Mean of the values that are not NaN (NaN when none is).
 double mean_defined(const std::vector<double>& values);
 

@@ -109,7 +109,7 @@ std::vector<LayerArgs> parse_spec(const std::string& spec) {
 namespace {
 
 std::unique_ptr<Sequential> build_root(const std::string& spec, const Shape& input) {
-  if (input.c < 1 || input.h < 1 || input.w < 1) throw ShapeError("model input shape " + input.str() + " is empty");
+  if (input.c < 1 || input.d < 1 || input.h < 1 || input.w < 1) throw ShapeError("model input shape " + input.str() + " is empty");
   return std::make_unique<Sequential>(parse_spec(spec), input, "");
 }
 

@@ -153,12 +153,17 @@ double learning_rate(const ScheduleConfig& schedule, long step, long total_steps
   const long after = step - schedule.warmup_steps;
   if (schedule.kind == "constant") return schedule.base_lr;
   if (schedule.kind == "step") return schedule.base_lr * std::pow(schedule.gamma, double(after / std::max(1L, schedule.step_size)));
+  if (schedule.kind == "multistep") {
+    const auto passed = std::upper_bound(schedule.milestone_steps.begin(), schedule.milestone_steps.end(), step) -
+                        schedule.milestone_steps.begin();
+    return schedule.base_lr * std::pow(schedule.gamma, double(passed));
+  }
   if (schedule.kind == "cosine") {
     const double span = double(std::max(1L, total_steps - schedule.warmup_steps));
     const double progress = std::min(1.0, double(after) / span);
     return schedule.min_lr + 0.5 * (schedule.base_lr - schedule.min_lr) * (1.0 + std::cos(std::numbers::pi * progress));
   }
-  throw ConfigError("unknown learning-rate schedule '" + schedule.kind + "' (known: constant, step, cosine)");
+  throw ConfigError("unknown learning-rate schedule '" + schedule.kind + "' (known: constant, step, multistep, cosine)");
 }
 
 const std::vector<std::string>& known_init_schemes() {

@@ -53,14 +53,16 @@ class Optimizer {
 };
 
 // Learning rate at a global step: optional linear warm-up from 0, then constant, step decay
-// (times gamma every step_size steps after warm-up) or cosine decay to min_lr at total_steps.
+// (times gamma every step_size steps after warm-up), multi-step decay (times gamma at each
+// milestone, counted from step 0 as MultiStepLR's epochs) or cosine decay to min_lr at total_steps.
 struct ScheduleConfig {
-  std::string kind = "constant";  // constant, step, cosine
+  std::string kind = "constant";  // constant, step, multistep, cosine
   double base_lr = 0.01;
   long warmup_steps = 0;
   long step_size = 1;
   double gamma = 0.1;
   double min_lr = 0.0;
+  std::vector<long> milestone_steps = {};  // multistep: increasing global steps
 };
 double learning_rate(const ScheduleConfig& schedule, long step, long total_steps);
 

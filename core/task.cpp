@@ -91,7 +91,8 @@ class Regression final : public Task {
 };
 
 // Multi-label: one sigmoid per label, binary cross-entropy (optional per-label positive weights);
-// MedMNIST's evaluator: ACC at the 0.5 threshold averaged over labels, AUC per label and mean.
+// MedMNIST's evaluator: ACC at the 0.5 threshold averaged over labels, AUC per label and mean; and
+// at the same threshold sensitivity, specificity and precision per label and their means.
 class MultiLabel final : public Task {
  public:
   MultiLabel(std::vector<float> pos_weight, double focal_gamma, double focal_alpha)
@@ -124,9 +125,20 @@ class MultiLabel final : public Task {
   bool needs_scores() const override { return true; }
   std::vector<Metric> eval_metrics(const EvalSums& e) const override {
     const std::vector<double> aucs = per_label_auc(e.predictions, e.targets, e.outputs);
-    std::vector<Metric> metrics = {
-        {"accuracy", e.count > 0 ? e.correct / double(e.count) / double(e.outputs) : 0.0}, {"auc", mean_defined(aucs)}};
-    for (std::size_t k = 0; k < aucs.size(); ++k) metrics.emplace_back("auc_" + std::to_string(k), aucs[k]);
+    const std::vector<ThresholdRates> rates = per_label_rates(e.predictions, e.targets, e.outputs, 0.5);
+    std::vector<double> sensitivity, specificity, precision;
+    for (const ThresholdRates& r : rates)
+      sensitivity.push_back(r.sensitivity), specificity.push_back(r.specificity), precision.push_back(r.precision);
+    std::vector<Metric> metrics = {{"accuracy", e.count > 0 ? e.correct / double(e.count) / double(e.outputs) : 0.0},
+                                   {"auc", mean_defined(aucs)},
+                                   {"sensitivity", mean_defined(sensitivity)},
+                                   {"specificity", mean_defined(specificity)},
+                                   {"precision", mean_defined(precision)}};
+    // Per label "<metric>_<k>": metrics.jsonl, checkpoints and `eval --json` keep them all.
+    const std::pair<std::string, const std::vector<double>*> per_label[] = {
+        {"auc_", &aucs}, {"sensitivity_", &sensitivity}, {"specificity_", &specificity}, {"precision_", &precision}};
+    for (const auto& [prefix, values] : per_label)
+      for (std::size_t k = 0; k < values->size(); ++k) metrics.emplace_back(prefix + std::to_string(k), (*values)[k]);
     return metrics;
   }
   std::vector<std::string> best_metrics() const override { return {"auc", "accuracy", "loss"}; }

@@ -12,6 +12,7 @@
 
 #include "core/errors.hpp"
 #include "core/rng.hpp"
+#include "datasets/labels.hpp"
 #include "datasets/npz.hpp"
 
 namespace mpicnn::data {
@@ -183,22 +184,25 @@ struct NpzSplit {
   std::string name;
   const npz::ZipEntry* images = nullptr;
   const npz::ZipEntry* labels = nullptr;
+  std::string labels_where;     // "<file>: member '<split>_labels.npy'"
+  std::vector<double> values;   // count x columns, as stored
+  std::size_t columns = 1;      // 1 for (N) and (N,1)
   std::vector<std::int32_t> label_values;
   std::vector<float> target_values;
-  int target_size = 0;
   std::size_t count = 0;
 };
 
 void read_npz_labels(const npz::ZipFile& zip, NpzSplit& split) {
   npz::MemberReader member(zip, *split.labels);
+  split.labels_where = member.where();
   const npz::NpyHeader header = npz::read_npy_header(member);
   const auto& shape = header.shape;
   if (shape.empty() || shape.size() > 2)
     throw ShapeError(member.where() + ": labels have shape of rank " + std::to_string(shape.size()) +
                      ", expected (N), (N,1) or (N,K)");
   split.count = shape[0];
-  const std::size_t k = shape.size() == 2 ? shape[1] : 1;
-  split.target_size = k > 1 ? int(k) : 0;
+  split.columns = shape.size() == 2 ? shape[1] : 1;
+  if (split.columns == 0) throw ShapeError(member.where() + ": labels of shape (N,0), expected (N), (N,1) or (N,K)");
   std::vector<unsigned char> raw(header.count() * header.item_size);
   member.read(raw.data(), raw.size());
   member.expect_end();
@@ -214,15 +218,40 @@ void read_npz_labels(const npz::ZipFile& zip, NpzSplit& split) {
       const int shift = 64 - 8 * int(header.item_size);
       v = double(shift ? (s << shift) >> shift : s);
     } else throw IoError(member.where() + ": labels of dtype '" + header.descr + "' not supported");
-    if (split.target_size) {
-      split.target_values.push_back(float(v));
-    } else {
-      if (v != std::floor(v) || v < 0 || v > 1e9)
-        throw IoError(member.where() + ": label " + std::to_string(v) + " at sample " + std::to_string(i) +
-                      " is not a class index, expected an integer >= 0");
-      split.label_values.push_back(std::int32_t(v));
-    }
+    split.values.push_back(v);
   }
+}
+
+// The image layout of an .npy array of rank 3 or 4 (MedMNIST: (N,H,W) grey, (N,H,W,3) RGB,
+// (N,D,H,W) volumes). A rank-4 array whose last axis is 1, 3 or 4 long could be channels or a
+// volume's width: the user says which (`layout`), the converter never guesses.
+core::Shape npz_image_shape(const std::vector<std::uint64_t>& s, const std::string& layout, const std::string& where) {
+  const std::string dims = [&] {
+    std::string text = "(";
+    for (std::size_t i = 0; i < s.size(); ++i) text += (i ? "," : "") + std::to_string(s[i]);
+    return text + ")";
+  }();
+  if (s.size() != 3 && s.size() != 4)
+    throw ShapeError(where + ": images " + dims + " of rank " + std::to_string(s.size()) +
+                     ", expected (N,H,W) grey, (N,H,W,C) channels last or (N,D,H,W) volumes");
+  for (std::size_t i = 1; i < s.size(); ++i)
+    if (s[i] == 0 || s[i] > (1u << 20)) throw ShapeError(where + ": images " + dims + ", expected sizes between 1 and 2^20");
+  if (s.size() == 3) {
+    if (layout != "auto" && layout != "grey")
+      throw ConfigError(where + ": images " + dims + " are (N,H,W) grey, but --layout " + layout + " was given");
+    return core::Shape{1, int(s[1]), int(s[2])};
+  }
+  if (layout == "grey")
+    throw ConfigError(where + ": images " + dims + " have rank 4, but --layout grey expects (N,H,W)");
+  const bool channel_like = s[3] == 1 || s[3] == 3 || s[3] == 4;
+  if (layout == "channels_last") return core::Shape{int(s[3]), int(s[1]), int(s[2])};
+  if (layout == "volume") return core::Shape{1, int(s[2]), int(s[3]), int(s[1])};
+  if (channel_like)
+    throw ConfigError(where + ": images " + dims + " could be " + std::to_string(s[1]) + "x" + std::to_string(s[2]) +
+                      " images with " + std::to_string(s[3]) + " channels last (--layout channels_last) or volumes of " +
+                      std::to_string(s[1]) + "x" + std::to_string(s[2]) + "x" + std::to_string(s[3]) +
+                      " (DxHxW) voxels (--layout volume); say which with --layout");
+  return core::Shape{1, int(s[2]), int(s[3]), int(s[1])};  // (N,D,H,W): a last axis this long is no channel count
 }
 
 }  // namespace
@@ -280,43 +309,37 @@ ConvertSummary convert_npz(const std::string& file, const std::string& output_pa
     read_npz_labels(zip, split);
     splits.push_back(std::move(split));
   }
-  ConvertSummary summary;
-  const int target_size = splits[0].target_size;
-  for (const NpzSplit& s : splits)
-    if (s.target_size != target_size)
-      throw ShapeError(file + ": '" + s.name + "_labels' has " + std::to_string(std::max(1, s.target_size)) +
-                       " columns, expected " + std::to_string(std::max(1, target_size)) + " as in train_labels");
-  if (target_size) {
-    summary.num_classes = target_size;
-    if (!options.class_names.empty() && int(options.class_names.size()) != target_size)
-      throw ConfigError(file + ": " + std::to_string(options.class_names.size()) + " class names given for " +
-                        std::to_string(target_size) + " labels per sample");
-  } else {
-    std::vector<std::vector<std::int32_t>> sets;
-    for (const NpzSplit& s : splits) sets.push_back(s.label_values);
-    summary.num_classes = class_count(sets, options.class_names, file);
+  std::vector<LabelSource> sources;
+  for (const NpzSplit& s : splits) sources.push_back({s.labels_where, &s.values, s.columns});
+  const LabelPlan plan = plan_labels(sources, options.task, options.class_names);
+  for (NpzSplit& s : splits) {
+    if (plan.target_size) s.target_values = target_values(s.values);
+    else s.label_values = class_labels(s.values);
+    s.values = {};
   }
-  DatasetWriter writer(output_path, {summary.num_classes, options.class_names}, options.writer);
+  ConvertSummary summary;
+  summary.num_classes = plan.num_classes;
+  summary.task = plan.task;
+  DatasetWriter writer(output_path, {plan.num_classes, options.class_names, plan.task}, options.writer);
   for (NpzSplit& split : splits) {
     npz::MemberReader member(zip, *split.images);
     const npz::NpyHeader header = npz::read_npy_header(member);
-    const auto& s = header.shape;
     if (header.kind != 'u' || header.item_size != 1)
       throw IoError(member.where() + ": images of dtype '" + header.descr + "', expected uint8 ('|u1')");
-    if (s.size() != 3 && s.size() != 4)
-      throw ShapeError(member.where() + ": images of rank " + std::to_string(s.size()) + ", expected (N,H,W) or (N,H,W,C)");
-    if (s[0] != split.count)
-      throw ShapeError(member.where() + ": holds " + std::to_string(s[0]) + " images but '" + split.name +
+    const core::Shape shape = npz_image_shape(header.shape, options.layout, member.where());
+    if (header.shape[0] != split.count)
+      throw ShapeError(member.where() + ": holds " + std::to_string(header.shape[0]) + " images but '" + split.name +
                        "_labels' holds " + std::to_string(split.count) + ", expected the same count");
-    const core::Shape shape{s.size() == 4 ? int(s[3]) : 1, int(s[1]), int(s[2])};
     if (summary.shape.size() != 0 && shape != summary.shape)
       throw ShapeError(member.where() + ": images " + shape.str() + ", expected " + summary.shape.str() + " as in train");
     summary.shape = shape;
-    writer.begin_split(split.name, shape, split.count, true, target_size);
-    const std::size_t sample = shape.size(), plane = std::size_t(shape.h) * shape.w, k = std::size_t(target_size);
-    std::vector<std::uint8_t> hwc(kBlock * sample), chw(kBlock * sample);
-    for (std::size_t first = 0; first < split.count; first += kBlock) {
-      const std::size_t n = std::min(kBlock, split.count - first);
+    writer.begin_split(split.name, shape, split.count, true, plan.target_size);
+    // Channels last in the .npy (one channel for grey images and volumes), channels first in the dataset.
+    const std::size_t sample = shape.size(), plane = sample / std::size_t(shape.c), k = std::size_t(plan.target_size);
+    const std::size_t block = std::max<std::size_t>(1, std::min<std::size_t>(kBlock, (64u << 20) / sample));
+    std::vector<std::uint8_t> hwc(block * sample), chw(block * sample);
+    for (std::size_t first = 0; first < split.count; first += block) {
+      const std::size_t n = std::min(block, split.count - first);
       member.read(hwc.data(), n * sample);
       for (std::size_t i = 0; i < n; ++i)
         for (int c = 0; c < shape.c; ++c)

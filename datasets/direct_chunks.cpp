@@ -14,10 +14,13 @@ std::unique_ptr<DirectChunks> DirectChunks::open(hid_t dataset, hid_t memory_typ
   if (!create.valid() || H5Pget_layout(create.get()) != H5D_CHUNKED) return nullptr;
   if (!type.valid() || H5Tequal(type.get(), memory_type) <= 0) return nullptr;
   h5::Handle space(H5Dget_space(dataset));
-  hsize_t dims[4] = {}, chunk[4] = {};
-  if (H5Sget_simple_extent_ndims(space.get()) != 4 || H5Pget_chunk(create.get(), 4, chunk) != 4) return nullptr;
+  hsize_t dims[5] = {}, chunk[5] = {};  // (N,C,H,W) images or (N,C,D,H,W) volumes
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  if ((rank != 4 && rank != 5) || H5Pget_chunk(create.get(), 5, chunk) != rank) return nullptr;
   H5Sget_simple_extent_dims(space.get(), dims, nullptr);
-  if (chunk[0] == 0 || chunk[1] != dims[1] || chunk[2] != dims[2] || chunk[3] != dims[3]) return nullptr;
+  if (chunk[0] == 0) return nullptr;
+  for (int d = 1; d < rank; ++d)
+    if (chunk[d] != dims[d]) return nullptr;
   const int filters = H5Pget_nfilters(create.get());
   for (int i = 0; i < filters; ++i) {
     unsigned flags = 0, config = 0;
@@ -45,7 +48,7 @@ void DirectChunks::damaged(std::size_t first, const std::string& what) const {
 }
 
 void DirectChunks::read(std::size_t first, unsigned char* out) {
-  const hsize_t offset[4] = {hsize_t(first), 0, 0, 0};
+  const hsize_t offset[5] = {hsize_t(first), 0, 0, 0, 0};  // rank 4 or 5: HDF5 reads the dataset's rank
   hsize_t size = 0;
   if (H5Dget_chunk_storage_size(dataset_, offset, &size) < 0 || size == 0) damaged(first, "is missing");
   // A stored chunk is at most what deflate can make of one chunk: anything larger is damage, and

@@ -33,6 +33,14 @@ void check_rank(int rank, int ranks) {
     throw ConfigError("reader: rank " + std::to_string(rank) + " of " + std::to_string(ranks) +
                       " ranks, expected 0 <= rank < ranks");
 }
+// Random crops of volumes would need a choice of axes and a depth padding not designed yet.
+bool check_volume_augmentation(const ReaderOptions& options, const DatasetInfo& info) {
+  if (options.random_crop_pad > 0 && info.shape.is_volume())
+    throw ConfigError(options.path + ": random crop (random_crop_pad " + std::to_string(options.random_crop_pad) +
+                      ") is not supported for volumes yet, and split '" + options.split + "' holds volumes " +
+                      info.shape.str() + " (C,D,H,W); set random_crop_pad = 0");
+  return true;
+}
 // The per-epoch augmentation stream, far from the order streams 1000 + epoch.
 std::uint64_t augment_seed(std::uint64_t seed, int epoch) { return core::derive_seed(seed, (1ull << 40) + std::uint64_t(epoch)); }
 }  // namespace
@@ -40,6 +48,7 @@ std::uint64_t augment_seed(std::uint64_t seed, int epoch) { return core::derive_
 struct TrainReader::Impl {
   ReaderOptions options;
   SampleReader samples;
+  bool volume_checked;
   long steps;
   int capacity;
   int order_epoch = -1;
@@ -49,6 +58,7 @@ struct TrainReader::Impl {
   explicit Impl(ReaderOptions o)
       : options(std::move(o)),
         samples(options.path, options.split, options.normalize, options.mean, options.std, options.cache_bytes),
+        volume_checked(check_volume_augmentation(options, samples.info())),
         steps(long((samples.info().count + std::size_t(options.global_batch) - 1) / std::size_t(options.global_batch))),
         capacity(int(rank_slice(std::size_t(options.global_batch), 0, options.ranks, options.micro_batch).count)),
         pipeline(steps, [this](int epoch, long step, Batch& batch) { fill(epoch, step, batch); }, options.prefetch) {}

@@ -25,12 +25,13 @@ namespace mpicnn::data {
 // One split of a dataset file, validated against the whole schema by read_info.
 struct DatasetInfo {
   std::string path, split;
-  core::Shape shape;                     // (C,H,W) of one image
+  core::Shape shape;                     // (C,H,W) of one image, or (C,D,H,W) of a volume (d > 1)
   std::size_t count = 0;                 // samples in the split
   int num_classes = 0;                   // 0 for regression
   int target_size = 0;                   // K of targets (N,K); 0 when the split has labels
   bool uint8 = true;                     // stored pixels: uint8 (scaled by 1/255 on read) or float32
   std::vector<std::string> class_names;  // empty or num_classes names
+  std::string task;                      // root attribute 'task' (multi-class, ...); empty when absent
   std::vector<double> mean, std;         // per channel, on the scale the reader produces before normalising
   int chunk_samples = 0;                 // samples per stored chunk; 0 when not chunked
   std::vector<std::string> splits;       // every split group in the file ("train", "test", ...)
@@ -57,7 +58,7 @@ std::vector<std::uint32_t> epoch_order(std::size_t count, std::uint64_t seed, in
 // One step's samples of this rank. The buffers are allocated on the first next() and then reused:
 // their addresses stay the same across calls.
 struct Batch {
-  core::Buffer images;               // (capacity,C,H,W) float; rows [0, count) are valid
+  core::Buffer images;               // (capacity,C,H,W) or (capacity,C,D,H,W) float; rows [0, count) are valid
   std::vector<std::int32_t> labels;  // count class indices (splits with labels)
   core::Buffer targets;              // (capacity,K) float; rows [0, count) valid (splits with targets)
   int count = 0;                     // this rank's samples this step (may be 0 in the last step)
@@ -75,8 +76,8 @@ struct ReaderOptions {
   bool shuffle = true;
   bool normalize = true;               // (x - mean) / std per channel, after uint8 -> x/255
   std::vector<double> mean{}, std{};   // override the file's; empty = the file's
-  bool random_flip = false;            // horizontal, probability 1/2
-  int random_crop_pad = 0;             // pad each side with black (0 before normalising), crop back
+  bool random_flip = false;            // horizontal (W, also of volumes), probability 1/2
+  int random_crop_pad = 0;             // pad each side with black (0 before normalising), crop back; images only
   std::size_t cache_bytes = 0;         // keep the whole split in memory if it fits in this many bytes
   bool prefetch = true;                // read the next batch in a background thread
   // Ranks get whole micro-batches: each step's positions are cut into groups of this many (the

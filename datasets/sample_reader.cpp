@@ -113,7 +113,7 @@ void SampleReader::read(std::span<const std::uint32_t> indices, Batch& batch, co
 // Rows [first, first + count) of a dataset, whole, into `out` (a plain hyperslab, HDF5's fast path).
 void SampleReader::read_rows(hid_t dataset, hid_t space, hsize_t first, hsize_t count, void* out) {
   const int rank = H5Sget_simple_extent_ndims(space);
-  hsize_t dims[4] = {}, start[4] = {first, 0, 0, 0};
+  hsize_t dims[5] = {}, start[5] = {first, 0, 0, 0, 0};  // images rank 4 or 5, targets rank 2
   H5Sget_simple_extent_dims(space, dims, nullptr);
   dims[0] = count;
   h5::check(H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, dims, nullptr), dataset, "select samples of");
@@ -198,8 +198,9 @@ void SampleReader::load_cache() {
 // One sample from stored pixels to normalised floats, with its seeded augmentation.
 void SampleReader::transform(const unsigned char* pixels, std::uint32_t index, float* out,
                              const Augment& augment) const {
-  const int channels = info_.shape.c, height = info_.shape.h, width = info_.shape.w;
-  const std::size_t plane = std::size_t(height) * width;
+  // A volume's channel is d slices of h rows: flips and crops act on each slice's rows alike.
+  const int channels = info_.shape.c, height = info_.shape.h, width = info_.shape.w, slices = info_.shape.d;
+  const std::size_t plane = std::size_t(slices) * height * width;
   const float* values = reinterpret_cast<const float*>(pixels);
   if (!info_.uint8)
     for (std::size_t i = 0; i < plane * channels; ++i)
@@ -228,16 +229,19 @@ void SampleReader::transform(const unsigned char* pixels, std::uint32_t index, f
       continue;
     }
     const float pad_value = lut ? lut[0] : bias;  // a black pixel after normalisation
-    for (int y = 0; y < height; ++y) {
-      const int sy = y + dy;
-      float* row = o + std::size_t(y) * width;
-      if (sy < 0 || sy >= height) {
-        std::fill(row, row + width, pad_value);
-        continue;
-      }
-      for (int x = 0; x < width; ++x) {
-        const int sx = (flip ? width - 1 - x : x) + dx;
-        row[x] = sx < 0 || sx >= width ? pad_value : value(std::size_t(sy) * width + std::size_t(sx));
+    for (int z = 0; z < slices; ++z) {
+      const std::size_t slice = std::size_t(z) * height * width;
+      for (int y = 0; y < height; ++y) {
+        const int sy = y + dy;
+        float* row = o + slice + std::size_t(y) * width;
+        if (sy < 0 || sy >= height) {
+          std::fill(row, row + width, pad_value);
+          continue;
+        }
+        for (int x = 0; x < width; ++x) {
+          const int sx = (flip ? width - 1 - x : x) + dx;
+          row[x] = sx < 0 || sx >= width ? pad_value : value(slice + std::size_t(sy) * width + std::size_t(sx));
+        }
       }
     }
   }

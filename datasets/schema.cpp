@@ -33,6 +33,29 @@ std::string joined(const std::vector<std::string>& names) {
   return text.empty() ? "none" : text;
 }
 
+// The root attribute 'task' against the split's labels: multi-class and binary (2 classes) have
+// class labels, multi-label has targets with K = num_classes, regression targets with num_classes 0.
+template <class Bad>
+void check_task(DatasetInfo& info, const std::string& task, Bad bad) {
+  const auto& kinds = task_kinds();
+  if (std::find(kinds.begin(), kinds.end(), task) == kinds.end())
+    bad("attribute 'task' is \"" + task + "\", expected one of " + joined(kinds));
+  const bool labels = info.target_size == 0;
+  const std::string kind = labels ? "class labels" : "targets of " + std::to_string(info.target_size);
+  if ((task == "multi-class" || task == "binary") && !labels)
+    bad("attribute 'task' is \"" + task + "\" but split '/" + info.split + "' has " + kind + ", expected labels (N)");
+  if ((task == "multi-label" || task == "regression") && labels)
+    bad("attribute 'task' is \"" + task + "\" but split '/" + info.split + "' has class labels, expected targets (N,K)");
+  if (task == "binary" && info.num_classes != 2)
+    bad("attribute 'task' is \"binary\" but 'num_classes' is " + std::to_string(info.num_classes) + ", expected 2");
+  if (task == "multi-label" && info.num_classes != info.target_size)
+    bad("attribute 'task' is \"multi-label\" but 'num_classes' is " + std::to_string(info.num_classes) +
+        ", expected " + std::to_string(info.target_size) + " (the K of the targets)");
+  if (task == "regression" && info.num_classes != 0)
+    bad("attribute 'task' is \"regression\" but 'num_classes' is " + std::to_string(info.num_classes) + ", expected 0");
+  info.task = task;
+}
+
 }  // namespace
 
 DatasetInfo inspect(hid_t file, const std::string& path, const std::string& split) {
@@ -67,9 +90,9 @@ DatasetInfo inspect(hid_t file, const std::string& path, const std::string& spli
   const std::string images_name = "/" + split + "/images";
   h5::Handle images = h5::open_dataset(file, images_name);
   const std::vector<hsize_t> dims = h5::dims(images.get());
-  if (dims.size() != 4)
+  if (dims.size() != 4 && dims.size() != 5)
     throw ShapeError(path + ": dataset '" + images_name + "' has shape " + h5::dims_text(dims) + " (rank " +
-                     std::to_string(dims.size()) + "), expected rank 4 (N,C,H,W)");
+                     std::to_string(dims.size()) + "), expected rank 4 (N,C,H,W) or 5 (N,C,D,H,W)");
   const std::string type = h5::type_text(images.get());
   if (type != "uint8" && type != "float32")
     bad("dataset '" + images_name + "' has dtype " + type + ", expected uint8 or float32");
@@ -79,17 +102,22 @@ DatasetInfo inspect(hid_t file, const std::string& path, const std::string& spli
         ", expected at least one sample");
   if (dims[0] >= std::numeric_limits<std::uint32_t>::max())
     bad("dataset '" + images_name + "' has " + std::to_string(dims[0]) + " samples, more than this reader supports");
-  for (int d = 1; d < 4; ++d)
-    if (dims[std::size_t(d)] == 0 || dims[std::size_t(d)] > (1u << 20))
-      throw ShapeError(path + ": dataset '" + images_name + "' has shape " + h5::dims_text(dims) +
-                       ", expected C,H,W between 1 and 2^20");
+  const bool volume = dims.size() == 5;
+  for (std::size_t d = 1; d < dims.size(); ++d)
+    if (dims[d] == 0 || dims[d] > (1u << 20))
+      throw ShapeError(path + ": dataset '" + images_name + "' has shape " + h5::dims_text(dims) + ", expected " +
+                       (volume ? "C,D,H,W" : "C,H,W") + " between 1 and 2^20");
   info.count = dims[0];
-  info.shape = core::Shape{int(dims[1]), int(dims[2]), int(dims[3])};
+  info.shape = volume ? core::Shape{int(dims[1]), int(dims[3]), int(dims[4]), int(dims[2])}
+                      : core::Shape{int(dims[1]), int(dims[2]), int(dims[3])};
+  if (info.shape.size() > (std::size_t(1) << 31))
+    throw ShapeError(path + ": dataset '" + images_name + "' has shape " + h5::dims_text(dims) +
+                     ", expected at most 2^31 pixels per sample");
   {
     h5::Handle create(H5Dget_create_plist(images.get()));
     if (H5Pget_layout(create.get()) == H5D_CHUNKED) {
-      hsize_t chunk[4] = {};
-      if (H5Pget_chunk(create.get(), 4, chunk) == 4) info.chunk_samples = int(chunk[0]);
+      hsize_t chunk[5] = {};
+      if (H5Pget_chunk(create.get(), 5, chunk) == int(dims.size())) info.chunk_samples = int(chunk[0]);
     }
   }
 
@@ -121,6 +149,8 @@ DatasetInfo inspect(hid_t file, const std::string& path, const std::string& spli
   if (label_dims[0] != info.count)
     throw ShapeError(path + ": dataset '" + name + "' has " + std::to_string(label_dims[0]) + " entries, expected " +
                      std::to_string(info.count) + " (one per image of '" + images_name + "')");
+
+  if (h5::has_attribute(file, "task")) check_task(info, h5::read_string_attribute(file, "task"), bad);
 
   info.mean = h5::read_array_attribute<double>(file, "mean");
   info.std = h5::read_array_attribute<double>(file, "std");

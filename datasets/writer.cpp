@@ -10,6 +10,11 @@
 
 namespace mpicnn::data {
 
+const std::vector<std::string>& task_kinds() {
+  static const std::vector<std::string> kinds = {"multi-class", "binary", "multi-label", "regression"};
+  return kinds;
+}
+
 int compression_for(std::size_t chunk_bytes) { return chunk_bytes >= (16u << 10) ? 4 : 0; }
 
 int chunk_samples_for(const core::Shape& shape, bool uint8) {
@@ -32,6 +37,12 @@ DatasetWriter::DatasetWriter(const std::string& path, DatasetMeta meta, WriterOp
   if (!meta_.class_names.empty() && int(meta_.class_names.size()) != meta_.num_classes)
     throw ConfigError(path_ + ": " + std::to_string(meta_.class_names.size()) + " class names given for " +
                       std::to_string(meta_.num_classes) + " classes");
+  if (!meta_.task.empty() && std::find(task_kinds().begin(), task_kinds().end(), meta_.task) == task_kinds().end())
+    throw ConfigError(path_ + ": unknown task '" + meta_.task + "' (known: multi-class, binary, multi-label, regression)");
+  if (meta_.task == "binary" && meta_.num_classes != 2)
+    throw ConfigError(path_ + ": task binary needs 2 classes, got " + std::to_string(meta_.num_classes));
+  if (meta_.task == "regression" && meta_.num_classes != 0)
+    throw ConfigError(path_ + ": task regression needs num_classes 0, got " + std::to_string(meta_.num_classes));
   if (options_.compression_level < -1 || options_.compression_level > 9)
     throw ConfigError(path_ + ": compression level must be 0..9 or -1 (automatic), got " +
                       std::to_string(options_.compression_level));
@@ -59,6 +70,12 @@ DatasetWriter::~DatasetWriter() {
   std::filesystem::remove(partial_path_, ignored);
 }
 
+// (n,C,H,W) for images, (n,C,D,H,W) for volumes.
+std::vector<hsize_t> DatasetWriter::image_dims(std::size_t n) const {
+  if (shape_.is_volume()) return {n, hsize_t(shape_.c), hsize_t(shape_.d), hsize_t(shape_.h), hsize_t(shape_.w)};
+  return {n, hsize_t(shape_.c), hsize_t(shape_.h), hsize_t(shape_.w)};
+}
+
 std::string DatasetWriter::where() const { return path_ + ": split '" + split_ + "'"; }
 
 void DatasetWriter::begin_split(const std::string& split, core::Shape shape, std::size_t count, bool uint8,
@@ -68,10 +85,14 @@ void DatasetWriter::begin_split(const std::string& split, core::Shape shape, std
   if (std::find(splits_done_.begin(), splits_done_.end(), split) != splits_done_.end())
     throw ConfigError(where() + " written twice");
   if (count == 0) throw ConfigError(where() + " is empty: a split needs at least one sample");
-  if (shape.c <= 0 || shape.h <= 0 || shape.w <= 0) throw ShapeError(where() + ": bad image shape " + shape.str());
+  if (shape.c <= 0 || shape.d <= 0 || shape.h <= 0 || shape.w <= 0) throw ShapeError(where() + ": bad image shape " + shape.str());
   if (target_size < 0) throw ConfigError(where() + ": target size must be >= 0");
   if (target_size == 0 && meta_.num_classes == 0)
     throw ConfigError(where() + ": labels need num_classes > 0 (use targets for regression)");
+  if (target_size == 0 && (meta_.task == "multi-label" || meta_.task == "regression"))
+    throw ConfigError(where() + ": task " + meta_.task + " needs targets (N,K), not class labels");
+  if (target_size > 0 && (meta_.task == "multi-class" || meta_.task == "binary"))
+    throw ConfigError(where() + ": task " + meta_.task + " needs class labels (N), not targets");
   shape_ = shape;
   count_ = count;
   uint8_ = uint8;
@@ -87,11 +108,12 @@ void DatasetWriter::begin_split(const std::string& split, core::Shape shape, std
   if (collect_moments_) moments_.assign(std::size_t(shape.c), Moments{});
 
   h5::Handle group = h5::create_group(file_.get(), split);
-  const hsize_t dims[4] = {count, hsize_t(shape.c), hsize_t(shape.h), hsize_t(shape.w)};
-  const hsize_t chunk[4] = {hsize_t(chunk_samples_), dims[1], dims[2], dims[3]};
-  h5::Handle space(H5Screate_simple(4, dims, nullptr));
+  const std::vector<hsize_t> dims = image_dims(count);
+  std::vector<hsize_t> chunk = dims;
+  chunk[0] = hsize_t(chunk_samples_);
+  h5::Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr));
   h5::Handle create(H5Pcreate(H5P_DATASET_CREATE));
-  h5::check(H5Pset_chunk(create.get(), 4, chunk), group.get(), "set chunking on", "images");
+  h5::check(H5Pset_chunk(create.get(), int(chunk.size()), chunk.data()), group.get(), "set chunking on", "images");
   const int level = options_.compression_level >= 0
                         ? options_.compression_level
                         : compression_for(std::size_t(chunk_samples_) * shape.size() * (uint8 ? 1 : 4));
@@ -167,7 +189,8 @@ void DatasetWriter::append_labels(const std::int32_t* labels, const float* targe
 }
 
 void DatasetWriter::append_images(const void* images, std::size_t n, bool uint8) {
-  const std::size_t sample = shape_.size(), element = uint8 ? 1 : 4, plane = std::size_t(shape_.h) * shape_.w;
+  // plane: the pixels of one channel, all slices of a volume included
+  const std::size_t sample = shape_.size(), element = uint8 ? 1 : 4, plane = sample / std::size_t(shape_.c);
   const auto* bytes = static_cast<const unsigned char*>(images);
   if (!uint8) {
     const auto* values = static_cast<const float*>(images);
@@ -205,11 +228,12 @@ void DatasetWriter::append_images(const void* images, std::size_t n, bool uint8)
 // partial chunk.
 void DatasetWriter::flush_chunk() {
   if (buffered_ == 0) return;
-  const hsize_t start[4] = {written_, 0, 0, 0};
-  const hsize_t count[4] = {buffered_, hsize_t(shape_.c), hsize_t(shape_.h), hsize_t(shape_.w)};
+  const std::vector<hsize_t> count = image_dims(buffered_);
+  std::vector<hsize_t> start(count.size(), 0);
+  start[0] = written_;
   h5::Handle file_space(H5Dget_space(images_.get()));
-  H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr);
-  h5::Handle memory_space(H5Screate_simple(4, count, nullptr));
+  H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+  h5::Handle memory_space(H5Screate_simple(int(count.size()), count.data(), nullptr));
   h5::check(H5Dwrite(images_.get(), uint8_ ? H5T_NATIVE_UINT8 : H5T_NATIVE_FLOAT, memory_space.get(), file_space.get(),
                      H5P_DEFAULT, chunk_.data()),
             images_.get(), "write");
@@ -245,6 +269,7 @@ void DatasetWriter::finish() {
   h5::write_attribute(root, "format_version", kFormatVersion);
   h5::write_attribute(root, "num_classes", meta_.num_classes);
   if (!meta_.class_names.empty()) h5::write_attribute(root, "class_names", meta_.class_names);
+  if (!meta_.task.empty()) h5::write_attribute(root, "task", meta_.task);
   h5::write_attribute(root, "mean", std::span<const double>(mean));
   h5::write_attribute(root, "std", std::span<const double>(std));
   h5::check(H5Fflush(root, H5F_SCOPE_GLOBAL), root, "flush");

@@ -1,11 +1,13 @@
 #pragma once
 // Writes the mpicnn dataset format (datasets/README.md): one HDF5 file, splits /train, /test and
-// optional /val, each with images (N,C,H,W) uint8 or float32 chunked along N and gzip-compressed,
+// optional /val, each with images (N,C,H,W), or (N,C,D,H,W) for volumes (Shape::d > 1), uint8 or
+// float32 chunked along N and gzip-compressed,
 // and labels (N) int32 or targets (N,K) float32. The converters and the tests write through here.
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.hpp"
@@ -37,9 +39,16 @@ int compression_for(std::size_t chunk_bytes);
 // chunk makes the Fashion-MNIST file 17% larger than chunks of 256.
 int chunk_samples_for(const core::Shape& shape, bool uint8);
 
+// The task kinds a dataset may record in its root attribute 'task' (datasets/README.md).
+const std::vector<std::string>& task_kinds();  // multi-class, binary, multi-label, regression
+
 struct DatasetMeta {
+  // A constructor rather than an aggregate, so {classes, names} keeps working without naming the task.
+  DatasetMeta(int classes = 0, std::vector<std::string> names = {}, std::string task_kind = {})
+      : num_classes(classes), class_names(std::move(names)), task(std::move(task_kind)) {}
   int num_classes = 0;                   // 0 for regression
   std::vector<std::string> class_names;  // empty or num_classes names
+  std::string task;                      // one of task_kinds(), or empty: no 'task' attribute
 };
 
 // Usage: DatasetWriter w(path, meta); w.begin_split("train", shape, n, true); w.append(...) until
@@ -55,7 +64,7 @@ class DatasetWriter {
 
   // target_size 0: the split has labels (N) int32; K > 0: targets (N,K) float32.
   void begin_split(const std::string& split, core::Shape shape, std::size_t count, bool uint8, int target_size = 0);
-  // Appends samples: images (n,C,H,W) in the split's dtype, with n labels or n*K targets.
+  // Appends samples: images (n,C,H,W) or (n,C,D,H,W) in the split's dtype, with n labels or n*K targets.
   void append(std::span<const std::uint8_t> images, std::span<const std::int32_t> labels);
   void append(std::span<const float> images, std::span<const std::int32_t> labels);
   void append_targets(std::span<const std::uint8_t> images, std::span<const float> targets);
@@ -75,6 +84,7 @@ class DatasetWriter {
   void flush_chunk();
   void end_split();
   std::string where() const;
+  std::vector<hsize_t> image_dims(std::size_t n) const;
 
   std::string path_, partial_path_;
   DatasetMeta meta_;

@@ -47,9 +47,15 @@ class Watchdog {
   void allreduce_sum(std::span<float> values, const std::string& context);
   void allreduce_sum(std::span<double> values, const std::string& context);
   void allreduce_sum(std::span<std::int64_t> values, const std::string& context);
+  // Every rank's values, concatenated in rank order, on every rank, through the detector (the
+  // evaluation's scores: a rank stopped before this gather must end the job, not hang it).
+  std::vector<float> allgather(std::span<const float> values, const std::string& context);
+  std::vector<std::int32_t> allgather(std::span<const std::int32_t> values, const std::string& context);
 
  private:
   void allreduce_sum(void* values, int count, MPI_Datatype type, const std::string& context);
+  template <class T>
+  std::vector<T> allgather(std::span<const T> values, MPI_Datatype type, const std::string& context);
   // wait_until's work between two polls: the timeout, pings from rank 0, yielding the core.
   // `what` a literal, not a std::string: most names are past the small-string buffer, and every
   // step waits, so a string would be a heap allocation per step.

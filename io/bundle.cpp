@@ -107,7 +107,7 @@ void write_bundle(hid_t file, const CheckpointHeader& h, const std::string& sha2
 
   h5::Handle meta = h5::create_group(file, "model");
   h5::write_attribute(meta.get(), "spec", h.model.spec);
-  const std::vector<std::int64_t> input = {h.model.input.c, h.model.input.h, h.model.input.w};
+  const std::vector<std::int64_t> input = input_shape_attribute(h.model.input);
   h5::write_attribute(meta.get(), "input_shape", std::span<const std::int64_t>(input));
   h5::write_attribute(meta.get(), "loss", h.model.loss);
   h5::write_attribute(meta.get(), "mean", std::span<const double>(h.model.mean));
@@ -116,7 +116,7 @@ void write_bundle(hid_t file, const CheckpointHeader& h, const std::string& sha2
   if (!h.model.class_names.empty()) h5::write_attribute(meta.get(), "class_names", h.model.class_names);
   h5::write_attribute(meta.get(), "input_scaling", kInputScaling);
   h5::write_attribute(meta.get(), "layout",
-                      "NCHW input; /weights: conv weight (K,C,R,S), dense weight (out,in), bias (K); /state: "
+                      "NCHW input (NCDHW for volumes); /weights: conv weight (K,C,R,S), conv3d (K,C,T,R,S), dense weight (out,in), bias (K); /state: "
                       "BatchNorm running_mean, running_var (C) float32, num_batches_tracked int64; PyTorch "
                       "state_dict names (<layer index>.weight, nested <index>.main.<index>.weight, ...): the "
                       "state_dict is /weights and /state together");
@@ -226,11 +226,10 @@ BundleHeader read_bundle_header(const std::string& path) {
 
   h5::Handle model = h5::open_group(f, "model");
   b.model.spec = h5::read_string_attribute(model.get(), "spec");
-  const auto input = h5::read_array_attribute<std::int64_t>(model.get(), "input_shape");
-  if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1 || input[1] > (1 << 16) || input[2] > (1 << 16) ||
-      input[0] > (1 << 16))
-    invalid(path, "/model input_shape must be 3 sizes in [1, 65536]");
-  b.model.input = {int(input[0]), int(input[1]), int(input[2])};
+  const std::optional<core::Shape> input =
+      input_shape_from_attribute(h5::read_array_attribute<std::int64_t>(model.get(), "input_shape"));
+  if (!input) invalid(path, std::string("/model input_shape must be ") + kInputShapeExpected);
+  b.model.input = *input;
   b.model.loss = h5::read_string_attribute(model.get(), "loss");
   b.model.mean = h5::read_array_attribute<double>(model.get(), "mean");
   b.model.std = h5::read_array_attribute<double>(model.get(), "std");

@@ -24,10 +24,25 @@ namespace mpicnn::io {
 namespace {
 
 // Bounds a file's declared sizes are checked against before anything is allocated.
-constexpr long kMaxInputSide = 1 << 16;
 constexpr std::size_t kMaxParams = std::size_t(1) << 31;
-constexpr std::size_t kMaxInputValues = std::size_t(1) << 26;       // C*H*W of one input
+constexpr std::size_t kMaxInputValues = std::size_t(1) << 26;       // C*H*W (C*D*H*W) of one input
 constexpr std::size_t kMaxActivationFloats = std::size_t(1) << 28;  // all layer outputs of one sample
+
+}  // namespace
+
+std::vector<std::int64_t> input_shape_attribute(const core::Shape& input) {
+  if (input.is_volume()) return {input.c, input.d, input.h, input.w};
+  return {input.c, input.h, input.w};
+}
+
+std::optional<core::Shape> input_shape_from_attribute(const std::vector<std::int64_t>& sizes) {
+  if (sizes.size() != 3 && sizes.size() != 4) return std::nullopt;
+  if (std::any_of(sizes.begin(), sizes.end(), [](std::int64_t d) { return d < 1 || d > kMaxInputSide; })) return std::nullopt;
+  const std::size_t n = sizes.size();
+  return core::Shape{int(sizes[0]), int(sizes[n - 2]), int(sizes[n - 1]), n == 4 ? int(sizes[1]) : 1};
+}
+
+namespace {
 
 std::string utc_now() {
   const std::time_t now = std::time(nullptr);
@@ -67,13 +82,13 @@ void write_header(hid_t file, const ModelMeta& meta, const core::Optimizer& opti
 
   h5::Handle model = h5::create_group(file, "model");
   h5::write_attribute(model.get(), "spec", meta.spec);
-  const std::vector<std::int64_t> input = {meta.input.c, meta.input.h, meta.input.w};
+  const std::vector<std::int64_t> input = input_shape_attribute(meta.input);
   h5::write_attribute(model.get(), "input_shape", std::span<const std::int64_t>(input));
   h5::write_attribute(model.get(), "loss", meta.loss);
   h5::write_attribute(model.get(), "mean", std::span<const double>(meta.mean));
   h5::write_attribute(model.get(), "std", std::span<const double>(meta.std));
   if (!meta.class_names.empty()) h5::write_attribute(model.get(), "class_names", meta.class_names);
-  h5::write_attribute(model.get(), "layout", "NCHW input; conv weight (K,C,R,S); dense weight (out,in); PyTorch state_dict names");
+  h5::write_attribute(model.get(), "layout", "NCHW input (NCDHW for volumes); conv weight (K,C,R,S), conv3d (K,C,T,R,S); dense weight (out,in); PyTorch state_dict names");
 
   const core::OptimizerConfig& o = optimizer.config();
   h5::Handle opt = h5::create_group(file, "optimizer");
@@ -213,10 +228,10 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
 
   h5::Handle model = h5::open_group(f, "model");
   h.model.spec = h5::read_string_attribute(model.get(), "spec");
-  const auto input = h5::read_array_attribute<std::int64_t>(model.get(), "input_shape");
-  if (input.size() != 3 || std::any_of(input.begin(), input.end(), [](auto d) { return d < 1 || d > kMaxInputSide; }))
-    invalid(path, "/model input_shape must be 3 sizes in [1, " + std::to_string(kMaxInputSide) + "]");
-  h.model.input = {int(input[0]), int(input[1]), int(input[2])};
+  const std::optional<core::Shape> input =
+      input_shape_from_attribute(h5::read_array_attribute<std::int64_t>(model.get(), "input_shape"));
+  if (!input) invalid(path, std::string("/model input_shape must be ") + kInputShapeExpected);
+  h.model.input = *input;
   if (h.model.input.size() > kMaxInputValues)
     invalid(path, "/model input_shape " + h.model.input.str() + " has more than " + std::to_string(kMaxInputValues) +
                       " values per sample");

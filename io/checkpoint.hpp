@@ -83,6 +83,13 @@ class CheckpointDir {
   int keep_;
 };
 
+// The /model input_shape attribute of checkpoints and bundles: (C,H,W) for an image, (C,D,H,W) for a
+// volume (files of images read as before). Reading: nullopt unless 3 or 4 sizes in [1, 65536].
+constexpr long kMaxInputSide = 1 << 16;
+std::vector<std::int64_t> input_shape_attribute(const core::Shape& input);
+std::optional<core::Shape> input_shape_from_attribute(const std::vector<std::int64_t>& sizes);
+inline constexpr const char* kInputShapeExpected = "3 sizes (C,H,W) or 4 (C,D,H,W), each in [1, 65536]";
+
 // Resolves --resume: a checkpoint file, or a run folder (its latest checkpoint).
 std::string resolve_checkpoint(const std::string& file_or_dir);
 

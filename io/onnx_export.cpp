@@ -150,7 +150,14 @@ class GraphBuilder {
   std::vector<std::pair<std::string, std::vector<std::int64_t>>> produced_;
 };
 
-std::vector<std::int64_t> chw(const core::Shape& s) { return {s.c, s.h, s.w}; }
+// One sample's dims: [C,H,W] for an image, [C,D,H,W] for a volume.
+std::vector<std::int64_t> chw(const core::Shape& s) {
+  if (s.is_volume()) return {s.c, s.d, s.h, s.w};
+  return {s.c, s.h, s.w};
+}
+
+// n copies of value (an attribute per spatial axis).
+std::vector<std::int64_t> per_axis(std::size_t n, int value) { return std::vector<std::int64_t>(n, value); }
 
 int named_integer(const core::LayerArgs& a, const std::string& key) {
   const auto it = a.named.find(key);
@@ -159,7 +166,7 @@ int named_integer(const core::LayerArgs& a, const std::string& key) {
 }
 
 // The value flowing between nodes: a tensor name, [N,F] when flat (after flatten or dense; the
-// engine's (F,1,1)), else [N,C,H,W].
+// engine's (F,1,1)), else [N,C,H,W] or [N,C,D,H,W].
 struct Value {
   std::string tensor;
   bool flat = false;
@@ -191,9 +198,9 @@ class LayerExporter {
 
   // The kinds of leaf layers this exporter maps (composites: residual, repeat).
   static const std::vector<std::string>& leaf_kinds() {
-    static const std::vector<std::string> kinds = {"avgpool", "bn", "conv", "dense", "dropout", "flatten",
-                                                   "globalavgpool", "globalmaxpool", "leakyrelu", "maxpool",
-                                                   "relu", "sigmoid", "tanh"};
+    static const std::vector<std::string> kinds = {"avgpool", "avgpool3d", "bn", "conv", "conv3d", "dense",
+                                                   "dropout", "flatten", "globalavgpool", "globalmaxpool",
+                                                   "leakyrelu", "maxpool", "maxpool3d", "relu", "sigmoid", "tanh"};
     return kinds;
   }
 
@@ -263,41 +270,50 @@ class LayerExporter {
     const core::LayerArgs a = core::parse_spec(layer.spec()).at(0);
     const std::string name = node_name(prefix, a.kind);
     const core::Shape in = layer.input_shape(), out = layer.output_shape();
-    const bool spatial = a.kind == "conv" || a.kind == "maxpool" || a.kind == "avgpool" || a.kind == "globalavgpool" ||
-                         a.kind == "globalmaxpool";
+    const bool is_conv = a.kind == "conv" || a.kind == "conv3d";
+    const bool is_pool = a.kind == "maxpool" || a.kind == "avgpool" || a.kind == "maxpool3d" || a.kind == "avgpool3d";
+    const bool spatial = is_conv || is_pool || a.kind == "globalavgpool" || a.kind == "globalmaxpool";
     if (spatial && x.flat) {  // a dense output (units,1,1) feeding a spatial layer: back to [N,units,1,1]
       if (!have_axes_) g_.initializer("unsqueeze_axes_hw", {2, 3}), have_axes_ = true;
       x = {g_.node("Unsqueeze", name + "_to_nchw", {x.tensor, "unsqueeze_axes_hw"}, chw(in))->output(0), false};
     }
-    if (a.kind == "conv") {
+    // 2 spatial axes (H,W) for conv/maxpool/avgpool, 3 (D,H,W) for their 3d forms; pads are given as
+    // every axis's begin, then every axis's end.
+    const std::size_t axes = a.kind.ends_with("3d") ? 3 : 2;
+    if (is_conv) {
       const std::string weight = add_param(layer, prefix, "weight");
       std::vector<std::string> inputs = {x.tensor, weight};
       if (params_.count(prefix + "bias")) inputs.push_back(add_param(layer, prefix, "bias"));
       const int stride = named_integer(a, "stride"), pad = named_integer(a, "pad");
-      const std::vector<int>& w = params_.at(weight)->dims;
+      const std::vector<int>& w = params_.at(weight)->dims;  // (K,C,R,S) or (K,C,T,R,S)
       onnx::NodeProto* n = g_.node("Conv", name, inputs, chw(out));
-      add_ints(n, "kernel_shape", {w[2], w[3]});
-      add_ints(n, "strides", {stride, stride});
-      add_ints(n, "pads", {pad, pad, pad, pad});
-      add_ints(n, "dilations", {1, 1});
+      add_ints(n, "kernel_shape", std::vector<std::int64_t>(w.begin() + 2, w.end()));
+      add_ints(n, "strides", per_axis(axes, stride));
+      add_ints(n, "pads", per_axis(2 * axes, pad));
+      add_ints(n, "dilations", per_axis(axes, 1));
       add_int(n, "group", 1);
       return {name, false};
     }
-    if (a.kind == "maxpool" || a.kind == "avgpool") {
+    if (is_pool) {
       const int window = std::stoi(a.positional.at(0));
       const int stride = named_integer(a, "stride"), pad = named_integer(a, "pad");
-      onnx::NodeProto* n = g_.node(a.kind == "maxpool" ? "MaxPool" : "AveragePool", name, {x.tensor}, chw(out));
-      add_ints(n, "kernel_shape", {window, window});
-      add_ints(n, "strides", {stride, stride});
-      add_ints(n, "pads", {pad, pad, pad, pad});
+      const bool is_max = a.kind.starts_with("max");
+      onnx::NodeProto* n = g_.node(is_max ? "MaxPool" : "AveragePool", name, {x.tensor}, chw(out));
+      add_ints(n, "kernel_shape", per_axis(axes, window));
+      add_ints(n, "strides", per_axis(axes, stride));
+      add_ints(n, "pads", per_axis(2 * axes, pad));
       add_int(n, "ceil_mode", 0);
-      // Our average divides by window^2 also where the window covers padding (PyTorch's default).
-      if (a.kind == "avgpool") add_int(n, "count_include_pad", 1);
+      // Our average divides by the whole window also where it covers padding (PyTorch's default).
+      if (!is_max) add_int(n, "count_include_pad", 1);
       return {name, false};
     }
-    if (a.kind == "globalavgpool" || a.kind == "globalmaxpool")
-      return {g_.node(a.kind == "globalavgpool" ? "GlobalAveragePool" : "GlobalMaxPool", name, {x.tensor}, chw(out))->output(0),
-              false};
+    if (a.kind == "globalavgpool" || a.kind == "globalmaxpool") {
+      const char* op = a.kind == "globalavgpool" ? "GlobalAveragePool" : "GlobalMaxPool";
+      if (!in.is_volume()) return {g_.node(op, name, {x.tensor}, chw(out))->output(0), false};
+      // [N,C,1,1,1] from a volume, where the engine has (C,1,1): flat from here on, as after dense.
+      g_.node(op, name, {x.tensor}, {in.c, 1, 1, 1});
+      return flatten({name, false}, name + "_flatten", out);
+    }
     if (a.kind == "relu" || a.kind == "leakyrelu" || a.kind == "sigmoid" || a.kind == "tanh") {
       const char* op = a.kind == "relu" ? "Relu" : a.kind == "leakyrelu" ? "LeakyRelu" : a.kind == "sigmoid" ? "Sigmoid" : "Tanh";
       onnx::NodeProto* n = g_.node(op, name, {x.tensor}, dims(out, x.flat));
@@ -423,10 +439,12 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
   onnx::OperatorSetIdProto* opset = m.add_opset_import();
   opset->set_domain("");
   opset->set_version(kOnnxOpset);
+  const std::string sample_dims = std::to_string(input.c) + "," + (input.is_volume() ? std::to_string(input.d) + "," : "") +
+                                  std::to_string(input.h) + "," + std::to_string(input.w);
   m.set_doc_string(
       std::string("mpicnn ") + MPICNN_VERSION + " model exported from checkpoint " + source + " (SHA-256 " + sha256 +
-      "). Input 'input': float32 [N," + std::to_string(input.c) + "," + std::to_string(input.h) + "," +
-      std::to_string(input.w) + "] (NCHW, N = any batch size) holding images on the scale the training reader "
+      "). Input 'input': float32 [N," + sample_dims + "] (" + (input.is_volume() ? "NCDHW" : "NCHW") +
+      ", N = any batch size) holding " + (input.is_volume() ? "volumes" : "images") + " on the scale the training reader "
       "fed the network before normalising: " + kInputScaling +
       " (mean and std in metadata; the graph normalises itself, do not normalise again). Output 'logits': float32 [N," +
       std::to_string(k) + "], the network's raw outputs." +
@@ -439,14 +457,19 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
   onnx::GraphProto* graph = m.mutable_graph();
   graph->set_name("mpicnn");
   graph->set_doc_string(h.model.spec);
-  set_tensor_type(graph->add_input(), "input", {std::string("N"), std::int64_t(input.c), std::int64_t(input.h), std::int64_t(input.w)});
+  std::vector<Dim> input_dims = {std::string("N")};
+  for (std::int64_t d : chw(input)) input_dims.push_back(d);
+  set_tensor_type(graph->add_input(), "input", input_dims);
 
   GraphBuilder g(graph);
   std::vector<float> mean(h.model.mean.begin(), h.model.mean.end()), std_dev(h.model.std.begin(), h.model.std.end());
   if (mean.size() != std::size_t(input.c) || std_dev.size() != std::size_t(input.c))
     throw IoError(h.path + ": /model mean and std need " + std::to_string(input.c) + " values, one per input channel");
-  g.initializer("mean", {1, input.c, 1, 1}, mean.data(), mean.size());
-  g.initializer("std", {1, input.c, 1, 1}, std_dev.data(), std_dev.size());
+  // [1,C,1,1] or [1,C,1,1,1]: broadcast over the sample's spatial axes.
+  std::vector<std::int64_t> per_channel(chw(input).size() + 1, 1);
+  per_channel[1] = input.c;
+  g.initializer("mean", per_channel, mean.data(), mean.size());
+  g.initializer("std", per_channel, std_dev.data(), std_dev.size());
   g.node("Sub", "input_centered", {"input", "mean"}, chw(input));
   g.node("Div", "input_normalized", {"input_centered", "std"}, chw(input));
   const Value logits = add_layers(g, model, &summary->parameters);
@@ -467,7 +490,7 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
 
   add_metadata(m, "mpicnn_version", MPICNN_VERSION);
   add_metadata(m, "spec", h.model.spec);
-  add_metadata(m, "input_shape", std::to_string(input.c) + "," + std::to_string(input.h) + "," + std::to_string(input.w));
+  add_metadata(m, "input_shape", sample_dims);
   add_metadata(m, "input_scaling", kInputScaling);
   add_metadata(m, "mean", join_numbers(h.model.mean));
   add_metadata(m, "std", join_numbers(h.model.std));

@@ -32,6 +32,7 @@ WIDTH, HEIGHT, DPI = 1200, 800, 100
 
 # metrics.jsonl fields that place a record or describe the machine, not the model.
 POSITION_FIELDS = {"kind", "epoch", "step", "global_step", "elapsed_s", "cpu_s", "samples"}
+PER_LABEL = re.compile(r"_[0-9]+$")  # "<metric>_<label index>", as mpicnn names per-label figures
 SYSTEM_FIELDS = {"img_per_s", "lr", "comm_wait_share", "comm_wait_share_mean", "peak_rss_mb"}
 
 
@@ -147,7 +148,8 @@ class Run:
         for records, prefix in ((self.epoch, "train_"), (self.eval, self.eval_split() + "_")):
             for record in records.values():
                 names += [k[len(prefix):] for k in record if k.startswith(prefix)]
-        return list(dict.fromkeys(names))
+        # Per-label figures ("auc_3") are left to the ROC pictures: 14 labels x 4 metrics of charts would bury the rest.
+        return [n for n in dict.fromkeys(names) if not PER_LABEL.search(n)]
 
 
 def metrics_path(run_dir):

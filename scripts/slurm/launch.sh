@@ -11,6 +11,8 @@
 # Without a hostfile, more ranks than cores adds --oversubscribe. As root, the two OMPI_ALLOW_RUN_AS_ROOT
 # variables are set (mpirun refuses root otherwise). Options it does not know go to mpirun unchanged.
 # MPICNN_BIN overrides the executable (default: build/mpicnn of this repository).
+# mpirun runs with -q, so an error every rank meets prints mpicnn's one line and no mpirun note; a
+# rank killed by a signal, which -q would leave silent, is named here from mpirun's exit status.
 set -euo pipefail
 
 die() { echo "launch.sh: error: $*" >&2; exit 2; }
@@ -60,7 +62,7 @@ fi
 
 # More ranks than cores cannot bind one rank per core either.
 if ((threads > 1 || ranks_per_host > cores)); then bind=none; else bind=core; fi
-cmd=(mpirun -np "$ranks" --bind-to "$bind" -x MPICNN_THREADS)
+cmd=(mpirun -q -np "$ranks" --bind-to "$bind" -x MPICNN_THREADS)
 [[ -n "$hostfile" ]] && cmd+=(--hostfile "$hostfile")
 if [[ -z "$hostfile" ]] && ((ranks > cores)); then cmd+=(--oversubscribe); fi
 cmd+=("${mpirun_opts[@]}" "$bin" "${app_args[@]}")
@@ -71,4 +73,20 @@ if ((EUID == 0)); then
 fi
 echo "launch.sh: $ranks ranks x $threads threads: ${cmd[*]}" >&2
 ((dry_run)) && exit 0
-exec "${cmd[@]}"
+
+# mpirun in the background so that its status can be explained; the signals a user or SLURM sends
+# (Ctrl-C, preemption's SIGTERM/SIGUSR1) go on to it, as they would with exec.
+set -m  # without job control a background command ignores SIGINT
+"${cmd[@]}" &
+mpirun_pid=$!
+for signal in INT TERM HUP USR1 USR2; do trap "kill -$signal $mpirun_pid 2>/dev/null" "$signal"; done
+status=0
+while :; do
+  wait "$mpirun_pid" && status=0 || status=$?
+  kill -0 "$mpirun_pid" 2>/dev/null || break  # wait returned for a trapped signal: mpirun still runs
+done
+if ((status > 128)); then
+  echo "launch.sh: error: a rank ended on signal $((status - 128)) ($(kill -l $((status - 128)) 2>/dev/null || echo '?'))" \
+       "(mpirun exit status $status)" >&2
+fi
+exit "$status"

@@ -25,6 +25,7 @@
 #include "core/kernels.hpp"
 #include "core/parallel.hpp"
 #include "core/rng.hpp"
+#include "direct_reference.hpp"
 
 namespace mpicnn::core {
 namespace {
@@ -36,22 +37,6 @@ struct ConvCase {
     return {C, H, W, K, R, S, stride, pad, (H + 2 * pad - R) / stride + 1, (W + 2 * pad - S) / stride + 1};
   }
 };
-
-// An exact value with the magnitude M and term count n of the sum that forms it.
-struct Expected {
-  std::vector<double> value, magnitude;
-  std::vector<int> terms;
-  explicit Expected(std::size_t n) : value(n, 0.0), magnitude(n, 0.0), terms(n, 0) {}
-  void add(std::size_t i, double term) { value[i] += term, magnitude[i] += std::abs(term), ++terms[i]; }
-};
-
-// Inputs rounded to float, so the float and double kernels see the same numbers as the reference.
-std::vector<double> random_floats(std::size_t n, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<double> v(n);
-  for (auto& x : v) x = double(float(rng.uniform(-1.0, 1.0)));
-  return v;
-}
 
 struct Problem {
   ConvGeometry g;
@@ -82,50 +67,9 @@ struct Problem {
                 }
   }
 
-  Expected forward() const {
-    Expected y(batch * g.out_size());
-    for (std::size_t i = 0; i < y.value.size(); ++i) y.add(i, b[i / g.out_pixels() % g.filters]);
-    each_term([&](std::size_t xi, std::size_t yi, std::size_t wi) { y.add(yi, w[wi] * x[xi]); });
-    return y;
-  }
-  Expected input_grad() const {
-    Expected dx(x.size());
-    each_term([&](std::size_t xi, std::size_t yi, std::size_t wi) { dx.add(xi, w[wi] * dy[yi]); });
-    return dx;
-  }
-  Expected weight_grad() const {
-    Expected dw(w.size());
-    for (std::size_t i = 0; i < w.size(); ++i) dw.add(i, dw0[i]);
-    each_term([&](std::size_t xi, std::size_t yi, std::size_t wi) { dw.add(wi, dy[yi] * x[xi]); });
-    return dw;
-  }
-  Expected bias_grad() const {
-    Expected db(b.size());
-    for (int k = 0; k < g.filters; ++k) db.add(k, db0[k]);
-    for (std::size_t i = 0; i < dy.size(); ++i) db.add(i / g.out_pixels() % g.filters, dy[i]);
-    return db;
-  }
+  int filters() const { return g.filters; }
+  std::size_t pixels() const { return g.out_pixels(); }
 };
-
-template <class T>
-double allowed_error(int terms, double magnitude) {
-  const double u = std::numeric_limits<T>::epsilon() / 2;
-  if constexpr (sizeof(T) == sizeof(double)) return 2 * terms * u / (1 - terms * u) * magnitude;
-  constexpr double lambda = 6.0;
-  return lambda * std::sqrt(double(terms)) * u * magnitude;
-}
-
-template <class T>
-void expect_close(const std::vector<T>& got, const Expected& want, const char* what) {
-  int failures = 0;
-  for (std::size_t i = 0; i < want.value.size() && failures < 5; ++i) {
-    const double error = std::abs(double(got[i]) - want.value[i]);
-    if (error <= allowed_error<T>(want.terms[i], want.magnitude[i])) continue;
-    ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << ", want " << want.value[i] << " (error " << error
-                  << ", allowed " << allowed_error<T>(want.terms[i], want.magnitude[i]) << ")";
-    ++failures;
-  }
-}
 
 // Buffers carry a guard zone after their end that the kernels must leave alone.
 constexpr std::size_t kGuard = 256;
@@ -148,17 +92,18 @@ std::vector<T> as(const std::vector<double>& v) {
 template <class T>
 void check_against_direct(const ConvCase& c) {
   const Problem p(c);
+  const ConvReference<Problem> want{p};
   const ConvGeometry& g = p.g;
   std::vector<T> workspace = guarded<T>(conv2d_workspace_size(g, c.batch));
   const std::vector<T> x = as<T>(p.x), w = as<T>(p.w), b = as<T>(p.b), dy = as<T>(p.dy);
   std::vector<T> y = guarded<T>(c.batch * g.out_size());
   conv2d_forward(y.data(), workspace.data(), x.data(), w.data(), b.data(), g, c.batch);
-  expect_close(y, p.forward(), "forward");
+  expect_close(y, want.forward(), "forward");
   std::vector<T> dx = guarded<T>(x.size()), dw = guarded<T>(w.size(), p.dw0), db = guarded<T>(b.size(), p.db0);
   conv2d_backward(dx.data(), dw.data(), db.data(), workspace.data(), dy.data(), x.data(), w.data(), g, c.batch);
-  expect_close(dx, p.input_grad(), "input gradient");
-  expect_close(dw, p.weight_grad(), "weight gradient");
-  expect_close(db, p.bias_grad(), "bias gradient");
+  expect_close(dx, want.input_grad(), "input gradient");
+  expect_close(dw, want.weight_grad(), "weight gradient");
+  expect_close(db, want.bias_grad(), "bias gradient");
   // Without the input gradient (a first layer) the parameter gradients are the same.
   std::vector<T> dw_only = guarded<T>(w.size(), p.dw0), db_only = guarded<T>(b.size(), p.db0);
   conv2d_backward(static_cast<T*>(nullptr), dw_only.data(), db_only.data(), workspace.data(), dy.data(), x.data(),
@@ -178,21 +123,14 @@ TEST_P(ConvDirect, BitwiseIdenticalForOneTwoAndThreeThreads) {
   const Problem p(GetParam());
   const ConvGeometry& g = p.g;
   const std::vector<float> x = as<float>(p.x), w = as<float>(p.w), b = as<float>(p.b), dy = as<float>(p.dy);
-  auto run = [&](int threads) {
-    set_threads(threads);
+  expect_bitwise_on_one_two_and_three_threads([&] {
     std::vector<float> workspace(conv2d_workspace_size(g, p.batch)), y(p.batch * g.out_size()), dx(x.size()),
         dw(w.size()), db(b.size());
     conv2d_forward(y.data(), workspace.data(), x.data(), w.data(), b.data(), g, p.batch);
     conv2d_backward(dx.data(), dw.data(), db.data(), workspace.data(), dy.data(), x.data(), w.data(), g, p.batch);
-    y.insert(y.end(), dx.begin(), dx.end());
-    y.insert(y.end(), dw.begin(), dw.end());
-    y.insert(y.end(), db.begin(), db.end());
+    for (const auto* part : {&dx, &dw, &db}) y.insert(y.end(), part->begin(), part->end());
     return y;
-  };
-  const std::vector<float> one = run(1), two = run(2), three = run(3);
-  set_threads(0);
-  EXPECT_EQ(0, std::memcmp(one.data(), two.data(), one.size() * sizeof(float)));
-  EXPECT_EQ(0, std::memcmp(one.data(), three.data(), one.size() * sizeof(float)));
+  });
 }
 
 // name, C, H, W, K, R, S, stride, pad, batch

@@ -75,6 +75,20 @@ TEST(SklearnReference, MultiLabelAucPerLabelMeanAndAccuracy) {
   for (int k = 0; k < labels; ++k) expect_same(metric(metrics, "auc_" + std::to_string(k)), expected[k], "label " + std::to_string(k));
   expect_same(metric(metrics, "auc"), mean_defined(expected), "mean AUC over labels with both groups");
   expect_same(metric(metrics, "accuracy"), reference().at("multilabel_accuracy")[0], "accuracy at 0.5");
+  for (const std::string rate : {"sensitivity", "specificity", "precision"}) {
+    const std::vector<double>& per_label = reference().at("multilabel_" + rate);
+    for (int k = 0; k < labels; ++k)
+      expect_same(metric(metrics, rate + "_" + std::to_string(k)), per_label[k], rate + " of label " + std::to_string(k));
+    expect_same(metric(metrics, rate), mean_defined(per_label), rate + ": mean over the labels that define it");
+  }
+}
+
+TEST(Metrics, PerLabelIndexReadsTheTrailingNumber) {
+  EXPECT_EQ(per_label_index("auc_3"), 3);
+  EXPECT_EQ(per_label_index("val_precision_12"), 12);
+  EXPECT_EQ(per_label_index("val_auc"), -1);
+  EXPECT_EQ(per_label_index("auc_"), -1);
+  EXPECT_EQ(per_label_index("auc_1x"), -1);
 }
 
 TEST(SklearnReference, MultiClassOneVsRestAndBinaryAuc) {

@@ -9,6 +9,7 @@
 #include "core/errors.hpp"
 #include "core/model.hpp"
 #include "core/rng.hpp"
+#include "spec_errors.hpp"
 
 namespace mpicnn::core {
 namespace {
@@ -66,16 +67,6 @@ TEST(Model, SummaryListsLayersParametersAndFlops) {
   EXPECT_THAT(summary, HasSubstr("921600"));  // conv1: 2 * 32*24*24 * 25
 }
 
-template <class E>
-std::string error_of(const std::string& spec, Shape input = {1, 28, 28}) {
-  try {
-    Model model(spec, input, 1);
-  } catch (const E& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no error for '" << spec << "'";
-  return "";
-}
 
 // Values on a coarse grid (multiples of 1/4 in [-1, 1]): a convolution's outputs are then often
 // equal or exactly zero, so pooling windows hold ties and zeros.
@@ -173,7 +164,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(ModelErrors, UnknownLayerListsKnownOnes) {
   const std::string e = error_of<ConfigError>("conv(8,3) conv3(4) relu");
   EXPECT_THAT(e, HasSubstr("unknown layer 'conv3' at position 2"));
-  EXPECT_THAT(e, HasSubstr("known: avgpool, bn, conv, dense"));
+  EXPECT_THAT(e, HasSubstr("known: avgpool, avgpool3d, bn, conv, conv3d, dense"));
 }
 
 TEST(ModelErrors, ShapeMismatchNamesLayerPositionAndShapes) {

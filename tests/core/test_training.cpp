@@ -118,6 +118,17 @@ TEST(Schedule, WarmupStepAndCosine) {
   EXPECT_DOUBLE_EQ(learning_rate(s, 500, 110), 0.1);
 }
 
+// MultiStepLR's milestones count from step 0, warm-up included; at a milestone the new rate applies.
+TEST(Schedule, MultiStepDecaysAtEachMilestone) {
+  ScheduleConfig s{"multistep", 0.1, 10, 1, 0.5, 0.0, {50, 75}};
+  EXPECT_DOUBLE_EQ(learning_rate(s, 4, 1000), 0.05);  // warm-up
+  EXPECT_DOUBLE_EQ(learning_rate(s, 49, 1000), 0.1);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 50, 1000), 0.05);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 74, 1000), 0.05);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 75, 1000), 0.025);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 999, 1000), 0.025);
+}
+
 TEST(Init, HeIsSeededAndHasTheRightSpread) {
   Model a("conv(64,5) flatten dense(10)", {16, 12, 12}, 1), b("conv(64,5) flatten dense(10)", {16, 12, 12}, 1);
   init_params(a.params(), "he", 7);

@@ -205,7 +205,10 @@ TEST(ConvertNpz, RgbMultiLabelBecomesTargets) {
   const std::string npz = dir.file("data.npz"), path = dir.file("out.h5");
   const auto python = run_python(dir, write_npz_script(npz, true, true));
   ASSERT_EQ(python.status, 0) << python.output;
-  const ConvertSummary summary = convert_npz(npz, path);
+  ConvertOptions options;  // (N,7,5,3) and labels (N,4) are ambiguous: say what they are
+  options.layout = "channels_last";
+  options.task = "multi-label";
+  const ConvertSummary summary = convert_npz(npz, path, options);
   EXPECT_EQ(summary.num_classes, 4);
   EXPECT_EQ(summary.shape, (core::Shape{3, 7, 5}));
   const DatasetInfo info = read_info(path, "test");

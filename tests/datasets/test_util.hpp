@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "datasets/writer.hpp"
 
 namespace mpicnn::data::testing {
@@ -52,6 +54,24 @@ inline PythonResult run_python(const TempDir& dir, const std::string& script) {
   result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   std::ifstream in(output_path);
   result.output.assign(std::istreambuf_iterator<char>(in), {});
+  return result;
+}
+
+struct CommandResult {
+  int status = -1;
+  std::string output;  // stdout and stderr
+};
+
+// Runs a shell command and returns its exit status and output (stdout and stderr).
+inline CommandResult run_command(const std::string& command) {
+  const std::string output_path = (fs::temp_directory_path() / ("mpicnn-command-" + std::to_string(::getpid()))).string();
+  CommandResult result;
+  const int raw = std::system((command + " > " + output_path + " 2>&1").c_str());
+  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  std::ifstream in(output_path);
+  result.output.assign(std::istreambuf_iterator<char>(in), {});
+  std::error_code ignored;
+  fs::remove(output_path, ignored);
   return result;
 }
 

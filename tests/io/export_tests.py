@@ -14,12 +14,13 @@ b (avgpool with pad and stride 2, leakyrelu, tanh, sigmoid, maxpool with pad, co
 conv after dense; mse regression), fmnist (the reference CNN briefly trained on Fashion-MNIST).
 
 onnx_blocks_errors: export of a BatchNorm whose statistics were never updated.
-onnx_blocks BLOCK_ARCH: a model with residual blocks, repeat, BatchNorm, dropout and global pooling,
+onnx_blocks BLOCK_ARCH: a model with residual blocks, repeat, BatchNorm, dropout and global pooling (or volumes),
 built in memory by io_onnx_blocks (checkpoints hold no running statistics yet); BLOCK_ARCH: resnet
 (a small ResNet: repeat of identity blocks, a strided block with a projection shortcut, bn with and
 without affine, dropout, globalavgpool), mixed (BN after dense, a residual on flat values with a
 convolution shortcut, dropout-only branches, globalmaxpool, globalavgpool of a flat value, absorbed
-ReLU, a convolution as the last layer; mse).
+ReLU, a convolution as the last layer; mse), volume (conv3d, bn, residual blocks, maxpool3d, avgpool3d and
+globalavgpool on 5-D tensors).
 
 Metric everywhere: max over all samples and outputs of |a - b| (float32 values), tolerance 1e-4;
 onnx_blocks: that maximum divided by the largest |engine value| of the output, tolerance 1e-5.
@@ -94,6 +95,21 @@ BLOCK_ARCHS = {
                "layer11_residual": "Add", "layer13_residual": "Add", "layer14_globalavgpool_to_nchw": "Unsqueeze",
                "layer15_conv": "Conv", "output_flatten": "Flatten"},
         epsilon={"layer1_bn": 0.001, "layer9_bn": 1e-5},
+        affine_false=[]),
+    # Volumes (C,D,H,W) = (1,8,10,12): Conv, BatchNormalization, MaxPool and AveragePool (padded, stride
+    # 1) on 5-D tensors, residual blocks with a strided 1x1x1 shortcut, a global average pool of a volume.
+    "volume": dict(
+        spec="conv3d(6,3,pad=1,bias=false) bn relu residual{conv3d(6,3,pad=1,bias=false) bn relu "
+             "conv3d(6,3,pad=1,bias=false) bn} relu residual{conv3d(8,3,stride=2,pad=1,bias=false) bn relu "
+             "conv3d(8,3,pad=1,bias=false) bn | conv3d(8,1,stride=2,bias=false) bn} relu maxpool3d(2) "
+             "avgpool3d(3,stride=1,pad=1) conv3d(8,3,pad=1) globalavgpool flatten dense(4)",
+        input="1,8,10,12", loss="cross_entropy",
+        ops={"Conv": 7, "BatchNormalization": 6, "Add": 2, "Relu": 5, "MaxPool": 1, "AveragePool": 1,
+             "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1},
+        nodes={"layer0_conv3d": "Conv", "layer5.shortcut.0_conv3d": "Conv", "layer5.main.4_bn": "BatchNormalization",
+               "layer7_maxpool3d": "MaxPool", "layer8_avgpool3d": "AveragePool", "layer9_conv3d": "Conv",
+               "layer10_globalavgpool": "GlobalAveragePool", "layer10_globalavgpool_flatten": "Flatten",
+               "layer12_dense": "Gemm"},
         affine_false=[]),
 }
 
@@ -182,9 +198,9 @@ def case_setup(ctx):
     rng = np.random.default_rng(5)
     make_npz_a(ctx.path("a.npz"), rng)
     make_npz_b(ctx.path("b.npz"), rng)
-    ctx.mpicnn("convert", "--format", "npz", "--input", ctx.path("a.npz"), "--output", ctx.path("a.h5"),
+    ctx.mpicnn("convert", "--format", "npz", "--layout", "channels_last", "--input", ctx.path("a.npz"), "--output", ctx.path("a.h5"),
                "--names", ",".join(CLASS_NAMES_A))
-    ctx.mpicnn("convert", "--format", "npz", "--input", ctx.path("b.npz"), "--output", ctx.path("b.h5"))
+    ctx.mpicnn("convert", "--format", "npz", "--task", "multi-label", "--input", ctx.path("b.npz"), "--output", ctx.path("b.h5"))
     train(ctx, "a", 24, 16)
     train(ctx, "b", 24, 16)
     train(ctx, "c", 24, 16)
@@ -675,14 +691,13 @@ def case_onnx_blocks(ctx, arch):
             check(list(node.input[1:3]) == [prefix + "weight", prefix + "bias"], f"{node.name} inputs {node.input}")
             check(np.max(np.abs(tensors[prefix + "weight"] - 1)) > 0.01, f"{prefix}weight is trivial")
 
-    c, h, w = map(int, a["input"].split(","))
     engine = np.fromfile(os.path.join(out, "logits.f32"), dtype=np.float32).reshape(n, k)
     inputs = os.path.join(out, "inputs.f32")
     env = dict(os.environ, NODE_PATH=ctx.o.node_modules)
     classify = a["loss"] == "cross_entropy"
     for batch in (1, 5, n):
         prefix = os.path.join(out, f"b{batch}_")
-        printed = run(["node", os.path.join(os.path.dirname(__file__), "run_onnx.js"), path, inputs, f"{n},{c},{h},{w}",
+        printed = run(["node", os.path.join(os.path.dirname(__file__), "run_onnx.js"), path, inputs, f"{n},{a['input']}",
                        batch, prefix], env=env).stdout.strip().splitlines()[-1]
         check(json.loads(printed)["outputs"] == (["logits", "probabilities"] if classify else ["logits"]), printed)
         logits = np.fromfile(prefix + "logits.f32", dtype=np.float32).reshape(n, k)

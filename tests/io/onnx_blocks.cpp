@@ -7,8 +7,8 @@
 // from a few training-mode forward passes (dropout active) over random batches, each committed as
 // a training step commits them.
 //
-// usage: io_onnx_blocks SPEC C,H,W LOSS OUT_DIR [PASSES]   (training passes, 6 by default)
-// Writes OUT_DIR/model.onnx, inputs.f32 (N,C,H,W: pixel/255 scale, before the model's
+// usage: io_onnx_blocks SPEC C,H,W|C,D,H,W LOSS OUT_DIR [PASSES]   (training passes, 6 by default)
+// Writes OUT_DIR/model.onnx, inputs.f32 (N,C,H,W or N,C,D,H,W: pixel/255 scale, before the model's
 // normalisation), logits.f32 (N,K: the engine in evaluation mode), tensors.h5 (every parameter and
 // state tensor by name) and prints one JSON line: n, k, input shape, training passes.
 #include <cstdio>
@@ -36,11 +36,17 @@ constexpr int kSamples = 37;          // compared outputs; not a multiple of the
 constexpr int kTrainingBatch = 16;
 constexpr std::uint64_t kSeed = 11;
 
+// C,H,W for images, C,D,H,W for volumes.
 core::Shape parse_shape(const std::string& text) {
-  int c = 0, h = 0, w = 0;
-  if (std::sscanf(text.c_str(), "%d,%d,%d", &c, &h, &w) != 3 || c < 1 || h < 1 || w < 1)
-    throw ConfigError("shape '" + text + "': expected C,H,W");
-  return {c, h, w};
+  int c = 0, d = 1, h = 0, w = 0;
+  char end = 0;
+  const bool volume = std::sscanf(text.c_str(), "%d,%d,%d,%d%c", &c, &d, &h, &w, &end) == 4;
+  if (!volume) {
+    d = 1;
+    if (std::sscanf(text.c_str(), "%d,%d,%d%c", &c, &h, &w, &end) != 3) c = 0;
+  }
+  if (c < 1 || d < 1 || h < 1 || w < 1) throw ConfigError("shape '" + text + "': expected C,H,W or C,D,H,W");
+  return {c, h, w, d};
 }
 
 void write_floats(const std::string& path, const std::vector<float>& values) {
@@ -54,7 +60,7 @@ void draw_inputs(core::Rng& rng, const core::Shape& shape, const std::vector<flo
                  int count, std::vector<float>& raw, std::vector<float>& normalised) {
   raw.resize(std::size_t(count) * shape.size());
   normalised.resize(raw.size());
-  const std::size_t plane = std::size_t(shape.h) * shape.w;
+  const std::size_t plane = shape.size() / std::size_t(shape.c);
   for (std::size_t i = 0; i < raw.size(); ++i) {
     const std::size_t c = (i / plane) % std::size_t(shape.c);
     raw[i] = float(rng.uniform());
@@ -66,7 +72,7 @@ void draw_inputs(core::Rng& rng, const core::Shape& shape, const std::vector<flo
 
 int main(int argc, char** argv) {
   if (argc != 5 && argc != 6) {
-    std::fprintf(stderr, "usage: io_onnx_blocks SPEC C,H,W LOSS OUT_DIR [PASSES]\n");
+    std::fprintf(stderr, "usage: io_onnx_blocks SPEC C,H,W|C,D,H,W LOSS OUT_DIR [PASSES]\n");
     return 2;
   }
   try {
@@ -138,8 +144,10 @@ int main(int argc, char** argv) {
     source.trainer.global_step = passes;
     const io::OnnxExportSummary summary =
         io::export_onnx_model(model, source, io::sha256_hex(source.model.spec), dir + "/model.onnx");
-    std::printf("{\"n\": %d, \"k\": %zu, \"input\": [%d, %d, %d], \"training_passes\": %d, \"nodes\": %d}\n", kSamples, k,
-                input.c, input.h, input.w, passes, summary.nodes);
+    const std::string dims = std::to_string(input.c) + ", " + (input.is_volume() ? std::to_string(input.d) + ", " : "") +
+                             std::to_string(input.h) + ", " + std::to_string(input.w);
+    std::printf("{\"n\": %d, \"k\": %zu, \"input\": [%s], \"training_passes\": %d, \"nodes\": %d}\n", kSamples, k,
+                dims.c_str(), passes, summary.nodes);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -1,6 +1,6 @@
 // Runs an ONNX model with onnxruntime-node on float32 inputs from a raw file, in batches of a given
 // size, and writes every output as raw float32 (concatenated over batches).
-// usage: node run_onnx.js MODEL INPUT.f32 N,C,H,W BATCH OUT_PREFIX
+// usage: node run_onnx.js MODEL INPUT.f32 N,C,H,W|N,C,D,H,W BATCH OUT_PREFIX
 // Writes OUT_PREFIX<output name>.f32 and prints one JSON line: output names, dims, the model's
 // input name and the batch dimension it declares.
 'use strict';
@@ -9,18 +9,18 @@ const ort = require('onnxruntime-node');
 
 async function main() {
   const [model, inputPath, shapeText, batchText, prefix] = process.argv.slice(2);
-  const [n, c, h, w] = shapeText.split(',').map(Number);
+  const [n, ...sampleDims] = shapeText.split(',').map(Number);
   const batch = Number(batchText);
   const bytes = fs.readFileSync(inputPath);
   const all = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
-  if (all.length !== n * c * h * w) throw new Error(`${inputPath}: ${all.length} floats, expected ${n * c * h * w}`);
+  const sample = sampleDims.reduce((a, b) => a * b, 1);
+  if (all.length !== n * sample) throw new Error(`${inputPath}: ${all.length} floats, expected ${n * sample}`);
   const session = await ort.InferenceSession.create(model, { executionProviders: ['cpu'] });
-  const sample = c * h * w;
   const outputs = {};
   const dims = {};
   for (let start = 0; start < n; start += batch) {
     const count = Math.min(batch, n - start);
-    const x = new ort.Tensor('float32', all.subarray(start * sample, (start + count) * sample), [count, c, h, w]);
+    const x = new ort.Tensor('float32', all.subarray(start * sample, (start + count) * sample), [count, ...sampleDims]);
     const result = await session.run({ [session.inputNames[0]]: x });
     for (const name of session.outputNames) {
       const t = result[name];

@@ -199,6 +199,11 @@ case("config_focal_alpha_without_gamma", train(loss__focal_alpha="0.25"),
      ["loss.focal_alpha", "bce with loss.focal_gamma > 0", "class_weights"])
 case("config_focal_alpha_above_one", train(loss__focal_alpha="1.5"), ["loss.focal_alpha", "[0, 1]", "1.5"])
 case("config_focal_gamma_mse", train(loss__kind="mse", loss__focal_gamma="2"), ["loss.focal_gamma", "not 'mse'"])
+case("config_multistep_without_milestones", train(schedule__kind="multistep"),
+     ["schedule.kind = multistep", "schedule.milestones"])
+case("config_milestones_not_increasing", train(schedule__kind="multistep", schedule__milestones="3,2"),
+     ["schedule.milestones", "increasing", "3,2"])
+case("config_milestones_without_multistep", train(schedule__milestones="3"), ["schedule.milestones", "multistep"])
 case("config_label_smoothing_one", train(loss__label_smoothing="1"), ["loss.label_smoothing", "[0, 1)", "1"])
 case("config_label_smoothing_focal", train(loss__label_smoothing="0.1", loss__focal_gamma="2"),
      ["loss.label_smoothing", "without loss.focal_gamma", "focal_gamma"])

@@ -171,7 +171,17 @@ case_launch() {
   done
   out=$(MPICNN_BIN=$probe bash "$repo_root/scripts/slurm/launch.sh" -np 2 --threads 2 --dry-run -- hello 2>&1)
   grep -q -- '--bind-to none' <<<"$out" || fail "2 threads per rank should not bind: $out"
-  log "launch: 2 ranks ran; binding core for 1 thread per rank, none for 2"
+  # mpirun -q: an error every rank meets leaves its one line and no mpirun note; a rank killed by a
+  # signal, which -q leaves silent, is named by launch.sh.
+  local fails=$WORK_DIR/fails.sh status
+  printf '#!/bin/sh\n[ "$1" = segv ] && kill -SEGV $$\n[ "$OMPI_COMM_WORLD_RANK" = 0 ] && echo "error: bad" >&2\nexit 1\n' >"$fails"
+  chmod +x "$fails"
+  status=0; out=$(MPICNN_BIN=$fails bash "$repo_root/scripts/slurm/launch.sh" -np 2 -- error 2>&1 | grep -v '^launch.sh: 2 ranks') || status=$?
+  [[ "$out" == "error: bad" ]] || fail "an error on every rank should print its line alone, got: $out"
+  status=0; out=$(MPICNN_BIN=$fails bash "$repo_root/scripts/slurm/launch.sh" -np 2 -- segv 2>&1) || status=$?
+  ((status == 139)) || fail "a rank killed by SIGSEGV: launch.sh exit status $status, expected 139"
+  grep -q 'launch.sh: error: a rank ended on signal 11 (SEGV)' <<<"$out" || fail "no line naming SIGSEGV: $out"
+  log "launch: 2 ranks ran; binding core for 1 thread per rank, none for 2; mpirun -q, SIGSEGV named"
 }
 
 # ---- cases with mpicnn itself ----

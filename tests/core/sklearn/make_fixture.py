@@ -9,7 +9,7 @@ compute because a label has one class only)."""
 import os
 
 import numpy as np
-from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
 rng = np.random.default_rng(11)
 lines = []
@@ -36,6 +36,23 @@ aucs = [roc_auc_score(targets[:, k], scores[:, k]) if 0 < targets[:, k].sum() < 
 put("multilabel_auc", aucs)
 # MedMNIST's ACC for multi-label: the mean over labels of accuracy at the 0.5 threshold.
 put("multilabel_accuracy", [np.mean([accuracy_score(targets[:, k], scores[:, k] > 0.5) for k in range(5)])])
+
+
+# At the same threshold, per label: sensitivity (recall), specificity (recall of the negatives) and
+# precision; nan where the denominator is empty (scikit-learn 1.2 would give 0 with a warning).
+def rate(score, truth, positive_class, over_predicted):
+    predicted = score > 0.5
+    group = predicted == positive_class if over_predicted else truth == positive_class
+    if not group.any():
+        return np.nan
+    if over_predicted:
+        return precision_score(truth, predicted, zero_division=0)
+    return recall_score(truth, predicted, pos_label=positive_class)
+
+
+put("multilabel_sensitivity", [rate(scores[:, k], targets[:, k] > 0.5, True, False) for k in range(5)])
+put("multilabel_specificity", [rate(scores[:, k], targets[:, k] > 0.5, False, False) for k in range(5)])
+put("multilabel_precision", [rate(scores[:, k], targets[:, k] > 0.5, True, True) for k in range(5)])
 
 # Multi-class: 150 samples, 4 classes, probabilities with ties.
 z = np.round(rng.normal(size=(150, 4)) * 2) / 2

@@ -1,0 +1,120 @@
+// The 3D layers: conv3d, maxpool3d, avgpool3d, over volumes (C,D,H,W) as PyTorch's Conv3d,
+// MaxPool3d and AvgPool3d (floor mode, count_include_pad=True). Registered in layers.cpp.
+#include "arg_reader.hpp"
+#include "errors.hpp"
+#include "volume_kernels.hpp"
+
+namespace mpicnn::core {
+namespace {
+
+Extent3 cube(int n) { return {n, n, n}; }
+Extent3 extent_of(const Shape& s) { return {s.d, s.h, s.w}; }
+Shape volume_shape(int channels, const Extent3& e) { return {channels, e.h, e.w, e.d}; }
+
+// A volume whose depth is 1 reads as an image (Shape cannot tell them apart): the 3D layers refuse it,
+// as the 2D layers refuse volumes, so that a spec written for the other kind fails where it goes wrong.
+void require_volume(const ArgReader& a, const Shape& in, const std::string& instead) {
+  if (!in.is_volume())
+    a.fail("needs a volume input (C,D,H,W) with depth > 1, got image " + in.str() + " (for images use " + instead + ")");
+}
+
+void require_window_fits(const ArgReader& a, const Shape& in, const char* what, int size, int pad) {
+  if (in.d + 2 * pad < size || in.h + 2 * pad < size || in.w + 2 * pad < size)
+    a.fail(std::string(what) + " " + std::to_string(size) + " with pad " + std::to_string(pad) + " does not fit input " +
+           in.str());
+}
+
+class Conv3D final : public Layer {
+ public:
+  Conv3D(const ArgReader& a, const Shape& in) {
+    require_volume(a, in, "conv");
+    const int filters = a.integer("filters", 1), kernel = a.integer("kernel", 1);
+    const int stride = a.integer("stride", 1), pad = a.integer("pad", 0);
+    bias_ = a.boolean("bias");
+    require_window_fits(a, in, "kernel", kernel, pad);
+    const Extent3 e = extent_of(in);
+    g_ = {in.c, e, filters, cube(kernel), cube(stride), cube(pad), sliding_extent(e, cube(kernel), cube(stride), cube(pad))};
+    input_ = in;
+    output_ = volume_shape(filters, g_.out);
+  }
+  std::string spec() const override {
+    return "conv3d(" + std::to_string(g_.filters) + "," + std::to_string(g_.kernel.d) + ",stride=" +
+           std::to_string(g_.stride.d) + ",pad=" + std::to_string(g_.pad.d) + (bias_ ? "" : ",bias=false") + ")";
+  }
+  void declare(ParamStore& store, StateStore&, const Scope& scope) override {
+    const int fan_in = int(g_.col_rows()), fan_out = g_.filters * int(g_.kernel.volume());
+    const Extent3& k = g_.kernel;
+    weight_ = store.declare({scope.prefix + "weight", {g_.filters, g_.in_channels, k.d, k.h, k.w}, 0, 0, scope.unit,
+                             fan_in, fan_out, ParamRole::weight});
+    if (bias_)
+      bias_index_ = store.declare({scope.prefix + "bias", {g_.filters}, 0, 0, scope.unit, fan_in, fan_out, ParamRole::bias});
+  }
+  void bind(const BindContext& context) override { store_ = &context.params; }
+  void forward(float* out, const float* in, int batch) override {
+    conv3d_forward(out, in, store_->value(weight_), bias_ ? store_->value(bias_index_) : nullptr, g_,
+                   batch);
+  }
+  void backward(float* in_grad, const float* out_grad, const float* in, const float*, int batch) override {
+    conv3d_backward(in_grad, store_->grad(weight_), bias_ ? store_->grad(bias_index_) : nullptr, out_grad, in, store_->value(weight_), g_, batch);
+  }
+  double forward_flops() const override { return 2.0 * double(g_.out_size()) * double(g_.col_rows()); }
+
+ private:
+  Conv3dGeometry g_;
+  bool bias_ = true;
+  int weight_ = -1, bias_index_ = -1;
+  ParamStore* store_ = nullptr;
+};
+
+class Pool3D final : public Layer {
+ public:
+  Pool3D(const ArgReader& a, const Shape& in, bool is_max) : max_(is_max) {
+    require_volume(a, in, is_max ? "maxpool" : "avgpool");
+    const int window = a.integer("window", 1);
+    const int stride = a.given("stride") ? a.integer("stride", 1) : window;
+    const int pad = a.integer("pad", 0);
+    if (2 * pad > window) a.fail("pad " + std::to_string(pad) + " must be at most half the window " + std::to_string(window));
+    require_window_fits(a, in, "window", window, pad);
+    const Extent3 e = extent_of(in);
+    g_ = {in.c, e, cube(window), cube(stride), cube(pad), sliding_extent(e, cube(window), cube(stride), cube(pad))};
+    input_ = in;
+    output_ = volume_shape(in.c, g_.out);
+  }
+  std::string spec() const override {
+    return std::string(max_ ? "maxpool3d(" : "avgpool3d(") + std::to_string(g_.window.d) + ",stride=" +
+           std::to_string(g_.stride.d) + ",pad=" + std::to_string(g_.pad.d) + ")";
+  }
+  void bind(const BindContext& context) override {
+    if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.out_size(), 0);
+  }
+  void forward(float* out, const float* in, int batch) override {
+    if (max_) maxpool3d_forward(out, argmax_.data(), in, g_, batch);
+    else avgpool3d_forward(out, in, g_, batch);
+  }
+  void backward(float* in_grad, const float* out_grad, const float*, const float*, int batch) override {
+    if (!in_grad) return;
+    if (max_) maxpool3d_backward(in_grad, out_grad, argmax_.data(), g_, batch);
+    else avgpool3d_backward(in_grad, out_grad, g_, batch);
+  }
+
+ private:
+  Pool3dGeometry g_;
+  bool max_;
+  std::vector<std::int32_t> argmax_;
+};
+
+}  // namespace
+
+std::unique_ptr<Layer> make_conv3d(const LayerArgs& args, const Shape& in, const std::string& path) {
+  return std::make_unique<Conv3D>(ArgReader(args, {"filters", "kernel", "stride=1", "pad=0", "bias=true"}, path), in);
+}
+
+std::unique_ptr<Layer> make_maxpool3d(const LayerArgs& args, const Shape& in, const std::string& path) {
+  return std::make_unique<Pool3D>(ArgReader(args, {"window", "stride=window", "pad=0"}, path), in, true);
+}
+
+std::unique_ptr<Layer> make_avgpool3d(const LayerArgs& args, const Shape& in, const std::string& path) {
+  return std::make_unique<Pool3D>(ArgReader(args, {"window", "stride=window", "pad=0"}, path), in, false);
+}
+
+}  // namespace mpicnn::core
