@@ -137,7 +137,8 @@ int run_convert(const Args& args, const dist::Communicator&) {
       {"test_fraction", "0", "folder: share of each class written to /test"},
       {"seed", "0", "folder: which images go to /test"},
       {"labels", "", "nifti, dicom: labels CSV, rows \"file-or-series,label[,split]\" (split: train, val or test)"},
-      {"shape", "", "nifti, dicom: fixed output D,H,W (or H,W); empty = every sample must have one shape"},
+      {"shape", "", "nifti, dicom: fixed output D,H,W (or H,W); coco: H,W (as --height/--width); empty = every "
+                    "sample must have one shape"},
       {"fit", "resize", "nifti, dicom: how samples reach --shape: resize (trilinear) or crop (centred, zero padded)"},
       {"time_points", "false", "nifti: a 4D file gives one sample per time point (else 4D files are refused)"},
       {"window", "", "dicom: center,width: clip rescaled values to [center - width/2, center + width/2]"},

@@ -283,8 +283,16 @@ std::vector<CocoSplit> parse_coco_inputs(const std::string& text) {
 
 ConvertSummary convert_coco(const std::vector<CocoSplit>& splits, const std::string& image_folder,
                             const std::string& output_path, const ConvertOptions& options) {
-  if ((options.height > 0) != (options.width > 0) || options.height < 0 || options.width < 0)
-    throw ConfigError("coco: resize target " + std::to_string(options.height) + "x" + std::to_string(options.width) +
+  int target_h = options.height, target_w = options.width;
+  if (!options.shape.empty()) {  // --shape H,W: the same as --height H --width W
+    if (options.shape.size() != 2 || target_h || target_w)
+      throw ConfigError("coco: --shape takes H,W (" + std::to_string(options.shape.size()) +
+                        " values given) and replaces --height/--width");
+    if (options.fit != "resize") throw ConfigError("coco: --fit " + options.fit + ", expected resize (boxes are scaled)");
+    target_h = options.shape[0], target_w = options.shape[1];
+  }
+  if ((target_h > 0) != (target_w > 0) || target_h < 0 || target_w < 0)
+    throw ConfigError("coco: resize target " + std::to_string(target_h) + "x" + std::to_string(target_w) +
                       ", expected both height and width > 0, or both 0");
   std::vector<CocoFile> files;
   for (const CocoSplit& s : splits) files.push_back(read_coco(parse_file(s.json_path), s.json_path, image_folder));
@@ -296,7 +304,7 @@ ConvertSummary convert_coco(const std::vector<CocoSplit>& splits, const std::str
     if (file.categories != files.front().categories)
       throw IoError(file.path + ": its categories differ from " + files.front().path + "'s (every split needs the same list)");
   const auto [colour_channels, common_size] = survey(files);
-  const int height = options.height ? options.height : common_size.first, width = options.width ? options.width : common_size.second;
+  const int height = target_h ? target_h : common_size.first, width = target_w ? target_w : common_size.second;
   if (height == 0)
     throw ShapeError(files.front().path + ": images of different sizes (give --height and --width to resize them)");
   const core::Shape shape{options.channels ? options.channels : colour_channels, height, width};

@@ -17,7 +17,7 @@ struct CocoSplit {
 
 // Writes one split per entry. Images are found at <image_folder>/<file_name> (the JSON's own folder
 // when image_folder is empty), taken in increasing image id, resized to options.height x
-// options.width (bilinear) with their boxes scaled, or all of one size when no size is given.
+// options.width, or options.shape {H, W} (bilinear) with their boxes scaled, or all of one size when no size is given.
 // Category ids of the first split's JSON map to classes 0..K-1 in increasing id, names kept; every
 // split must list the same categories. Bad input throws a one-line IoError/ConfigError naming the
 // JSON file and the annotation or image id.

@@ -7,7 +7,8 @@ inputs. `setup` writes a small generated set (the fixture); each other case is o
 roundtrip: every box of the HDF5 file equals its COCO bbox [x, y, w, h] as x1 = x, y1 = y,
 x2 = x + w, y2 = y + h (float32), in the JSON's order within each image, images in id order; classes
 are category ids mapped in increasing order; pixels equal the PNGs; class names kept.
-resized: --height 48 --width 64 scales x by 64/96 and y by 48/96 (in double, then float32).
+resized: --height 48 --width 64 scales x by 64/96 and y by 48/96 (in double, then float32);
+resized_shape: the same with --shape 48,64.
 crowd: iscrowd 1 on some annotations (absent on one: 0) comes out as box_iscrowd.
 Bad inputs: exit status 1 and one line `error: <json file>: annotation <id>: ...` (or image <id>).
 """
@@ -84,9 +85,9 @@ def case_roundtrip(args, work):
     print(f"[ figure ] {count} boxes of 52 canvases round trip exactly, pixels identical")
 
 
-def case_resized(args, work):
-    out = os.path.join(work, "resized.h5")
-    result = convert(args, work, inputs_of(work), out, "--height", "48", "--width", "64")
+def case_resized(args, work, size=("--height", "48", "--width", "64")):
+    out = os.path.join(work, "resized.h5" if size[0] == "--height" else "resized_shape.h5")
+    result = convert(args, work, inputs_of(work), out, *size)
     assert result.returncode == 0, result.stderr
     with h5py.File(out) as f:
         assert f["train/images"].shape == (40, 1, 48, 64)
@@ -110,6 +111,10 @@ def case_crowd(args, work):
         expected = [int(a["id"] in crowd) for image in images for a in coco["annotations"] if a["image_id"] == image["id"]]
         assert list(flags) == expected and offsets[-1] == len(expected)
     print(f"[ figure ] {sum(expected)} crowd boxes of {len(expected)} kept as box_iscrowd")
+
+
+def case_resized_shape(args, work):
+    case_resized(args, work, ("--shape", "48,64"))
 
 
 # Bad inputs: a change to train.json, and what the one-line message must contain.
@@ -199,12 +204,12 @@ def main():
     parser.add_argument("case", nargs="?")
     args = parser.parse_args()
     if args.list:
-        print("\n".join(["roundtrip", "resized", "crowd"] + ["bad_" + n for n in BAD]))
+        print("\n".join(["roundtrip", "resized", "resized_shape", "crowd"] + ["bad_" + n for n in BAD]))
         return
     work = args.work
     if args.case == "setup":
         case_setup(args, work)
-    elif args.case in ("roundtrip", "resized", "crowd"):
+    elif args.case in ("roundtrip", "resized", "resized_shape", "crowd"):
         globals()["case_" + args.case](args, work)
     else:
         case_bad(args, work, args.case[len("bad_"):])
