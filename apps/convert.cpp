@@ -127,7 +127,7 @@ int run_convert(const Args& args, const dist::Communicator&) {
       {"images", "", "coco: folder of the images' file_name (default: each JSON's folder)"},
       {"output", "", "HDF5 dataset to write", true},
       {"names", "", "class names (or multi-label label names): comma-separated, or 'fashion-mnist'"},
-      {"task", "", "npz: what the labels mean: multi-class, binary, multi-label or regression (empty: multi-class "
+      {"task", "", "npz, nifti, dicom: what the labels mean: multi-class, binary, multi-label or regression (empty: multi-class "
                    "for one label per sample; several labels must be told)"},
       {"layout", "auto", "npz: images (N,H,W,C) channels_last, (N,D,H,W) volume, (N,H,W) grey, or auto "
                          "(refuses a rank-4 array whose last axis is 1, 3 or 4)"},

@@ -1,6 +1,8 @@
 #pragma once
 // Reads a layer's arguments against its signature, e.g. {"filters", "kernel", "stride=1", "pad=0"}:
 // defaults, validation and error messages for every layer from the one list (core-internal).
+#include <algorithm>
+#include <array>
 #include <charconv>
 #include <optional>
 #include <string>
@@ -38,6 +40,27 @@ class ArgReader {
     } catch (const std::exception&) {
     }
     fail("argument '" + name + "' must be a number, got '" + text + "'");
+  }
+  // One size per spatial axis of a volume: "3" for all three, or "1x3x3" as depth x height x width.
+  std::array<int, 3> extent(const std::string& name, int min_value) const {
+    const std::string text = raw(name);
+    std::array<int, 3> sizes{};
+    std::size_t begin = 0;
+    int parts = 0;
+    for (; parts < 3 && begin <= text.size(); ++parts) {
+      const std::size_t x = std::min(text.find('x', begin), text.size());
+      const std::optional<int> parsed = parse_whole<int>(text.substr(begin, x - begin));
+      if (!parsed) break;
+      sizes[parts] = *parsed;
+      begin = x + 1;
+    }
+    const bool whole = begin == text.size() + 1;
+    if (!whole || (parts != 1 && parts != 3))
+      fail("argument '" + name + "' must be an integer or DxHxW (e.g. 1x3x3), got '" + text + "'");
+    if (parts == 1) sizes = {sizes[0], sizes[0], sizes[0]};
+    for (int v : sizes)
+      if (v < min_value) fail("argument '" + name + "' must be >= " + std::to_string(min_value) + " on every axis, got " + text);
+    return sizes;
   }
   bool boolean(const std::string& name) const {
     const std::string text = raw(name);
@@ -102,6 +125,8 @@ inline std::string float_text(float value) {
 std::unique_ptr<Layer> make_batchnorm(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_residual(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_repeat(const LayerArgs&, const Shape&, const std::string& path);
+std::unique_ptr<Layer> make_l2norm(const LayerArgs&, const Shape&, const std::string& path);
+std::unique_ptr<Layer> make_cosine(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_conv3d(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_maxpool3d(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_avgpool3d(const LayerArgs&, const Shape&, const std::string& path);

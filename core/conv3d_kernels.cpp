@@ -29,10 +29,21 @@ T* thread_scratch(std::size_t n) {
   return scratch.data();
 }
 
-// Calls f(row, column, input index or -1 in the padding) for the columns [first, first + count) of the
-// vol2col matrix (C*T*R*S, OD*OH*OW): row (c,t,r,s), column (od,oh,ow); `column` counts from 0.
+// A run of a columns-matrix row: the consecutive columns [column, column + count) of one output row
+// (od,oh), whose inputs lie on one input line at iw = iw0 + i * stride_w. `line` is that line's
+// first input index, or -1 when the line lies in the padding; inputs i in [inside_begin,
+// inside_end) lie within the line, the others in the padding.
+struct Run {
+  std::size_t row;
+  int column, count;
+  std::ptrdiff_t line;
+  int iw0, inside_begin, inside_end;
+};
+
+// Calls f(run) for the columns [first, first + count) of the vol2col matrix (C*T*R*S, OD*OH*OW):
+// row (c,t,r,s), column (od,oh,ow) counted from `first`.
 template <class F>
-void each_column_element(const Conv3dGeometry& g, std::size_t first, int count, F&& f) {
+void each_column_run(const Conv3dGeometry& g, std::size_t first, int count, F&& f) {
   const Extent3 &k = g.kernel, &in = g.in, &out = g.out, &st = g.stride, &pd = g.pad;
   const int first_ow = int(first % out.w), first_oh = int(first / out.w % out.h), first_od = int(first / out.w / out.h);
   std::size_t row = 0;
@@ -41,14 +52,18 @@ void each_column_element(const Conv3dGeometry& g, std::size_t first, int count, 
       for (int r = 0; r < k.h; ++r)
         for (int s = 0; s < k.w; ++s, ++row) {
           int od = first_od, oh = first_oh, ow = first_ow;
-          for (int column = 0; column < count; ++column) {
-            const int id = od * st.d - pd.d + t, ih = oh * st.h - pd.h + r, iw = ow * st.w - pd.w + s;
-            const bool inside = id >= 0 && id < in.d && ih >= 0 && ih < in.h && iw >= 0 && iw < in.w;
-            f(row, column, inside ? ((std::ptrdiff_t(c) * in.d + id) * in.h + ih) * in.w + iw : std::ptrdiff_t(-1));
-            if (++ow == out.w) {
-              ow = 0;
-              if (++oh == out.h) oh = 0, ++od;
-            }
+          for (int column = 0; column < count;) {
+            const int length = std::min(count - column, out.w - ow);
+            const int id = od * st.d - pd.d + t, ih = oh * st.h - pd.h + r, iw0 = ow * st.w - pd.w + s;
+            const bool plane_inside = id >= 0 && id < in.d && ih >= 0 && ih < in.h;
+            // i in [begin, end) has 0 <= iw0 + i * stride < W.
+            const int begin = std::min(length, iw0 >= 0 ? 0 : (-iw0 + st.w - 1) / st.w);
+            const int end = iw0 > in.w - 1 ? 0 : std::min(length, (in.w - 1 - iw0) / st.w + 1);
+            const std::ptrdiff_t line = plane_inside ? (std::ptrdiff_t(c) * in.d + id) * in.h * in.w + std::ptrdiff_t(ih) * in.w : -1;
+            f(Run{row, column, length, line, iw0, begin, plane_inside ? std::max(begin, end) : begin});
+            column += length;
+            ow = 0;
+            if (++oh == out.h) oh = 0, ++od;
           }
         }
 }
@@ -56,16 +71,30 @@ void each_column_element(const Conv3dGeometry& g, std::size_t first, int count, 
 template <class T>
 void vol2col(T* columns /*C*T*R*S, count*/, const T* x /*C,D,H,W*/, const Conv3dGeometry& g, std::size_t first,
              int count) {
-  each_column_element(g, first, count, [&](std::size_t row, int column, std::ptrdiff_t index) {
-    columns[row * count + column] = index < 0 ? T(0) : x[index];
+  const int sw = g.stride.w;
+  each_column_run(g, first, count, [&](const Run& run) {
+    T* __restrict to = columns + run.row * count + run.column;
+    std::fill(to, to + run.inside_begin, T(0));
+    if (run.inside_end > run.inside_begin) {
+      const T* __restrict from = x + run.line + run.iw0;
+      if (sw == 1)
+        std::copy(from + run.inside_begin, from + run.inside_end, to + run.inside_begin);
+      else
+        for (int i = run.inside_begin; i < run.inside_end; ++i) to[i] = from[std::ptrdiff_t(i) * sw];
+    }
+    std::fill(to + run.inside_end, to + run.count, T(0));
   });
 }
 
 template <class T>
 void col2vol_add(T* dx /*C,D,H,W*/, const T* columns /*C*T*R*S, count*/, const Conv3dGeometry& g, std::size_t first,
                  int count) {
-  each_column_element(g, first, count, [&](std::size_t row, int column, std::ptrdiff_t index) {
-    if (index >= 0) dx[index] += columns[row * count + column];
+  const int sw = g.stride.w;
+  each_column_run(g, first, count, [&](const Run& run) {
+    if (run.inside_end <= run.inside_begin) return;  // all in the padding
+    const T* __restrict from = columns + run.row * count + run.column;
+    T* __restrict to = dx + run.line + run.iw0;
+    for (int i = run.inside_begin; i < run.inside_end; ++i) to[std::ptrdiff_t(i) * sw] += from[i];
   });
 }
 

@@ -18,12 +18,6 @@ constexpr int kDenseCols = 32, kDenseInputs = 256, kDenseRows = 16;
 // Floats per task in element-wise loops.
 constexpr std::size_t kElementChunk = 1 << 14;
 
-// Each GEMM runs in the TBB task that calls it; a BLAS thread pool on top would oversubscribe.
-const bool blas_is_single_threaded = [] {
-  openblas_set_num_threads(1);
-  return true;
-}();
-
 using blas::gemm;
 
 int blocks_of(int n, int block) { return (n + block - 1) / block; }

@@ -45,7 +45,7 @@ double window_flops(const Pool3dGeometry& g) { return double(g.out_size()) * g.w
 }  // namespace
 
 template <class T>
-void maxpool3d_forward(T* out, std::int32_t* argmax, const T* in, const Pool3dGeometry& g, int batch) {
+void maxpool3d_forward(T* out, std::int32_t* argmax, const T* in, const Pool3dGeometry& g, int batch, bool relu) {
   parallel_for(batch, window_flops(g), [&](std::size_t n) {
     const T* x = in + n * g.in_size();
     T* y = out + n * g.out_size();
@@ -56,7 +56,7 @@ void maxpool3d_forward(T* out, std::int32_t* argmax, const T* in, const Pool3dGe
       each_in_window(g, win, base, [&](std::size_t i) {
         if (x[i] > best || best_index < 0) best = x[i], best_index = std::int32_t(i);
       });
-      y[o] = best;
+      y[o] = relu && !(best > T(0)) ? T(0) : best;
       arg[o] = best_index;
     });
   });
@@ -64,13 +64,15 @@ void maxpool3d_forward(T* out, std::int32_t* argmax, const T* in, const Pool3dGe
 
 template <class T>
 void maxpool3d_backward(T* in_grad, const T* out_grad, const std::int32_t* argmax, const Pool3dGeometry& g,
-                        int batch) {
+                        int batch, const T* relu_out) {
   parallel_for(batch, double(g.in_size()), [&](std::size_t n) {
     T* dx = in_grad + n * g.in_size();
     const T* dy = out_grad + n * g.out_size();
     const std::int32_t* arg = argmax + n * g.out_size();
+    const T* y = relu_out ? relu_out + n * g.out_size() : nullptr;
     std::fill(dx, dx + g.in_size(), T(0));
-    for (std::size_t o = 0; o < g.out_size(); ++o) dx[arg[o]] += dy[o];
+    for (std::size_t o = 0; o < g.out_size(); ++o)
+      if (!y || y[o] > T(0)) dx[arg[o]] += dy[o];
   });
 }
 
@@ -103,8 +105,8 @@ void avgpool3d_backward(T* in_grad, const T* out_grad, const Pool3dGeometry& g, 
 }
 
 #define MPICNN_INSTANTIATE(T)                                                                                \
-  template void maxpool3d_forward(T*, std::int32_t*, const T*, const Pool3dGeometry&, int);                  \
-  template void maxpool3d_backward(T*, const T*, const std::int32_t*, const Pool3dGeometry&, int);           \
+  template void maxpool3d_forward(T*, std::int32_t*, const T*, const Pool3dGeometry&, int, bool);            \
+  template void maxpool3d_backward(T*, const T*, const std::int32_t*, const Pool3dGeometry&, int, const T*); \
   template void avgpool3d_forward(T*, const T*, const Pool3dGeometry&, int);                                 \
   template void avgpool3d_backward(T*, const T*, const Pool3dGeometry&, int);
 MPICNN_INSTANTIATE(float)

@@ -54,13 +54,15 @@ struct Pool3dGeometry {
 };
 
 // argmax: per output element the flat index within the sample's (C,D,H,W) input, for backward.
-// Ties go to the first element in (d,h,w) scan order, as PyTorch's MaxPool3d.
+// Ties go to the first element in (d,h,w) scan order, as PyTorch's MaxPool3d. With `relu` the pool
+// also applies the ReLU before it, as maxpool_forward does (kernels.hpp): backward is then given the
+// pool's output (`relu_out`) and passes gradient only where it is positive.
 template <class T>
 void maxpool3d_forward(T* out /*N,C,OD,OH,OW*/, std::int32_t* argmax, const T* in /*N,C,D,H,W*/,
-                       const Pool3dGeometry& g, int batch);
+                       const Pool3dGeometry& g, int batch, bool relu = false);
 template <class T>
 void maxpool3d_backward(T* in_grad, const T* out_grad, const std::int32_t* argmax, const Pool3dGeometry& g,
-                        int batch);
+                        int batch, const T* relu_out = nullptr);
 // Padding counts in the divisor (PyTorch's AvgPool3d default count_include_pad=True; in floor mode
 // every window ends within the padded input, so the divisor is always T*R*S).
 template <class T>

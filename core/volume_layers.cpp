@@ -1,5 +1,7 @@
 // The 3D layers: conv3d, maxpool3d, avgpool3d, over volumes (C,D,H,W) as PyTorch's Conv3d,
-// MaxPool3d and AvgPool3d (floor mode, count_include_pad=True). Registered in layers.cpp.
+// MaxPool3d and AvgPool3d (floor mode, count_include_pad=True). Kernel, window, stride and pad are
+// one size for all three axes ("3") or one per axis, depth x height x width ("1x3x3"), as PyTorch's
+// tuples. Registered in layers.cpp.
 #include "arg_reader.hpp"
 #include "errors.hpp"
 #include "volume_kernels.hpp"
@@ -7,7 +9,15 @@
 namespace mpicnn::core {
 namespace {
 
-Extent3 cube(int n) { return {n, n, n}; }
+Extent3 extent_arg(const ArgReader& a, const std::string& name, int min_value) {
+  const std::array<int, 3> e = a.extent(name, min_value);
+  return {e[0], e[1], e[2]};
+}
+// As the spec reads it back: "3" when every axis agrees, else "1x3x3".
+std::string extent_text(const Extent3& e) {
+  if (e.d == e.h && e.h == e.w) return std::to_string(e.d);
+  return std::to_string(e.d) + "x" + std::to_string(e.h) + "x" + std::to_string(e.w);
+}
 Extent3 extent_of(const Shape& s) { return {s.d, s.h, s.w}; }
 Shape volume_shape(int channels, const Extent3& e) { return {channels, e.h, e.w, e.d}; }
 
@@ -18,28 +28,27 @@ void require_volume(const ArgReader& a, const Shape& in, const std::string& inst
     a.fail("needs a volume input (C,D,H,W) with depth > 1, got image " + in.str() + " (for images use " + instead + ")");
 }
 
-void require_window_fits(const ArgReader& a, const Shape& in, const char* what, int size, int pad) {
-  if (in.d + 2 * pad < size || in.h + 2 * pad < size || in.w + 2 * pad < size)
-    a.fail(std::string(what) + " " + std::to_string(size) + " with pad " + std::to_string(pad) + " does not fit input " +
-           in.str());
+void require_window_fits(const ArgReader& a, const Shape& in, const char* what, const Extent3& size, const Extent3& pad) {
+  if (in.d + 2 * pad.d < size.d || in.h + 2 * pad.h < size.h || in.w + 2 * pad.w < size.w)
+    a.fail(std::string(what) + " " + extent_text(size) + " with pad " + extent_text(pad) + " does not fit input " + in.str());
 }
 
 class Conv3D final : public Layer {
  public:
   Conv3D(const ArgReader& a, const Shape& in) {
     require_volume(a, in, "conv");
-    const int filters = a.integer("filters", 1), kernel = a.integer("kernel", 1);
-    const int stride = a.integer("stride", 1), pad = a.integer("pad", 0);
+    const int filters = a.integer("filters", 1);
+    const Extent3 kernel = extent_arg(a, "kernel", 1), stride = extent_arg(a, "stride", 1), pad = extent_arg(a, "pad", 0);
     bias_ = a.boolean("bias");
     require_window_fits(a, in, "kernel", kernel, pad);
     const Extent3 e = extent_of(in);
-    g_ = {in.c, e, filters, cube(kernel), cube(stride), cube(pad), sliding_extent(e, cube(kernel), cube(stride), cube(pad))};
+    g_ = {in.c, e, filters, kernel, stride, pad, sliding_extent(e, kernel, stride, pad)};
     input_ = in;
     output_ = volume_shape(filters, g_.out);
   }
   std::string spec() const override {
-    return "conv3d(" + std::to_string(g_.filters) + "," + std::to_string(g_.kernel.d) + ",stride=" +
-           std::to_string(g_.stride.d) + ",pad=" + std::to_string(g_.pad.d) + (bias_ ? "" : ",bias=false") + ")";
+    return "conv3d(" + std::to_string(g_.filters) + "," + extent_text(g_.kernel) + ",stride=" + extent_text(g_.stride) +
+           ",pad=" + extent_text(g_.pad) + (bias_ ? "" : ",bias=false") + ")";
   }
   void declare(ParamStore& store, StateStore&, const Scope& scope) override {
     const int fan_in = int(g_.col_rows()), fan_out = g_.filters * int(g_.kernel.volume());
@@ -70,36 +79,40 @@ class Pool3D final : public Layer {
  public:
   Pool3D(const ArgReader& a, const Shape& in, bool is_max) : max_(is_max) {
     require_volume(a, in, is_max ? "maxpool" : "avgpool");
-    const int window = a.integer("window", 1);
-    const int stride = a.given("stride") ? a.integer("stride", 1) : window;
-    const int pad = a.integer("pad", 0);
-    if (2 * pad > window) a.fail("pad " + std::to_string(pad) + " must be at most half the window " + std::to_string(window));
+    const Extent3 window = extent_arg(a, "window", 1);
+    const Extent3 stride = a.given("stride") ? extent_arg(a, "stride", 1) : window;
+    const Extent3 pad = extent_arg(a, "pad", 0);
+    if (2 * pad.d > window.d || 2 * pad.h > window.h || 2 * pad.w > window.w)
+      a.fail("pad " + extent_text(pad) + " must be at most half the window " + extent_text(window));
     require_window_fits(a, in, "window", window, pad);
     const Extent3 e = extent_of(in);
-    g_ = {in.c, e, cube(window), cube(stride), cube(pad), sliding_extent(e, cube(window), cube(stride), cube(pad))};
+    g_ = {in.c, e, window, stride, pad, sliding_extent(e, window, stride, pad)};
     input_ = in;
     output_ = volume_shape(in.c, g_.out);
   }
   std::string spec() const override {
-    return std::string(max_ ? "maxpool3d(" : "avgpool3d(") + std::to_string(g_.window.d) + ",stride=" +
-           std::to_string(g_.stride.d) + ",pad=" + std::to_string(g_.pad.d) + ")";
+    return std::string(max_ ? "maxpool3d(" : "avgpool3d(") + extent_text(g_.window) + ",stride=" +
+           extent_text(g_.stride) + ",pad=" + extent_text(g_.pad) + ")";
   }
   void bind(const BindContext& context) override {
     if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.out_size(), 0);
   }
   void forward(float* out, const float* in, int batch) override {
-    if (max_) maxpool3d_forward(out, argmax_.data(), in, g_, batch);
+    if (max_) maxpool3d_forward(out, argmax_.data(), in, g_, batch, relu_);
     else avgpool3d_forward(out, in, g_, batch);
   }
-  void backward(float* in_grad, const float* out_grad, const float*, const float*, int batch) override {
+  void backward(float* in_grad, const float* out_grad, const float*, const float* out, int batch) override {
     if (!in_grad) return;
-    if (max_) maxpool3d_backward(in_grad, out_grad, argmax_.data(), g_, batch);
+    if (max_) maxpool3d_backward(in_grad, out_grad, argmax_.data(), g_, batch, relu_ ? out : nullptr);
     else avgpool3d_backward(in_grad, out_grad, g_, batch);
   }
+  bool can_absorb_preceding_relu() const override { return max_; }
+  void absorb_preceding_relu() override { relu_ = true; }
 
  private:
   Pool3dGeometry g_;
   bool max_;
+  bool relu_ = false;  // applies the ReLU before it (absorb_preceding_relu)
   std::vector<std::int32_t> argmax_;
 };
 

@@ -12,7 +12,7 @@
 
 #include "core/detection_eval.hpp"
 #include "core/errors.hpp"
-#include "text_fixture.hpp"
+#include "fixture_text.hpp"
 
 namespace {
 
@@ -20,7 +20,7 @@ using mpicnn::core::Box;
 using mpicnn::core::DetectedBox;
 using mpicnn::core::DetectionSummary;
 using mpicnn::core::GroundTruthBox;
-using mpicnn::core::fixtures::values_after;
+using mpicnn::core::values_after;
 
 const char* const kNames[] = {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1",
                               "AR10", "AR100", "AR_small", "AR_medium", "AR_large", "VOC_AP50"};

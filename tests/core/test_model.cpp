@@ -159,12 +159,17 @@ INSTANTIATE_TEST_SUITE_P(
         PassThroughCase{"conv(4,3) relu relu maxpool(2) conv(2,3) leakyrelu maxpool(2) flatten dense(3)", {1, 16, 16}, {2, 7}},
         // two pass-throughs in a row: flatten, then a ReLU absorbed by a 1x1 pool; flatten first runs
         PassThroughCase{"conv(4,3) flatten relu maxpool(1) dense(3)", {1, 6, 6}, {1, 2}},
-        PassThroughCase{"flatten dense(4) relu dense(3)", {2, 3, 3}, {}}));
+        PassThroughCase{"flatten dense(4) relu dense(3)", {2, 3, 3}, {}},
+        // volumes: maxpool3d absorbs the ReLU before it (overlapping padded windows, then 2x2x2);
+        // avgpool3d does not
+        PassThroughCase{"conv3d(4,3,pad=1) relu maxpool3d(3,stride=2,pad=1) conv3d(6,1x3x3,pad=0x1x1) relu maxpool3d(2) "
+                        "relu avgpool3d(2) flatten dense(3)",
+                        {2, 8, 8, 8}, {1, 4, 8}}));
 
 TEST(ModelErrors, UnknownLayerListsKnownOnes) {
   const std::string e = error_of<ConfigError>("conv(8,3) conv3(4) relu");
   EXPECT_THAT(e, HasSubstr("unknown layer 'conv3' at position 2"));
-  EXPECT_THAT(e, HasSubstr("known: avgpool, avgpool3d, bn, conv, conv3d, dense"));
+  EXPECT_THAT(e, HasSubstr("known: avgpool, avgpool3d, bn, conv, conv3d, cosine, dense"));
 }
 
 TEST(ModelErrors, ShapeMismatchNamesLayerPositionAndShapes) {

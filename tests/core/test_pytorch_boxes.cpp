@@ -13,12 +13,12 @@
 
 #include "core/boxes.hpp"
 #include "core/errors.hpp"
-#include "text_fixture.hpp"
+#include "fixture_text.hpp"
 
 namespace {
 
 using mpicnn::core::Box;
-using mpicnn::core::fixtures::values_after;
+using mpicnn::core::values_after;
 
 struct Case {
   std::string name;

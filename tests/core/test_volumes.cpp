@@ -127,8 +127,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Conv3dCase{"PerAxis", 2, {5, 7, 6}, 3, {1, 3, 2}, {1, 2, 1}, {0, 1, 1}, 9},  // three chunks
                       Conv3dCase{"Stem7Stride2", 1, {12, 12, 12}, 8, {7, 7, 7}, {2, 2, 2}, {3, 3, 3}, 2},
                       Conv3dCase{"ManySamplesLarge", 16, {8, 8, 8}, 32, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 6},
-                      // 1080 column rows x 1000 voxels: two voxel blocks; 20 filters: two filter blocks
-                      Conv3dCase{"TwoVoxelBlocks", 40, {10, 10, 10}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 2}),
+                      // 1080 column rows x 990 voxels: two voxel blocks (of 970), the second starting
+                      // inside an output row; 20 filters: two filter blocks
+                      Conv3dCase{"TwoVoxelBlocks", 40, {10, 11, 9}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 2}),
     [](const ::testing::TestParamInfo<Conv3dCase>& info) { return info.param.name; });
 
 TEST(Conv3d, ForwardByHand) {
@@ -278,6 +279,24 @@ TEST(VolumeLayers, TwoDimensionalLayersRefuseVolumesAndThreeDimensionalOnesImage
   EXPECT_THAT(e, HasSubstr("layer 1.main.1 'conv3d' needs a volume input"));
 }
 
+TEST(VolumeLayers, SizesPerAxis) {
+  Model model("conv3d(4,1x3x3,stride=1x2x2,pad=0x1x1) maxpool3d(2x1x1) avgpool3d(3x3x1,stride=1,pad=1x1x0)", kVolume, 1);
+  EXPECT_EQ(model.layers()[0]->output_shape(), (Shape{4, 5, 6, 8}));  // (C,D,H,W) = (4,8,5,6)
+  EXPECT_EQ(model.layers()[1]->output_shape(), (Shape{4, 5, 6, 4}));
+  EXPECT_EQ(model.layers()[2]->output_shape(), (Shape{4, 5, 6, 4}));
+  EXPECT_EQ(model.params().info(0).dims, (std::vector<int>{4, 1, 1, 3, 3}));
+  EXPECT_EQ(model.canonical_spec(), "conv3d(4,1x3x3,stride=1x2x2,pad=0x1x1) maxpool3d(2x1x1,stride=2x1x1,pad=0) "
+                                    "avgpool3d(3x3x1,stride=1,pad=1x1x0)");
+  Model again(model.canonical_spec(), kVolume, 1);
+  EXPECT_EQ(again.canonical_spec(), model.canonical_spec());
+  EXPECT_THAT(error_of<ConfigError>("conv3d(4,1x3)", kVolume),
+              HasSubstr("argument 'kernel' must be an integer or DxHxW (e.g. 1x3x3), got '1x3'"));
+  EXPECT_THAT(error_of<ConfigError>("conv3d(4,3,stride=1x0x1)", kVolume),
+              HasSubstr("argument 'stride' must be >= 1 on every axis, got 1x0x1"));
+  EXPECT_THAT(error_of<ConfigError>("maxpool3d(1x2x2,pad=1)", kVolume),
+              HasSubstr("pad 1 must be at most half the window 1x2x2"));
+}
+
 TEST(VolumeLayers, ArgumentsAreValidated) {
   EXPECT_THAT(error_of<ConfigError>("conv3d(4,9)", kVolume), HasSubstr("kernel 9 with pad 0 does not fit input (1,8,10,12)"));
   EXPECT_THAT(error_of<ConfigError>("conv3d(4)", kVolume), HasSubstr("missing argument 'kernel'"));
@@ -325,6 +344,25 @@ TEST(VolumeModels, ResNet18For28CubedVolumesBuildsWithMonaisShapes) {
   expected += 512 * 11 + 11;
   EXPECT_EQ(model.params().count(), expected);
   EXPECT_EQ(model.canonical_spec(), Model(model.canonical_spec(), {1, 28, 28, 28}, 1).canonical_spec());
+}
+
+TEST(VolumeModels, ResNet18For64CubedVolumesWithMonaisDefaultStem) {
+  const std::string spec = config_spec("resnet18_3d_64.ini");
+  Model model(spec, {1, 64, 64, 64}, 1);
+  const auto& layers = model.layers();
+  ASSERT_EQ(layers.size(), 20u);
+  EXPECT_EQ(layers[0]->output_shape(), (Shape{64, 32, 32, 32}));   // 7x7x7 stride-2 stem
+  EXPECT_EQ(layers[3]->output_shape(), (Shape{64, 16, 16, 16}));   // max pool
+  EXPECT_EQ(layers[4]->output_shape(), (Shape{64, 16, 16, 16}));   // layer1
+  EXPECT_EQ(layers[6]->output_shape(), (Shape{128, 8, 8, 8}));     // layer2
+  EXPECT_EQ(layers[10]->output_shape(), (Shape{256, 4, 4, 4}));    // layer3
+  EXPECT_EQ(layers[14]->output_shape(), (Shape{512, 2, 2, 2}));    // layer4
+  EXPECT_EQ(layers[19]->output_shape(), (Shape{11, 1, 1}));
+  // resnet18_3d.ini's count with a 7x7x7 stem instead of 3x3x3: 64 * (343 - 27) more weights.
+  EXPECT_EQ(model.params().count(), 33145419u + 64 * (343 - 27));
+  // On 28^3 the last stage would reach depth 1: refused where it happens.
+  EXPECT_THAT(error_of<ConfigError>(spec, {1, 28, 28, 28}),
+              HasSubstr("'conv3d' needs a volume input (C,D,H,W) with depth > 1, got image (512,1,1)"));
 }
 
 TEST(VolumeModels, BatchNormNormalisesEachChannelOverBatchAndDepthHeightWidth) {

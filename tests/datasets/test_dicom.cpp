@@ -194,6 +194,9 @@ d.save_as(")" + files + R"(/series/odd.dcm")
                                              "1.2.826.0.1.3680043.8.498.1, expected one frame of 128x128 like " +
                                              files + "/series/1_...");
   std::filesystem::remove(files + "/series/odd.dcm");
+  std::filesystem::copy(kPydicomData + "/SC_rgb_jpeg.dcm", files + "/colour.dcm");
+  fails("MR_small.dcm,0\n", files + "/colour.dcm: 3 samples per pixel (colour), expected 1 (greyscale)");
+  std::filesystem::remove(files + "/colour.dcm");
   std::filesystem::copy(kPydicomData + "/README.txt", files + "/notes.txt");
   fails("MR_small.dcm,0\n", files + "/notes.txt: not a DICOM file (GDCM cannot read it)");
 }

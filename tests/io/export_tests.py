@@ -20,7 +20,7 @@ built in memory by io_onnx_blocks (checkpoints hold no running statistics yet); 
 without affine, dropout, globalavgpool), mixed (BN after dense, a residual on flat values with a
 convolution shortcut, dropout-only branches, globalmaxpool, globalavgpool of a flat value, absorbed
 ReLU, a convolution as the last layer; mse), volume (conv3d, bn, residual blocks, maxpool3d, avgpool3d and
-globalavgpool on 5-D tensors).
+globalavgpool on 5-D tensors), volume_max (globalmaxpool of a volume).
 
 Metric everywhere: max over all samples and outputs of |a - b| (float32 values), tolerance 1e-4;
 onnx_blocks: that maximum divided by the largest |engine value| of the output, tolerance 1e-5.
@@ -96,13 +96,22 @@ BLOCK_ARCHS = {
                "layer15_conv": "Conv", "output_flatten": "Flatten"},
         epsilon={"layer1_bn": 0.001, "layer9_bn": 1e-5},
         affine_false=[]),
+    # An embedding head (issue 18): l2norm and the cosine classifier, its centres normalised in the graph.
+    "embedding": dict(
+        spec="conv(4,3,pad=1) bn relu globalavgpool flatten dense(8,bias=false) bn l2norm cosine(5)",
+        input="3,8,8", loss="cross_entropy",
+        ops={"Conv": 1, "BatchNormalization": 2, "ReduceL2": 3, "Max": 3, "Div": 4, "Gemm": 2},  # a Div normalises the input
+        nodes={"layer7_l2norm": "Div", "layer8_cosine_input": "Div", "layer8_cosine_centres": "Div",
+               "layer8_cosine": "Gemm"},
+        affine_false=[]),
     # Volumes (C,D,H,W) = (1,8,10,12): Conv, BatchNormalization, MaxPool and AveragePool (padded, stride
-    # 1) on 5-D tensors, residual blocks with a strided 1x1x1 shortcut, a global average pool of a volume.
+    # 1, sizes per axis) on 5-D tensors, residual blocks with a strided 1x1x1 shortcut, a global average
+    # pool of a volume.
     "volume": dict(
         spec="conv3d(6,3,pad=1,bias=false) bn relu residual{conv3d(6,3,pad=1,bias=false) bn relu "
              "conv3d(6,3,pad=1,bias=false) bn} relu residual{conv3d(8,3,stride=2,pad=1,bias=false) bn relu "
              "conv3d(8,3,pad=1,bias=false) bn | conv3d(8,1,stride=2,bias=false) bn} relu maxpool3d(2) "
-             "avgpool3d(3,stride=1,pad=1) conv3d(8,3,pad=1) globalavgpool flatten dense(4)",
+             "avgpool3d(3x3x1,stride=1,pad=1x1x0) conv3d(8,1x3x3,pad=0x1x1) globalavgpool flatten dense(4)",
         input="1,8,10,12", loss="cross_entropy",
         ops={"Conv": 7, "BatchNormalization": 6, "Add": 2, "Relu": 5, "MaxPool": 1, "AveragePool": 1,
              "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1},
@@ -110,6 +119,13 @@ BLOCK_ARCHS = {
                "layer7_maxpool3d": "MaxPool", "layer8_avgpool3d": "AveragePool", "layer9_conv3d": "Conv",
                "layer10_globalavgpool": "GlobalAveragePool", "layer10_globalavgpool_flatten": "Flatten",
                "layer12_dense": "Gemm"},
+        affine_false=[]),
+    # A volume's global max pool, after a ReLU and a max pool over volumes; mse.
+    "volume_max": dict(
+        spec="conv3d(5,3,stride=2,pad=1) bn relu maxpool3d(3,stride=2,pad=1) globalmaxpool flatten dense(3)",
+        input="2,9,8,7", loss="mse",
+        ops={"Conv": 1, "BatchNormalization": 1, "Relu": 1, "MaxPool": 1, "GlobalMaxPool": 1, "Flatten": 1, "Gemm": 1},
+        nodes={"layer4_globalmaxpool": "GlobalMaxPool", "layer4_globalmaxpool_flatten": "Flatten"},
         affine_false=[]),
 }
 

@@ -110,8 +110,8 @@ class Residual(nn.Module):
 SPEC = ("conv3d(4,3,pad=1,bias=false) bn relu "
         "residual{conv3d(8,3,stride=2,pad=1,bias=false) bn relu conv3d(8,3,pad=1,bias=false) bn | "
         "conv3d(8,1,stride=2,bias=false) bn} relu "
-        "residual{conv3d(8,3,pad=1,bias=false) bn relu conv3d(8,3,pad=1)} relu "
-        "avgpool3d(3,stride=1,pad=1) maxpool3d(2) globalavgpool flatten dense(3)")
+        "residual{conv3d(8,1x3x3,pad=0x1x1,bias=false) bn relu conv3d(8,3,pad=1)} relu "
+        "avgpool3d(3x3x1,stride=1,pad=1x1x0) maxpool3d(2) globalavgpool flatten dense(3)")
 
 
 def network_model():
@@ -121,10 +121,10 @@ def network_model():
                                nn.Conv3d(8, 8, 3, padding=1, bias=False), nn.BatchNorm3d(8)),
                  nn.Sequential(nn.Conv3d(4, 8, 1, stride=2, bias=False), nn.BatchNorm3d(8))),
         nn.ReLU(),
-        Residual(nn.Sequential(nn.Conv3d(8, 8, 3, padding=1, bias=False), nn.BatchNorm3d(8), nn.ReLU(),
+        Residual(nn.Sequential(nn.Conv3d(8, 8, (1, 3, 3), padding=(0, 1, 1), bias=False), nn.BatchNorm3d(8), nn.ReLU(),
                                nn.Conv3d(8, 8, 3, padding=1))),
         nn.ReLU(),
-        nn.AvgPool3d(3, stride=1, padding=1), nn.MaxPool3d(2), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+        nn.AvgPool3d((3, 3, 1), stride=1, padding=(1, 1, 0)), nn.MaxPool3d(2), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
         nn.Linear(8, 3)).double()
 
 
