@@ -7,6 +7,8 @@
 #include "apps/commands.hpp"
 #include "apps/settings.hpp"
 #include "core/errors.hpp"
+#include "datasets/boxes.hpp"
+#include "datasets/coco.hpp"
 #include "datasets/convert.hpp"
 #include "datasets/h5.hpp"
 #include "datasets/reader.hpp"
@@ -47,6 +49,13 @@ std::string join(const std::vector<double>& values) {
   return out.str();
 }
 
+void print_boxes(const data::SplitBoxes& boxes) {
+  std::size_t crowd = 0, most = 0;
+  for (std::uint8_t c : boxes.crowd) crowd += c;
+  for (std::size_t n = 0; n < boxes.samples(); ++n) most = std::max(most, boxes.of(n).boxes.size());
+  std::printf("          %8zu boxes (%zu crowd), up to %zu in an image\n", boxes.boxes.size(), crowd, most);
+}
+
 void inspect_dataset(const std::string& path) {
   const data::DatasetInfo first = data::read_info(path, "train");
   std::printf("%s: mpicnn dataset\n", path.c_str());
@@ -57,6 +66,7 @@ void inspect_dataset(const std::string& path) {
     const data::DatasetInfo info = data::read_info(path, split);
     std::printf("  /%-6s %8zu samples, %s\n", split.c_str(), info.count,
                 info.target_size ? ("targets of " + std::to_string(info.target_size)).c_str() : "labels");
+    if (data::has_boxes(path, split)) print_boxes(data::read_boxes(path, split));
   }
   std::printf("  mean [%s], std [%s]\n", join(first.mean).c_str(), join(first.std).c_str());
   if (!first.class_names.empty()) {
@@ -111,21 +121,24 @@ void inspect_bundle(const std::string& path) {
 int run_convert(const Args& args, const dist::Communicator&) {
   Settings s("convert", {
       {"format", "", "input layout: idx (MNIST family), npz (MedMNIST), folder (one subfolder per class), "
-                     "nifti (.nii/.nii.gz files) or dicom (DICOM files or series)", true},
-      {"input", "", "IDX folder, .npz file, image folder, or folder of NIfTI/DICOM files", true},
+                     "nifti (.nii/.nii.gz files), dicom (DICOM files or series) or coco (detection JSON)", true},
+      {"input", "", "IDX folder, .npz file, image folder, folder of NIfTI/DICOM files, or COCO JSON: FILE.json "
+                    "(train) or train=A.json,test=B.json", true},
+      {"images", "", "coco: folder of the images' file_name (default: each JSON's folder)"},
       {"output", "", "HDF5 dataset to write", true},
       {"names", "", "class names (or multi-label label names): comma-separated, or 'fashion-mnist'"},
       {"task", "", "npz, nifti, dicom: what the labels mean: multi-class, binary, multi-label or regression (empty: multi-class "
                    "for one label per sample; several labels must be told)"},
       {"layout", "auto", "npz: images (N,H,W,C) channels_last, (N,D,H,W) volume, (N,H,W) grey, or auto "
                          "(refuses a rank-4 array whose last axis is 1, 3 or 4)"},
-      {"height", "0", "folder: resize images to this height (0 = all images must have one size)"},
-      {"width", "0", "folder: resize images to this width"},
-      {"channels", "0", "folder: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
+      {"height", "0", "folder, coco: resize images to this height (0 = all images must have one size)"},
+      {"width", "0", "folder, coco: resize images to this width"},
+      {"channels", "0", "folder, coco: 1 (grey) or 3 (RGB); 0 = grey only if every image is"},
       {"test_fraction", "0", "folder: share of each class written to /test"},
       {"seed", "0", "folder: which images go to /test"},
       {"labels", "", "nifti, dicom: labels CSV, rows \"file-or-series,label[,split]\" (split: train, val or test)"},
-      {"shape", "", "nifti, dicom: fixed output D,H,W (or H,W); empty = every sample must have one shape"},
+      {"shape", "", "nifti, dicom: fixed output D,H,W (or H,W); coco: H,W (as --height/--width); empty = every "
+                    "sample must have one shape"},
       {"fit", "resize", "nifti, dicom: how samples reach --shape: resize (trilinear) or crop (centred, zero padded)"},
       {"time_points", "false", "nifti: a 4D file gives one sample per time point (else 4D files are refused)"},
       {"window", "", "dicom: center,width: clip rescaled values to [center - width/2, center + width/2]"},
@@ -155,12 +168,13 @@ int run_convert(const Args& args, const dist::Communicator&) {
   }
   o.writer.compression_level = s.text("compression") == "auto" ? -1 : int(s.integer("compression", 0, 9));
   o.writer.chunk_samples = int(s.integer("chunk", 0));
-  const std::string format = s.choice("format", {"idx", "npz", "folder", "nifti", "dicom"});
+  const std::string format = s.choice("format", {"idx", "npz", "folder", "nifti", "dicom", "coco"});
   const std::string in = s.text("input"), out = s.text("output");
   const data::ConvertSummary summary = format == "idx"     ? data::convert_idx(in, out, o)
                                        : format == "npz"   ? data::convert_npz(in, out, o)
                                        : format == "nifti" ? data::convert_nifti(in, out, o)
                                        : format == "dicom" ? data::convert_dicom(in, out, o)
+                                       : format == "coco"  ? data::convert_coco(data::parse_coco_inputs(in), s.text("images"), out, o)
                                                            : data::convert_image_folder(in, out, o);
   std::printf("wrote %s: %s %s, %d classes", out.c_str(), summary.shape.is_volume() ? "volumes" : "images",
               summary.shape.str().c_str(), summary.num_classes);

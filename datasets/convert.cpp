@@ -119,6 +119,8 @@ bool is_image(const fs::path& path) {
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
 }
 
+}  // namespace
+
 // Bilinear with pixel centres aligned (x_in = (x_out + 0.5) * in/out - 0.5, clamped at the
 // borders), no antialiasing; rounds to the nearest integer. HWC layout, `channels` per pixel.
 void resize_bilinear(const unsigned char* in, int in_h, int in_w, unsigned char* out, int out_h, int out_w,
@@ -139,6 +141,8 @@ void resize_bilinear(const unsigned char* in, int in_h, int in_w, unsigned char*
     }
   }
 }
+
+namespace {
 
 void write_image_split(DatasetWriter& writer, const std::string& split, const std::vector<ImageFile>& files,
                        core::Shape shape) {

@@ -77,4 +77,8 @@ ConvertSummary convert_nifti(const std::string& folder, const std::string& outpu
 // slice normal. Pixels are rescaled (slope, intercept), optionally windowed, written as float32.
 ConvertSummary convert_dicom(const std::string& folder, const std::string& output_path, const ConvertOptions& options);
 
+// Bilinear resize of an HWC uint8 image, pixel centres aligned (OpenCV's INTER_LINEAR, no
+// antialiasing), rounded to nearest: the image-folder and COCO converters' resize.
+void resize_bilinear(const unsigned char* in, int in_h, int in_w, unsigned char* out, int out_h, int out_w, int channels);
+
 }  // namespace mpicnn::data

@@ -71,6 +71,8 @@ class DatasetWriter {
   void append_targets(std::span<const float> images, std::span<const float> targets);
   // Writes the root attributes (mean and std from the train split) and renames the file.
   void finish();
+  // The open file, for datasets written beside a split before finish() (datasets/boxes.hpp).
+  hid_t file() const { return file_.get(); }
 
  private:
   struct Moments {  // per channel, merged with Chan et al.'s pairwise formula

@@ -15,6 +15,7 @@ packages=(
   zlib1g-dev libstb-dev                            # image-folder converter
   libnifti2-dev libgdcm-dev                        # NIfTI (niftilib) and DICOM (GDCM) converters
   python3-nibabel python3-pydicom                  # their references, with real NIfTI/DICOM test files
+  nlohmann-json3-dev                               # COCO annotations (convert --format coco)
   libonnx-dev libprotobuf-dev protobuf-compiler python3-onnx   # ONNX export and its checker
   python3-torch python3-torchvision python3-h5py python3-numpy   # PyTorch references (torchvision: ResNet-18)
   python3-sklearn                                  # metric references (AUC, accuracy) in tests

@@ -1,24 +1,31 @@
 #pragma once
-// Reading the text fixtures the PyTorch scripts in tests/core/pytorch/ write: one line per array,
+// Reading the text fixtures the reference scripts in tests/core/pytorch/ and coco/ write: one line per array,
 // its name and then its values.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <istream>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace mpicnn::core {
 
-// The values of the next line, which must be named `name`.
-inline std::vector<double> values_after(std::istream& in, const std::string& name) {
+// The values of the next line, which must be named `name`: doubles (nan too, which operator>>
+// does not read) or integers.
+template <class T = double>
+inline std::vector<T> values_after(std::istream& in, const std::string& name) {
   std::string text, word;
   std::getline(in, text);
   std::istringstream line(text);
   line >> word;
   EXPECT_EQ(word, name);
-  std::vector<double> values;
-  for (double v; line >> v;) values.push_back(v);
+  std::vector<T> values;
+  for (std::string value; line >> value;) {
+    if constexpr (std::is_floating_point_v<T>) values.push_back(T(std::strtod(value.c_str(), nullptr)));
+    else values.push_back(T(std::stoll(value)));
+  }
   return values;
 }
 

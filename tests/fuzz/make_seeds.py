@@ -3,7 +3,9 @@
   make_seeds.py --mpicnn build/mpicnn
 The checkpoint seeds are trained by mpicnn itself on a tiny dataset."""
 import argparse
+import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,25 @@ def main():
     put("settings", "with_args.ini", "[data]\npath = a.h5\n\0--train.epochs=4\0--optimizer.lr\x000.1\0--json")
     put("settings", "unknown.ini", "[trian]\nepoch = 2\n[data]\npath = a.h5\n")
     put("settings", "help.ini", "\0--help")
+
+    # COCO JSON: a minimal file, one without annotations, and a few generated canvases (crowd added).
+    put("coco", "minimal.json", '{"images":[{"id":7,"file_name":"a.png","width":10,"height":8}],'
+        '"annotations":[{"id":1,"image_id":7,"category_id":3,"bbox":[0.5,1,9.5,7],"iscrowd":0}],'
+        '"categories":[{"id":3,"name":"x"}]}')
+    put("coco", "empty_annotations.json", '{"images":[],"annotations":[],"categories":[{"id":1,"name":"a"},{"id":5,"name":"b"}]}')
+    with tempfile.TemporaryDirectory() as canvases:
+        subprocess.run([sys.executable, os.path.join(HERE, "..", "..", "scripts", "make_detection_dataset.py"), canvases,
+                        "--train", "3", "--test", "1"], check=True, capture_output=True)
+        with open(os.path.join(canvases, "train.json")) as f:
+            coco = json.load(f)
+        coco["annotations"][0]["iscrowd"] = 1
+        put("coco", "generated_small.json", json.dumps(coco))
+
+    # Box arrays: byte recipes (fuzz_boxes.cpp reads sizes, presence, types and values from them).
+    rng = random.Random(17)
+    for name in ("recipe_a", "recipe_b", "recipe_c"):
+        put("boxes", name, bytes(rng.randrange(256) for _ in range(160)))
+    put("boxes", "recipe_zeros", bytes(160))
 
     specs = ["conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)",
              "conv(8,3,stride=2,pad=1,bias=false) leakyrelu(slope=0.1) avgpool(2,stride=1) flatten dense(4)",

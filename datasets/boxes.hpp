@@ -1,0 +1,75 @@
+#pragma once
+// Object boxes in the dataset format (datasets/README.md, "Boxes"): per split, flat arrays of
+// every sample's boxes with per-sample offsets, validated when read; and the schedules that tell
+// which samples a TrainReader or EvalReader step holds, so that a detector gets each batch row's
+// boxes by global sample index, on any rank count.
+#include <hdf5.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/boxes.hpp"
+#include "core/detection_eval.hpp"
+#include "datasets/reader.hpp"
+
+namespace mpicnn::data {
+
+// The boxes of one sample: views into a SplitBoxes.
+struct SampleBoxes {
+  std::span<const core::Box> boxes;          // pixels x1,y1,x2,y2 of the stored image
+  std::span<const std::int32_t> classes;     // 0..num_classes-1
+  std::span<const std::uint8_t> crowd;       // COCO's iscrowd, 0 or 1
+};
+
+// One split's boxes. Sample n owns entries [offsets[n], offsets[n+1]).
+struct SplitBoxes {
+  std::vector<core::Box> boxes;         // (M)
+  std::vector<std::int32_t> classes;    // (M)
+  std::vector<std::uint8_t> crowd;      // (M); all 0 when the file has no box_iscrowd
+  std::vector<std::int64_t> offsets;    // (N+1), offsets[0] = 0, offsets[N] = M
+  std::vector<std::int64_t> image_ids;  // (N); the source's image ids, or 0..N-1 when the file has none
+
+  std::size_t samples() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  SampleBoxes of(std::size_t sample) const;
+};
+
+// Whether `split` of the dataset file holds boxes (a `boxes` dataset).
+bool has_boxes(const std::string& path, const std::string& split);
+
+// Reads and checks a split's boxes against the file's images and num_classes: offsets monotone
+// from 0 to M, N+1 of them; every box finite, 0 <= x1 < x2 <= W, 0 <= y1 < y2 <= H; class in
+// range; iscrowd 0 or 1. IoError/ShapeError with one line naming the file, split and box index.
+SplitBoxes read_boxes(const std::string& path, const std::string& split);
+
+// Writes a split's box datasets into an open dataset file (DatasetWriter::file() before finish()).
+// Checks them as read_boxes does against `image` and `num_classes`.
+void write_boxes(hid_t file, const std::string& split, const SplitBoxes& boxes, const core::Shape& image,
+                 int num_classes);
+
+// The global sample indices of rank `options.rank`'s rows in TrainReader step (epoch, step), in
+// batch-row order: the same rule TrainReader uses (epoch_order, then rank_slice of the step).
+std::vector<std::uint32_t> train_step_samples(const ReaderOptions& options, std::size_t count, int epoch, long step);
+// Likewise for EvalReader batch `step` of this rank's part.
+std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::size_t count, long step);
+
+// Every box of the split as evaluation ground truth (core::evaluate_detections): image = the
+// sample's image id, class, crowd flag.
+std::vector<core::GroundTruthBox> ground_truth(const SplitBoxes& boxes);
+
+// One sample's boxes, owned.
+struct BoxList {
+  std::vector<core::Box> boxes;
+  std::vector<std::int32_t> classes;
+  std::vector<std::uint8_t> crowd;
+};
+
+// Sample `index`'s boxes moved as TrainReader moves its pixels in `epoch` with options'
+// random_crop_pad and random_flip (the same seeded draws, datasets/README.md "Preprocessing and
+// augmentation"): shifted by the crop offset, mirrored, clipped to the image (W x H of `image`);
+// a box left with no area is dropped. Without augmentation the boxes as stored.
+BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
+                        const core::Shape& image);
+
+}  // namespace mpicnn::data
