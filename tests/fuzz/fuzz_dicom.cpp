@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "datasets/convert.hpp"
+#include "fuzz_hdf5.hpp"
 #include "fuzz_util.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -39,10 +40,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (mode & 4) options.shape = {8, 8};
   options.fit = mode & 8 ? "crop" : "resize";
   fuzz::expect_clean_rejection([&] { mpicnn::data::convert_dicom(folder, output, options); });
-  const ssize_t open = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
-  if (open != 0) {
-    std::fprintf(stderr, "FINDING: %zd HDF5 objects left open after convert_dicom\n", open);
-    std::abort();
-  }
+  fuzz::expect_hdf5_closed("convert_dicom");
   return 0;
 }

@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "datasets/convert.hpp"
+#include "fuzz_hdf5.hpp"
 #include "fuzz_util.hpp"
 
 namespace {
@@ -45,10 +46,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   options.fit = mode & 8 ? "crop" : "resize";
   if (mode & 16) options.task = "regression";
   fuzz::expect_clean_rejection([&] { mpicnn::data::convert_nifti(folder, output, options); });
-  const ssize_t open = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
-  if (open != 0) {
-    std::fprintf(stderr, "FINDING: %zd HDF5 objects left open after convert_nifti\n", open);
-    std::abort();
-  }
+  fuzz::expect_hdf5_closed("convert_nifti");
   return 0;
 }
