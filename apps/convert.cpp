@@ -101,7 +101,8 @@ void inspect_bundle(const std::string& path) {
   std::printf("          created %s by mpicnn %s on %d ranks, epoch %d, global step %ld\n", b.source.created.c_str(),
               b.source.mpicnn_version.c_str(), b.source.ranks, b.source.epoch + 1, b.source.global_step);
   std::printf("  spec: %s\n", b.model.spec.c_str());
-  std::printf("  input %s float32 NCHW: %s\n", b.model.input.str().c_str(), io::kInputScaling);
+  std::printf("  input %s float32 %s: %s\n", b.model.input.str().c_str(), b.model.input.is_volume() ? "NCDHW" : "NCHW",
+              io::kInputScaling);
   std::printf("  mean [%s] std [%s]; loss %s\n", join(b.model.mean).c_str(), join(b.model.std).c_str(),
               b.model.loss.c_str());
   if (!b.model.class_names.empty()) {

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fuzzes the input parsers with libFuzzer (clang-14): config files, layer specs, dataset files,
-# checkpoints, COCO JSON, box arrays. Builds into build-fuzz (every library instrumented with -fsanitize=fuzzer-no-link,
+# checkpoints, COCO JSON, box arrays, the NIfTI and DICOM converters. Builds into build-fuzz (every library instrumented with -fsanitize=fuzzer-no-link,
 # address), replays the committed seeds and former crashes (tests/fuzz/corpus, tests/fuzz/regressions),
 # then fuzzes each target for the given time and prints executions per target.
 #
-#   scripts/fuzz.sh [seconds per target, default 60] [target ...]   (targets: settings spec dataset checkpoint coco boxes)
+#   scripts/fuzz.sh [seconds per target, default 60] [target ...]   (targets: settings spec dataset checkpoint coco boxes nifti dicom)
 #
 # New interesting inputs go to build-fuzz/fuzz-corpus/<target>; crashes to build-fuzz/fuzz-artifacts/<target>.
 # A crash found becomes a regression: copy it to tests/fuzz/regressions/<target>/ with a note in
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(settings spec dataset checkpoint coco boxes)
+[ ${#targets[@]} -gt 0 ] || targets=(settings spec dataset checkpoint coco boxes nifti dicom)
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 flags="-fsanitize=fuzzer-no-link,address -fno-omit-frame-pointer -g"
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "datasets/reader.hpp"
+#include "fuzz_hdf5.hpp"
 #include "fuzz_util.hpp"
 
 namespace {
@@ -163,11 +164,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (int i = 0; i < 3 && reader.next(batch); ++i) {
     }
   });
-  // Every HDF5 handle must be closed again, whatever was thrown (RAII in datasets/h5.hpp).
-  const ssize_t open = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
-  if (open != 0) {
-    std::fprintf(stderr, "FINDING: %zd HDF5 objects left open after read_info/TrainReader\n", open);
-    std::abort();
-  }
+  fuzz::expect_hdf5_closed("read_info/TrainReader");
   return 0;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpora under tests/fuzz/corpus/ (committed; rerun after a format change):
-  make_seeds.py --mpicnn build/mpicnn
-The checkpoint seeds are trained by mpicnn itself on a tiny dataset."""
+  make_seeds.py --mpicnn build/mpicnn      (make_seeds.py --medical-only: the NIfTI and DICOM seeds only)
+The checkpoint seeds are trained by mpicnn itself on a tiny dataset; the NIfTI and DICOM seeds are
+nibabel's and pydicom's test files."""
 import argparse
 import json
 import os
@@ -24,11 +25,45 @@ def put(target, name, data):
         f.write(data if isinstance(data, bytes) else data.encode())
 
 
+NIBABEL_DATA = "/usr/lib/python3/dist-packages/nibabel/tests/data"
+PYDICOM_DATA = "/usr/lib/python3/dist-packages/pydicom/data/test_files"
+
+
+def medical_seeds():
+    """NIfTI and DICOM seeds: files Debian's python3-nibabel and python3-pydicom ship as their test
+    data (byte 0: the fuzz target's mode, fuzz_nifti.cpp and fuzz_dicom.cpp say which bit is what)."""
+    import gzip
+    for target in ("nifti", "dicom"):
+        shutil.rmtree(os.path.join(HERE, "corpus", target), ignore_errors=True)
+    for name, mode in (("anatomical.nii", 0), ("anatomical.nii", 4 | 8), ("standard.nii.gz", 1 | 4),
+                       ("example_nifti2.nii.gz", 1 | 2), ("example4d.nii.gz", 1 | 2 | 16)):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(os.path.join(NIBABEL_DATA, name), "rb") as f:  # gzip bit set: the target compresses
+            voxels = f.read()
+        if len(voxels) > 200_000:  # example4d: the header and the first slices are enough
+            voxels = voxels[:200_000]
+        put("nifti", f"{name.split('.')[0]}_mode{mode}", bytes([mode]) + voxels)
+    for name, mode in (("CT_small.dcm", 0), ("CT_small.dcm", 2 | 4), ("MR_small.dcm", 0), ("MR_small_RLE.dcm", 0),
+                       ("MR_small_bigendian.dcm", 4 | 8), ("MR_small_implicit.dcm", 0), ("MR_small_jpeg_ls_lossless.dcm", 0),
+                       ("MR_small_jp2klossless.dcm", 0), ("JPEG2000.dcm", 4), ("MR_small.dcm", 1 | 4)):
+        with open(os.path.join(PYDICOM_DATA, name), "rb") as f:
+            data = f.read()
+        if mode & 1:  # two files: the same one twice
+            data = data + data
+        put("dicom", f"{name.split('.')[0]}_mode{mode}", bytes([mode]) + data)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mpicnn", required=True)
+    parser.add_argument("--mpicnn")
+    parser.add_argument("--medical-only", action="store_true", help="rewrite only the NIfTI and DICOM seeds")
     args = parser.parse_args()
+    if args.medical_only:
+        return medical_seeds()
+    if not args.mpicnn:
+        parser.error("--mpicnn is required (except with --medical-only)")
     shutil.rmtree(os.path.join(HERE, "corpus"), ignore_errors=True)
+    medical_seeds()
 
     put("settings", "full.ini", "[data]\npath = data.h5\nnormalize = true\nmean = 0.5\n[model]\n"
         "spec = conv(4,3) relu flatten dense(3)\ninit = xavier\n[train]\nepochs = 2\nbatch_size = 64\nseed = 7\n"

@@ -621,7 +621,7 @@ def case_bundle(ctx, arch):
 
     shown = ctx.mpicnn("inspect", path).stdout
     print(shown)
-    expected = ["mpicnn inference bundle", digest, os.path.basename(ckpt), "pixel/255", "test_loss",
+    expected = ["mpicnn inference bundle", digest, os.path.basename(ckpt), "float32 NCHW", "pixel/255", "test_loss",
                 f"on {ARCHS[arch]['ranks']} ranks", f"weights: {len(c_names(ckpt))} tensors"]
     if arch == "a":
         expected += ['type "B"', "basal cell", "test_accuracy", "dense(4)", "loss cross_entropy"]
