@@ -57,14 +57,17 @@ void check_augmentation(const Augmentation& a, const core::Shape& shape, const s
   const std::string images = "images " + shape.str() + " (C,H,W)";
   if (!(a.flip_probability >= 0 && a.flip_probability <= 1))
     refuse(path, "flip_probability", number(a.flip_probability), "a probability in [0, 1]");
-  if (a.flip.d && !volume) refuse(path, "flip_axes", "...d", "w or h for " + images + ": d flips volumes only");
+  if (a.flip.d && !volume)
+    throw ConfigError(path + ": 'data.flip_axes' names d, but the samples are " + images +
+                      ", expected w or h: d flips volumes only");
   if (a.crop_pad < 0) refuse(path, "random_crop_pad", std::to_string(a.crop_pad), ">= 0 pixels");
   if (!(a.rotate_degrees >= 0 && a.rotate_degrees <= 180))
     refuse(path, "rotate_degrees", number(a.rotate_degrees), "degrees in [0, 180]");
   if (a.rotate_degrees > 0 && volume && !a.rotate_axes.any())
     refuse(path, "rotate_axes", "(none)", "one or more of d, h, w to rotate volumes about");
   if (a.rotate_degrees > 0 && !volume && !a.rotate_axes.d)
-    refuse(path, "rotate_axes", "without d", "d for " + images + ", which turn in their plane (about d)");
+    throw ConfigError(path + ": 'data.rotate_axes' leaves out d, but the samples are " + images +
+                      ", which turn in their plane (about d): expected d among them");
   check_range(path, "scale_range", a.scale_min, a.scale_max);
   const char* letters[3] = {"w", "h", "d"};
   for (int i = 0; i < 3; ++i)

@@ -263,12 +263,13 @@ TEST(Augment, BadValuesAreOneLineConfigErrors) {
       EXPECT_EQ(std::string(e.what()), path + ": " + expected);
     }
   };
-  fails(images, {.flip = {.d = true}}, "'data.flip_axes' = ...d, expected w or h for images (1,5,5) (C,H,W): d flips volumes only");
+  fails(images, {.flip = {.d = true}}, "'data.flip_axes' names d, but the samples are images (1,5,5) (C,H,W), expected w or h: d flips volumes only");
   fails(images, {.flip_probability = 1.5}, "'data.flip_probability' = 1.5, expected a probability in [0, 1]");
   fails(images, {.crop_pad = -1}, "'data.random_crop_pad' = -1, expected >= 0 pixels");
   fails(images, {.rotate_degrees = 200}, "'data.rotate_degrees' = 200, expected degrees in [0, 180]");
   fails(images, {.rotate_degrees = 10, .rotate_axes = {.h = true}},
-        "'data.rotate_axes' = without d, expected d for images (1,5,5) (C,H,W), which turn in their plane (about d)");
+        "'data.rotate_axes' leaves out d, but the samples are images (1,5,5) (C,H,W), which turn in their plane (about "
+        "d): expected d among them");
   fails(volumes, {.rotate_degrees = 10, .rotate_axes = {}}, "'data.rotate_axes' = (none), expected one or more of d, h, w to rotate volumes about");
   fails(images, {.scale_min = 1.1, .scale_max = 0.9}, "'data.scale_range' = 1.1,0.9, expected min,max with 0 < min <= max");
   fails(images, {.scale_min = 0, .scale_max = 1}, "'data.scale_range' = 0,1, expected min,max with 0 < min <= max");
