@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/errors.hpp"
+#include "core/rng.hpp"
 #include "datasets/augment.hpp"
 #include "datasets/h5.hpp"
 #include "datasets/reader.hpp"
@@ -246,6 +247,34 @@ TEST(Augment, DeterministicOverRankCountsAndResume) {
     const auto unaugmented = epoch_rows(plain, 1);
     for (std::size_t p = 0; p < 23; ++p) EXPECT_NE(unaugmented[p], reference[p]) << p;
     EXPECT_NE(epoch_rows(base, 2), reference);
+  }
+}
+
+// The documented stream: sample i of epoch e draws from Rng(derive_seed(derive_seed(seed, 2^40 + e), i)),
+// crop offsets (h, w) then the W flip as a fair below(2), as before the new options existed, so a run
+// started with random_flip and random_crop_pad resumes with the same augmentation.
+TEST(Augment, CropAndWidthFlipKeepTheirEarlierDraws) {
+  TempDir dir;
+  const std::string path = dir.file("images.h5");
+  const core::Shape shape{1, 6, 7};
+  write_volumes(path, 20, shape);
+  const std::uint64_t seed = 4;
+  const int epoch = 1;
+  const auto rows = epoch_rows({.path = path, .global_batch = 20, .seed = seed, .normalize = false,
+                                .augment = {.flip = {.w = true}, .crop_pad = 2}}, epoch);
+  const auto order = epoch_order(20, seed, epoch, true);
+  for (std::size_t p = 0; p < 20; ++p) {
+    const std::uint32_t index = order[p];
+    core::Rng rng(core::derive_seed(core::derive_seed(seed, (1ull << 40) + epoch), index));
+    const int dy = int(rng.below(5)) - 2, dx = int(rng.below(5)) - 2;
+    const bool flip = rng.below(2) == 1;
+    for (int y = 0; y < 6; ++y)
+      for (int x = 0; x < 7; ++x) {
+        const int sy = y + dy, sx = (flip ? 6 - x : x) + dx;
+        const bool inside = sy >= 0 && sy < 6 && sx >= 0 && sx < 7;
+        ASSERT_EQ(rows[p][std::size_t(y * 7 + x)], inside ? float(8 * sy + sx + 1 + int(index % 2)) / 255.0f : 0.0f)
+            << "sample " << index << " at (" << y << "," << x << ")";
+      }
   }
 }
 
