@@ -250,6 +250,37 @@ TEST(Augment, DeterministicOverRankCountsAndResume) {
   }
 }
 
+// The reader's affine and intensity steps are the kernel's: each augmented row equals resample_affine
+// of the normalised sample under the sample's own draw, black (a stored 0, normalised) as padding,
+// then y * factor + offset; bitwise, on volumes with their file's normalisation.
+TEST(Augment, ReaderAppliesTheSamplesDrawThroughTheKernel) {
+  TempDir dir;
+  const std::string path = dir.file("v.h5");
+  write_volumes(path, 12, kVolume);
+  const Augmentation options{.rotate_degrees = 30, .scale_min = 0.8, .scale_max = 1.2, .translate = {0.2, 0.1, 0.1},
+                             .intensity_scale_min = 0.9, .intensity_scale_max = 1.1, .intensity_shift = 0.2};
+  const std::uint64_t seed = 7;
+  const ReaderOptions base{.path = path, .global_batch = 12, .seed = seed, .shuffle = false};
+  ReaderOptions augmented = base;
+  augmented.augment = options;
+  const auto plain = epoch_rows(base), rows = epoch_rows(augmented);
+  const DatasetInfo info = read_info(path, "train");
+  std::vector<float> black, expected(kVolume.size());
+  for (int c = 0; c < kVolume.c; ++c) black.push_back(float((0.0 - info.mean[std::size_t(c)]) / info.std[std::size_t(c)]));
+  int padded = 0;
+  for (std::uint32_t i = 0; i < 12; ++i) {
+    const SampleDraw draw = draw_augmentation(options, kVolume, core::derive_seed(core::derive_seed(seed, (1ull << 40) + 0), i));
+    ASSERT_TRUE(draw.affine);
+    resample_affine(expected.data(), plain[i].data(), kVolume, draw.map, black.data());
+    for (std::size_t p = 0; p < expected.size(); ++p) {
+      padded += expected[p] == black[p / (kVolume.size() / std::size_t(kVolume.c))];  // wholly outside
+      expected[p] = float(expected[p] * draw.intensity_scale + draw.intensity_shift);
+    }
+    EXPECT_EQ(rows[i], expected) << "sample " << i;
+  }
+  EXPECT_GT(padded, 0);
+}
+
 // The documented stream: sample i of epoch e draws from Rng(derive_seed(derive_seed(seed, 2^40 + e), i)),
 // crop offsets (h, w) then the W flip as a fair below(2), as before the new options existed, so a run
 // started with random_flip and random_crop_pad resumes with the same augmentation.
