@@ -38,6 +38,8 @@ std::vector<Key> train_keys() {
       {"data.translate", "0", "augmentation: random shift up to this fraction of the size, one value or per axis w,h[,d]"},
       {"data.intensity_scale", "1,1", "augmentation: multiply the (normalised) intensities by a factor uniform in min,max (e.g. 0.9,1.1)"},
       {"data.intensity_shift", "0", "augmentation: add an offset uniform in [-shift, shift], in units of the normalised intensity (the data's std)"},
+      {"data.affine_probability", "1", "augmentation: the chance that a sample gets its rotation, zoom and shift (MONAI's prob)"},
+      {"data.intensity_probability", "1", "augmentation: the chance that a sample gets its intensity scale and shift"},
       {"data.cache_mb", "0", "read the training split into memory before the first step when it fits in this many MB (0 = stream from the file)"},
       {"data.prefetch", "true", "read the next batch in a background thread"},
       {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
@@ -138,6 +140,8 @@ data::Augmentation augmentation(const Settings& s) {
   for (std::size_t i = 0; i < 3; ++i) a.translate[i] = translate.size() == 1 ? translate[0] : i < translate.size() ? translate[i] : 0;
   std::tie(a.intensity_scale_min, a.intensity_scale_max) = range(s, "data.intensity_scale");
   a.intensity_shift = s.real("data.intensity_shift", 0);
+  a.affine_probability = s.real("data.affine_probability", 0);
+  a.intensity_probability = s.real("data.intensity_probability", 0);
   return a;
 }
 

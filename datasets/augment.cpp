@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <utility>
 
 #include "core/errors.hpp"
 #include "core/rng.hpp"
@@ -55,8 +56,11 @@ Matrix turn(double degrees, int from, int to) {
 void check_augmentation(const Augmentation& a, const core::Shape& shape, const std::string& path) {
   const bool volume = shape.is_volume();
   const std::string images = "images " + shape.str() + " (C,H,W)";
-  if (!(a.flip_probability >= 0 && a.flip_probability <= 1))
-    refuse(path, "flip_probability", number(a.flip_probability), "a probability in [0, 1]");
+  const std::pair<const char*, double> probabilities[] = {{"flip_probability", a.flip_probability},
+                                                          {"affine_probability", a.affine_probability},
+                                                          {"intensity_probability", a.intensity_probability}};
+  for (const auto& [key, probability] : probabilities)
+    if (!(probability >= 0 && probability <= 1)) refuse(path, key, number(probability), "a probability in [0, 1]");
   if (a.flip.d && !volume)
     throw ConfigError(path + ": 'data.flip_axes' names d, but the samples are " + images +
                       ", expected w or h: d flips volumes only");
@@ -157,6 +161,7 @@ SampleDraw draw_augmentation(const Augmentation& a, const core::Shape& shape, st
   if (a.flip.h) draw.flip[1] = chance(rng, a.flip_probability);
   if (a.flip.d && volume) draw.flip[2] = chance(rng, a.flip_probability);
   if (a.affine()) {
+    const bool apply = a.affine_probability >= 1 || rng.uniform() < a.affine_probability;
     std::array<double, 3> angles{}, shift{};
     if (a.rotate_degrees > 0) {
       const bool about[3] = {a.rotate_axes.d || !volume, volume && a.rotate_axes.h, volume && a.rotate_axes.w};
@@ -168,12 +173,17 @@ SampleDraw draw_augmentation(const Augmentation& a, const core::Shape& shape, st
     const int size[3] = {shape.w, shape.h, shape.d};
     for (int i = 0; i < (volume ? 3 : 2); ++i)
       if (a.translate[i] > 0) shift[i] = rng.uniform(-a.translate[i], a.translate[i]) * size[i];
-    draw.affine = true;
+    draw.affine = apply;
     draw.map = affine_map(shape, angles, scale, shift);
   }
-  if (a.intensity_scale_min != 1 || a.intensity_scale_max != 1)
-    draw.intensity_scale = rng.uniform(a.intensity_scale_min, a.intensity_scale_max);
-  if (a.intensity_shift > 0) draw.intensity_shift = rng.uniform(-a.intensity_shift, a.intensity_shift);
+  if (a.intensity()) {
+    const bool apply = a.intensity_probability >= 1 || rng.uniform() < a.intensity_probability;
+    double factor = 1, offset = 0;
+    if (a.intensity_scale_min != 1 || a.intensity_scale_max != 1)
+      factor = rng.uniform(a.intensity_scale_min, a.intensity_scale_max);
+    if (a.intensity_shift > 0) offset = rng.uniform(-a.intensity_shift, a.intensity_shift);
+    if (apply) draw.intensity_scale = factor, draw.intensity_shift = offset;
+  }
   return draw;
 }
 

@@ -34,6 +34,8 @@ struct Augmentation {
   std::array<double, 3> translate{};    // w, h, d: shift uniform in [-f n, f n] voxels for an axis of n (images: d unused)
   double intensity_scale_min = 1, intensity_scale_max = 1;  // y * factor, factor uniform in [min, max]
   double intensity_shift = 0;       // y + offset, offset uniform in [-shift, shift] (units of y: the data's std when normalised)
+  // The chance that a sample gets its affine transform, its intensity change (MONAI's prob); 1: always.
+  double affine_probability = 1, intensity_probability = 1;
 
   bool affine() const {
     return rotate_degrees > 0 || scale_min != 1 || scale_max != 1 || translate[0] > 0 || translate[1] > 0 ||
@@ -75,8 +77,10 @@ struct SampleDraw {
 };
 
 // The draws, in this order and each only when its option is on: crop offsets (h, w, then d of
-// volumes), flips (w, h, d), rotation angles (d, h, w: those in rotate_axes; images: d), zoom,
-// translations (w, h, d), intensity factor, intensity offset.
+// volumes), flips (w, h, d), whether to apply the affine (when affine_probability < 1), rotation
+// angles (d, h, w: those in rotate_axes; images: d), zoom, translations (w, h, d), whether to apply
+// the intensity change (when intensity_probability < 1), intensity factor, intensity offset. The
+// parameters are drawn whether or not they are applied, so the stream does not depend on it.
 SampleDraw draw_augmentation(const Augmentation& a, const core::Shape& shape, std::uint64_t sample_seed);
 
 }  // namespace mpicnn::data

@@ -202,6 +202,29 @@ TEST(Augment, IntensityScaleAndShiftPerSample) {
   EXPECT_GT(factors.size(), 20u);
 }
 
+// affine_probability and intensity_probability (MONAI's prob): some samples keep their plain
+// values, the others change; 0 leaves every sample as it was.
+TEST(Augment, ProbabilitiesChooseTheSamplesThatChange) {
+  TempDir dir;
+  const std::string path = dir.file("v.h5");
+  write_volumes(path, 40, kVolume);
+  const ReaderOptions plain{.path = path, .global_batch = 40, .shuffle = false};
+  const auto before = epoch_rows(plain);
+  for (const bool affine : {true, false})
+    for (const double probability : {0.5, 0.0}) {
+      ReaderOptions o = plain;
+      if (affine) o.augment.rotate_degrees = 30, o.augment.affine_probability = probability;
+      else o.augment.intensity_shift = 0.3, o.augment.intensity_probability = probability;
+      const auto after = epoch_rows(o);
+      int unchanged = 0;
+      for (std::size_t i = 0; i < before.size(); ++i) unchanged += after[i] == before[i];
+      std::printf("[ figure ] %s_probability %.1f: %d of 40 samples unchanged\n", affine ? "affine" : "intensity",
+                  probability, unchanged);
+      if (probability == 0) EXPECT_EQ(unchanged, 40);
+      else EXPECT_TRUE(unchanged > 8 && unchanged < 32) << unchanged;
+    }
+}
+
 // Every option at once, on images and on volumes: the rows of each position are bitwise the same on
 // 1, 2 and 3 ranks (with and without prefetch and cache), after a seek into the middle of an epoch
 // (a resume), and different in another epoch.
@@ -325,6 +348,8 @@ TEST(Augment, BadValuesAreOneLineConfigErrors) {
   };
   fails(images, {.flip = {.d = true}}, "'data.flip_axes' names d, but the samples are images (1,5,5) (C,H,W), expected w or h: d flips volumes only");
   fails(images, {.flip_probability = 1.5}, "'data.flip_probability' = 1.5, expected a probability in [0, 1]");
+  fails(images, {.affine_probability = -0.5}, "'data.affine_probability' = -0.5, expected a probability in [0, 1]");
+  fails(volumes, {.intensity_probability = 2}, "'data.intensity_probability' = 2, expected a probability in [0, 1]");
   fails(images, {.crop_pad = -1}, "'data.random_crop_pad' = -1, expected >= 0 pixels");
   fails(images, {.rotate_degrees = 200}, "'data.rotate_degrees' = 200, expected degrees in [0, 180]");
   fails(images, {.rotate_degrees = 10, .rotate_axes = {.h = true}},

@@ -220,6 +220,8 @@ case("augment_flip_depth_of_images", train(data__flip_axes="w,d"),
      ["data.h5", "data.flip_axes", "images (1,8,8)", "d flips volumes only"])
 case("augment_flip_probability_above_one", train(data__flip_axes="w", data__flip_probability="1.5"),
      ["data.h5", "data.flip_probability", "1.5", "[0, 1]"])
+case("augment_affine_probability_above_one", train(data__rotate_degrees="10", data__affine_probability="1.2"),
+     ["data.h5", "data.affine_probability", "1.2", "[0, 1]"])
 case("augment_rotate_degrees_above_180", train(data__rotate_degrees="200"), ["data.rotate_degrees", "200", "[0, 180]"])
 case("augment_rotate_degrees_negative", train(data__rotate_degrees="-5"), ["data.rotate_degrees", "'-5'"])
 case("augment_rotate_axes_unknown", train(data__rotate_axes="d,z"), ["data.rotate_axes", "unknown axis 'z'"])
