@@ -18,5 +18,6 @@ int run_predict(const Args& args, const dist::Communicator& comm);
 int run_export(const Args& args, const dist::Communicator& comm);
 int run_convert(const Args& args, const dist::Communicator& comm);
 int run_inspect(const Args& args, const dist::Communicator& comm);
+int run_embed(const Args& args, const dist::Communicator& comm);
 
 }  // namespace mpicnn::app

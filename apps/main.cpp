@@ -27,6 +27,7 @@ const std::map<std::string, std::pair<Command, const char*>>& commands() {
       {"predict", {run_predict, "write class probabilities or outputs per sample to HDF5 or CSV"}},
       {"export", {run_export, "export a checkpoint to ONNX or an HDF5 inference bundle"}},
       {"convert", {run_convert, "convert IDX (MNIST family), MedMNIST .npz or an image folder to an HDF5 dataset"}},
+      {"embed", {run_embed, "write a checkpoint's embeddings of a split (cut before a final cosine layer) and verification figures"}},
       {"inspect", {run_inspect, "summarise a dataset, checkpoint or bundle"}},
   };
   return table;
@@ -55,7 +56,7 @@ int run(int argc, char** argv, const mpicnn::dist::Communicator& comm) {
     const std::string suggestion = mpicnn::app::nearest(name, known);
     throw mpicnn::ConfigError("unknown command '" + name + "'" +
                               (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)") +
-                              "; known: convert, eval, export, inspect, predict, train");
+                              "; known: convert, embed, eval, export, inspect, predict, train");
   }
   return it->second.first(mpicnn::app::Args(argv + 2, argv + argc), comm);
 }

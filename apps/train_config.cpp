@@ -42,6 +42,8 @@ std::vector<Key> train_keys() {
       {"data.intensity_probability", "1", "augmentation: the chance that a sample gets its intensity scale and shift"},
       {"data.cache_mb", "0", "read the training split into memory before the first step when it fits in this many MB (0 = stream from the file)"},
       {"data.prefetch", "true", "read the next batch in a background thread"},
+      {"data.identities_per_batch", "0", "P x K sampling for metric learning: P identities per group of P*K samples (0: shuffle the split)"},
+      {"data.images_per_identity", "0", "P x K sampling: K images of each identity per group (an identity with fewer is an error)"},
       {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
       {"model.init", "he", "weight initialisation: he, he_uniform, xavier, xavier_normal, resnet (torchvision's ResNet: conv kaiming_normal fan_out, dense as nn.Linear; BatchNorm always 1 and 0)"},
       {"train.epochs", "10", "epochs to train"},
@@ -57,12 +59,15 @@ std::vector<Key> train_keys() {
       {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
       {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
       {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
-      {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label) or mse (regression)"},
+      {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label), mse (regression), arcface or cosface (margin softmax over cosine(n) outputs), triplet (embeddings)"},
       {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
       {"loss.pos_weight", "", "per-label positive weights for bce, comma-separated (BCEWithLogitsLoss pos_weight)"},
       {"loss.label_smoothing", "0", "cross_entropy: mix the one-hot target with the uniform distribution by this amount, in [0, 1), as PyTorch's label_smoothing"},
       {"loss.focal_gamma", "0", "focal loss for imbalance when > 0: cross_entropy becomes -w_y (1-p_y)^gamma log p_y (class_weights as alpha), bce torchvision's sigmoid_focal_loss"},
       {"loss.focal_alpha", "none", "bce focal loss: weight alpha of positives, 1-alpha of negatives (torchvision's default 0.25); none: no weighting"},
+      {"loss.scale", "auto", "arcface, cosface: the scale s of the cosines (auto: 64)"},
+      {"loss.margin", "auto", "arcface: the angular margin m in radians, [0, pi/2) (auto: 0.5); cosface: the cosine margin, [0, 2) (auto: 0.4); triplet: the distance margin between unit embeddings, [0, 2) (auto: 0.2)"},
+      {"loss.mining", "auto", "triplet: batch_hard or semi_hard, inside each micro-batch (auto: batch_hard)"},
       {"optimizer.name", "sgd", "sgd, adam or adamw"},
       {"optimizer.lr", "0.01", "base learning rate"},
       {"optimizer.momentum", "0", "SGD momentum"},
@@ -85,6 +90,21 @@ std::vector<Key> train_keys() {
 }
 
 namespace {
+// P x K groups must tile the global batch, and (exact reduction) each micro-batch, the group in
+// which a triplet loss mines, must hold whole identities.
+void check_balanced_sampling(const Settings& s, const TrainConfig& c) {
+  if (c.identities_per_batch == 0 && c.images_per_identity == 0) return;
+  if (c.identities_per_batch < 1 || c.images_per_identity < 1)
+    throw ConfigError("'data.identities_per_batch' = " + s.text("data.identities_per_batch") + " and 'data.images_per_identity' = " +
+                      s.text("data.images_per_identity") + ": P x K sampling needs both >= 1 (or both 0: no P x K sampling)");
+  const int group = c.identities_per_batch * c.images_per_identity;
+  if (c.global_batch % group != 0)
+    throw ConfigError("'train.batch_size' = " + std::to_string(c.global_batch) + " is not a multiple of P x K = " +
+                      std::to_string(group) + " ('data.identities_per_batch' x 'data.images_per_identity')");
+  if (c.exact_reduction && c.micro_batch % group != 0)
+    throw ConfigError("'train.micro_batch' = " + std::to_string(c.micro_batch) + " is not a multiple of P x K = " +
+                      std::to_string(group) + ": a micro-batch must hold whole identities");
+}
 
 // schedule.milestones: increasing positive epochs, given exactly when the schedule is multistep.
 std::vector<double> milestones(const Settings& s, const std::string& kind) {
@@ -164,6 +184,8 @@ TrainConfig read_config(const Settings& s) {
   c.augment = augmentation(s);
   c.cache_bytes = std::size_t(s.integer("data.cache_mb", 0)) << 20;
   c.prefetch = s.flag("data.prefetch");
+  c.identities_per_batch = int(s.integer("data.identities_per_batch", 0));
+  c.images_per_identity = int(s.integer("data.images_per_identity", 0));
   c.spec = s.text("model.spec");
   c.init = s.choice("model.init", core::known_init_schemes());
   c.epochs = int(s.integer("train.epochs", 1));
@@ -178,6 +200,7 @@ TrainConfig read_config(const Settings& s) {
   c.exact_reduction = s.choice("train.reduction", {"exact", "fast"}) == "exact";
   c.shared_memory_sum = s.choice("train.node_sum", {"shared", "mpi"}) == "shared";
   c.micro_batch = int(s.integer("train.micro_batch", 1));
+  check_balanced_sampling(s, c);
   c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
   core::TaskOptions task_options;
   for (double w : s.reals("loss.class_weights")) task_options.class_weights.push_back(float(w));
@@ -188,6 +211,9 @@ TrainConfig read_config(const Settings& s) {
     throw ConfigError("'loss.label_smoothing' must be in [0, 1), got " + s.text("loss.label_smoothing"));
   if (s.text("loss.focal_alpha") != "none") task_options.focal_alpha = s.real("loss.focal_alpha", 0);
   if (task_options.focal_alpha > 1) throw ConfigError("'loss.focal_alpha' must be in [0, 1] or none, got " + s.text("loss.focal_alpha"));
+  if (s.text("loss.scale") != "auto") task_options.scale = s.real("loss.scale", 0, false);
+  if (s.text("loss.margin") != "auto") task_options.margin = s.real("loss.margin", 0);
+  if (s.text("loss.mining") != "auto") task_options.mining = s.choice("loss.mining", {"batch_hard", "semi_hard"});
   c.task = core::make_task(s.choice("loss.kind", core::known_tasks()), task_options);
   c.optimizer.name = s.choice("optimizer.name", {"sgd", "adam", "adamw"});
   c.schedule.base_lr = s.real("optimizer.lr", 0, false);

@@ -21,6 +21,7 @@ struct TrainConfig {
   bool normalize, prefetch;
   data::Augmentation augment;  // the data.* augmentation keys
   int epochs, global_batch, threads, eval_batch, keep, micro_batch;
+  int identities_per_batch, images_per_identity;  // P x K sampling; P = 0: shuffled
   bool exact_reduction, shared_memory_sum;
   long log_interval, max_steps, every_steps;
   std::size_t cache_bytes, bucket_bytes;

@@ -125,6 +125,8 @@ inline std::string float_text(float value) {
 std::unique_ptr<Layer> make_batchnorm(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_residual(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_repeat(const LayerArgs&, const Shape&, const std::string& path);
+std::unique_ptr<Layer> make_l2norm(const LayerArgs&, const Shape&, const std::string& path);
+std::unique_ptr<Layer> make_cosine(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_conv3d(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_maxpool3d(const LayerArgs&, const Shape&, const std::string& path);
 std::unique_ptr<Layer> make_avgpool3d(const LayerArgs&, const Shape&, const std::string& path);

@@ -310,6 +310,8 @@ const std::map<std::string, Factory>& factories() {
       {"maxpool3d", plain(make_maxpool3d)},
       {"avgpool3d", plain(make_avgpool3d)},
       {"bn", plain(make_batchnorm)},
+      {"l2norm", plain(make_l2norm)},
+      {"cosine", plain(make_cosine)},
       {"residual", make_residual},
       {"repeat", make_repeat},
   };

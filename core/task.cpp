@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "class_scores_task.hpp"
 #include "errors.hpp"
 #include "metrics.hpp"
 
@@ -11,7 +12,7 @@ namespace {
 
 // Softmax cross-entropy over class labels; the mean divides by the sum of the batch's class
 // weights, computed from the global class histogram (integers) as PyTorch's weighted mean.
-class Classification final : public Task {
+class Classification final : public ClassScoresTask {
  public:
   Classification(std::vector<float> class_weights, double focal_gamma, double label_smoothing)
       : weights_(std::move(class_weights)), gamma_(focal_gamma), smoothing_(label_smoothing) {}
@@ -41,18 +42,6 @@ class Classification final : public Task {
     for (std::size_t c = 0; c < histogram.size(); ++c) total += histogram[c] * (weights_.empty() ? 1.0 : weights_[c]);
     return total;
   }
-  std::vector<Metric> step_metrics(double correct, int global_count, int) const override {
-    return {{"accuracy", correct / global_count}};
-  }
-  bool classifies() const override { return true; }
-  bool needs_scores() const override { return true; }
-  // MedMNIST's evaluator: ACC by arg-max, AUC one-vs-rest mean (binary: of class 1's score).
-  std::vector<Metric> eval_metrics(const EvalSums& e) const override {
-    return {{"accuracy", e.count > 0 ? e.correct / double(e.count) : 0.0},
-            {"auc", multiclass_auc(e.predictions, e.labels, e.outputs)}};
-  }
-  std::vector<std::string> best_metrics() const override { return {"accuracy", "auc", "loss"}; }
-  bool higher_is_better(const std::string& metric) const override { return metric != "loss"; }
   std::string prediction_name() const override { return "probabilities"; }
   void predict(float* out, const float* outputs, int k) const override { softmax(out, outputs, k); }
   std::string onnx_postprocess() const override { return "Softmax"; }
@@ -158,7 +147,7 @@ class MultiLabel final : public Task {
 }  // namespace
 
 const std::vector<std::string>& known_tasks() {
-  static const std::vector<std::string> kinds = {"cross_entropy", "mse", "bce"};
+  static const std::vector<std::string> kinds = {"cross_entropy", "mse", "bce", "arcface", "cosface", "triplet"};
   return kinds;
 }
 
@@ -178,11 +167,14 @@ std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& opti
   if (options.label_smoothing > 0 && (kind != "cross_entropy" || options.focal_gamma > 0))
     throw ConfigError("'loss.label_smoothing' applies to cross_entropy without loss.focal_gamma only, not '" + kind + "'" +
                       (options.focal_gamma > 0 ? " with focal_gamma" : ""));
+  if (is_metric_task(kind)) return make_metric_task(kind, options);
+  if (options.scale >= 0 || options.margin >= 0 || !options.mining.empty())
+    throw ConfigError("'loss.scale', 'loss.margin' and 'loss.mining' apply to arcface, cosface and triplet, not '" + kind + "'");
   if (kind == "cross_entropy")
     return std::make_unique<Classification>(options.class_weights, options.focal_gamma, options.label_smoothing);
   if (kind == "bce") return std::make_unique<MultiLabel>(options.pos_weight, options.focal_gamma, options.focal_alpha);
   if (kind == "mse") return std::make_unique<Regression>();
-  throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse, bce)");
+  throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse, bce, arcface, cosface, triplet)");
 }
 
 }  // namespace mpicnn::core

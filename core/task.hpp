@@ -87,10 +87,17 @@ struct TaskOptions {
   double focal_gamma = 0;            // > 0: focal loss (cross_entropy: softmax focal; bce: sigmoid focal)
   double focal_alpha = -1;           // bce's focal alpha; < 0: none (torchvision's default is 0.25)
   double label_smoothing = 0;        // cross_entropy, as PyTorch's CrossEntropyLoss(label_smoothing=...)
+  // Metric learning (core/metric_losses.hpp); < 0 / empty: the kind's default.
+  double scale = -1;   // arcface, cosface: s (64)
+  double margin = -1;  // arcface 0.5 (radians), cosface 0.4, triplet 0.2
+  std::string mining{};  // triplet: batch_hard (default) or semi_hard
 };
 
 // Throws ConfigError naming the kind and the known ones.
 std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& options = {});
 const std::vector<std::string>& known_tasks();
+// The metric-learning kinds (core/metric_tasks.cpp): arcface, cosface, triplet.
+bool is_metric_task(const std::string& kind);
+std::unique_ptr<Task> make_metric_task(const std::string& kind, const TaskOptions& options);
 
 }  // namespace mpicnn::core

@@ -1,6 +1,8 @@
 #include "datasets/reader.hpp"
 
 #include <algorithm>
+#include <numeric>
+#include <optional>
 #include <span>
 #include <utility>
 
@@ -41,10 +43,29 @@ bool checked_augmentation(const ReaderOptions& options, const DatasetInfo& info)
 std::uint64_t augment_seed(std::uint64_t seed, int epoch) { return core::derive_seed(seed, (1ull << 40) + std::uint64_t(epoch)); }
 }  // namespace
 
+namespace {
+// The sampler of a balanced order, or none.
+std::optional<BalancedSampler> balanced_sampler(const ReaderOptions& options, const SampleReader& samples) {
+  if (options.balanced.identities_per_batch == 0) return std::nullopt;
+  if (samples.labels().empty())
+    throw ConfigError("'data.identities_per_batch' needs identity labels, but " + options.path + " [" + options.split +
+                      "] has regression targets");
+  return BalancedSampler(samples.labels(), options.balanced);
+}
+
+// Ranks are dealt whole micro-batches, and with a balanced order whole P x K groups too.
+int dealt_group(const ReaderOptions& options) {
+  return options.balanced.identities_per_batch == 0 ? options.micro_batch
+                                                    : std::lcm(options.micro_batch, options.balanced.group());
+}
+}  // namespace
+
 struct TrainReader::Impl {
   ReaderOptions options;
   SampleReader samples;
   bool augmentation_checked;
+  std::optional<BalancedSampler> sampler;
+  std::size_t epoch_length;  // positions of an epoch's order
   long steps;
   int capacity;
   int order_epoch = -1;
@@ -55,20 +76,22 @@ struct TrainReader::Impl {
       : options(std::move(o)),
         samples(options.path, options.split, options.normalize, options.mean, options.std, options.cache_bytes),
         augmentation_checked(checked_augmentation(options, samples.info())),
-        steps(long((samples.info().count + std::size_t(options.global_batch) - 1) / std::size_t(options.global_batch))),
-        capacity(int(rank_slice(std::size_t(options.global_batch), 0, options.ranks, options.micro_batch).count)),
+        sampler(balanced_sampler(options, samples)),
+        epoch_length(sampler ? sampler->samples_per_epoch() : samples.info().count),
+        steps(long((epoch_length + std::size_t(options.global_batch) - 1) / std::size_t(options.global_batch))),
+        capacity(int(rank_slice(std::size_t(options.global_batch), 0, options.ranks, dealt_group(options)).count)),
         pipeline(steps, [this](int epoch, long step, Batch& batch) { fill(epoch, step, batch); }, options.prefetch) {}
 
   void fill(int epoch, long step, Batch& batch) {
     const DatasetInfo& info = samples.info();
     if (order_epoch != epoch) {
-      order = epoch_order(info.count, options.seed, epoch, options.shuffle);
+      order = sampler ? sampler->epoch_order(options.seed, epoch) : epoch_order(info.count, options.seed, epoch, options.shuffle);
       order_epoch = epoch;
     }
     reserve_batch(batch, capacity, info);
     const std::size_t first = std::size_t(step) * std::size_t(options.global_batch);
-    const std::size_t global = std::min(info.count - first, std::size_t(options.global_batch));
-    const Slice part = rank_slice(global, options.rank, options.ranks, options.micro_batch);
+    const std::size_t global = std::min(epoch_length - first, std::size_t(options.global_batch));
+    const Slice part = rank_slice(global, options.rank, options.ranks, dealt_group(options));
     const SampleReader::Augment augment{&options.augment, augment_seed(options.seed, epoch)};
     samples.read(std::span(order).subspan(first + part.first, part.count), batch, augment);
     batch.count = int(part.count);

@@ -20,6 +20,7 @@
 
 #include "core/tensor.hpp"
 #include "datasets/augment.hpp"
+#include "datasets/balanced_sampler.hpp"
 
 namespace mpicnn::data {
 
@@ -84,6 +85,9 @@ struct ReaderOptions {
   // last may be shorter) and whole groups are dealt out, so that micro-batch j of a step holds the
   // same samples for any rank count. 1: sample by sample.
   int micro_batch = 1;
+  // identities_per_batch > 0: the epoch's order is BalancedSampler's (P identities x K images per
+  // group; datasets/balanced_sampler.hpp) instead of a shuffle, and ranks get whole groups.
+  BalancedSampling balanced{};
 };
 
 class TrainReader {
@@ -94,7 +98,7 @@ class TrainReader {
   TrainReader& operator=(TrainReader&&) noexcept;
 
   const DatasetInfo& info() const;
-  long steps_per_epoch() const;  // ceil(N / B)
+  long steps_per_epoch() const;  // ceil(N / B); balanced: ceil(groups * P * K / B)
   int capacity() const;          // the most samples a rank gets in one step: ceil(B / ranks) for micro_batch 1
   // Positions the reader so that the next call to next() returns (epoch, step); step may equal
   // steps_per_epoch() (then next() ends that epoch). The order is recomputed, never stored.

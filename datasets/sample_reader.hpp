@@ -33,6 +33,8 @@ class SampleReader {
   ~SampleReader();
 
   const DatasetInfo& info() const { return info_; }
+  // Class labels of the whole split (empty for regression targets).
+  std::span<const std::int32_t> labels() const { return labels_all_; }
 
   // Reads samples `indices` (distinct, any order) into rows 0..n-1 of `batch`, which has room.
   void read(std::span<const std::uint32_t> indices, Batch& batch, const Augment& augment);

@@ -20,6 +20,7 @@
 
 #include "core/batchnorm.hpp"
 #include "core/blocks.hpp"
+#include "core/embedding_kernels.hpp"
 #include "core/errors.hpp"
 #include "core/task.hpp"
 #include "io/bundle.hpp"
@@ -114,6 +115,16 @@ class GraphBuilder {
     return n;
   }
 
+  // A node computing from initializers only (a parameter's transform): its output has no batch
+  // dimension.
+  onnx::NodeProto* constant_node(const std::string& op, const std::string& name, const std::vector<std::string>& inputs,
+                                 const std::vector<std::int64_t>& output_dims) {
+    onnx::NodeProto* n = node(op, name, inputs, output_dims);
+    produced_.pop_back();
+    constants_.push_back({name, output_dims});
+    return n;
+  }
+
   void initializer(const std::string& name, const std::vector<std::int64_t>& dims, const float* values, std::size_t n) {
     onnx::TensorProto* t = graph_->add_initializer();
     t->set_name(name);
@@ -143,11 +154,12 @@ class GraphBuilder {
       full.insert(full.end(), dims.begin(), dims.end());
       set_tensor_type(graph_->add_value_info(), tensor, full);
     }
+    for (const auto& [tensor, dims] : constants_) set_tensor_type(graph_->add_value_info(), tensor, {dims.begin(), dims.end()});
   }
 
  private:
   onnx::GraphProto* graph_;
-  std::vector<std::pair<std::string, std::vector<std::int64_t>>> produced_;
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> produced_, constants_;
 };
 
 // One sample's dims: [C,H,W] for an image, [C,D,H,W] for a volume.
@@ -218,8 +230,8 @@ class LayerExporter {
 
   // The kinds of leaf layers this exporter maps (composites: residual, repeat).
   static const std::vector<std::string>& leaf_kinds() {
-    static const std::vector<std::string> kinds = {"avgpool", "avgpool3d", "bn", "conv", "conv3d", "dense",
-                                                   "dropout", "flatten", "globalavgpool", "globalmaxpool",
+    static const std::vector<std::string> kinds = {"avgpool", "avgpool3d", "bn", "conv", "conv3d", "cosine", "dense",
+                                                   "dropout", "flatten", "globalavgpool", "globalmaxpool", "l2norm",
                                                    "leakyrelu", "maxpool", "maxpool3d", "relu", "sigmoid", "tanh"};
     return kinds;
   }
@@ -338,6 +350,11 @@ class LayerExporter {
       return {name, x.flat};
     }
     if (a.kind == "dropout") return x;  // the identity in evaluation: no node
+    if (a.kind == "l2norm") {
+      if (!x.flat) x = flatten(x, name + "_flatten", in);
+      return {normalize(x.tensor, name, {std::int64_t(in.size())}, false), true};
+    }
+    if (a.kind == "cosine") return add_cosine(layer, prefix, x.flat ? x : flatten(x, name + "_flatten", in), name);
     if (a.kind == "flatten") return x.flat ? x : flatten(x, name, out);
     if (a.kind == "dense") {
       if (!x.flat) x = flatten(x, name + "_flatten", in);  // dense reads a (C,1,1) input as C features
@@ -355,6 +372,38 @@ class LayerExporter {
     for (const auto& kind : leaf_kinds()) known += (known.empty() ? "" : ", ") + kind;
     throw Error("ONNX export: layer " + user_path(prefix) + " '" + layer.spec() + "' has no ONNX mapping (exported: " +
                 known + ", residual, repeat)");
+  }
+
+  // F.normalize over axis 1 of `x`: x / max(||x||, eps). A parameter (constant) has no batch
+  // dimension: its nodes get the full `dims`.
+  std::string normalize(const std::string& x, const std::string& name, const std::vector<std::int64_t>& dims,
+                        bool constant) {
+    if (!have_eps_) {
+      const float eps = float(core::kNormalizeEps);
+      g_.initializer("normalize_eps", {}, &eps, 1), have_eps_ = true;
+    }
+    std::vector<std::int64_t> norm_dims = dims;
+    norm_dims.back() = 1;
+    auto make = [&](const char* op, const std::string& node, const std::vector<std::string>& inputs,
+                    const std::vector<std::int64_t>& out) {
+      return constant ? g_.constant_node(op, node, inputs, out) : g_.node(op, node, inputs, out);
+    };
+    onnx::NodeProto* norm = make("ReduceL2", name + "_norm", {x}, norm_dims);
+    add_ints(norm, "axes", {1});
+    add_int(norm, "keepdims", 1);
+    make("Max", name + "_clamp", {name + "_norm", "normalize_eps"}, norm_dims);
+    return make("Div", name, {x, name + "_clamp"}, dims)->output(0);
+  }
+
+  // cosine(n): Gemm of the normalised input and the normalised class centres, the raw weight (as
+  // PyTorch's state_dict holds it) normalised inside the graph.
+  Value add_cosine(const core::Layer& layer, const std::string& prefix, const Value& x, const std::string& name) {
+    const std::string weight = add_param(layer, prefix, "weight");
+    const std::vector<int>& w = params_.at(weight)->dims;
+    const std::string centres = normalize(weight, name + "_centres", {w[0], w[1]}, true);
+    const std::string x_hat = normalize(x.tensor, name + "_input", {w[1]}, false);
+    add_int(g_.node("Gemm", name, {x_hat, centres}, {std::int64_t(w[0])}), "transB", 1);
+    return {name, true};
   }
 
   Value flatten(const Value& x, const std::string& name, const core::Shape& shape) {
@@ -418,6 +467,7 @@ class LayerExporter {
   std::set<std::string> used_;
   std::size_t parameters_ = 0;
   bool have_axes_ = false;
+  bool have_eps_ = false;
 };
 
 // The layers of `model` as ONNX nodes, from tensor "input_normalized" to a [N,K] output.

@@ -169,7 +169,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(ModelErrors, UnknownLayerListsKnownOnes) {
   const std::string e = error_of<ConfigError>("conv(8,3) conv3(4) relu");
   EXPECT_THAT(e, HasSubstr("unknown layer 'conv3' at position 2"));
-  EXPECT_THAT(e, HasSubstr("known: avgpool, avgpool3d, bn, conv, conv3d, dense"));
+  EXPECT_THAT(e, HasSubstr("known: avgpool, avgpool3d, bn, conv, conv3d, cosine, dense"));
 }
 
 TEST(ModelErrors, ShapeMismatchNamesLayerPositionAndShapes) {

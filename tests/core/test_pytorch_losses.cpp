@@ -10,10 +10,13 @@
 #include <vector>
 
 #include "core/loss.hpp"
+#include "fixture_text.hpp"
 
 namespace {
 
 using mpicnn::core::LossSum;
+using mpicnn::core::values_after;
+using mpicnn::core::worst_and_largest;
 
 struct Case {
   std::string kind;
@@ -21,17 +24,6 @@ struct Case {
   int n = 0, k = 0;
   std::vector<double> logits, truth, weights, loss, grad;
 };
-
-std::vector<double> values_after(std::istream& in, const std::string& name) {
-  std::string text, word;
-  std::getline(in, text);
-  std::istringstream line(text);
-  line >> word;
-  EXPECT_EQ(word, name);
-  std::vector<double> values;
-  for (double v; line >> v;) values.push_back(v);
-  return values;
-}
 
 std::vector<Case> read_cases() {
   std::ifstream in(MPICNN_LOSS_FIXTURE);
@@ -73,11 +65,7 @@ TEST(Losses, MatchPyTorch) {
                                                             : " gamma " + std::to_string(c.gamma) + " alpha " + std::to_string(c.alpha)) +
                              (c.weights.empty() ? "" : ", class weights");
     EXPECT_NEAR(mean, c.loss[0], 1e-6 * std::abs(c.loss[0])) << name;
-    double worst = 0, largest = 0;
-    for (std::size_t i = 0; i < grad.size(); ++i) {
-      worst = std::max(worst, std::abs(grad[i] / ours.normalizer - c.grad[i]));
-      largest = std::max(largest, std::abs(c.grad[i]));
-    }
+    const auto [worst, largest] = worst_and_largest(grad, ours.normalizer, c.grad);
     // float32 gradients: relative to the largest entry of the case, as the other PyTorch tests.
     EXPECT_LE(worst, 1e-6 * largest) << name;
     std::printf("[ figure ] %s: |loss - torch| %.2g, max |grad - torch| / max |grad| %.2g\n", name.c_str(),

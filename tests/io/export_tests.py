@@ -96,6 +96,14 @@ BLOCK_ARCHS = {
                "layer15_conv": "Conv", "output_flatten": "Flatten"},
         epsilon={"layer1_bn": 0.001, "layer9_bn": 1e-5},
         affine_false=[]),
+    # An embedding head (issue 18): l2norm and the cosine classifier, its centres normalised in the graph.
+    "embedding": dict(
+        spec="conv(4,3,pad=1) bn relu globalavgpool flatten dense(8,bias=false) bn l2norm cosine(5)",
+        input="3,8,8", loss="cross_entropy",
+        ops={"Conv": 1, "BatchNormalization": 2, "ReduceL2": 3, "Max": 3, "Div": 4, "Gemm": 2},  # a Div normalises the input
+        nodes={"layer7_l2norm": "Div", "layer8_cosine_input": "Div", "layer8_cosine_centres": "Div",
+               "layer8_cosine": "Gemm"},
+        affine_false=[]),
     # Volumes (C,D,H,W) = (1,8,10,12): Conv, BatchNormalization, MaxPool and AveragePool (padded, stride
     # 1, sizes per axis) on 5-D tensors, residual blocks with a strided 1x1x1 shortcut, a global average
     # pool of a volume.

@@ -207,6 +207,19 @@ case("config_milestones_without_multistep", train(schedule__milestones="3"), ["s
 case("config_label_smoothing_one", train(loss__label_smoothing="1"), ["loss.label_smoothing", "[0, 1)", "1"])
 case("config_label_smoothing_focal", train(loss__label_smoothing="0.1", loss__focal_gamma="2"),
      ["loss.label_smoothing", "without loss.focal_gamma", "focal_gamma"])
+case("config_arcface_margin", train(loss__kind="arcface", loss__margin="2"), ["loss.margin", "arcface", "[0, pi/2)", "2"])
+case("config_cosface_scale", train(loss__kind="cosface", loss__scale="0"), ["loss.scale", "> 0", "0"])
+case("config_triplet_mining", train(loss__kind="triplet", loss__mining="hardest"),
+     ["loss.mining", "batch_hard, semi_hard", "hardest"])
+case("config_pk_not_dividing_batch", train(data__identities_per_batch="3", data__images_per_identity="3"),
+     ["train.batch_size", "not a multiple of P x K = 9"])
+case("config_pk_micro_batch", train(data__identities_per_batch="2", data__images_per_identity="4", train__micro_batch="4"),
+     ["train.micro_batch", "= 4", "P x K = 8", "whole identities"])
+case("config_pk_half_given", train(data__identities_per_batch="2"), ["data.identities_per_batch", "data.images_per_identity", ">= 1"])
+case("config_pk_too_few_images", train(data__identities_per_batch="2", data__images_per_identity="32", train__batch_size="64",
+                                       train__micro_batch="64"),
+     ["identity", "images, fewer than 'data.images_per_identity' = 32"])
+case("config_margin_cross_entropy", train(loss__margin="0.3"), ["loss.margin", "not 'cross_entropy'"])
 case("config_test_split_is_eval_split", train(data__test_split="test"),
      ["data.test_split", "test", "data.eval_split", "val"])
 case("config_test_split_missing", train(data__eval_split="train", data__test_split="val"),
@@ -286,6 +299,19 @@ case("cli_inspect_missing_file", ["inspect"], ["missing required", "file"])
 case("cli_inspect_file_missing", ["inspect", "missing.h5"], ["missing.h5", "not found"])
 case("cli_eval_data_missing", evaluate(data="missing.h5"), ["missing.h5", "not found"],
      edited_checkpoint(lambda f: None))
+
+
+def embed_with_pairs(text):
+    """ckpt.h5 (the fixture run's checkpoint) and pairs.txt holding `text`."""
+    def setup(w, fx):
+        edited_checkpoint(lambda f: None)(w, fx)
+        raw_file("pairs.txt", text.encode())(w, fx)
+    return setup
+
+
+EMBED = ["embed", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=embeddings.h5", "--pairs=pairs.txt"]
+case("embed_pairs_missing_sample", EMBED, ["pairs.txt:2", "no sample for class0 image 999"],
+     embed_with_pairs("1 1\nclass0 1 999\nclass0 1 class1 1\n"), one_rank="only rank 0 reads the pairs file")
 
 # ---- datasets ----
 case("data_file_missing", train(data__path="missing.h5"), ["missing.h5", "not found"])
