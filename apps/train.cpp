@@ -55,7 +55,7 @@ class Trainer {
     if (!warning.empty() && comm.is_root()) std::fprintf(stderr, "%s\n", warning.c_str());
     reader_ = std::make_unique<data::TrainReader>(data::ReaderOptions{
         c_.data_path, c_.train_split, c_.global_batch, comm.rank(), comm.size(), c_.seed, true, c_.normalize, c_.mean,
-        c_.std, c_.random_flip, c_.random_crop_pad, c_.cache_bytes, c_.prefetch, c_.exact_reduction ? c_.micro_batch : 1,
+        c_.std, c_.augment, c_.cache_bytes, c_.prefetch, c_.exact_reduction ? c_.micro_batch : 1,
         {c_.identities_per_batch, c_.images_per_identity}});
     const data::DatasetInfo& info = reader_->info();
     meta_ = {"", info.shape, c_.task->kind(), c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <limits>
 #include <thread>
+#include <tuple>
+#include <utility>
 
 #include "core/errors.hpp"
 
@@ -26,8 +28,18 @@ std::vector<Key> train_keys() {
       {"data.normalize", "true", "subtract the per-channel mean and divide by the std"},
       {"data.mean", "", "per-channel means overriding the file's, comma-separated"},
       {"data.std", "", "per-channel stds overriding the file's, comma-separated"},
-      {"data.random_flip", "false", "augmentation: random horizontal flip"},
-      {"data.random_crop_pad", "0", "augmentation: pad by this many pixels and crop back at random"},
+      {"data.random_flip", "false", "augmentation: random horizontal flip (the same as w in data.flip_axes)"},
+      {"data.flip_axes", "", "augmentation: mirror along each of these axes at random, e.g. w,h,d (w: width, h: height, d: depth of volumes)"},
+      {"data.flip_probability", "0.5", "augmentation: probability of each flip of data.flip_axes"},
+      {"data.random_crop_pad", "0", "augmentation: pad by this many pixels (voxels of volumes) and crop back at random"},
+      {"data.rotate_degrees", "0", "augmentation: random rotation by an angle uniform in [-degrees, degrees] about the centre (volumes: about each axis of data.rotate_axes)"},
+      {"data.rotate_axes", "d,h,w", "augmentation: the axes volumes rotate about (images rotate in their plane)"},
+      {"data.scale_range", "1,1", "augmentation: random zoom min,max, one factor for all axes (e.g. 0.9,1.1)"},
+      {"data.translate", "0", "augmentation: random shift up to this fraction of the size, one value or per axis w,h[,d]"},
+      {"data.intensity_scale", "1,1", "augmentation: multiply the (normalised) intensities by a factor uniform in min,max (e.g. 0.9,1.1)"},
+      {"data.intensity_shift", "0", "augmentation: add an offset uniform in [-shift, shift], in units of the normalised intensity (the data's std)"},
+      {"data.affine_probability", "1", "augmentation: the chance that a sample gets its rotation, zoom and shift (MONAI's prob)"},
+      {"data.intensity_probability", "1", "augmentation: the chance that a sample gets its intensity scale and shift"},
       {"data.cache_mb", "0", "read the training split into memory before the first step when it fits in this many MB (0 = stream from the file)"},
       {"data.prefetch", "true", "read the next batch in a background thread"},
       {"data.identities_per_batch", "0", "P x K sampling for metric learning: P identities per group of P*K samples (0: shuffle the split)"},
@@ -108,6 +120,51 @@ std::vector<double> milestones(const Settings& s, const std::string& kind) {
   return epochs;
 }
 
+// data.flip_axes and data.rotate_axes: comma-separated letters w, h, d, each at most once.
+data::Axes axes(const Settings& s, const std::string& key) {
+  data::Axes axes;
+  const std::string text = s.text(key);
+  std::size_t start = 0;
+  while (start <= text.size() && !text.empty()) {
+    const std::size_t comma = std::min(text.find(',', start), text.size());
+    const std::string letter = text.substr(start, comma - start);
+    bool* axis = letter == "w" ? &axes.w : letter == "h" ? &axes.h : letter == "d" ? &axes.d : nullptr;
+    if (!axis) throw ConfigError("'" + key + "' = " + text + ": unknown axis '" + letter + "' (known: w, h, d)");
+    if (*axis) throw ConfigError("'" + key + "' = " + text + ": axis '" + letter + "' is named twice");
+    *axis = true;
+    start = comma + 1;
+  }
+  return axes;
+}
+
+// A min,max pair of reals (data.scale_range, data.intensity_scale).
+std::pair<double, double> range(const Settings& s, const std::string& key) {
+  const std::vector<double> values = s.reals(key);
+  if (values.size() != 2) throw ConfigError("'" + key + "' = " + s.text(key) + ", expected two numbers min,max (e.g. 0.9,1.1)");
+  return {values[0], values[1]};
+}
+
+// The data.* augmentation keys; their ranges are checked by the reader against the split's shape.
+data::Augmentation augmentation(const Settings& s) {
+  data::Augmentation a;
+  a.flip = axes(s, "data.flip_axes");
+  a.flip.w = a.flip.w || s.flag("data.random_flip");
+  a.flip_probability = s.real("data.flip_probability", 0);
+  a.crop_pad = int(s.integer("data.random_crop_pad", 0));
+  a.rotate_degrees = s.real("data.rotate_degrees", 0);
+  a.rotate_axes = axes(s, "data.rotate_axes");
+  std::tie(a.scale_min, a.scale_max) = range(s, "data.scale_range");
+  const std::vector<double> translate = s.reals("data.translate");
+  if (translate.empty() || translate.size() > 3)
+    throw ConfigError("'data.translate' = " + s.text("data.translate") + ", expected one fraction or one per axis w,h[,d]");
+  for (std::size_t i = 0; i < 3; ++i) a.translate[i] = translate.size() == 1 ? translate[0] : i < translate.size() ? translate[i] : 0;
+  std::tie(a.intensity_scale_min, a.intensity_scale_max) = range(s, "data.intensity_scale");
+  a.intensity_shift = s.real("data.intensity_shift", 0);
+  a.affine_probability = s.real("data.affine_probability", 0);
+  a.intensity_probability = s.real("data.intensity_probability", 0);
+  return a;
+}
+
 }  // namespace
 
 TrainConfig read_config(const Settings& s) {
@@ -124,8 +181,7 @@ TrainConfig read_config(const Settings& s) {
   c.normalize = s.flag("data.normalize");
   c.mean = s.reals("data.mean");
   c.std = s.reals("data.std");
-  c.random_flip = s.flag("data.random_flip");
-  c.random_crop_pad = int(s.integer("data.random_crop_pad", 0));
+  c.augment = augmentation(s);
   c.cache_bytes = std::size_t(s.integer("data.cache_mb", 0)) << 20;
   c.prefetch = s.flag("data.prefetch");
   c.identities_per_batch = int(s.integer("data.identities_per_batch", 0));

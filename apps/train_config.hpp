@@ -8,6 +8,7 @@
 #include "apps/settings.hpp"
 #include "core/optimizer.hpp"
 #include "core/task.hpp"
+#include "datasets/augment.hpp"
 #include "distributed/comm.hpp"
 
 namespace mpicnn::app {
@@ -17,8 +18,9 @@ std::vector<Key> train_keys();
 struct TrainConfig {
   std::string data_path, train_split, eval_split, test_split, spec, init, run_dir, resume;
   std::vector<double> mean, std;
-  bool normalize, random_flip, prefetch;
-  int random_crop_pad, epochs, global_batch, threads, eval_batch, keep, micro_batch;
+  bool normalize, prefetch;
+  data::Augmentation augment;  // the data.* augmentation keys
+  int epochs, global_batch, threads, eval_batch, keep, micro_batch;
   int identities_per_batch, images_per_identity;  // P x K sampling; P = 0: shuffled
   bool exact_reduction, shared_memory_sum;
   long log_interval, max_steps, every_steps;

@@ -35,12 +35,8 @@ void check_rank(int rank, int ranks) {
     throw ConfigError("reader: rank " + std::to_string(rank) + " of " + std::to_string(ranks) +
                       " ranks, expected 0 <= rank < ranks");
 }
-// Random crops of volumes would need a choice of axes and a depth padding not designed yet.
-bool check_volume_augmentation(const ReaderOptions& options, const DatasetInfo& info) {
-  if (options.random_crop_pad > 0 && info.shape.is_volume())
-    throw ConfigError(options.path + ": random crop (random_crop_pad " + std::to_string(options.random_crop_pad) +
-                      ") is not supported for volumes yet, and split '" + options.split + "' holds volumes " +
-                      info.shape.str() + " (C,D,H,W); set random_crop_pad = 0");
+bool checked_augmentation(const ReaderOptions& options, const DatasetInfo& info) {
+  check_augmentation(options.augment, info.shape, options.path);
   return true;
 }
 // The per-epoch augmentation stream, far from the order streams 1000 + epoch.
@@ -67,7 +63,7 @@ int dealt_group(const ReaderOptions& options) {
 struct TrainReader::Impl {
   ReaderOptions options;
   SampleReader samples;
-  bool volume_checked;
+  bool augmentation_checked;
   std::optional<BalancedSampler> sampler;
   std::size_t epoch_length;  // positions of an epoch's order
   long steps;
@@ -79,7 +75,7 @@ struct TrainReader::Impl {
   explicit Impl(ReaderOptions o)
       : options(std::move(o)),
         samples(options.path, options.split, options.normalize, options.mean, options.std, options.cache_bytes),
-        volume_checked(check_volume_augmentation(options, samples.info())),
+        augmentation_checked(checked_augmentation(options, samples.info())),
         sampler(balanced_sampler(options, samples)),
         epoch_length(sampler ? sampler->samples_per_epoch() : samples.info().count),
         steps(long((epoch_length + std::size_t(options.global_batch) - 1) / std::size_t(options.global_batch))),
@@ -96,7 +92,7 @@ struct TrainReader::Impl {
     const std::size_t first = std::size_t(step) * std::size_t(options.global_batch);
     const std::size_t global = std::min(epoch_length - first, std::size_t(options.global_batch));
     const Slice part = rank_slice(global, options.rank, options.ranks, dealt_group(options));
-    SampleReader::Augment augment{options.random_flip, options.random_crop_pad, augment_seed(options.seed, epoch)};
+    const SampleReader::Augment augment{&options.augment, augment_seed(options.seed, epoch)};
     samples.read(std::span(order).subspan(first + part.first, part.count), batch, augment);
     batch.count = int(part.count);
     batch.global_count = int(global);
@@ -113,8 +109,6 @@ ReaderOptions checked(ReaderOptions options) {
     throw ConfigError("reader: global batch size " + std::to_string(options.global_batch) + ", expected >= 1");
   if (options.micro_batch < 1)
     throw ConfigError("reader: micro-batch " + std::to_string(options.micro_batch) + ", expected >= 1");
-  if (options.random_crop_pad < 0)
-    throw ConfigError("reader: random crop padding " + std::to_string(options.random_crop_pad) + ", expected >= 0");
   return options;
 }
 }  // namespace

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "datasets/augment.hpp"
 #include "datasets/balanced_sampler.hpp"
 
 namespace mpicnn::data {
@@ -77,8 +78,7 @@ struct ReaderOptions {
   bool shuffle = true;
   bool normalize = true;               // (x - mean) / std per channel, after uint8 -> x/255
   std::vector<double> mean{}, std{};   // override the file's; empty = the file's
-  bool random_flip = false;            // horizontal (W, also of volumes), probability 1/2
-  int random_crop_pad = 0;             // pad each side with black (0 before normalising), crop back; images only
+  Augmentation augment{};              // seeded per sample (augment.hpp); checked against the split's shape
   std::size_t cache_bytes = 0;         // keep the whole split in memory if it fits in this many bytes
   bool prefetch = true;                // read the next batch in a background thread
   // Ranks get whole micro-batches: each step's positions are cut into groups of this many (the

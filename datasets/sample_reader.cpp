@@ -46,6 +46,7 @@ SampleReader::SampleReader(const std::string& path, const std::string& split, bo
     if (info_.uint8)
       for (int v = 0; v < 256; ++v)
         lut_.push_back(float(normalize ? (v * pixel - m[std::size_t(c)]) / s[std::size_t(c)] : v * pixel));
+    black_.push_back(info_.uint8 ? lut_[std::size_t(c) * 256] : bias_.back());
   }
   sample_bytes_ = info_.shape.size() * (info_.uint8 ? 1 : 4);
   images_name_ = "/" + split + "/images";
@@ -195,28 +196,39 @@ void SampleReader::load_cache() {
               cache_.data() + first * sample_bytes_);
 }
 
-// One sample from stored pixels to normalised floats, with its seeded augmentation.
-void SampleReader::transform(const unsigned char* pixels, std::uint32_t index, float* out,
-                             const Augment& augment) const {
-  // A volume's channel is d slices of h rows: flips and crops act on each slice's rows alike.
-  const int channels = info_.shape.c, height = info_.shape.h, width = info_.shape.w, slices = info_.shape.d;
-  const std::size_t plane = std::size_t(slices) * height * width;
+// One sample from stored pixels to normalised floats, with its seeded augmentation: crop and flips,
+// then the affine transform, then the intensity scale and shift (augment.hpp).
+void SampleReader::transform(const unsigned char* pixels, std::uint32_t index, float* out, const Augment& augment) {
+  const std::size_t size = info_.shape.size();
   const float* values = reinterpret_cast<const float*>(pixels);
   if (!info_.uint8)
-    for (std::size_t i = 0; i < plane * channels; ++i)
+    for (std::size_t i = 0; i < size; ++i)
       if (!std::isfinite(values[i]))
         throw IoError(info_.path + ": dataset '" + images_name_ + "' has a NaN or infinite pixel in sample " +
                       std::to_string(index) + ", expected finite values");
-  bool flip = false;
-  int dy = 0, dx = 0;  // source offset of the crop window
-  if (augment.flip || augment.pad > 0) {
-    core::Rng rng(core::derive_seed(augment.seed, index));
-    if (augment.pad > 0) {
-      dy = int(rng.below(2 * std::uint64_t(augment.pad) + 1)) - augment.pad;
-      dx = int(rng.below(2 * std::uint64_t(augment.pad) + 1)) - augment.pad;
-    }
-    if (augment.flip) flip = rng.below(2) == 1;
+  const bool augmented = augment.options && augment.options->any();
+  const SampleDraw draw =
+      augmented ? draw_augmentation(*augment.options, info_.shape, core::derive_seed(augment.seed, index)) : SampleDraw{};
+  if (!draw.affine) {
+    normalise(pixels, draw, out);
+  } else {
+    unwarped_.resize(size);
+    normalise(pixels, draw, unwarped_.data());
+    resample_affine(out, unwarped_.data(), info_.shape, draw.map, black_.data());
   }
+  if (draw.intensity_scale != 1 || draw.intensity_shift != 0)
+    for (std::size_t i = 0; i < size; ++i) out[i] = float(out[i] * draw.intensity_scale + draw.intensity_shift);
+}
+
+// Stored pixels to normalised floats through the crop window and flips of `draw`.
+void SampleReader::normalise(const unsigned char* pixels, const SampleDraw& draw, float* out) const {
+  // A volume's channel is d slices of h rows; an image is one slice.
+  const int channels = info_.shape.c, height = info_.shape.h, width = info_.shape.w, slices = info_.shape.d;
+  const std::size_t plane = std::size_t(slices) * height * width;
+  const float* values = reinterpret_cast<const float*>(pixels);
+  const auto [dx, dy, dz] = draw.crop_offset;
+  const auto [flip_x, flip_y, flip_z] = draw.flip;
+  const bool moved = flip_x || flip_y || flip_z || dx != 0 || dy != 0 || dz != 0;
   for (int c = 0; c < channels; ++c) {
     float* o = out + std::size_t(c) * plane;
     const float scale = scale_[std::size_t(c)], bias = bias_[std::size_t(c)];
@@ -224,23 +236,29 @@ void SampleReader::transform(const unsigned char* pixels, std::uint32_t index, f
     const unsigned char* p8 = pixels + std::size_t(c) * plane;
     const float* pf = values + std::size_t(c) * plane;
     auto value = [&](std::size_t at) { return lut ? lut[p8[at]] : pf[at] * scale + bias; };
-    if (!flip && dy == 0 && dx == 0) {
+    if (!moved) {
       for (std::size_t i = 0; i < plane; ++i) o[i] = value(i);
       continue;
     }
-    const float pad_value = lut ? lut[0] : bias;  // a black pixel after normalisation
+    const float pad_value = black_[std::size_t(c)];
     for (int z = 0; z < slices; ++z) {
-      const std::size_t slice = std::size_t(z) * height * width;
+      const int sz = (flip_z ? slices - 1 - z : z) + dz;
+      float* slice = o + std::size_t(z) * height * width;
+      if (sz < 0 || sz >= slices) {
+        std::fill(slice, slice + std::size_t(height) * width, pad_value);
+        continue;
+      }
+      const std::size_t source_slice = std::size_t(sz) * height * width;
       for (int y = 0; y < height; ++y) {
-        const int sy = y + dy;
-        float* row = o + slice + std::size_t(y) * width;
+        const int sy = (flip_y ? height - 1 - y : y) + dy;
+        float* row = slice + std::size_t(y) * width;
         if (sy < 0 || sy >= height) {
           std::fill(row, row + width, pad_value);
           continue;
         }
         for (int x = 0; x < width; ++x) {
-          const int sx = (flip ? width - 1 - x : x) + dx;
-          row[x] = sx < 0 || sx >= width ? pad_value : value(slice + std::size_t(sy) * width + std::size_t(sx));
+          const int sx = (flip_x ? width - 1 - x : x) + dx;
+          row[x] = sx < 0 || sx >= width ? pad_value : value(source_slice + std::size_t(sy) * width + std::size_t(sx));
         }
       }
     }

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "datasets/augment.hpp"
 #include "datasets/h5.hpp"
 #include "datasets/reader.hpp"
 
@@ -22,8 +23,7 @@ class DirectChunks;
 class SampleReader {
  public:
   struct Augment {
-    bool flip = false;
-    int pad = 0;
+    const Augmentation* options = nullptr;  // null: none (evaluation)
     std::uint64_t seed = 0;  // the epoch's augmentation seed; each sample derives its own from it
   };
 
@@ -45,7 +45,8 @@ class SampleReader {
   void read_images_direct();
   void read_targets();
   void load_cache();
-  void transform(const unsigned char* pixels, std::uint32_t index, float* out, const Augment& augment) const;
+  void transform(const unsigned char* pixels, std::uint32_t index, float* out, const Augment& augment);
+  void normalise(const unsigned char* pixels, const SampleDraw& draw, float* out) const;
 
   h5::Handle file_;
   DatasetInfo info_;
@@ -55,6 +56,8 @@ class SampleReader {
   std::size_t sample_bytes_ = 0;
   std::size_t block_rows_ = 0;  // samples per stored chunk; 256 when not chunked
   std::vector<float> scale_, bias_, lut_;  // y = x * scale + bias per channel; lut_: C x 256 for uint8
+  std::vector<float> black_;   // per channel: a stored 0 after normalisation, what padding reads
+  std::vector<float> unwarped_;  // one sample before its affine transform
   std::vector<std::pair<std::uint32_t, std::uint32_t>> order_;  // (sample index, batch row), sorted
   std::vector<unsigned char> staging_;  // stored pixels of the step in sorted order
   std::vector<unsigned char> chunk_;    // one whole chunk

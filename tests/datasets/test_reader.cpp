@@ -200,7 +200,7 @@ TEST(TrainReader, SeekRestoresTheExactOrder) {
   write_indexed_dataset(path, 37);
   for (bool prefetch : {true, false}) {
     const ReaderOptions o{.path = path, .global_batch = 8, .rank = 1, .ranks = 2, .seed = 3, .normalize = false,
-                          .random_flip = true, .random_crop_pad = 1, .prefetch = prefetch};
+                          .augment = {.flip = {.w = true}, .crop_pad = 1}, .prefetch = prefetch};
     const auto straight = read_rank(o, 3);  // 5 steps per epoch
     TrainReader resumed(o);
     resumed.seek(1, 2);
@@ -281,8 +281,8 @@ TEST(TrainReader, AugmentationIsSeededPerSampleAndIndependentOfRanksCacheAndPref
   const std::string path = dir.file("pattern.h5");
   const core::Shape shape{2, 5, 6};
   write_pattern_dataset(path, 50, shape);
-  ReaderOptions base{.path = path, .global_batch = 9, .seed = 11, .normalize = false, .random_flip = true,
-                     .random_crop_pad = 2};
+  ReaderOptions base{.path = path, .global_batch = 9, .seed = 11, .normalize = false,
+                     .augment = {.flip = {.w = true}, .crop_pad = 2}};
   const auto reference = rows_by_position(base, 2);
   ASSERT_EQ(reference.size(), 100u);
   for (int ranks : {2, 3}) {

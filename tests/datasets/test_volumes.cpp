@@ -1,7 +1,10 @@
 // Volumes (N,C,D,H,W) in the dataset format: what the writer stores (read back by h5py), the
 // schema's checks of the rank-5 layout and of the 'task' attribute, the sharded readers and the
-// flip of volumes (W mirrored in every slice), the refusal of random crops on volumes.
+// flip of volumes (W mirrored in every slice) and their random crop along D, H and W.
+#include <algorithm>
+#include <array>
 #include <numeric>
+#include <set>
 
 #include "core/errors.hpp"
 #include "datasets/reader.hpp"
@@ -75,7 +78,7 @@ TEST(Volumes, ShardedReadersAndFlipOfW) {
       std::vector<int> seen(23, 0);
       int flipped = 0;
       for (int rank = 0; rank < 2; ++rank) {
-        TrainReader reader({path, "train", 8, rank, 2, 5, true, false, {}, {}, true, 0, cache ? 1u << 20 : 0, rank == 0});
+        TrainReader reader({path, "train", 8, rank, 2, 5, true, false, {}, {}, {.flip = {.w = true}}, cache ? 1u << 20 : 0, rank == 0});
         Batch batch;
         while (reader.next(batch))
           for (int row = 0; row < batch.count; ++row) {
@@ -116,17 +119,35 @@ TEST(Volumes, ShardedReadersAndFlipOfW) {
     }
 }
 
-TEST(Volumes, RandomCropIsRefused) {
+// Volumes are padded along D, H and W alike and cropped back: every output is its volume shifted by
+// (dz, dy, dx) in [-2, 2]^3 with black filling, and the offsets vary.
+TEST(Volumes, RandomCropShiftsAlongEveryAxis) {
   TempDir dir;
   const std::string path = dir.file("v.h5");
-  write_volumes(path, 4, 1);
-  try {
-    TrainReader reader({path, "train", 2, 0, 1, 5, true, false, {}, {}, false, 2});
-    FAIL();
-  } catch (const ConfigError& e) {
-    EXPECT_EQ(std::string(e.what()), path + ": random crop (random_crop_pad 2) is not supported for volumes yet, and split "
-                                            "'train' holds volumes (2,3,4,5) (C,D,H,W); set random_crop_pad = 0");
+  write_volumes(path, 30, 1);
+  TrainReader reader({path, "train", 30, 0, 1, 5, false, false, {}, {}, {.crop_pad = 2}});
+  Batch batch;
+  ASSERT_TRUE(reader.next(batch));
+  std::set<std::array<int, 3>> offsets;
+  for (int i = 0; i < 30; ++i) {
+    const float* v = batch.images.data() + std::size_t(i) * kVolume.size();
+    bool found = false;
+    for (int dz = -2; dz <= 2 && !found; ++dz)
+      for (int dy = -2; dy <= 2 && !found; ++dy)
+        for (int dx = -2; dx <= 2 && !found; ++dx) {
+          bool same = true;
+          for (std::size_t p = 0; p < kVolume.size() && same; ++p) {
+            const int x = int(p % 5), y = int(p / 5 % 4), z = int(p / 20 % 3), c = int(p / 60);
+            const int sx = x + dx, sy = y + dy, sz = z + dz;
+            const bool inside = sx >= 0 && sx < 5 && sy >= 0 && sy < 4 && sz >= 0 && sz < 3;
+            same = v[p] == (inside ? float(voxel(std::size_t(i), c, sz, sy, sx)) / 255.0f : 0.0f);
+          }
+          if (same) found = true, offsets.insert({dz, dy, dx});
+        }
+    EXPECT_TRUE(found) << "sample " << i << " is no crop of its volume";
   }
+  EXPECT_GT(offsets.size(), 10u);
+  EXPECT_TRUE(std::any_of(offsets.begin(), offsets.end(), [](const auto& o) { return o[0] != 0; }));
 }
 
 TEST(Volumes, SchemaChecksRankAndTask) {

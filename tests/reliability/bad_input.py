@@ -226,6 +226,29 @@ case("config_test_split_missing", train(data__eval_split="train", data__test_spl
      ["data.h5", "no split '/val'", "splits in the file: test, train"])
 case("config_class_weights_count", train(loss__class_weights="1,2"), ["loss.class_weights", "2 weights", "3"])
 
+# ---- augmentation keys (data.*; the fixture's images are (1,8,8)) ----
+case("augment_flip_axis_unknown", train(data__flip_axes="w,x"), ["data.flip_axes", "unknown axis 'x'", "w, h, d"])
+case("augment_flip_axis_twice", train(data__flip_axes="h,h"), ["data.flip_axes", "'h'", "named twice"])
+case("augment_flip_depth_of_images", train(data__flip_axes="w,d"),
+     ["data.h5", "data.flip_axes", "images (1,8,8)", "d flips volumes only"])
+case("augment_flip_probability_above_one", train(data__flip_axes="w", data__flip_probability="1.5"),
+     ["data.h5", "data.flip_probability", "1.5", "[0, 1]"])
+case("augment_affine_probability_above_one", train(data__rotate_degrees="10", data__affine_probability="1.2"),
+     ["data.h5", "data.affine_probability", "1.2", "[0, 1]"])
+case("augment_rotate_degrees_above_180", train(data__rotate_degrees="200"), ["data.rotate_degrees", "200", "[0, 180]"])
+case("augment_rotate_degrees_negative", train(data__rotate_degrees="-5"), ["data.rotate_degrees", "'-5'"])
+case("augment_rotate_axes_unknown", train(data__rotate_axes="d,z"), ["data.rotate_axes", "unknown axis 'z'"])
+case("augment_rotate_images_not_about_d", train(data__rotate_degrees="10", data__rotate_axes="h"),
+     ["data.rotate_axes", "images (1,8,8)", "about d"])
+case("augment_scale_range_one_number", train(data__scale_range="0.9"), ["data.scale_range", "0.9", "two numbers min,max"])
+case("augment_scale_range_reversed", train(data__scale_range="1.1,0.9"), ["data.scale_range", "1.1,0.9", "0 < min <= max"])
+case("augment_scale_range_not_number", train(data__scale_range="0.9,big"), ["data.scale_range", "big"])
+case("augment_translate_above_one", train(data__translate="0.1,1.5"), ["data.translate", "1.5 (h)", "[0, 1]"])
+case("augment_translate_four_values", train(data__translate="0.1,0.1,0.1,0.1"), ["data.translate", "one per axis w,h[,d]"])
+case("augment_intensity_scale_zero", train(data__intensity_scale="0,1.1"), ["data.intensity_scale", "0,1.1", "0 < min"])
+case("augment_intensity_shift_negative", train(data__intensity_shift="-0.1"), ["data.intensity_shift", "'-0.1'"])
+case("augment_crop_pad_negative", train(data__random_crop_pad="-1"), ["data.random_crop_pad", "'-1'"])
+
 # ---- layer specs ----
 case("spec_unknown_layer", train(model__spec="conv3(4,3) relu flatten dense(3)"), ["'conv3'", "known:", "conv"])
 case("spec_missing_argument", train(model__spec="conv relu flatten dense(3)"), ["'conv'", "missing argument 'filters'"])
