@@ -159,27 +159,25 @@ std::vector<core::GroundTruthBox> ground_truth(const SplitBoxes& boxes) {
 
 BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
                         const core::Shape& image) {
-  // The reader's draws (sample_reader.cpp transform, seed from reader.cpp augment_seed): crop offset
-  // dy, dx in [-pad, pad], then the flip. Output pixel (x, y) shows source pixel
-  // ((flip ? W-1-x : x) + dx, y + dy), so a source edge u lands at u - dx, or W + dx - u mirrored.
-  bool flip = false;
-  int dy = 0, dx = 0;
-  const int pad = options.random_crop_pad;
-  if (options.random_flip || pad > 0) {
-    core::Rng rng(core::derive_seed(core::derive_seed(options.seed, (1ull << 40) + std::uint64_t(epoch)), index));
-    if (pad > 0) {
-      dy = int(rng.below(2 * std::uint64_t(pad) + 1)) - pad;
-      dx = int(rng.below(2 * std::uint64_t(pad) + 1)) - pad;
-    }
-    if (options.random_flip) flip = rng.below(2) == 1;
-  }
+  const Augmentation& a = options.augment;
+  if (a.affine())
+    throw ConfigError(options.path + ": boxes follow the crop and the flips only; data.rotate_degrees, data.scale_range "
+                      "and data.translate are not supported with boxes yet");
+  // The reader's own draws (sample_reader.cpp): output pixel (x, y) shows source pixel
+  // ((flip_w ? W-1-x : x) + dx, (flip_h ? H-1-y : y) + dy), so a source edge u lands at u - dx,
+  // or at W + dx - u when mirrored (likewise along y).
+  const SampleDraw draw =
+      a.any() ? draw_augmentation(a, image, core::derive_seed(augment_seed(options.seed, epoch), index)) : SampleDraw{};
+  const auto [dx, dy, dz] = draw.crop_offset;
   const float W = float(image.w), H = float(image.h);
+  const auto along_x = [&](float u) { return draw.flip[0] ? W + float(dx) - u : u - float(dx); };
+  const auto along_y = [&](float v) { return draw.flip[1] ? H + float(dy) - v : v - float(dy); };
   BoxList out;
   for (std::size_t m = 0; m < boxes.boxes.size(); ++m) {
     const core::Box& b = boxes.boxes[m];
-    core::Box moved = flip ? core::Box{W + float(dx) - b.x2, b.y1 - float(dy), W + float(dx) - b.x1, b.y2 - float(dy)}
-                           : core::Box{b.x1 - float(dx), b.y1 - float(dy), b.x2 - float(dx), b.y2 - float(dy)};
-    moved = {std::max(moved.x1, 0.f), std::max(moved.y1, 0.f), std::min(moved.x2, W), std::min(moved.y2, H)};
+    const float x1 = along_x(b.x1), x2 = along_x(b.x2), y1 = along_y(b.y1), y2 = along_y(b.y2);
+    const core::Box moved{std::max(std::min(x1, x2), 0.f), std::max(std::min(y1, y2), 0.f), std::min(std::max(x1, x2), W),
+                          std::min(std::max(y1, y2), H)};
     if (!(moved.x1 < moved.x2 && moved.y1 < moved.y2)) continue;
     out.boxes.push_back(moved);
     out.classes.push_back(boxes.classes[m]);

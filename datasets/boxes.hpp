@@ -65,10 +65,10 @@ struct BoxList {
   std::vector<std::uint8_t> crowd;
 };
 
-// Sample `index`'s boxes moved as TrainReader moves its pixels in `epoch` with options'
-// random_crop_pad and random_flip (the same seeded draws, datasets/README.md "Preprocessing and
-// augmentation"): shifted by the crop offset, mirrored, clipped to the image (W x H of `image`);
-// a box left with no area is dropped. Without augmentation the boxes as stored.
+// Sample `index`'s boxes moved as TrainReader moves its pixels in `epoch` with options.augment's
+// crop and W/H flips (the same seeded draws, datasets/augment.hpp): shifted by the crop offset,
+// mirrored, clipped to the image (W x H of `image`); a box left with no area is dropped. Without
+// augmentation the boxes as stored. An affine augmentation is refused (ConfigError).
 BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
                         const core::Shape& image);
 

@@ -40,8 +40,9 @@ bool checked_augmentation(const ReaderOptions& options, const DatasetInfo& info)
   return true;
 }
 // The per-epoch augmentation stream, far from the order streams 1000 + epoch.
-std::uint64_t augment_seed(std::uint64_t seed, int epoch) { return core::derive_seed(seed, (1ull << 40) + std::uint64_t(epoch)); }
 }  // namespace
+
+std::uint64_t augment_seed(std::uint64_t seed, int epoch) { return core::derive_seed(seed, (1ull << 40) + std::uint64_t(epoch)); }
 
 namespace {
 // The sampler of a balanced order, or none.

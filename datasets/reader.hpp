@@ -90,6 +90,10 @@ struct ReaderOptions {
   BalancedSampling balanced{};
 };
 
+// The seed of an epoch's augmentation; sample i's draws come from core::derive_seed(it, i)
+// (draw_augmentation). Boxes (datasets/boxes.hpp) follow the pixels through the same draws.
+std::uint64_t augment_seed(std::uint64_t seed, int epoch);
+
 class TrainReader {
  public:
   explicit TrainReader(ReaderOptions options);

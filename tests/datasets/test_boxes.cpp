@@ -171,8 +171,9 @@ TEST(Boxes, AugmentationMovesBoxesWithThePixels) {
   int rows = 0, moved = 0, dropped = 0;
   for (int ranks : {1, 2})
     for (int rank = 0; rank < ranks; ++rank) {
-      ReaderOptions o{.path = path, .global_batch = 8, .rank = rank, .ranks = ranks, .seed = 9, .normalize = false,
-                      .random_flip = true, .random_crop_pad = 4};
+      ReaderOptions o{.path = path, .global_batch = 8, .rank = rank, .ranks = ranks, .seed = 9, .normalize = false};
+      o.augment.flip = {.w = true, .h = true};
+      o.augment.crop_pad = 4;
       TrainReader reader(o);
       Batch batch;
       for (int epoch = 0; epoch < 3; ++epoch)
