@@ -19,6 +19,7 @@ packages=(
   libonnx-dev libprotobuf-dev protobuf-compiler python3-onnx   # ONNX export and its checker
   python3-torch python3-torchvision python3-h5py python3-numpy   # PyTorch references (torchvision: ResNet-18)
   python3-sklearn                                  # metric references (AUC, accuracy) in tests
+  python3-skimage                                  # lfw_subset: the real face crops of configs/faces_lfw_subset.ini
   python3-matplotlib                               # scripts/plot.py: pictures of run folders
   dataset-fashion-mnist                            # the real dataset of the quick start
   slurm-wlm munge                                  # the local SLURM cluster of the SLURM tests

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""A recipe in configs/ still parses and trains: one step of CONFIG on a small generated file of the
+layout it expects (random uint8 images of C,H,W with labels below CLASSES, converted with
+`mpicnn convert --format npz`), then `mpicnn embed` on that run when the config's task has embeddings.
+Fails when a key was renamed or removed, a layer spec no longer parses, or the layout does not fit.
+
+  config_one_step.py MPICNN_EXE CONFIG WORK_DIR --shape C,H,W --classes N [--embed]
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+def run(command):
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"FAILED: {' '.join(map(str, command))}\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("exe")
+    parser.add_argument("config")
+    parser.add_argument("work")
+    parser.add_argument("--shape", required=True)
+    parser.add_argument("--classes", type=int, required=True)
+    parser.add_argument("--embed", action="store_true")
+    a = parser.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    channels, height, width = (int(v) for v in a.shape.split(","))
+    rng = np.random.default_rng(18)
+
+    def split(count):
+        images = rng.integers(0, 256, size=(count, height, width, channels), dtype=np.uint8)
+        labels = np.arange(count) % a.classes  # every class present
+        return (images[..., 0] if channels == 1 else images), labels[:, None]
+
+    train_images, train_labels = split(4 * a.classes * 4)
+    test_images, test_labels = split(4 * a.classes)
+    npz = os.path.join(a.work, "small.npz")
+    np.savez(npz, train_images=train_images, train_labels=train_labels,
+             test_images=test_images, test_labels=test_labels)
+    data = os.path.join(a.work, "small.h5")
+    run([a.exe, "convert", "--format", "npz", "--input", npz, "--output", data])
+    out = os.path.join(a.work, "run")
+    run([a.exe, "train", "--config", a.config, "--data.path", data, "--train.max_steps", 1,
+         "--train.threads", 1, "--output", out])
+    if not any(name.startswith("ckpt-") for name in os.listdir(out)):
+        sys.exit(f"FAILED: no checkpoint in {out} after one step")
+    if a.embed:
+        print(run([a.exe, "embed", "--checkpoint", out, "--data", data,
+                   "--output", os.path.join(a.work, "embeddings.h5")]).strip())
+    print(f"{os.path.basename(a.config)}: one step on {a.shape} x {a.classes} classes passed")
+
+
+if __name__ == "__main__":
+    main()
