@@ -168,7 +168,8 @@ BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, 
   // or at W + dx - u when mirrored (likewise along y).
   const SampleDraw draw =
       a.any() ? draw_augmentation(a, image, core::derive_seed(augment_seed(options.seed, epoch), index)) : SampleDraw{};
-  const auto [dx, dy, dz] = draw.crop_offset;
+  // Plain ints, not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
+  const int dx = draw.crop_offset[0], dy = draw.crop_offset[1];
   const float W = float(image.w), H = float(image.h);
   const auto along_x = [&](float u) { return draw.flip[0] ? W + float(dx) - u : u - float(dx); };
   const auto along_y = [&](float v) { return draw.flip[1] ? H + float(dy) - v : v - float(dy); };
