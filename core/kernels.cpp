@@ -199,9 +199,7 @@ void maxpool_backward(T* in_grad, const T* out_grad, const std::int32_t* argmax,
       maxpool_2x2_backward(dx, dy, arg, g, y);
       return;
     }
-    std::fill(dx, dx + g.in_size(), T(0));
-    for (std::size_t o = 0; o < g.out_size(); ++o)
-      if (!y || y[o] > T(0)) dx[arg[o]] += dy[o];
+    scatter_max_gradient(dx, g.in_size(), dy, arg, g.out_size(), y);
   });
 }
 

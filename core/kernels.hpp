@@ -59,6 +59,15 @@ void maxpool_forward(T* out, std::int32_t* argmax, const T* in, const PoolGeomet
 template <class T>
 void maxpool_backward(T* in_grad, const T* out_grad, const std::int32_t* argmax,
                       const PoolGeometry& g, int batch, const T* relu_out = nullptr);
+// One sample of a max pool's backward from its argmax, for any geometry (2D's general case, 3D):
+// dx (in_size) = 0, then dy[o] added at argmax[o], except where the absorbed ReLU's output y is 0.
+template <class T>
+void scatter_max_gradient(T* dx, std::size_t in_size, const T* dy, const std::int32_t* argmax, std::size_t out_size,
+                          const T* relu_out) {
+  for (std::size_t i = 0; i < in_size; ++i) dx[i] = T(0);
+  for (std::size_t o = 0; o < out_size; ++o)
+    if (!relu_out || relu_out[o] > T(0)) dx[argmax[o]] += dy[o];
+}
 // Padding counts in the divisor (PyTorch's count_include_pad=True).
 template <class T>
 void avgpool_forward(T* out, const T* in, const PoolGeometry& g, int batch);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "kernels.hpp"
 #include "parallel.hpp"
 #include "volume_kernels.hpp"
 
@@ -66,13 +67,8 @@ template <class T>
 void maxpool3d_backward(T* in_grad, const T* out_grad, const std::int32_t* argmax, const Pool3dGeometry& g,
                         int batch, const T* relu_out) {
   parallel_for(batch, double(g.in_size()), [&](std::size_t n) {
-    T* dx = in_grad + n * g.in_size();
-    const T* dy = out_grad + n * g.out_size();
-    const std::int32_t* arg = argmax + n * g.out_size();
-    const T* y = relu_out ? relu_out + n * g.out_size() : nullptr;
-    std::fill(dx, dx + g.in_size(), T(0));
-    for (std::size_t o = 0; o < g.out_size(); ++o)
-      if (!y || y[o] > T(0)) dx[arg[o]] += dy[o];
+    scatter_max_gradient(in_grad + n * g.in_size(), g.in_size(), out_grad + n * g.out_size(), argmax + n * g.out_size(),
+                         g.out_size(), relu_out ? relu_out + n * g.out_size() : nullptr);
   });
 }
 
