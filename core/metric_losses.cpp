@@ -1,6 +1,7 @@
 #include "metric_losses.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -43,29 +44,62 @@ double checked_cosine(float value, MarginKind kind) {
 
 }  // namespace
 
-LossSum margin_softmax_loss(float* grad, const float* cosines, const std::int32_t* labels, MarginKind kind,
-                            double scale, double margin, int batch, int classes) {
-  LossSum result;
-  std::vector<double> z(std::size_t(classes), 0.0);
+void margin_scores(double* z, double* slope, const float* cosines, const std::int32_t* labels, const MarginBlock& b,
+                   int batch) {
   for (int n = 0; n < batch; ++n) {
-    const float* c = cosines + std::size_t(n) * classes;
-    const int label = checked_label(labels, n, classes);
-    for (int k = 0; k < classes; ++k) z[k] = scale * checked_cosine(c[k], kind);
-    const Phi phi = margin_phi(std::clamp(double(c[label]), -1.0, 1.0), kind, margin);
-    z[label] = scale * phi.value;
-    const double top = *std::max_element(z.begin(), z.end());
-    double total = 0;
-    for (int k = 0; k < classes; ++k) total += std::exp(z[k] - top);
-    const double log_total = std::log(total) + top;
-    result.sum += log_total - z[label];
-    if (std::max_element(c, c + classes) - c == label) result.correct += 1;
-    if (!grad) continue;
-    float* g = grad + std::size_t(n) * classes;
-    for (int k = 0; k < classes; ++k) {
-      const double p = std::exp(z[k] - log_total);
-      g[k] = float(k == label ? scale * (p - 1) * phi.slope : scale * p);
+    const float* c = cosines + std::size_t(n) * b.rows;
+    double* row = z + std::size_t(n) * b.rows;
+    const int label = checked_label(labels, n, int(b.classes)) - b.first;
+    for (int k = 0; k < b.rows; ++k) row[k] = b.scale * checked_cosine(c[k], b.kind);
+    if (label < 0 || label >= b.rows) continue;
+    const Phi phi = margin_phi(std::clamp(double(c[label]), -1.0, 1.0), b.kind, b.margin);
+    row[label] = b.scale * phi.value;
+    slope[n] = phi.slope;
+  }
+}
+
+namespace {
+// Bits below 1 of the grid of exp terms: `classes` terms of at most 1 stay below 2^62.
+int exp_sum_shift(long classes) { return 62 - int(std::bit_width(std::uint64_t(std::max(1L, classes) - 1))); }
+}  // namespace
+
+std::int64_t exp_sum_on_grid(const double* z, int rows, double top, long classes) {
+  const double scale = std::ldexp(1.0, exp_sum_shift(classes));
+  std::int64_t sum = 0;
+  for (int k = 0; k < rows; ++k) sum += static_cast<std::int64_t>(std::exp(z[k] - top) * scale);
+  return sum;
+}
+
+double exp_sum_value(std::int64_t sum, long classes) { return std::ldexp(double(sum), -exp_sum_shift(classes)); }
+
+void margin_gradients(float* grad, const double* z, const double* log_total, const double* slope,
+                      const std::int32_t* labels, const MarginBlock& b, int batch) {
+  for (int n = 0; n < batch; ++n) {
+    const double* row = z + std::size_t(n) * b.rows;
+    float* g = grad + std::size_t(n) * b.rows;
+    const int label = labels[n] - b.first;
+    for (int k = 0; k < b.rows; ++k) {
+      const double p = std::exp(row[k] - log_total[n]);
+      g[k] = float(k == label ? b.scale * (p - 1) * slope[n] : b.scale * p);
     }
   }
+}
+
+LossSum margin_softmax_loss(float* grad, const float* cosines, const std::int32_t* labels, MarginKind kind,
+                            double scale, double margin, int batch, int classes) {
+  const MarginBlock block{kind, scale, margin, classes, 0, classes};
+  std::vector<double> z(std::size_t(batch) * classes), slope(std::size_t(batch), 1.0), log_total(static_cast<std::size_t>(batch));
+  margin_scores(z.data(), slope.data(), cosines, labels, block, batch);
+  LossSum result;
+  for (int n = 0; n < batch; ++n) {
+    const double* row = z.data() + std::size_t(n) * classes;
+    const double top = *std::max_element(row, row + classes);
+    log_total[n] = std::log(exp_sum_value(exp_sum_on_grid(row, classes, top, classes), classes)) + top;
+    result.sum += log_total[n] - row[labels[n]];
+    const float* c = cosines + std::size_t(n) * classes;
+    if (std::max_element(c, c + classes) - c == labels[n]) result.correct += 1;
+  }
+  if (grad) margin_gradients(grad, z.data(), log_total.data(), slope.data(), labels, block, batch);
   result.normalizer = batch;
   return result;
 }

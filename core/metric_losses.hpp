@@ -32,6 +32,31 @@ enum class MarginKind { arcface, cosface };
 LossSum margin_softmax_loss(float* grad /*N,K*/, const float* cosines /*N,K*/, const std::int32_t* labels /*N*/,
                             MarginKind kind, double scale, double margin, int batch, int classes);
 
+// The margin softmax over one block of classes, [first, first + rows) of `classes`, in the steps a
+// classifier split by rows across ranks combines between (distributed/sharded_classifier.hpp):
+// margin_softmax_loss is the same steps over the one block of all classes, so a split gives
+// bitwise its result. Per sample: z = s * cos, the label's s * phi(cos); top = max z (exact in any
+// order); total = sum exp(z - top), each term on a fixed-point grid (int64, exact in any order;
+// 2^-(62 - ceil(log2 classes)) per term, far below float rounding of the loss); log_total =
+// log(total) + top; loss = log_total - z[label]; d/dcos = s * (p - [k = label] * ...) as below.
+struct MarginBlock {
+  MarginKind kind;
+  double scale, margin;
+  long classes;
+  int first, rows;
+};
+// z (batch, rows) from cosines (batch, rows); slope[n] = d(phi)/dcos where sample n's label is in the
+// block (left as it is otherwise). Throws as margin_softmax_loss.
+void margin_scores(double* z /*batch,rows*/, double* slope /*batch*/, const float* cosines /*batch,rows*/,
+                   const std::int32_t* labels /*batch*/, const MarginBlock& block, int batch);
+// The block's sum of exp(z - top) on the grid, and the total of all blocks' sums as a number.
+std::int64_t exp_sum_on_grid(const double* z /*rows*/, int rows, double top, long classes);
+double exp_sum_value(std::int64_t sum, long classes);
+// d(loss)/dcos (batch, rows) from each sample's log_total.
+void margin_gradients(float* grad /*batch,rows*/, const double* z /*batch,rows*/, const double* log_total /*batch*/,
+                      const double* slope /*batch*/, const std::int32_t* labels /*batch*/, const MarginBlock& block,
+                      int batch);
+
 enum class Mining { batch_hard, semi_hard };
 
 // correct counts anchors whose nearest other sample (normalised, Euclidean) shares its label.

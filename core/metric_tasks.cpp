@@ -47,6 +47,7 @@ class MarginSoftmax final : public ClassScoresTask {
   std::string prediction_name() const override { return "cosines"; }
   void predict(float* out, const float* outputs, int k) const override { std::copy(outputs, outputs + k, out); }
   std::string onnx_postprocess() const override { return ""; }
+  std::optional<Task::MarginSoftmax> margin_softmax() const override { return Task::MarginSoftmax{kind_, scale_, margin_}; }
 
  private:
   MarginKind kind_;

@@ -135,6 +135,13 @@ std::vector<StateInfo> plan_state(const std::string& spec, const Shape& input) {
   return declared(spec, input).state.infos();
 }
 
+std::vector<std::string> top_level_specs(const std::string& spec, const Shape& input) {
+  std::vector<std::string> specs;
+  const std::unique_ptr<Sequential> root = build_root(spec, input);
+  for (const auto& layer : root->children()) specs.push_back(layer->spec());
+  return specs;
+}
+
 std::size_t plan_activation_floats(const std::string& spec, const Shape& input) {
   const Plan plan = declared(spec, input);
   std::vector<Layer::Row> rows;

@@ -25,6 +25,9 @@ std::vector<LayerArgs> parse_spec(const std::string& spec);
 // (checks a file's declared shapes before trusting its sizes). Throws like the Model constructor.
 std::vector<ParamInfo> plan_params(const std::string& spec, const Shape& input);
 std::vector<StateInfo> plan_state(const std::string& spec, const Shape& input);
+// The canonical spec of each top-level layer, also without allocating (a classifier sharded
+// across ranks is built apart from the layers before it).
+std::vector<std::string> top_level_specs(const std::string& spec, const Shape& input);
 // Floats of every layer's output for one sample, also computed without allocating.
 std::size_t plan_activation_floats(const std::string& spec, const Shape& input);
 

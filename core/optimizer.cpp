@@ -190,6 +190,17 @@ float scheme_value(Rng& rng, const ParamInfo& info, const std::string& scheme) {
   return float(rng.normal() * std::sqrt(1.0 / fan_avg));
 }
 
+bool is_drawn(const ParamInfo& info, const std::string& scheme) {
+  return info.role == ParamRole::weight || (info.is_bias() && scheme == "resnet");
+}
+
+// Engine numbers scheme_value takes per value: normal draws take two, uniform ones one.
+std::uint64_t draws_per_value(const ParamInfo& info, const std::string& scheme) {
+  if (scheme == "he" || scheme == "xavier_normal") return 2;
+  if (scheme == "resnet") return info.dims.size() > 2 ? 2 : 1;
+  return 1;
+}
+
 }  // namespace
 
 // BatchNorm scale 1 and shift 0 (PyTorch's defaults); biases 0, but under "resnet" the
@@ -201,13 +212,25 @@ void init_params(ParamStore& params, const std::string& scheme, std::uint64_t se
   for (std::size_t p = 0; p < params.infos().size(); ++p) {
     const ParamInfo& info = params.info(int(p));
     float* w = params.value(int(p));
-    const bool drawn = info.role == ParamRole::weight || (info.is_bias() && scheme == "resnet");
-    if (!drawn) {
+    if (!is_drawn(info, scheme)) {
       std::fill(w, w + info.size, info.role == ParamRole::bn_scale ? 1.f : 0.f);
       continue;
     }
     for (std::size_t i = 0; i < info.size; ++i) w[i] = scheme_value(rng, info, scheme);
   }
+}
+
+void init_param_rows(float* out, const std::vector<ParamInfo>& infos, int index, int first_row, int rows,
+                     const std::string& scheme, std::uint64_t seed) {
+  const ParamInfo& info = infos[std::size_t(index)];
+  if (!is_drawn(info, scheme) || info.dims.size() != 2) throw Error("init_param_rows: '" + info.name + "' is no drawn matrix");
+  std::uint64_t before = 0;
+  for (int p = 0; p < index; ++p)
+    if (is_drawn(infos[std::size_t(p)], scheme)) before += infos[std::size_t(p)].size * draws_per_value(infos[std::size_t(p)], scheme);
+  const std::size_t columns = std::size_t(info.dims[1]);
+  Rng rng(derive_seed(seed, 0));
+  rng.skip(before + std::size_t(first_row) * columns * draws_per_value(info, scheme));
+  for (std::size_t i = 0; i < std::size_t(rows) * columns; ++i) out[i] = scheme_value(rng, info, scheme);
 }
 
 }  // namespace mpicnn::core

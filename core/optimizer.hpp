@@ -69,5 +69,10 @@ double learning_rate(const ScheduleConfig& schedule, long step, long total_steps
 // Fills weights by `scheme` (he, he_uniform, xavier, xavier_normal) and biases with zeros, from `seed`.
 void init_params(ParamStore& params, const std::string& scheme, std::uint64_t seed);
 const std::vector<std::string>& known_init_schemes();
+// What init_params gives rows [first_row, first_row + rows) of tensor `index` of a model whose
+// parameters are `infos`, without the other values: a classifier sharded across ranks starts
+// bitwise as the whole model would. The tensor must be a drawn weight.
+void init_param_rows(float* out, const std::vector<ParamInfo>& infos, int index, int first_row, int rows,
+                     const std::string& scheme, std::uint64_t seed);
 
 }  // namespace mpicnn::core

@@ -14,6 +14,8 @@ class Rng {
  public:
   explicit Rng(std::uint64_t seed) : engine_(seed) {}
   std::uint64_t next() { return engine_(); }
+  // Moves past `draws` numbers of the engine (uniform takes one, normal two).
+  void skip(std::uint64_t draws) { engine_.discard(draws); }
   // Uniform in [0, 1) with 53 random bits.
   double uniform() { return double(engine_() >> 11) * 0x1.0p-53; }
   double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }

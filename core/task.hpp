@@ -9,11 +9,13 @@
 // count; the normaliser comes from integers (class histograms, sample counts).
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "loss.hpp"
+#include "metric_losses.hpp"
 
 namespace mpicnn::core {
 
@@ -79,6 +81,13 @@ class Task {
   virtual void predict(float* out, const float* outputs, int outputs_per_sample) const = 0;
   // The ONNX operator that turns logits into predictions ("Softmax", "Sigmoid"), or "" for none.
   virtual std::string onnx_postprocess() const = 0;
+  // A margin softmax (arcface, cosface): its formula and s, m, for a classifier whose rows are
+  // sharded across ranks (train.classifier = sharded); nullopt for every other task.
+  struct MarginSoftmax {
+    MarginKind kind;
+    double scale, margin;
+  };
+  virtual std::optional<MarginSoftmax> margin_softmax() const { return std::nullopt; }
 };
 
 struct TaskOptions {
