@@ -11,8 +11,6 @@
 namespace mpicnn::dist {
 namespace {
 
-// The grid a fresh run starts from (|g| < 1); the first step widens it where gradients are larger.
-constexpr int kInitialExponent = 0;
 // How far (as a power of two) gradients may grow from one step to the next without a recomputed
 // step. The grid keeps 62 - log2(micro-batches) - margin bits below its top: far finer than float.
 constexpr int kMargin = 4;
@@ -38,6 +36,27 @@ std::uint32_t add_to_grid(float* g, std::int64_t* sum, std::size_t n, double sca
 
 }  // namespace
 
+namespace grid {
+double limit(long global_micro_batches) {
+  const int headroom = int(std::ceil(std::log2(double(std::max(1L, global_micro_batches))))) + 1;
+  return std::ldexp(1.0, 62 - headroom);
+}
+double scale(int exponent, long global_micro_batches) { return std::ldexp(limit(global_micro_batches), -exponent); }
+std::uint32_t add(float* g, std::int64_t* sum, std::size_t n, double scale, double limit, bool first) {
+  return first ? add_to_grid<true>(g, sum, n, scale, limit) : add_to_grid<false>(g, sum, n, scale, limit);
+}
+bool non_finite(std::uint32_t largest) { return largest >= kNonFiniteBits; }
+bool outgrown(std::uint32_t largest, int exponent) {
+  return !non_finite(largest) && std::bit_cast<float>(largest) >= std::ldexp(1.f, exponent);
+}
+int follow(std::uint32_t largest, int exponent) {
+  if (largest == 0 || non_finite(largest)) return exponent;
+  int top = 0;
+  std::frexp(std::bit_cast<float>(largest), &top);  // largest < 2^top
+  return top + kMargin;
+}
+}  // namespace grid
+
 ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& params, int micro_batch,
                                    bool shared_memory)
     : comm_(comm), params_(params), micro_batch_(micro_batch) {
@@ -48,7 +67,7 @@ ExactGradientSum::ExactGradientSum(const Communicator& comm, core::ParamStore& p
     layers = std::max(layers, info.layer + 1);
     chunks = std::max(chunks, (info.size + kChunk - 1) / kChunk);
   }
-  exponent_.assign(tensors_.size(), kInitialExponent);
+  exponent_.assign(tensors_.size(), grid::kInitialExponent);
   scale_.assign(tensors_.size(), 1.0);
   largest_.assign(tensors_.size(), 0);
   chunk_largest_.resize(chunks);
@@ -89,10 +108,8 @@ void ExactGradientSum::begin_step(long global_micro_batches) {
   if (node_) node_->begin();
   next_layer_ = int(requests_.size()) - 2;  // the last layer with parameters
   maxima_started_ = false;
-  // The sum of all micro-batches' values, each below limit_, stays below 2^62.
-  const int headroom = int(std::ceil(std::log2(double(std::max(1L, global_micro_batches))))) + 1;
-  limit_ = std::ldexp(1.0, 62 - headroom);
-  for (std::size_t t = 0; t < tensors_.size(); ++t) scale_[t] = std::ldexp(1.0, 62 - headroom - exponent_[t]);
+  limit_ = grid::limit(global_micro_batches);
+  for (std::size_t t = 0; t < tensors_.size(); ++t) scale_[t] = grid::scale(exponent_[t], global_micro_batches);
   std::fill(largest_.begin(), largest_.end(), 0u);
 }
 
@@ -185,9 +202,8 @@ ExactGradientSum::Result ExactGradientSum::finish(Watchdog& watchdog, std::span<
 
   // Every rank decides from the same allreduced magnitudes, so all take the same branch.
   for (std::size_t t = 0; t < tensors_.size(); ++t) {
-    if (largest_[t] >= kNonFiniteBits) result.outcome = Outcome::non_finite;
-    else if (std::bit_cast<float>(largest_[t]) >= std::ldexp(1.f, exponent_[t]) && result.outcome == Outcome::ok)
-      result.outcome = Outcome::retry;
+    if (grid::non_finite(largest_[t])) result.outcome = Outcome::non_finite;
+    else if (grid::outgrown(largest_[t], exponent_[t]) && result.outcome == Outcome::ok) result.outcome = Outcome::retry;
   }
   follow_gradients();  // scale_ keeps this step's grid for write_gradients
   return result;
@@ -234,12 +250,7 @@ void ExactGradientSum::wait(Watchdog& watchdog, std::span<MPI_Request> also) {
 // The next step's grid: the largest gradient of this one plus the margin. After a retry the
 // recomputed step fits by construction.
 void ExactGradientSum::follow_gradients() {
-  for (std::size_t t = 0; t < tensors_.size(); ++t)
-    if (largest_[t] > 0 && largest_[t] < kNonFiniteBits) {
-      int top = 0;
-      std::frexp(std::bit_cast<float>(largest_[t]), &top);  // largest < 2^top
-      exponent_[t] = top + kMargin;
-    }
+  for (std::size_t t = 0; t < tensors_.size(); ++t) exponent_[t] = grid::follow(largest_[t], exponent_[t]);
 }
 
 }  // namespace mpicnn::dist

@@ -32,6 +32,25 @@
 
 namespace mpicnn::dist {
 
+// One tensor's fixed-point grid as ExactGradientSum applies it, for a tensor kept outside the
+// arena that must round exactly as it would inside (the rows of a sharded classifier,
+// distributed/sharded_classifier.hpp).
+namespace grid {
+// The step's limit and scale: with `global_micro_batches` values per element, each below the
+// limit, the sum stays below 2^62; the scale maps |g| < 2^exponent below the limit.
+double limit(long global_micro_batches);
+double scale(int exponent, long global_micro_batches);
+// Adds trunc(g * scale) to sum (first: sets it) where |g * scale| < limit and zeroes g; returns
+// the largest |g| as float bits.
+std::uint32_t add(float* g, std::int64_t* sum, std::size_t n, double scale, double limit, bool first);
+bool non_finite(std::uint32_t largest);
+bool outgrown(std::uint32_t largest, int exponent);
+// The next step's exponent after a step whose largest |g| was `largest`.
+int follow(std::uint32_t largest, int exponent);
+// The grid a fresh run starts from (|g| < 1); the first step widens it where gradients are larger.
+inline constexpr int kInitialExponent = 0;
+}  // namespace grid
+
 class ExactGradientSum final : public GradientReducer {
  public:
 

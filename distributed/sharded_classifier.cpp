@@ -1,0 +1,173 @@
+#include "sharded_classifier.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/embedding_kernels.hpp"
+#include "core/errors.hpp"
+#include "core/metric_losses.hpp"
+#include "distributed/exact_sum.hpp"
+
+namespace mpicnn::dist {
+
+RowRange shard_rows(long classes, int rank, int ranks) {
+  const long base = classes / ranks, extra = classes % ranks;
+  return {int(rank * base + std::min<long>(rank, extra)), int(base + (rank < extra ? 1 : 0))};
+}
+
+ShardedClassifier::ShardedClassifier(const Communicator& comm, const Options& options)
+    : comm_(comm), options_(options), rows_(shard_rows(options.classes, comm.rank(), comm.size())) {
+  if (options.classes < comm.size())
+    throw ConfigError("'train.classifier' = sharded splits the " + std::to_string(options.classes) +
+                      " identities of cosine(" + std::to_string(options.classes) + ") across " +
+                      std::to_string(comm.size()) + " ranks: expected at least one identity per rank");
+  // fan_in and fan_out as the cosine layer declares them (the initialisation reads them).
+  params_.declare({options.weight_name, {rows_.count, options.dim}, 0, 0, 0, options.dim, options.classes,
+                   core::ParamRole::weight});
+  params_.allocate();
+  optimizer_ = std::make_unique<core::Optimizer>(options.optimizer, params_);
+  sum_.assign(params_.size(), 0);
+  w_hat_.resize(std::size_t(rows_.count) * options.dim);
+  w_norms_.resize(std::size_t(rows_.count));
+}
+
+std::size_t ShardedClassifier::state_bytes() {
+  return params_.size() * sizeof(float) * (1 + optimizer_->state().size());
+}
+
+core::LossSum ShardedClassifier::forward_backward(float* embedding_grad, const float* embeddings,
+                                                  const std::int32_t* labels, int count, int global_count) {
+  const int dim = options_.dim, rows = rows_.count, size = comm_.size();
+  counts_.assign(std::size_t(size), 0);
+  offsets_.assign(std::size_t(size), 0);
+  check(MPI_Allgather(&count, 1, MPI_INT, counts_.data(), 1, MPI_INT, comm_.handle()), "MPI_Allgather");
+  for (int r = 1; r < size; ++r) offsets_[r] = offsets_[r - 1] + counts_[r - 1];
+  const int batch = offsets_[size - 1] + counts_[size - 1];
+  if (batch != global_count)
+    throw Error("sharded classifier: the ranks hold " + std::to_string(batch) + " samples, the step has " +
+                std::to_string(global_count));
+
+  // The global batch in sample order (ranks hold contiguous parts, in rank order).
+  std::vector<int> float_counts(counts_), float_offsets(offsets_);
+  for (int r = 0; r < size; ++r) float_counts[r] *= dim, float_offsets[r] *= dim;
+  cosines_.resize(std::size_t(batch) * dim);  // the raw embeddings first: reused below for the cosines
+  check(MPI_Allgatherv(embeddings, count * dim, MPI_FLOAT, cosines_.data(), float_counts.data(), float_offsets.data(),
+                       MPI_FLOAT, comm_.handle()),
+        "MPI_Allgatherv");
+  labels_.resize(std::size_t(batch));
+  check(MPI_Allgatherv(labels, count, MPI_INT32_T, labels_.data(), counts_.data(), offsets_.data(), MPI_INT32_T,
+                       comm_.handle()),
+        "MPI_Allgatherv");
+  x_hat_.resize(std::size_t(batch) * dim), x_norms_.resize(std::size_t(batch));
+  core::l2_normalize_forward(x_hat_.data(), x_norms_.data(), cosines_.data(), batch, dim);
+  core::l2_normalize_forward(w_hat_.data(), w_norms_.data(), params_.value(0), rows, dim);
+  cosines_.resize(std::size_t(batch) * rows);
+  core::cosine_forward(cosines_.data(), x_hat_.data(), w_hat_.data(), batch, dim, rows);
+
+  const core::MarginBlock block{options_.loss.kind, options_.loss.scale, options_.loss.margin, options_.classes,
+                                rows_.first, rows};
+  z_.resize(std::size_t(batch) * rows);
+  slope_.assign(std::size_t(batch), 1.0);
+  core::margin_scores(z_.data(), slope_.data(), cosines_.data(), labels_.data(), block, batch);
+  combine_maxima(batch);
+
+  exp_sums_.resize(std::size_t(batch));
+  for (int n = 0; n < batch; ++n)
+    exp_sums_[n] = core::exp_sum_on_grid(z_.data() + std::size_t(n) * rows, rows, best_[n].value, options_.classes);
+  check(MPI_Allreduce(MPI_IN_PLACE, exp_sums_.data(), batch, MPI_INT64_T, MPI_SUM, comm_.handle()), "MPI_Allreduce");
+  log_total_.resize(std::size_t(batch));
+  core::LossSum result;
+  for (int n = 0; n < batch; ++n) {
+    log_total_[n] = std::log(core::exp_sum_value(exp_sums_[n], options_.classes)) + best_[n].value;
+    const int label = labels_[n] - rows_.first;
+    if (label >= 0 && label < rows) result.sum += log_total_[n] - z_[std::size_t(n) * rows + label];
+  }
+  const int own = offsets_[comm_.rank()];
+  for (int n = own; n < own + count; ++n)
+    if (best_[std::size_t(batch + n)].index == labels_[n]) result.correct += 1;
+  result.normalizer = count;
+
+  cos_grad_.resize(std::size_t(batch) * rows);
+  core::margin_gradients(cos_grad_.data(), z_.data(), log_total_.data(), slope_.data(), labels_.data(), block, batch);
+  round_row_gradients(batch);
+  embedding_gradients(embedding_grad, count, batch);
+  return result;
+}
+
+// best_[n]: sample n's largest margin score (the softmax's shift); best_[batch + n]: its largest
+// cosine and, of equal ones, the first class (std::max_element's choice over the whole row).
+void ShardedClassifier::combine_maxima(int batch) {
+  const int rows = rows_.count;
+  best_.resize(2 * std::size_t(batch));
+  for (int n = 0; n < batch; ++n) {
+    const double* z = z_.data() + std::size_t(n) * rows;
+    const float* c = cosines_.data() + std::size_t(n) * rows;
+    const int top = int(std::max_element(c, c + rows) - c);
+    best_[n] = {*std::max_element(z, z + rows), 0};
+    best_[std::size_t(batch + n)] = {double(c[top]), rows_.first + top};
+  }
+  check(MPI_Allreduce(MPI_IN_PLACE, best_.data(), 2 * batch, MPI_DOUBLE_INT, MPI_MAXLOC, comm_.handle()),
+        "MPI_Allreduce");
+}
+
+// As the cosine layer's weight gradient reaches the exact sum: per micro-batch of the global
+// batch, normalised rows' gradient, then the chain through the rows' normalisation added onto a
+// zero arena, rounded onto the grid. The params' gradient buffer plays the arena.
+void ShardedClassifier::round_row_gradients(int batch) {
+  const int dim = options_.dim, rows = rows_.count, micro = options_.micro_batch;
+  const long micro_batches = (batch + micro - 1) / micro;
+  const double limit = grid::limit(micro_batches);
+  scale_ = grid::scale(exponent_, micro_batches);
+  w_hat_grad_.resize(std::size_t(rows) * dim);
+  float* row_grad = params_.grad(0);
+  std::uint32_t largest = 0;
+  for (long m = 0; m < micro_batches; ++m) {
+    const int start = int(m) * micro, samples = std::min(micro, batch - start);
+    core::cosine_weight_gradient(w_hat_grad_.data(), cos_grad_.data() + std::size_t(start) * rows, std::size_t(rows),
+                                 x_hat_.data() + std::size_t(start) * dim, samples, dim, rows);
+    core::l2_normalize_backward(row_grad, w_hat_grad_.data(), w_hat_.data(), w_norms_.data(), rows, dim, true);
+    largest = std::max(largest, grid::add(row_grad, sum_.data(), std::size_t(rows) * dim, scale_, limit, m == 0));
+  }
+  check(MPI_Allreduce(&largest, &largest_, 1, MPI_UINT32_T, MPI_MAX, comm_.handle()), "MPI_Allreduce");
+}
+
+void ShardedClassifier::embedding_gradients(float* embedding_grad, int count, int batch) {
+  const int dim = options_.dim, rows = rows_.count, own = offsets_[comm_.rank()];
+  input_scale_.assign(std::size_t(batch), 0.0);
+  for (int n = 0; n < batch; ++n)
+    for (int k = 0; k < rows; ++k)
+      input_scale_[n] = std::max(input_scale_[n], std::abs(double(cos_grad_[std::size_t(n) * rows + k])));
+  check(MPI_Allreduce(MPI_IN_PLACE, input_scale_.data(), batch, MPI_DOUBLE, MPI_MAX, comm_.handle()), "MPI_Allreduce");
+  for (double& scale : input_scale_) scale = core::cosine_input_scale(scale, options_.classes);
+  input_sums_.assign(std::size_t(batch) * dim, 0);
+  core::cosine_input_gradient_add(input_sums_.data(), cos_grad_.data(), std::size_t(rows), w_hat_.data(),
+                                  input_scale_.data(), batch, dim, rows);
+  std::vector<int> receive(counts_);
+  for (int& r : receive) r *= dim;
+  own_input_sums_.resize(std::size_t(count) * dim);
+  check(MPI_Reduce_scatter(input_sums_.data(), own_input_sums_.data(), receive.data(), MPI_INT64_T, MPI_SUM,
+                           comm_.handle()),
+        "MPI_Reduce_scatter");
+  std::vector<float> x_hat_grad(std::size_t(count) * dim);
+  core::cosine_input_gradient_finish(x_hat_grad.data(), own_input_sums_.data(), input_scale_.data() + own, count, dim);
+  core::l2_normalize_backward(embedding_grad, x_hat_grad.data(), x_hat_.data() + std::size_t(own) * dim,
+                              x_norms_.data() + own, count, dim);
+}
+
+GradientReducer::Outcome ShardedClassifier::finish() {
+  GradientReducer::Outcome outcome = GradientReducer::Outcome::ok;
+  if (grid::non_finite(largest_)) outcome = GradientReducer::Outcome::non_finite;
+  else if (grid::outgrown(largest_, exponent_)) outcome = GradientReducer::Outcome::retry;
+  exponent_ = grid::follow(largest_, exponent_);
+  return outcome;
+}
+
+core::GradientSource ShardedClassifier::gradients(double factor) const {
+  return [this, factor](std::size_t begin, std::size_t end, float* out) {
+    std::fill(out, out + (end - begin), 0.f);
+    const double unscale = grid::non_finite(largest_) ? NAN : factor / scale_;
+    for (std::size_t i = begin; i < std::min(end, sum_.size()); ++i) out[i - begin] = float(double(sum_[i]) * unscale);
+  };
+}
+
+}  // namespace mpicnn::dist
