@@ -53,14 +53,17 @@ std::optional<io::TrainerState> RunCheckpoints::resume(const TrainedModel& train
   const io::CheckpointHeader header = io::read_checkpoint_header(path);
   check_same_model(header, trained.meta);
   io::load_checkpoint(path, trained.model, &trained.optimizer);
+  if (trained.head) trained.head->load(path, trained.optimizer.steps());
   if (comm_.is_root()) warn_if_statistics_change(header, c_, !trained.model.state().empty());
   io::TrainerState state = header.trainer;
-  const std::size_t tensors = trained.model.params().infos().size();
+  const std::size_t tensors = trained.model.params().infos().size() + (trained.head ? 1 : 0);
   if (c_.exact_reduction && !state.gradient_grid.empty()) {
     if (state.gradient_grid.size() != tensors)
       throw IoError(path + ": /trainer attribute 'gradient_grid' has " + std::to_string(state.gradient_grid.size()) +
                     " exponents, expected " + std::to_string(tensors) + " (one per parameter tensor)");
-    trained.reducer.set_grid(state.gradient_grid);
+    std::vector<int> grid = state.gradient_grid;
+    if (trained.head) trained.head->classifier().set_grid_exponent(grid.back()), grid.pop_back();
+    trained.reducer.set_grid(grid);
   }
   last_saved_step_ = state.global_step;
   if (state.seed != c_.seed && comm_.is_root())
@@ -83,21 +86,36 @@ std::optional<io::TrainerState> RunCheckpoints::resume(const TrainedModel& train
 void RunCheckpoints::save(const TrainedModel& trained, io::TrainerState& state, io::TrainerState at,
                           const std::vector<std::pair<std::string, double>>& metrics, Reporter& report) {
   at.gradient_grid = trained.reducer.grid();
+  // The sharded classifier's grid last, as its tensor is last in the unsplit model.
+  if (trained.head) at.gradient_grid.push_back(trained.head->classifier().grid_exponent());
+  const io::ExtraParam* extra = trained.head ? &trained.head->rows() : nullptr;
   bool best = false;
   for (const auto& [name, value] : metrics)
     if (name == c_.eval_split + "_" + c_.best_metric && improves_best(value, state.best_metric))
       state.best_metric = at.best_metric = value, best = true;
+  if (trained.head) trained.head->begin_files(best ? 2 : 1);  // `best` is the same on every rank
   comm_.on_root([&] {
-    io::CheckpointDir dir(c_.run_dir, c_.keep);
-    const std::string path = dir.path_for(at.global_step);
-    io::save_checkpoint(path, trained.meta, trained.model, trained.optimizer, at, config_ini_, comm_.size(), metrics);
-    dir.commit(path);
-    if (best)
-      io::save_checkpoint(dir.best_path(), trained.meta, trained.model, trained.optimizer, at, config_ini_, comm_.size(),
-                          metrics);
-    report.line("checkpoint: " + path + (best ? " (best so far, also best.h5)" : ""));
+    try {
+      write(trained, at, metrics, best, extra, report);
+    } catch (...) {
+      if (trained.head) trained.head->drain();  // the other ranks' rows are on their way
+      throw;
+    }
   });
   last_saved_step_ = at.global_step;
+}
+
+void RunCheckpoints::write(const TrainedModel& trained, const io::TrainerState& at,
+                           const std::vector<std::pair<std::string, double>>& metrics, bool best,
+                           const io::ExtraParam* extra, Reporter& report) {
+  io::CheckpointDir dir(c_.run_dir, c_.keep);
+  const std::string path = dir.path_for(at.global_step);
+  io::save_checkpoint(path, trained.meta, trained.model, trained.optimizer, at, config_ini_, comm_.size(), metrics, extra);
+  dir.commit(path);
+  if (best)
+    io::save_checkpoint(dir.best_path(), trained.meta, trained.model, trained.optimizer, at, config_ini_, comm_.size(),
+                        metrics, extra);
+  report.line("checkpoint: " + path + (best ? " (best so far, also best.h5)" : ""));
 }
 
 // In the task's direction (accuracy higher, loss lower); any value beats none, NaN never wins.

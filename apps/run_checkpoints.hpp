@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "apps/report.hpp"
+#include "apps/sharded_head.hpp"
 #include "apps/train_config.hpp"
 #include "core/model.hpp"
 #include "core/optimizer.hpp"
@@ -23,6 +24,7 @@ struct TrainedModel {
   core::Optimizer& optimizer;
   dist::GradientReducer& reducer;
   const io::ModelMeta& meta;
+  ShardedHead* head = nullptr;  // train.classifier = sharded: the last layer, apart from `model`
 };
 
 class RunCheckpoints {
@@ -41,6 +43,10 @@ class RunCheckpoints {
 
  private:
   bool improves_best(double value, double best) const;
+  // Rank 0: the checkpoint of `at`, and best.h5 when `best`.
+  void write(const TrainedModel& trained, const io::TrainerState& at,
+             const std::vector<std::pair<std::string, double>>& metrics, bool best, const io::ExtraParam* extra,
+             Reporter& report);
   void check_same_model(const io::CheckpointHeader& header, const io::ModelMeta& meta) const;
 
   const TrainConfig& c_;

@@ -17,6 +17,7 @@
 #include "apps/report.hpp"
 #include "apps/run_checkpoints.hpp"
 #include "apps/settings.hpp"
+#include "apps/sharded_head.hpp"
 #include "apps/train_config.hpp"
 #include "core/errors.hpp"
 #include "core/metrics.hpp"
@@ -61,12 +62,13 @@ class Trainer {
     meta_ = {"", info.shape, c_.task->kind(), c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,
              info.class_names};
     if (!c_.normalize) meta_.mean.assign(info.shape.c, 0.0), meta_.std.assign(info.shape.c, 1.0);
-    model_ = std::make_unique<core::Model>(c_.spec, info.shape,
+    if (c_.sharded_classifier) head_ = std::make_unique<ShardedHead>(c_, info.shape, comm);
+    model_ = std::make_unique<core::Model>(head_ ? head_->backbone_spec() : c_.spec, info.shape,
                                            c_.exact_reduction ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
-    meta_.spec = model_->canonical_spec();
+    meta_.spec = head_ ? head_->full_spec(model_->canonical_spec()) : model_->canonical_spec();
     model_->reserve_statistics(statistics_slots());
-    c_.task->check({info.target_size == 0, info.num_classes, info.target_size}, int(model_->output_shape().size()),
-                   c_.data_path);
+    c_.task->check({info.target_size == 0, info.num_classes, info.target_size},
+                   head_ ? head_->classes() : int(model_->output_shape().size()), c_.data_path);
     optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params());
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
     if (c_.exact_reduction) {
@@ -153,6 +155,7 @@ class Trainer {
       state_.seed = c_.seed;
       if (comm_.is_root()) core::init_params(model_->params(), c_.init, c_.seed);
       comm_.broadcast(model_->params().values().span());
+      if (head_) head_->init(c_.init, c_.seed);
     }
     state_.best_metric_name = c_.best_metric;
     const auto& values = model_->params().values();
@@ -160,7 +163,7 @@ class Trainer {
       throw Error("ranks hold different weights before the first step (fingerprint mismatch)");
   }
 
-  TrainedModel trained() { return {*model_, *optimizer_, *reducer_, meta_}; }
+  TrainedModel trained() { return {*model_, *optimizer_, *reducer_, meta_, head_.get()}; }
 
   std::string sum_route() const {
     const std::string mpi = comm_.ring_allreduce() ? "ring allreduce" : "MPI's own allreduce";
@@ -186,6 +189,7 @@ class Trainer {
     std::printf("data: %s [%s] %zu samples %s\n", c_.data_path.c_str(), c_.train_split.c_str(), reader_->info().count,
                 reader_->info().shape.str().c_str());
     std::printf("%s", model_->summary().c_str());
+    if (head_) std::printf("%s\n", head_->describe().c_str());
     std::printf("run folder: %s\n", c_.run_dir.c_str());
     std::fflush(stdout);
   }
@@ -199,7 +203,7 @@ class Trainer {
     StepResult r;
     std::vector<double>& totals = totals_.sums();
     for (;;) {
-      const core::LossSum local = accumulate(worker, batch);
+      const core::LossSum local = head_ ? accumulate_sharded(batch) : accumulate(worker, batch);
       watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
       // One small allreduce carries the loss sums, the task's totals (e.g. the class histogram)
       // and the stop request, so all ranks stop together and divide by the same normaliser. It
@@ -211,8 +215,9 @@ class Trainer {
       c_.task->append_step_totals(view_of(batch, 0, batch.count), int(model_->output_shape().size()), totals);
       const dist::GradientReducer::Result sum = reducer_->finish(*watchdog_, totals_.start());
       r.comm_wait += sum.wait_seconds;
-      r.finite = sum.outcome != dist::GradientReducer::Outcome::non_finite;
-      if (sum.outcome != dist::GradientReducer::Outcome::retry) break;  // the same on every rank
+      const Outcome outcome = head_ ? worse(sum.outcome, head_->classifier().finish()) : sum.outcome;
+      r.finite = outcome != Outcome::non_finite;
+      if (outcome != Outcome::retry) break;  // the same on every rank
     }
     const double normalizer = c_.task->normalizer(std::span<const double>(totals).subspan(kTaskTotals),
                                                   batch.global_count, int(model_->output_shape().size()));
@@ -232,7 +237,55 @@ class Trainer {
     commit_statistics();
     r.lr = core::learning_rate(c_.schedule, state_.global_step, total_steps_);
     optimizer_->step(model_->params(), r.lr, gradients);
+    if (head_) {
+      dist::ShardedClassifier& classifier = head_->classifier();
+      classifier.optimizer().step(classifier.params(), r.lr, classifier.gradients(1.0 / normalizer));
+    }
     return r;
+  }
+
+  using Outcome = dist::GradientReducer::Outcome;
+  // As one exact sum over both decides: non-finite anywhere first, then any grid outgrown.
+  static Outcome worse(Outcome a, Outcome b) {
+    if (a == Outcome::non_finite || b == Outcome::non_finite) return Outcome::non_finite;
+    return a == Outcome::retry || b == Outcome::retry ? Outcome::retry : Outcome::ok;
+  }
+
+  // train.classifier = sharded: the backbone's forward over this rank's micro-batches gives their
+  // embeddings, the sharded classifier the loss of the global batch and these embeddings'
+  // gradients, then backward runs over the micro-batches, the last first: its forward is still in
+  // the model's buffers, the others' are computed again (the same values: dropout keys on sample
+  // positions, BatchNorm writes the same statistics into the same slot). The exact sum adds the
+  // micro-batches in any order to the same integers.
+  core::LossSum accumulate_sharded(const data::Batch& batch) {
+    const int micro = c_.micro_batch, dim = int(model_->output_shape().size());
+    reducer_->begin_step((batch.global_count + micro - 1) / micro);
+    model_->state().clear_statistics();
+    embeddings_.resize(std::size_t(batch.count) * dim);
+    embedding_grad_.resize(embeddings_.size());
+    auto forward = [&](int start) {
+      const int count = std::min(micro, batch.count - start);
+      set_run(batch, start, (batch.first + start) / micro);
+      return model_->forward(view_of(batch, start, count).images, count);
+    };
+    for (int start = 0; start < batch.count; start += micro) {
+      const float* out = forward(start);
+      std::copy(out, out + std::size_t(std::min(micro, batch.count - start)) * dim, embeddings_.begin() + std::size_t(start) * dim);
+    }
+    const core::LossSum sums = head_->classifier().forward_backward(embedding_grad_.data(), embeddings_.data(),
+                                                                     batch.labels.data(), batch.count, batch.global_count);
+    const int last = batch.count == 0 ? 0 : (batch.count - 1) / micro * micro;
+    for (int start = last; start >= 0; start -= micro) {
+      const int count = std::max(0, std::min(micro, batch.count - start));
+      auto done = [this, start, last](int layer) { reducer_->layer_done(layer, start == last, start == 0); };
+      if (count == 0) {  // no samples: still every layer's part of the sums
+        for (int layer = int(model_->layers().size()) - 1; layer >= 0; --layer) done(layer);
+        break;
+      }
+      if (start != last) forward(start);
+      model_->backward(embedding_grad_.data() + std::size_t(start) * dim, count, done);
+    }
+    return sums;
   }
 
   // Micro-batches at fixed global positions (exact reduction: train.micro_batch samples, each
@@ -419,7 +472,9 @@ class Trainer {
   std::unique_ptr<core::Optimizer> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;
   std::unique_ptr<dist::Watchdog> watchdog_;
-  dist::ExactGradientSum* exact_ = nullptr;  // reducer_ under exact reduction (its route, for the start line)
+  dist::ExactGradientSum* exact_ = nullptr;
+  std::unique_ptr<ShardedHead> head_;           // train.classifier = sharded; null: replicated
+  std::vector<float> embeddings_, embedding_grad_;  // sharded: this rank's (samples, dim) of the step  // reducer_ under exact reduction (its route, for the start line)
   io::ModelMeta meta_;
   io::TrainerState state_;
   long steps_per_epoch_ = 0, total_steps_ = 0;

@@ -54,6 +54,7 @@ std::vector<Key> train_keys() {
       {"train.max_steps", "0", "stop after this many global steps (0 = no limit)"},
       {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
       {"train.reduction", "exact", "gradient sum across ranks: exact (bitwise the same for any rank count) or fast (overlapped with backward, rounding depends on the rank count)"},
+      {"train.classifier", "replicated", "arcface, cosface: the last layer cosine(n) on every rank (replicated) or split by rows across ranks (sharded: its memory per rank falls as 1/ranks, bitwise the same weights)"},
       {"train.micro_batch", "16", "exact reduction: samples per micro-batch, the unit whose gradients are summed exactly"},
       {"train.node_sum", "shared", "exact reduction: sum the ranks of a node in shared memory, then across nodes (shared), or all ranks through MPI's allreduce (mpi)"},
       {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
@@ -200,6 +201,7 @@ TrainConfig read_config(const Settings& s) {
   c.exact_reduction = s.choice("train.reduction", {"exact", "fast"}) == "exact";
   c.shared_memory_sum = s.choice("train.node_sum", {"shared", "mpi"}) == "shared";
   c.micro_batch = int(s.integer("train.micro_batch", 1));
+  c.sharded_classifier = s.choice("train.classifier", {"replicated", "sharded"}) == "sharded";
   check_balanced_sampling(s, c);
   c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
   core::TaskOptions task_options;

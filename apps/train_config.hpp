@@ -23,6 +23,7 @@ struct TrainConfig {
   int epochs, global_batch, threads, eval_batch, keep, micro_batch;
   int identities_per_batch, images_per_identity;  // P x K sampling; P = 0: shuffled
   bool exact_reduction, shared_memory_sum;
+  bool sharded_classifier;  // train.classifier = sharded: the last cosine(n) layer split by rows across ranks
   long log_interval, max_steps, every_steps;
   std::size_t cache_bytes, bucket_bytes;
   std::uint64_t seed;

@@ -152,6 +152,32 @@ void read_best_of_older_writers(TrainerState& trainer) {
     trainer.best_metric_name = "loss", trainer.best_metric = -trainer.best_metric;
 }
 
+h5::Handle create_matrix(hid_t group, const core::ParamInfo& info) {
+  const hsize_t dims[2] = {hsize_t(info.dims[0]), hsize_t(info.dims[1])};
+  h5::Handle space(H5Screate_simple(2, dims, nullptr));
+  return h5::Handle(h5::check(H5Dcreate2(group, info.name.c_str(), H5T_NATIVE_FLOAT, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+                                         H5P_DEFAULT),
+                              group, "create dataset", info.name));
+}
+
+void write_extra(hid_t weights, hid_t optimizer, const ExtraParam& extra) {
+  std::vector<h5::Handle> datasets;
+  datasets.push_back(create_matrix(weights, extra.info));
+  for (const std::string& state : extra.states) {
+    h5::Handle group = h5::open_group(optimizer, state);
+    datasets.push_back(create_matrix(group.get(), extra.info));
+  }
+  const hsize_t columns = hsize_t(extra.info.dims[1]);
+  extra.write_rows([&](std::size_t group, int first_row, int rows, const float* values) {
+    const hid_t dataset = datasets.at(group).get();
+    h5::Handle space(H5Dget_space(dataset));
+    const hsize_t start[2] = {hsize_t(first_row), 0}, count[2] = {hsize_t(rows), columns};
+    h5::check(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr), dataset, "select rows of");
+    h5::Handle memory(H5Screate_simple(2, count, nullptr));
+    h5::check(H5Dwrite(dataset, H5T_NATIVE_FLOAT, memory.get(), space.get(), H5P_DEFAULT, values), dataset, "write rows of");
+  });
+}
+
 std::string temp_name(const std::string& path) { return path + ".tmp" + std::to_string(::getpid()); }
 
 void publish(const std::string& temp, const std::string& path) {
@@ -184,7 +210,7 @@ void write_file_atomically(const std::string& path, const std::string& text) {
 
 void save_checkpoint(const std::string& path, const ModelMeta& meta, const core::Model& model,
                      core::Optimizer& optimizer, const TrainerState& state, const std::string& config_ini, int ranks,
-                     const std::vector<std::pair<std::string, double>>& metrics) {
+                     const std::vector<std::pair<std::string, double>>& metrics, const ExtraParam* extra) {
   const std::string temp = temp_name(path);
   try {
     {
@@ -199,6 +225,7 @@ void save_checkpoint(const std::string& path, const ModelMeta& meta, const core:
         h5::Handle group = h5::create_group(opt.get(), name);
         write_params(group.get(), infos, buffer->data());
       }
+      if (extra) write_extra(weights.get(), opt.get(), *extra);
       h5::check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), file.get(), "flush");
     }
     publish(temp, path);
@@ -322,6 +349,20 @@ void load_checkpoint(const std::string& path, core::Model& model, core::Optimize
     h5::Handle state = h5::open_group(opt.get(), state_name);
     for (const auto& p : infos) read_param(state.get(), path, "/optimizer/" + state_name, p, buffer->data() + p.offset);
   }
+}
+
+void read_param_rows(const std::string& path, const std::string& dataset, int first_row, int rows, float* out) {
+  h5::Handle file = h5::open_file(path);
+  h5::Handle data = h5::open_dataset(file.get(), dataset);
+  const std::vector<hsize_t> dims = h5::dims(data.get());
+  if (dims.size() != 2 || hsize_t(first_row) + hsize_t(rows) > dims[0])
+    invalid(path, "dataset '" + dataset + "' has shape " + h5::dims_text(dims) + ", expected at least " +
+                      std::to_string(first_row + rows) + " rows of a matrix");
+  h5::Handle space(H5Dget_space(data.get()));
+  const hsize_t start[2] = {hsize_t(first_row), 0}, count[2] = {hsize_t(rows), dims[1]};
+  h5::check(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr), data.get(), "select rows of");
+  h5::Handle memory(H5Screate_simple(2, count, nullptr));
+  h5::check(H5Dread(data.get(), H5T_NATIVE_FLOAT, memory.get(), space.get(), H5P_DEFAULT, out), data.get(), "read");
 }
 
 CheckpointDir::CheckpointDir(std::string dir, int keep) : dir_(std::move(dir)), keep_(keep) {}

@@ -4,6 +4,7 @@
 // flushed and fsynced, then renamed over the target, then the folder fsynced. A checkpoint is
 // therefore either the old complete file or the new complete file, never a mix.
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -55,10 +56,24 @@ struct CheckpointHeader {
   std::vector<std::pair<std::string, double>> metrics;  // last evaluation, e.g. test_accuracy
 };
 
+// A parameter tensor the model object does not hold, written by blocks of rows beside the model's
+// own under /model and under /optimizer/<state> for each of `states`: the classifier of
+// train.classifier = sharded, whose rows arrive rank by rank. write_rows is called once, after
+// the rest of the file, and calls the sink for every block (group 0: /model, group i: states[i-1]).
+struct ExtraParam {
+  core::ParamInfo info;  // name and dims (rows, columns) as in the full model
+  std::vector<std::string> states;
+  using Sink = std::function<void(std::size_t group, int first_row, int rows, const float* values)>;
+  std::function<void(const Sink&)> write_rows;
+};
+
 // Writes path atomically. `ranks` is the number of ranks that trained it (recorded for audit).
 void save_checkpoint(const std::string& path, const ModelMeta& meta, const core::Model& model,
                      core::Optimizer& optimizer, const TrainerState& state, const std::string& config_ini, int ranks,
-                     const std::vector<std::pair<std::string, double>>& metrics);
+                     const std::vector<std::pair<std::string, double>>& metrics, const ExtraParam* extra = nullptr);
+// Rows [first_row, first_row + rows) of the 2-D float dataset `dataset` ("/model/3.weight") of a
+// checkpoint, into out (rows x columns): one shard of a classifier, read without the others.
+void read_param_rows(const std::string& path, const std::string& dataset, int first_row, int rows, float* out);
 
 // Validates the format, version and every shape against the spec before reading any weights;
 // throws IoError naming the file and what was expected versus found.

@@ -39,20 +39,24 @@ fs::path work_dir() {
 }
 
 // Four classes of 12x12 images, each a bright quadrant plus noise; `train` samples in /train.
-std::string make_dataset(const std::string& name, std::size_t train, std::size_t test) {
+// More classes: class c lights quadrant c % 4, brighter by 20 per c / 4.
+std::string make_dataset(const std::string& name, std::size_t train, std::size_t test, int classes = 4) {
   const std::string path = (work_dir() / name).string();
   if (fs::exists(path)) return path;
-  data::DatasetWriter writer(path, {4, {"a", "b", "c", "d"}});
+  std::vector<std::string> names;
+  for (int c = 0; c < classes; ++c) names.push_back(classes == 4 ? std::string(1, char('a' + c)) : "id" + std::to_string(c));
+  data::DatasetWriter writer(path, {classes, names});
   core::Rng rng(std::hash<std::string>{}(name));
   for (auto [split, count] : {std::pair{"train", train}, std::pair{"test", test}}) {
     writer.begin_split(split, {1, 12, 12}, count, true);
     for (std::size_t i = 0; i < count; ++i) {
-      const int label = int(rng.below(4));
+      const int label = int(rng.below(std::uint64_t(classes)));
+      const int quadrant = label % 4, brighter = 20 * (label / 4);
       std::vector<std::uint8_t> image(144);
       for (int y = 0; y < 12; ++y)
         for (int x = 0; x < 12; ++x) {
-          const bool lit = (y < 6) == (label < 2) && (x < 6) == (label % 2 == 0);
-          image[y * 12 + x] = std::uint8_t(std::clamp(rng.normal() * 40 + (lit ? 160 : 60), 0.0, 255.0));
+          const bool lit = (y < 6) == (quadrant < 2) && (x < 6) == (quadrant % 2 == 0);
+          image[y * 12 + x] = std::uint8_t(std::clamp(rng.normal() * 40 + (lit ? 140 + brighter : 60), 0.0, 255.0));
         }
       writer.append(std::span<const std::uint8_t>(image), std::span<const std::int32_t>(&label, 1));
     }
@@ -412,6 +416,85 @@ TEST(Signals, UsrOneCheckpointsAndExits75ThenResumesExactly) {
   train(2, data, "signalled", steps);
   const Weights resumed = load(out);
   EXPECT_EQ(0, std::memcmp(straight.values.data(), resumed.values.data(), straight.values.size() * 4));
+}
+
+// train.classifier = sharded (issue 18): the cosine(10) classifier split by rows (5/5, 4/3/3,
+// 3/3/2/2) after a backbone with BatchNorm (whose forward the sharded step computes twice) gives,
+// after 50 steps of ArcFace (CosFace on 3 ranks) with momentum, bitwise the backbone, the
+// classifier rows and their momentum of one rank holding the whole matrix, sharded or not; 1001
+// samples, so partial batches where some ranks get fewer samples.
+const char* kShardedSpec = "conv(6,3) bn relu maxpool(2) flatten dense(8) cosine(10)";
+const char* kShardedSteps = "--train.max_steps=50 --data.eval_split=none --loss.scale=16 --train.micro_batch=8 ";
+
+TEST(ShardedClassifier, OneRankWholeAndTwoToFourRanksShardedAreBitwiseIdentical) {
+  const std::string data = make_dataset("ids1001.h5", 1001, 50, 10);
+  for (const std::string loss : {"arcface", "cosface"}) {
+    const std::string extra = kShardedSteps + ("--loss.kind=" + loss);
+    const Weights whole = load(train(1, data, loss + "_whole", extra, kShardedSpec));
+    for (int ranks : loss == "arcface" ? std::vector<int>{1, 2, 3, 4} : std::vector<int>{3}) {
+      const std::string name = loss + "_sharded" + std::to_string(ranks);
+      const Weights sharded = load(train(ranks, data, name, extra + " --train.classifier=sharded", kShardedSpec));
+      ASSERT_EQ(whole.values.size(), sharded.values.size());
+      EXPECT_EQ(0, std::memcmp(whole.values.data(), sharded.values.data(), whole.values.size() * 4)) << name;
+      EXPECT_EQ(0, std::memcmp(whole.momentum.data(), sharded.momentum.data(), whole.momentum.size() * 4)) << name;
+    }
+  }
+}
+
+// Stopped after 20 steps on 2 ranks, resumed on 3: each rank reads its own rows of the gathered
+// classifier, and the result is bitwise the uninterrupted sharded run's (and so one rank's).
+TEST(ShardedClassifier, ResumeFromTwoRanksOnThreeIsBitwiseTheUninterruptedRun) {
+  const std::string data = make_dataset("ids1001.h5", 1001, 50, 10);
+  const std::string sharded = std::string(kShardedSteps) + "--loss.kind=arcface --train.classifier=sharded";
+  const Weights straight = load(train(2, data, "sharded_straight", sharded, kShardedSpec));
+  const std::string first_part = std::regex_replace(sharded, std::regex("max_steps=50"), "max_steps=20");
+  train(2, data, "sharded_moved", first_part, kShardedSpec);
+  EXPECT_EQ(io::read_checkpoint_header(io::resolve_checkpoint((work_dir() / "sharded_moved").string())).trainer.global_step, 20);
+  const Weights resumed = load(train(3, data, "sharded_moved", sharded, kShardedSpec));
+  EXPECT_EQ(0, std::memcmp(straight.values.data(), resumed.values.data(), straight.values.size() * 4));
+  EXPECT_EQ(0, std::memcmp(straight.momentum.data(), resumed.momentum.data(), straight.momentum.size() * 4));
+}
+
+// The classifier's weights and momentum per rank, from the start line: 1/ranks of the whole.
+TEST(ShardedClassifier, StateBytesPerRankFallAsOneOverRanks) {
+  const std::string data = make_dataset("ids1001.h5", 1001, 50, 10);
+  std::vector<long> bytes;
+  for (int ranks : {1, 2}) {
+    const std::string out = (work_dir() / ("sharded_bytes" + std::to_string(ranks))).string();
+    const CommandResult r = shell(train_command(ranks, data, out, std::string(kShardedSteps) +
+                                                "--loss.kind=arcface --train.classifier=sharded --train.max_steps=1",
+                                                "conv(6,3) relu maxpool(2) flatten dense(256) cosine(10)"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.output, m, std::regex("rows \\[0, (\\d+)\\) of 10 x 256; weights and optimizer state (\\d+) bytes")))
+        << r.output;
+    EXPECT_EQ(std::stoi(m[1]), 10 / ranks);
+    bytes.push_back(std::stol(m[2]));
+  }
+  EXPECT_EQ(bytes[0], 10 * 256 * 4 * 2);  // weights and momentum, 4 bytes each
+  EXPECT_EQ(bytes[1], bytes[0] / 2);
+}
+
+// What cannot be sharded ends with one line naming the option and what was expected, exit 1.
+TEST(ShardedClassifier, BadInputsEndWithOneLine) {
+  const std::string data = make_dataset("ids1001.h5", 1001, 50, 10);
+  const std::string base = "--train.max_steps=1 --train.classifier=sharded --data.eval_split=";
+  const std::vector<std::tuple<int, std::string, std::string, std::string>> cases = {
+      {2, "none --loss.kind=cross_entropy", kShardedSpec, "needs loss.kind = arcface or cosface, got 'cross_entropy'"},
+      {2, "none --loss.kind=triplet", "conv(6,3) relu maxpool(2) flatten dense(8) l2norm", "needs loss.kind = arcface or cosface, got 'triplet'"},
+      {2, "none --loss.kind=arcface", "conv(6,3) relu maxpool(2) flatten dense(10)", "needs model.spec to end with cosine(identities) after the embedding, but it ends with 'dense(10)'"},
+      {3, "none --loss.kind=arcface", "conv(6,3) relu maxpool(2) flatten dense(8) cosine(2)", "splits the 2 identities of cosine(2) across 3 ranks: expected at least one identity per rank"},
+      {2, "none --loss.kind=arcface --train.reduction=fast", kShardedSpec, "needs train.reduction = exact, got fast"},
+      {2, "test --loss.kind=arcface", kShardedSpec, "set data.eval_split = none and data.test_split = none"}};
+  for (const auto& [ranks, options, spec, message] : cases) {
+    const CommandResult r = shell(train_command(ranks, data, (work_dir() / "sharded_bad").string(), base + options, spec));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_THAT(r.output, ::testing::HasSubstr("error: 'train.classifier' = sharded")) << options;
+    EXPECT_THAT(r.output, ::testing::HasSubstr(message)) << r.output;
+    const std::regex error_line("(^|\\n)error: ");
+    EXPECT_EQ(std::distance(std::sregex_iterator(r.output.begin(), r.output.end(), error_line), std::sregex_iterator()), 1)
+        << r.output;
+  }
 }
 
 }  // namespace

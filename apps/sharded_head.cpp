@@ -1,0 +1,106 @@
+#include "apps/sharded_head.hpp"
+
+#include <cstdio>
+
+#include "core/errors.hpp"
+
+namespace mpicnn::app {
+namespace {
+
+constexpr int kRowsTag = 18;  // the classifier's rows on their way to rank 0's checkpoint
+
+void check_shardable(const TrainConfig& c, const std::vector<std::string>& layers) {
+  if (!c.task->margin_softmax())
+    throw ConfigError("'train.classifier' = sharded needs loss.kind = arcface or cosface, got '" + c.task->kind() + "'");
+  if (layers.size() < 2 || layers.back().rfind("cosine(", 0) != 0)
+    throw ConfigError("'train.classifier' = sharded needs model.spec to end with cosine(identities) after the embedding, but it "
+                      "ends with '" + layers.back() + "'");
+  if (!c.exact_reduction) throw ConfigError("'train.classifier' = sharded needs train.reduction = exact, got fast");
+  // Evaluation runs the whole model on each rank's own samples, which a split classifier cannot.
+  if (!c.eval_split.empty() || !c.test_split.empty())
+    throw ConfigError("'train.classifier' = sharded evaluates no split while training (the classifier is split across "
+                      "ranks): set data.eval_split = none and data.test_split = none, then run mpicnn eval or embed on "
+                      "the checkpoint");
+}
+
+}  // namespace
+
+ShardedHead::ShardedHead(const TrainConfig& c, const core::Shape& input, const dist::Communicator& comm) : comm_(comm) {
+  const std::vector<std::string> layers = core::top_level_specs(c.spec, input);
+  check_shardable(c, layers);
+  last_spec_ = layers.back();
+  for (std::size_t i = 0; i + 1 < layers.size(); ++i) backbone_spec_ += (i ? " " : "") + layers[i];
+  full_params_ = core::plan_params(c.spec, input);
+  const core::ParamInfo& weight = full_params_.back();
+  classes_ = weight.dims[0];
+  dist::ShardedClassifier::Options options{*c.task->margin_softmax(), weight.dims[0], weight.dims[1], c.micro_batch,
+                                           weight.name, c.optimizer};
+  classifier_ = std::make_unique<dist::ShardedClassifier>(comm, options);
+  rows_.info = weight;
+  for (const auto& [name, buffer] : classifier_->optimizer().state()) rows_.states.push_back(name);
+  rows_.write_rows = [this](const io::ExtraParam::Sink& sink) {
+    const dist::RowRange& own = classifier_->rows();
+    sink(0, own.first, own.count, classifier_->params().value(0));
+    std::size_t group = 1;
+    for (const auto& [name, buffer] : classifier_->optimizer().state()) sink(group++, own.first, own.count, buffer->data());
+    for (long i = 0; i < long(comm_.size() - 1) * groups(); ++i) receive_next(&sink);
+  };
+}
+
+void ShardedHead::init(const std::string& scheme, std::uint64_t seed) {
+  const dist::RowRange& rows = classifier_->rows();
+  core::init_param_rows(classifier_->params().value(0), full_params_, int(full_params_.size()) - 1, rows.first, rows.count,
+                        scheme, seed);
+}
+
+void ShardedHead::begin_files(int files) {
+  core::ParamStore& params = classifier_->params();
+  const int floats = int(params.info(0).size);
+  if (!comm_.is_root()) {
+    for (int file = 0; file < files; ++file) {
+      dist::check(MPI_Send(params.value(0), floats, MPI_FLOAT, 0, kRowsTag, comm_.handle()), "MPI_Send");
+      for (const auto& [name, buffer] : classifier_->optimizer().state())
+        dist::check(MPI_Send(buffer->data(), floats, MPI_FLOAT, 0, kRowsTag, comm_.handle()), "MPI_Send");
+    }
+    return;
+  }
+  messages_ = received_ + long(files) * (comm_.size() - 1) * groups();
+}
+
+// The next message in the order the ranks send: file by file, rank by rank, weights then states.
+void ShardedHead::receive_next(const io::ExtraParam::Sink* sink) {
+  const long per_file = long(comm_.size() - 1) * groups(), at = received_ % per_file;
+  const int rank = 1 + int(at / groups()), group = int(at % groups());
+  const dist::RowRange block = dist::shard_rows(classes_, rank, comm_.size());
+  shard_.resize(std::size_t(block.count) * classifier_->dim());
+  dist::check(MPI_Recv(shard_.data(), int(shard_.size()), MPI_FLOAT, rank, kRowsTag, comm_.handle(), MPI_STATUS_IGNORE),
+              "MPI_Recv");
+  ++received_;
+  if (sink) (*sink)(std::size_t(group), block.first, block.count, shard_.data());
+}
+
+void ShardedHead::drain() {
+  while (received_ < messages_) receive_next(nullptr);
+}
+
+void ShardedHead::load(const std::string& path, long optimizer_steps) {
+  const dist::RowRange& rows = classifier_->rows();
+  const std::string& name = full_params_.back().name;
+  io::read_param_rows(path, "/model/" + name, rows.first, rows.count, classifier_->params().value(0));
+  for (const auto& [state, buffer] : classifier_->optimizer().state())
+    io::read_param_rows(path, "/optimizer/" + state + "/" + name, rows.first, rows.count, buffer->data());
+  classifier_->optimizer().set_steps(optimizer_steps);
+}
+
+std::string ShardedHead::describe() const {
+  const dist::RowRange& rows = classifier_->rows();
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "classifier: sharded, rank 0 holds rows [%d, %d) of %d x %d; weights and optimizer state %zu bytes "
+                "(%.1f MB) per rank",
+                rows.first, rows.first + rows.count, classes_, classifier_->dim(), classifier_->state_bytes(),
+                double(classifier_->state_bytes()) / 1e6);
+  return line;
+}
+
+}  // namespace mpicnn::app
