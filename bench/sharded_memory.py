@@ -4,7 +4,7 @@ identities x 512 dimensions behind a small backbone, a few steps of ArcFace with
 4 ranks; prints each rank's classifier weights and optimizer state (from the start line) and its
 peak RSS (GNU time's %M around every rank). Not a test: it takes minutes and about 2 GB per run.
 
-    /usr/bin/python3 bench/sharded_memory.py [--build build] [--ranks 1,2,4] [--steps 2]
+    /usr/bin/python3 bench/sharded_memory.py [--build build] [--ranks 1,2,4] [--steps 2] [--classifier sharded]
 """
 import argparse
 import os
@@ -36,6 +36,7 @@ def main():
     parser.add_argument("--build", default="build")
     parser.add_argument("--ranks", default="1,2,4")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--classifier", default="sharded", help="replicated: the same run with the whole matrix per rank")
     args = parser.parse_args()
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     with tempfile.TemporaryDirectory() as work:
@@ -45,7 +46,7 @@ def main():
             command = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks), "/usr/bin/time", "-f",
                        "peak_rss_kb %M", os.path.join(args.build, "mpicnn"), "train", "--data.path=" + data,
                        f"--model.spec=conv(8,3) relu maxpool(2) flatten dense({DIM}) cosine({IDENTITIES})",
-                       "--loss.kind=arcface", "--train.classifier=sharded", "--data.eval_split=none",
+                       "--loss.kind=arcface", "--train.classifier=" + args.classifier, "--data.eval_split=none",
                        "--optimizer.name=adam", "--optimizer.lr=0.001", "--train.batch_size=16",
                        "--train.micro_batch=8", "--train.threads=1", "--train.progress=lines",
                        f"--train.max_steps={args.steps}", "--output", os.path.join(work, f"run{ranks}")]
@@ -53,9 +54,10 @@ def main():
             text = out.stdout + out.stderr
             if out.returncode != 0:
                 raise SystemExit(text)
-            state = re.search(r"state (\d+) bytes", text).group(1)
+            state = re.search(r"state (\d+) bytes", text)
             peaks = sorted(int(kb) for kb in re.findall(r"peak_rss_kb (\d+)", text))
-            print(f"{ranks} ranks: classifier weights + Adam state {int(state) / 1e6:.1f} MB per rank; "
+            held = f"classifier weights + Adam state {int(state.group(1)) / 1e6:.1f} MB per rank; " if state else ""
+            print(f"{ranks} ranks, {args.classifier}: {held}"
                   f"peak RSS per rank {', '.join(f'{kb / 1024:.0f}' for kb in peaks)} MB")
 
 
