@@ -8,6 +8,7 @@ kill_rank               SIGKILL to rank 1 mid-training: the job ends within 10 s
 checkpoint_write_fails  a file-size limit (RLIMIT_FSIZE, `ulimit -f`) below the checkpoint's size: the
                         write fails with EFBIG, the error says so, the previous checkpoint is intact.
 checkpoint_write_error_one_line  the same, and the reason ("File too large") is on the one error line.
+sharded_checkpoint_write_fails  the same with train.classifier = sharded, whose rows rank 1 sends to rank 0.
 nan_loss                optimizer.lr=1e6 after a good checkpoint: the run stops naming the step and the
                         first layer holding non-finite values; the good checkpoint is kept.
 hang_detector           SIGSTOP to rank 1 mid-epoch with train.collective_timeout=5: the job ends
@@ -160,13 +161,13 @@ def kill_rank(binary, workdir):
     print(f"resumed from step {step} and reached step {step + 20}")
 
 
-def checkpoint_write_fails(binary, workdir, one_line=False):
+def checkpoint_write_fails(binary, workdir, one_line=False, options=None):
     # The limit is put on the ranks once training runs (prlimit, what `ulimit -f` sets at start): a
     # limit from the start would also hit mpirun's and MPI_Init's own files (shared-memory segments).
     prepare(workdir)
     run_dir = os.path.join(workdir, "run")
     # checkpoint.keep large: no checkpoint is rotated away while the limit is being put in place.
-    job = start(binary, workdir, train_args(checkpoint__keep="1000"))
+    job = start(binary, workdir, train_args(checkpoint__keep="1000", **(options or {})))
     try:
         wait_for(lambda: (latest_step(run_dir) or 0) >= 100, 60, "the checkpoint of step 100", job)
         size = os.path.getsize(latest_file(run_dir))
@@ -215,6 +216,15 @@ def checkpoint_write_fails(binary, workdir, one_line=False):
 
 def checkpoint_write_error_one_line(binary, workdir):
     checkpoint_write_fails(binary, workdir, one_line=True)
+
+
+def sharded_checkpoint_write_fails(binary, workdir):
+    # train.classifier = sharded: rank 1 sends its classifier rows to rank 0 for every checkpoint;
+    # when rank 0's write fails it still receives them, so both ranks end with its one line (rows of
+    # 4096 floats: more than MPI sends without a matching receive).
+    checkpoint_write_fails(binary, workdir, one_line=True, options={
+        "model.spec": "conv(8,3) relu maxpool(2) flatten dense(4096) cosine(3)", "loss.kind": "arcface",
+        "train.classifier": "sharded", "data.eval_split": "none"})
 
 
 def nan_loss(binary, workdir):
@@ -368,7 +378,8 @@ def best_metric_on_resume(binary, workdir):
     check(f"best.h5: test accuracy {value:.6g}" in shown, f"`mpicnn inspect` does not show the best: {shown}")
 
 
-SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line, nan_loss,
+SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line,
+                                     sharded_checkpoint_write_fails, nan_loss,
                                      hang_detector, hang_detector_in_evaluation, rank_fails_alone,
                                      checkpoint_without_class_names, empty_option_value, best_metric_on_resume)}
 
