@@ -272,8 +272,9 @@ class Trainer {
       const float* out = forward(start);
       std::copy(out, out + std::size_t(std::min(micro, batch.count - start)) * dim, embeddings_.begin() + std::size_t(start) * dim);
     }
-    const core::LossSum sums = head_->classifier().forward_backward(embedding_grad_.data(), embeddings_.data(),
-                                                                     batch.labels.data(), batch.count, batch.global_count);
+    const core::LossSum sums =
+        head_->classifier().forward_backward(embedding_grad_.data(), embeddings_.data(), batch.labels.data(), batch.count,
+                                             batch.global_count, *watchdog_, "step " + std::to_string(state_.global_step + 1));
     const int last = batch.count == 0 ? 0 : (batch.count - 1) / micro * micro;
     for (int start = last; start >= 0; start -= micro) {
       const int count = std::max(0, std::min(micro, batch.count - start));

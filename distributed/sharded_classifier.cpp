@@ -35,12 +35,25 @@ std::size_t ShardedClassifier::state_bytes() {
   return params_.size() * sizeof(float) * (1 + optimizer_->state().size());
 }
 
+// Non-blocking, waited for through the hang detector: a stopped rank ends the job, naming it.
+template <class Start>
+void ShardedClassifier::collective(const char* call, Start&& start) {
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(start(&request), call);
+  watchdog_->wait(std::span<MPI_Request>(&request, 1), "the sharded classifier's exchange");
+}
+
 core::LossSum ShardedClassifier::forward_backward(float* embedding_grad, const float* embeddings,
-                                                  const std::int32_t* labels, int count, int global_count) {
+                                                  const std::int32_t* labels, int count, int global_count,
+                                                  Watchdog& watchdog, const std::string& context) {
   const int dim = options_.dim, rows = rows_.count, size = comm_.size();
+  watchdog_ = &watchdog;
+  watchdog.arrived(context);
   counts_.assign(std::size_t(size), 0);
   offsets_.assign(std::size_t(size), 0);
-  check(MPI_Allgather(&count, 1, MPI_INT, counts_.data(), 1, MPI_INT, comm_.handle()), "MPI_Allgather");
+  collective("MPI_Iallgather", [&](MPI_Request* r) {
+    return MPI_Iallgather(&count, 1, MPI_INT, counts_.data(), 1, MPI_INT, comm_.handle(), r);
+  });
   for (int r = 1; r < size; ++r) offsets_[r] = offsets_[r - 1] + counts_[r - 1];
   const int batch = offsets_[size - 1] + counts_[size - 1];
   if (batch != global_count)
@@ -51,13 +64,15 @@ core::LossSum ShardedClassifier::forward_backward(float* embedding_grad, const f
   std::vector<int> float_counts(counts_), float_offsets(offsets_);
   for (int r = 0; r < size; ++r) float_counts[r] *= dim, float_offsets[r] *= dim;
   cosines_.resize(std::size_t(batch) * dim);  // the raw embeddings first: reused below for the cosines
-  check(MPI_Allgatherv(embeddings, count * dim, MPI_FLOAT, cosines_.data(), float_counts.data(), float_offsets.data(),
-                       MPI_FLOAT, comm_.handle()),
-        "MPI_Allgatherv");
+  collective("MPI_Iallgatherv", [&](MPI_Request* r) {
+    return MPI_Iallgatherv(embeddings, count * dim, MPI_FLOAT, cosines_.data(), float_counts.data(),
+                           float_offsets.data(), MPI_FLOAT, comm_.handle(), r);
+  });
   labels_.resize(std::size_t(batch));
-  check(MPI_Allgatherv(labels, count, MPI_INT32_T, labels_.data(), counts_.data(), offsets_.data(), MPI_INT32_T,
-                       comm_.handle()),
-        "MPI_Allgatherv");
+  collective("MPI_Iallgatherv", [&](MPI_Request* r) {
+    return MPI_Iallgatherv(labels, count, MPI_INT32_T, labels_.data(), counts_.data(), offsets_.data(), MPI_INT32_T,
+                           comm_.handle(), r);
+  });
   x_hat_.resize(std::size_t(batch) * dim), x_norms_.resize(std::size_t(batch));
   core::l2_normalize_forward(x_hat_.data(), x_norms_.data(), cosines_.data(), batch, dim);
   core::l2_normalize_forward(w_hat_.data(), w_norms_.data(), params_.value(0), rows, dim);
@@ -74,7 +89,9 @@ core::LossSum ShardedClassifier::forward_backward(float* embedding_grad, const f
   exp_sums_.resize(std::size_t(batch));
   for (int n = 0; n < batch; ++n)
     exp_sums_[n] = core::exp_sum_on_grid(z_.data() + std::size_t(n) * rows, rows, best_[n].value, options_.classes);
-  check(MPI_Allreduce(MPI_IN_PLACE, exp_sums_.data(), batch, MPI_INT64_T, MPI_SUM, comm_.handle()), "MPI_Allreduce");
+  collective("MPI_Iallreduce", [&](MPI_Request* r) {
+    return MPI_Iallreduce(MPI_IN_PLACE, exp_sums_.data(), batch, MPI_INT64_T, MPI_SUM, comm_.handle(), r);
+  });
   log_total_.resize(std::size_t(batch));
   core::LossSum result;
   for (int n = 0; n < batch; ++n) {
@@ -106,8 +123,9 @@ void ShardedClassifier::combine_maxima(int batch) {
     best_[n] = {*std::max_element(z, z + rows), 0};
     best_[std::size_t(batch + n)] = {double(c[top]), rows_.first + top};
   }
-  check(MPI_Allreduce(MPI_IN_PLACE, best_.data(), 2 * batch, MPI_DOUBLE_INT, MPI_MAXLOC, comm_.handle()),
-        "MPI_Allreduce");
+  collective("MPI_Iallreduce", [&](MPI_Request* r) {
+    return MPI_Iallreduce(MPI_IN_PLACE, best_.data(), 2 * batch, MPI_DOUBLE_INT, MPI_MAXLOC, comm_.handle(), r);
+  });
 }
 
 // As the cosine layer's weight gradient reaches the exact sum: per micro-batch of the global
@@ -128,7 +146,9 @@ void ShardedClassifier::round_row_gradients(int batch) {
     core::l2_normalize_backward(row_grad, w_hat_grad_.data(), w_hat_.data(), w_norms_.data(), rows, dim, true);
     largest = std::max(largest, grid::add(row_grad, sum_.data(), std::size_t(rows) * dim, scale_, limit, m == 0));
   }
-  check(MPI_Allreduce(&largest, &largest_, 1, MPI_UINT32_T, MPI_MAX, comm_.handle()), "MPI_Allreduce");
+  collective("MPI_Iallreduce", [&](MPI_Request* r) {
+    return MPI_Iallreduce(&largest, &largest_, 1, MPI_UINT32_T, MPI_MAX, comm_.handle(), r);
+  });
 }
 
 void ShardedClassifier::embedding_gradients(float* embedding_grad, int count, int batch) {
@@ -137,7 +157,9 @@ void ShardedClassifier::embedding_gradients(float* embedding_grad, int count, in
   for (int n = 0; n < batch; ++n)
     for (int k = 0; k < rows; ++k)
       input_scale_[n] = std::max(input_scale_[n], std::abs(double(cos_grad_[std::size_t(n) * rows + k])));
-  check(MPI_Allreduce(MPI_IN_PLACE, input_scale_.data(), batch, MPI_DOUBLE, MPI_MAX, comm_.handle()), "MPI_Allreduce");
+  collective("MPI_Iallreduce", [&](MPI_Request* r) {
+    return MPI_Iallreduce(MPI_IN_PLACE, input_scale_.data(), batch, MPI_DOUBLE, MPI_MAX, comm_.handle(), r);
+  });
   for (double& scale : input_scale_) scale = core::cosine_input_scale(scale, options_.classes);
   input_sums_.assign(std::size_t(batch) * dim, 0);
   core::cosine_input_gradient_add(input_sums_.data(), cos_grad_.data(), std::size_t(rows), w_hat_.data(),
@@ -145,9 +167,10 @@ void ShardedClassifier::embedding_gradients(float* embedding_grad, int count, in
   std::vector<int> receive(counts_);
   for (int& r : receive) r *= dim;
   own_input_sums_.resize(std::size_t(count) * dim);
-  check(MPI_Reduce_scatter(input_sums_.data(), own_input_sums_.data(), receive.data(), MPI_INT64_T, MPI_SUM,
-                           comm_.handle()),
-        "MPI_Reduce_scatter");
+  collective("MPI_Ireduce_scatter", [&](MPI_Request* r) {
+    return MPI_Ireduce_scatter(input_sums_.data(), own_input_sums_.data(), receive.data(), MPI_INT64_T, MPI_SUM,
+                               comm_.handle(), r);
+  });
   std::vector<float> x_hat_grad(std::size_t(count) * dim);
   core::cosine_input_gradient_finish(x_hat_grad.data(), own_input_sums_.data(), input_scale_.data() + own, count, dim);
   core::l2_normalize_backward(embedding_grad, x_hat_grad.data(), x_hat_.data() + std::size_t(own) * dim,

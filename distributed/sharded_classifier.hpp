@@ -25,6 +25,7 @@
 #include "core/task.hpp"
 #include "distributed/comm.hpp"
 #include "distributed/reducer.hpp"
+#include "distributed/watchdog.hpp"
 
 namespace mpicnn::dist {
 
@@ -51,8 +52,9 @@ class ShardedClassifier {
   // of its samples into embedding_grad (count, dim) and rounds its rows' gradients onto the grid.
   // Returns the loss of the samples whose identity is in this rank's rows and the correct count of
   // its own samples: summed over ranks, the batch's.
+  // Its collectives go through `watchdog`, after arrived(context).
   core::LossSum forward_backward(float* embedding_grad, const float* embeddings, const std::int32_t* labels, int count,
-                                 int global_count);
+                                 int global_count, Watchdog& watchdog, const std::string& context);
   // As ExactGradientSum::finish decides for a tensor, the same on every rank; the grid follows
   // the step's largest gradient.
   GradientReducer::Outcome finish();
@@ -70,11 +72,14 @@ class ShardedClassifier {
   std::size_t state_bytes();
 
  private:
+  template <class Start>
+  void collective(const char* call, Start&& start);
   void combine_maxima(int batch);
   void round_row_gradients(int batch);
   void embedding_gradients(float* embedding_grad, int count, int batch);
 
   const Communicator& comm_;
+  Watchdog* watchdog_ = nullptr;  // this step's
   Options options_;
   RowRange rows_;
   core::ParamStore params_;                    // one tensor: the rows (rows, dim)

@@ -14,6 +14,7 @@ nan_loss                optimizer.lr=1e6 after a good checkpoint: the run stops 
 hang_detector           SIGSTOP to rank 1 mid-epoch with train.collective_timeout=5: the job ends
                         within 20 s saying which rank has "not arrived".
 hang_detector_in_evaluation  the same with rank 1 stopped during the evaluation after an epoch.
+sharded_hang_detector   the same under train.classifier = sharded (the classifier's exchange).
 rank_fails_alone        one sample of the training split holds a NaN: the one rank that reads it fails
                         mid-epoch while the other waits in the step's allreduce (hang detector off);
                         it names the sample, and MPI_Abort ends the job within 20 s.
@@ -289,6 +290,16 @@ def hang_detector(binary, workdir):
                                 lambda run_dir: (latest_step(run_dir) or 0) >= 100, "the checkpoint of step 100")
 
 
+def sharded_hang_detector(binary, workdir):
+    # train.classifier = sharded: the other rank waits mostly in the classifier's exchange of the
+    # embeddings and sums, which goes through the detector as the gradient sum does.
+    prepare(workdir, n_train=16384)
+    stop_rank_and_expect_report(binary, workdir, train_args(
+        train__collective_timeout="5", model__spec="conv(8,3) relu maxpool(2) flatten dense(8) cosine(3)",
+        loss__kind="arcface", train__classifier="sharded", data__eval_split="none"),
+        lambda run_dir: (latest_step(run_dir) or 0) >= 100, "the checkpoint of step 100")
+
+
 def hang_detector_in_evaluation(binary, workdir):
     # 32 steps per epoch and a test split of 40000 samples: most of the time goes to the evaluation
     # after each epoch, where rank 1 is stopped.
@@ -380,7 +391,7 @@ def best_metric_on_resume(binary, workdir):
 
 SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line,
                                      sharded_checkpoint_write_fails, nan_loss,
-                                     hang_detector, hang_detector_in_evaluation, rank_fails_alone,
+                                     hang_detector, sharded_hang_detector, hang_detector_in_evaluation, rank_fails_alone,
                                      checkpoint_without_class_names, empty_option_value, best_metric_on_resume)}
 
 
