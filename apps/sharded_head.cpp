@@ -34,7 +34,7 @@ ShardedHead::ShardedHead(const TrainConfig& c, const core::Shape& input, const d
   const core::ParamInfo& weight = full_params_.back();
   classes_ = weight.dims[0];
   dist::ShardedClassifier::Options options{*c.task->margin_softmax(), weight.dims[0], weight.dims[1], c.micro_batch,
-                                           weight.name, c.optimizer};
+                                           weight.name, c.optimizer, c.sample_rate, c.seed};
   classifier_ = std::make_unique<dist::ShardedClassifier>(comm, options);
   rows_.info = weight;
   for (const auto& [name, buffer] : classifier_->optimizer().state()) rows_.states.push_back(name);

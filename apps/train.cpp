@@ -158,6 +158,7 @@ class Trainer {
       if (head_) head_->init(c_.init, c_.seed);
     }
     state_.best_metric_name = c_.best_metric;
+    if (head_) head_->classifier().set_seed(state_.seed);
     const auto& values = model_->params().values();
     if (!comm_.same_on_all_ranks(dist::fingerprint(values.data(), values.size() * sizeof(float))))
       throw Error("ranks hold different weights before the first step (fingerprint mismatch)");
@@ -274,7 +275,8 @@ class Trainer {
     }
     const core::LossSum sums =
         head_->classifier().forward_backward(embedding_grad_.data(), embeddings_.data(), batch.labels.data(), batch.count,
-                                             batch.global_count, *watchdog_, "step " + std::to_string(state_.global_step + 1));
+                                             batch.global_count, state_.global_step, *watchdog_,
+                                             "step " + std::to_string(state_.global_step + 1));
     const int last = batch.count == 0 ? 0 : (batch.count - 1) / micro * micro;
     for (int start = last; start >= 0; start -= micro) {
       const int count = std::max(0, std::min(micro, batch.count - start));

@@ -55,6 +55,7 @@ std::vector<Key> train_keys() {
       {"train.eval_batch", "256", "samples per evaluation batch on each rank"},
       {"train.reduction", "exact", "gradient sum across ranks: exact (bitwise the same for any rank count) or fast (overlapped with backward, rounding depends on the rank count)"},
       {"train.classifier", "replicated", "arcface, cosface: the last layer cosine(n) on every rank (replicated) or split by rows across ranks (sharded: its memory per rank falls as 1/ranks, bitwise the same weights)"},
+      {"train.sample_rate", "1", "train.classifier = sharded: the share of negative identities whose centres each step's softmax takes, (0, 1] (Partial FC; the batch's own identities always), drawn from (train.seed, step, identity)"},
       {"train.micro_batch", "16", "exact reduction: samples per micro-batch, the unit whose gradients are summed exactly"},
       {"train.node_sum", "shared", "exact reduction: sum the ranks of a node in shared memory, then across nodes (shared), or all ranks through MPI's allreduce (mpi)"},
       {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
@@ -202,6 +203,10 @@ TrainConfig read_config(const Settings& s) {
   c.shared_memory_sum = s.choice("train.node_sum", {"shared", "mpi"}) == "shared";
   c.micro_batch = int(s.integer("train.micro_batch", 1));
   c.sharded_classifier = s.choice("train.classifier", {"replicated", "sharded"}) == "sharded";
+  c.sample_rate = s.real("train.sample_rate", 0, false);
+  if (c.sample_rate > 1) throw ConfigError("'train.sample_rate' must be in (0, 1], got " + s.text("train.sample_rate"));
+  if (c.sample_rate < 1 && !c.sharded_classifier)
+    throw ConfigError("'train.sample_rate' = " + s.text("train.sample_rate") + " needs train.classifier = sharded");
   check_balanced_sampling(s, c);
   c.progress = s.choice("train.progress", {"auto", "bar", "lines"});
   core::TaskOptions task_options;

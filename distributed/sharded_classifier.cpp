@@ -6,9 +6,13 @@
 #include "core/embedding_kernels.hpp"
 #include "core/errors.hpp"
 #include "core/metric_losses.hpp"
+#include "core/rng.hpp"
 #include "distributed/exact_sum.hpp"
 
 namespace mpicnn::dist {
+namespace {
+constexpr std::uint64_t kSampleStream = std::uint64_t(1) << 40;  // derive_seed streams of the steps' samples
+}  // namespace
 
 RowRange shard_rows(long classes, int rank, int ranks) {
   const long base = classes / ranks, extra = classes % ranks;
@@ -44,7 +48,7 @@ void ShardedClassifier::collective(const char* call, Start&& start) {
 }
 
 core::LossSum ShardedClassifier::forward_backward(float* embedding_grad, const float* embeddings,
-                                                  const std::int32_t* labels, int count, int global_count,
+                                                  const std::int32_t* labels, int count, int global_count, long step,
                                                   Watchdog& watchdog, const std::string& context) {
   const int dim = options_.dim, rows = rows_.count, size = comm_.size();
   watchdog_ = &watchdog;
@@ -84,6 +88,7 @@ core::LossSum ShardedClassifier::forward_backward(float* embedding_grad, const f
   z_.resize(std::size_t(batch) * rows);
   slope_.assign(std::size_t(batch), 1.0);
   core::margin_scores(z_.data(), slope_.data(), cosines_.data(), labels_.data(), block, batch);
+  if (options_.sample_rate < 1) leave_out_unsampled(batch, step);
   combine_maxima(batch);
 
   exp_sums_.resize(std::size_t(batch));
@@ -109,6 +114,24 @@ core::LossSum ShardedClassifier::forward_backward(float* embedding_grad, const f
   round_row_gradients(batch);
   embedding_gradients(embedding_grad, count, batch);
   return result;
+}
+
+// Partial FC's sampling: a row left out this step has the score -inf for every sample, so its exp
+// term, probability and gradient are 0 (its momentum and weight decay still act, as on any
+// parameter whose gradient is 0). The batch's identities are always in: every maximum is finite.
+void ShardedClassifier::leave_out_unsampled(int batch, long step) {
+  const int rows = rows_.count;
+  sampled_.assign(std::size_t(rows), 0);
+  for (int n = 0; n < batch; ++n)
+    if (labels_[n] >= rows_.first && labels_[n] < rows_.first + rows) sampled_[labels_[n] - rows_.first] = 1;
+  const std::uint64_t step_seed = core::derive_seed(options_.seed, kSampleStream + std::uint64_t(step));
+  for (int k = 0; k < rows; ++k) {
+    const double u = double(core::derive_seed(step_seed, std::uint64_t(rows_.first + k)) >> 11) * 0x1.0p-53;
+    if (u < options_.sample_rate) sampled_[k] = 1;
+  }
+  for (int n = 0; n < batch; ++n)
+    for (int k = 0; k < rows; ++k)
+      if (!sampled_[k]) z_[std::size_t(n) * rows + k] = -INFINITY;
 }
 
 // best_[n]: sample n's largest margin score (the softmax's shift); best_[batch + n]: its largest

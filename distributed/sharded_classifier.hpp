@@ -44,6 +44,10 @@ class ShardedClassifier {
     int micro_batch = 1;          // the exact sum's: the rows' gradients are rounded per micro-batch
     std::string weight_name;      // the full model's name of the matrix, "5.weight"
     core::OptimizerConfig optimizer;
+    // Partial FC: each step's softmax takes every identity of the global batch and each other
+    // identity with this probability, drawn from (seed, step, identity): the same for any split.
+    double sample_rate = 1;
+    std::uint64_t seed = 0;
   };
   ShardedClassifier(const Communicator& comm, const Options& options);
 
@@ -52,9 +56,10 @@ class ShardedClassifier {
   // of its samples into embedding_grad (count, dim) and rounds its rows' gradients onto the grid.
   // Returns the loss of the samples whose identity is in this rank's rows and the correct count of
   // its own samples: summed over ranks, the batch's.
-  // Its collectives go through `watchdog`, after arrived(context).
+  // `step`: the global step (the sampled identities). Its collectives go through `watchdog`,
+  // after arrived(context).
   core::LossSum forward_backward(float* embedding_grad, const float* embeddings, const std::int32_t* labels, int count,
-                                 int global_count, Watchdog& watchdog, const std::string& context);
+                                 int global_count, long step, Watchdog& watchdog, const std::string& context);
   // As ExactGradientSum::finish decides for a tensor, the same on every rank; the grid follows
   // the step's largest gradient.
   GradientReducer::Outcome finish();
@@ -66,6 +71,8 @@ class ShardedClassifier {
   const Options& options() const { return options_; }
   core::ParamStore& params() { return params_; }
   core::Optimizer& optimizer() { return *optimizer_; }
+  // The run's seed (a resumed run's comes from its checkpoint): the sampled identities derive from it.
+  void set_seed(std::uint64_t seed) { options_.seed = seed; }
   int grid_exponent() const { return exponent_; }
   void set_grid_exponent(int exponent) { exponent_ = exponent; }
   // Weights and optimizer state of the rows (what the classifier costs this rank).
@@ -75,6 +82,7 @@ class ShardedClassifier {
   template <class Start>
   void collective(const char* call, Start&& start);
   void combine_maxima(int batch);
+  void leave_out_unsampled(int batch, long step);
   void round_row_gradients(int batch);
   void embedding_gradients(float* embedding_grad, int count, int batch);
 
@@ -92,6 +100,7 @@ class ShardedClassifier {
   // cosines and their gradients (batch, rows), the margin scores and per-sample figures.
   std::vector<float> x_hat_, x_norms_, w_hat_, w_norms_, cosines_, cos_grad_, w_hat_grad_;
   std::vector<std::int32_t> labels_;
+  std::vector<char> sampled_;  // per row, this step (Partial FC)
   std::vector<double> z_, slope_, log_total_, input_scale_;
   std::vector<std::int64_t> exp_sums_, input_sums_, own_input_sums_;
   struct Best {  // MPI_DOUBLE_INT: the larger value, the smaller index on ties

@@ -475,6 +475,21 @@ TEST(ShardedClassifier, StateBytesPerRankFallAsOneOverRanks) {
   EXPECT_EQ(bytes[1], bytes[0] / 2);
 }
 
+// Partial FC's sampling of negative identities (half of them per step, drawn from the seed, the
+// step and the identity; 200 identities, so a batch of 64 leaves most of them negatives): 1 and 3
+// ranks bitwise the same, and not the run without sampling.
+TEST(ShardedClassifier, SampledNegativesAreTheSameOnOneAndThreeRanks) {
+  const std::string data = make_dataset("ids200.h5", 1001, 50, 200);
+  const std::string spec = "conv(6,3) bn relu maxpool(2) flatten dense(8) cosine(200)";
+  const std::string extra = std::string(kShardedSteps) + "--loss.kind=arcface --train.classifier=sharded";
+  const Weights all = load(train(1, data, "sampled_all", extra, spec));
+  const Weights one = load(train(1, data, "sampled1", extra + " --train.sample_rate=0.5", spec));
+  const Weights three = load(train(3, data, "sampled3", extra + " --train.sample_rate=0.5", spec));
+  EXPECT_EQ(0, std::memcmp(one.values.data(), three.values.data(), one.values.size() * 4));
+  EXPECT_EQ(0, std::memcmp(one.momentum.data(), three.momentum.data(), one.momentum.size() * 4));
+  EXPECT_NE(0, std::memcmp(one.values.data(), all.values.data(), one.values.size() * 4));
+}
+
 // What cannot be sharded ends with one line naming the option and what was expected, exit 1.
 TEST(ShardedClassifier, BadInputsEndWithOneLine) {
   const std::string data = make_dataset("ids1001.h5", 1001, 50, 10);
@@ -485,11 +500,16 @@ TEST(ShardedClassifier, BadInputsEndWithOneLine) {
       {2, "none --loss.kind=arcface", "conv(6,3) relu maxpool(2) flatten dense(10)", "needs model.spec to end with cosine(identities) after the embedding, but it ends with 'dense(10)'"},
       {3, "none --loss.kind=arcface", "conv(6,3) relu maxpool(2) flatten dense(8) cosine(2)", "splits the 2 identities of cosine(2) across 3 ranks: expected at least one identity per rank"},
       {2, "none --loss.kind=arcface --train.reduction=fast", kShardedSpec, "needs train.reduction = exact, got fast"},
-      {2, "test --loss.kind=arcface", kShardedSpec, "set data.eval_split = none and data.test_split = none"}};
+      {2, "test --loss.kind=arcface", kShardedSpec, "set data.eval_split = none and data.test_split = none"},
+      {2, "none --loss.kind=arcface --train.sample_rate=1.5", kShardedSpec, "'train.sample_rate' must be in (0, 1], got 1.5"},
+      {2, "none --loss.kind=arcface --train.sample_rate=0", kShardedSpec, "'--train.sample_rate': expected a finite number > 0, got '0'"},
+      {2, "none --loss.kind=arcface --train.classifier=replicated --train.sample_rate=0.5", kShardedSpec,
+       "'train.sample_rate' = 0.5 needs train.classifier = sharded"}};
   for (const auto& [ranks, options, spec, message] : cases) {
     const CommandResult r = shell(train_command(ranks, data, (work_dir() / "sharded_bad").string(), base + options, spec));
     EXPECT_EQ(r.exit_code, 1) << r.output;
-    EXPECT_THAT(r.output, ::testing::HasSubstr("error: 'train.classifier' = sharded")) << options;
+    if (message.find("train.sample_rate") == std::string::npos)
+      EXPECT_THAT(r.output, ::testing::HasSubstr("error: 'train.classifier' = sharded")) << options;
     EXPECT_THAT(r.output, ::testing::HasSubstr(message)) << r.output;
     const std::regex error_line("(^|\\n)error: ");
     EXPECT_EQ(std::distance(std::sregex_iterator(r.output.begin(), r.output.end(), error_line), std::sregex_iterator()), 1)
