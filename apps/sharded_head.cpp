@@ -36,6 +36,7 @@ ShardedHead::ShardedHead(const TrainConfig& c, const core::Shape& input, const d
   dist::ShardedClassifier::Options options{*c.task->margin_softmax(), weight.dims[0], weight.dims[1], c.micro_batch,
                                            weight.name, c.optimizer, c.sample_rate, c.seed};
   classifier_ = std::make_unique<dist::ShardedClassifier>(comm, options);
+  micro_batch_ = c.micro_batch;
   rows_.info = weight;
   for (const auto& [name, buffer] : classifier_->optimizer().state()) rows_.states.push_back(name);
   rows_.write_rows = [this](const io::ExtraParam::Sink& sink) {
@@ -45,6 +46,39 @@ ShardedHead::ShardedHead(const TrainConfig& c, const core::Shape& input, const d
     for (const auto& [name, buffer] : classifier_->optimizer().state()) sink(group++, own.first, own.count, buffer->data());
     for (long i = 0; i < long(comm_.size() - 1) * groups(); ++i) receive_next(&sink);
   };
+}
+
+core::LossSum ShardedHead::accumulate(core::Model& model, dist::GradientReducer& reducer, dist::Watchdog& watchdog,
+                                     const data::Batch& batch, long global_step, const std::function<void(int)>& set_run) {
+  const int micro = micro_batch_, dim = int(model.output_shape().size());
+  const std::size_t sample = model.input_shape().size();
+  reducer.begin_step((batch.global_count + micro - 1) / micro);
+  model.state().clear_statistics();
+  embeddings_.resize(std::size_t(batch.count) * dim);
+  embedding_grad_.resize(embeddings_.size());
+  auto forward = [&](int start) {
+    set_run(start);
+    return model.forward(batch.images.data() + std::size_t(start) * sample, std::min(micro, batch.count - start));
+  };
+  for (int start = 0; start < batch.count; start += micro) {
+    const float* out = forward(start);
+    std::copy(out, out + std::size_t(std::min(micro, batch.count - start)) * dim,
+              embeddings_.begin() + std::ptrdiff_t(start) * dim);
+  }
+  const core::LossSum sums = classifier_->forward_backward(embedding_grad_.data(), embeddings_.data(), batch.labels.data(),
+                                                           batch.count, batch.global_count, global_step, watchdog,
+                                                           "step " + std::to_string(global_step + 1));
+  const int last = batch.count == 0 ? 0 : (batch.count - 1) / micro * micro;
+  for (int start = last; start >= 0; start -= micro) {
+    auto done = [&reducer, start, last](int layer) { reducer.layer_done(layer, start == last, start == 0); };
+    if (batch.count == 0) {  // no samples: still every layer's part of the sums
+      for (int layer = int(model.layers().size()) - 1; layer >= 0; --layer) done(layer);
+      break;
+    }
+    if (start != last) forward(start);
+    model.backward(embedding_grad_.data() + std::size_t(start) * dim, std::min(micro, batch.count - start), done);
+  }
+  return sums;
 }
 
 void ShardedHead::init(const std::string& scheme, std::uint64_t seed) {

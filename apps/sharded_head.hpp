@@ -5,6 +5,7 @@
 // checkpoints. Checkpoints hold the classifier gathered, under the names of the unsplit model:
 // a sharded run's checkpoint is an ordinary one (eval, embed, export, a replicated resume read it
 // as they are), and a resume on any rank count reads its own rows alone (an HDF5 row selection).
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -12,6 +13,9 @@
 
 #include "apps/train_config.hpp"
 #include "core/model.hpp"
+#include "datasets/reader.hpp"
+#include "distributed/reducer.hpp"
+#include "distributed/watchdog.hpp"
 #include "distributed/comm.hpp"
 #include "distributed/sharded_classifier.hpp"
 #include "io/checkpoint.hpp"
@@ -28,6 +32,16 @@ class ShardedHead {
   std::string full_spec(const std::string& backbone_canonical) const { return backbone_canonical + " " + last_spec_; }
   int classes() const { return classes_; }
   dist::ShardedClassifier& classifier() { return *classifier_; }
+
+  // The step's gradients under exact reduction (train.micro_batch samples per micro-batch): the
+  // backbone's forward over this rank's micro-batches gives their embeddings, the classifier the
+  // global batch's loss and these embeddings' gradients, then backward runs over the micro-batches,
+  // the last first: its forward is still in the model's buffers, the others' are computed again
+  // (the same values: dropout keys on sample positions, BatchNorm writes the same statistics into
+  // the same slot). The exact sum adds the micro-batches in any order to the same integers.
+  // set_run(start) prepares the model for the micro-batch at `start` of the rank's samples.
+  core::LossSum accumulate(core::Model& model, dist::GradientReducer& reducer, dist::Watchdog& watchdog,
+                           const data::Batch& batch, long global_step, const std::function<void(int)>& set_run);
 
   // This rank's rows as init_params would give them in the unsplit model.
   void init(const std::string& scheme, std::uint64_t seed);
@@ -50,6 +64,8 @@ class ShardedHead {
   std::vector<core::ParamInfo> full_params_;  // the unsplit model's parameters (the classifier last)
   int classes_ = 0;
   std::unique_ptr<dist::ShardedClassifier> classifier_;
+  int micro_batch_ = 1;
+  std::vector<float> embeddings_, embedding_grad_;  // this rank's (samples, dim) of the step
   io::ExtraParam rows_;                  // rank 0: the checkpoint's classifier rows, received rank by rank
   long messages_ = 0, received_ = 0;     // rank 0: messages the begun files take, and those received
   std::vector<float> shard_;             // rank 0: another rank's block, as it arrives

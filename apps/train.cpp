@@ -204,7 +204,10 @@ class Trainer {
     StepResult r;
     std::vector<double>& totals = totals_.sums();
     for (;;) {
-      const core::LossSum local = head_ ? accumulate_sharded(batch) : accumulate(worker, batch);
+      const core::LossSum local =
+          head_ ? head_->accumulate(*model_, *reducer_, *watchdog_, batch, state_.global_step,
+                                    [&](int start) { set_run(batch, start, (batch.first + start) / c_.micro_batch); })
+                : accumulate(worker, batch);
       watchdog_->arrived("step " + std::to_string(state_.global_step + 1));
       // One small allreduce carries the loss sums, the task's totals (e.g. the class histogram)
       // and the stop request, so all ranks stop together and divide by the same normaliser. It
@@ -250,45 +253,6 @@ class Trainer {
   static Outcome worse(Outcome a, Outcome b) {
     if (a == Outcome::non_finite || b == Outcome::non_finite) return Outcome::non_finite;
     return a == Outcome::retry || b == Outcome::retry ? Outcome::retry : Outcome::ok;
-  }
-
-  // train.classifier = sharded: the backbone's forward over this rank's micro-batches gives their
-  // embeddings, the sharded classifier the loss of the global batch and these embeddings'
-  // gradients, then backward runs over the micro-batches, the last first: its forward is still in
-  // the model's buffers, the others' are computed again (the same values: dropout keys on sample
-  // positions, BatchNorm writes the same statistics into the same slot). The exact sum adds the
-  // micro-batches in any order to the same integers.
-  core::LossSum accumulate_sharded(const data::Batch& batch) {
-    const int micro = c_.micro_batch, dim = int(model_->output_shape().size());
-    reducer_->begin_step((batch.global_count + micro - 1) / micro);
-    model_->state().clear_statistics();
-    embeddings_.resize(std::size_t(batch.count) * dim);
-    embedding_grad_.resize(embeddings_.size());
-    auto forward = [&](int start) {
-      const int count = std::min(micro, batch.count - start);
-      set_run(batch, start, (batch.first + start) / micro);
-      return model_->forward(view_of(batch, start, count).images, count);
-    };
-    for (int start = 0; start < batch.count; start += micro) {
-      const float* out = forward(start);
-      std::copy(out, out + std::size_t(std::min(micro, batch.count - start)) * dim, embeddings_.begin() + std::size_t(start) * dim);
-    }
-    const core::LossSum sums =
-        head_->classifier().forward_backward(embedding_grad_.data(), embeddings_.data(), batch.labels.data(), batch.count,
-                                             batch.global_count, state_.global_step, *watchdog_,
-                                             "step " + std::to_string(state_.global_step + 1));
-    const int last = batch.count == 0 ? 0 : (batch.count - 1) / micro * micro;
-    for (int start = last; start >= 0; start -= micro) {
-      const int count = std::max(0, std::min(micro, batch.count - start));
-      auto done = [this, start, last](int layer) { reducer_->layer_done(layer, start == last, start == 0); };
-      if (count == 0) {  // no samples: still every layer's part of the sums
-        for (int layer = int(model_->layers().size()) - 1; layer >= 0; --layer) done(layer);
-        break;
-      }
-      if (start != last) forward(start);
-      model_->backward(embedding_grad_.data() + std::size_t(start) * dim, count, done);
-    }
-    return sums;
   }
 
   // Micro-batches at fixed global positions (exact reduction: train.micro_batch samples, each
@@ -475,9 +439,8 @@ class Trainer {
   std::unique_ptr<core::Optimizer> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;
   std::unique_ptr<dist::Watchdog> watchdog_;
-  dist::ExactGradientSum* exact_ = nullptr;
-  std::unique_ptr<ShardedHead> head_;           // train.classifier = sharded; null: replicated
-  std::vector<float> embeddings_, embedding_grad_;  // sharded: this rank's (samples, dim) of the step  // reducer_ under exact reduction (its route, for the start line)
+  dist::ExactGradientSum* exact_ = nullptr;  // reducer_ under exact reduction (its route, for the start line)
+  std::unique_ptr<ShardedHead> head_;        // train.classifier = sharded; null: replicated
   io::ModelMeta meta_;
   io::TrainerState state_;
   long steps_per_epoch_ = 0, total_steps_ = 0;
