@@ -37,7 +37,7 @@ void cosine_backward(T* x_hat_grad /*batch,dim*/, T* w_hat_grad /*classes,dim*/,
 // - the input gradient is a sum over classes on a fixed-point grid (int64, exact in any order and
 //   grouping): sample n's terms g * w lie below 2^e with 2^(e-1) > max_k |cos_grad[n,k]| (|w| <= 1),
 //   scaled by cosine_input_scale so that `classes` of them stay below 2^62. Its resolution is
-//   2^-(61 - ceil(log2 classes)) of the row's largest gradient: 2^-44 for 100,000 classes.
+//   at most 2^-(60 - ceil(log2 classes)) of the row's largest gradient: 2^-43 for 100,000 classes.
 // cos_grad rows are `stride` apart (the block's width, or the whole row's).
 template <class T>
 void cosine_weight_gradient(T* w_hat_grad /*rows,dim*/, const T* cos_grad /*batch,stride*/, std::size_t stride,
