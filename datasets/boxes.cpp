@@ -141,7 +141,7 @@ std::vector<std::uint32_t> train_step_samples(const ReaderOptions& options, std:
 }
 
 std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::size_t count, long step) {
-  const Slice part = rank_slice(count, options.rank, options.ranks);
+  const Slice part = eval_part(count, options);
   const std::size_t first = std::size_t(step) * std::size_t(options.batch);
   if (first >= part.count) return {};
   std::vector<std::uint32_t> samples(std::min(part.count - first, std::size_t(options.batch)));
