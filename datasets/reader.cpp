@@ -141,9 +141,9 @@ struct EvalReader::Impl {
   explicit Impl(EvalOptions o)
       : options(std::move(o)),
         samples(options.path, options.split, options.normalize, options.mean, options.std, 0),
-        part(rank_slice(samples.info().count, options.rank, options.ranks)),
+        part(rank_slice(samples.info().count, options.rank, options.ranks, options.group)),
         steps(long((part.count + std::size_t(options.batch) - 1) / std::size_t(options.batch))),
-        max_steps(long((rank_slice(samples.info().count, 0, options.ranks).count + std::size_t(options.batch) - 1) /
+        max_steps(long((rank_slice(samples.info().count, 0, options.ranks, options.group).count + std::size_t(options.batch) - 1) /
                        std::size_t(options.batch))),
         pipeline(steps, [this](int epoch, long step, Batch& batch) { fill(epoch, step, batch); }, options.prefetch) {}
 
