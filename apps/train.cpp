@@ -59,7 +59,7 @@ class Trainer {
         {c_.identities_per_batch, c_.images_per_identity}});
     const data::DatasetInfo& info = reader_->info();
     meta_ = {"", info.shape, c_.task->kind(), c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,
-             info.class_names};
+             info.class_names, c_.task->options()};
     if (!c_.normalize) meta_.mean.assign(info.shape.c, 0.0), meta_.std.assign(info.shape.c, 1.0);
     model_ = std::make_unique<core::Model>(c_.spec, info.shape,
                                            c_.exact_reduction ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
@@ -76,12 +76,16 @@ class Trainer {
     } else {
       reducer_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
     }
-    if (!c_.eval_split.empty())
-      eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
-          c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
-    if (!c_.test_split.empty())  // opened now: a missing split must fail before training, not after
-      test_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
-          c_.data_path, c_.test_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
+    // Parts grouped by the model's batch: evaluate() then chunks every split at fixed global
+    // positions, and the figures do not depend on the rank count.
+    const auto evaluation = [&](const std::string& split) {
+      data::EvalOptions options{c_.data_path, split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize,
+                                meta_.mean, meta_.std, c_.prefetch};
+      options.group = model_->max_batch();
+      return std::make_unique<data::EvalReader>(options);
+    };
+    if (!c_.eval_split.empty()) eval_reader_ = evaluation(c_.eval_split);
+    if (!c_.test_split.empty()) test_reader_ = evaluation(c_.test_split);  // now: a missing split must fail before training
     steps_per_epoch_ = reader_->steps_per_epoch();
     total_steps_ = steps_per_epoch_ * c_.epochs;
     c_.schedule.warmup_steps = long(std::llround(c_.warmup_epochs * steps_per_epoch_));

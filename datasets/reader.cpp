@@ -21,7 +21,7 @@ Slice rank_slice(std::size_t total, int rank, int ranks, int group) {
 }
 
 Slice eval_part(std::size_t count, const EvalOptions& options) {
-  return rank_slice(count, options.rank, options.ranks, options.batch);
+  return rank_slice(count, options.rank, options.ranks, options.group);
 }
 
 std::vector<std::uint32_t> epoch_order(std::size_t count, std::uint64_t seed, int epoch, bool shuffle) {
@@ -147,7 +147,7 @@ struct EvalReader::Impl {
         samples(options.path, options.split, options.normalize, options.mean, options.std, 0),
         part(eval_part(samples.info().count, options)),
         steps(long((part.count + std::size_t(options.batch) - 1) / std::size_t(options.batch))),
-        max_steps(long((rank_slice(samples.info().count, 0, options.ranks, options.batch).count + std::size_t(options.batch) - 1) /
+        max_steps(long((rank_slice(samples.info().count, 0, options.ranks, options.group).count + std::size_t(options.batch) - 1) /
                        std::size_t(options.batch))),
         pipeline(steps, [this](int epoch, long step, Batch& batch) { fill(epoch, step, batch); }, options.prefetch) {}
 

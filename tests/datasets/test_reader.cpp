@@ -399,8 +399,8 @@ TEST(EvalReader, RanksCoverTheSplitExactlyOnceInOrder) {
     std::vector<long> all;
     long max_steps = 0;
     for (int r = 0; r < ranks; ++r) {
-      EvalReader reader({.path = path, .batch = 8, .rank = r, .ranks = ranks, .normalize = false, .prefetch = r != 1});
-      // Whole batches of 8: batch j holds samples [8j, 8j + 8) on every rank count.
+      EvalReader reader({.path = path, .batch = 8, .rank = r, .ranks = ranks, .normalize = false, .prefetch = r != 1, .group = 8});
+      // Groups of 8 = the batch: batch j holds samples [8j, 8j + 8) on every rank count.
       EXPECT_EQ(reader.part().count, rank_slice(103, r, ranks, 8).count);
       EXPECT_EQ(reader.part().first % 8, 0u);
       long steps = 0;

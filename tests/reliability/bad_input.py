@@ -418,6 +418,16 @@ case("ckpt_seed_negative", evaluate(), ["ckpt.h5", "/trainer attribute 'seed'", 
 case("ckpt_resume_gradient_grid_wrong_size", train(resume="ckpt.h5", output="run2"),
      ["ckpt.h5", "gradient_grid", "2 exponents", "expected 4"],
      edited_checkpoint(set_attr("trainer", "gradient_grid", np.array([3, 3], np.int64))))
+case("ckpt_loss_option_of_another_kind", evaluate(), ["ckpt.h5", "'loss' = 'cross_entropy'", "loss.margin", "not 'cross_entropy'"],
+     edited_checkpoint(set_attr("model", "loss_margin", 0.3)))
+case("ckpt_loss_option_negative", evaluate(), ["ckpt.h5", "/model attribute 'loss_label_smoothing'", "-0.5",
+                                               "finite number >= 0"],
+     edited_checkpoint(set_attr("model", "loss_label_smoothing", -0.5)))
+case("ckpt_loss_unknown", ["inspect", "ckpt.h5"], ["ckpt.h5", "'loss' = 'arcfase'", "unknown loss 'arcfase'"],
+     edited_checkpoint(set_attr("model", "loss", "arcfase")))
+case("predict_cut_without_embedding", ["predict", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=p.h5", "--cut=embedding"],
+     ["--cut embedding: ckpt.h5", "ends in 'dense(3)'", "no embedding head", "final l2norm"],
+     edited_checkpoint(lambda f: None))
 case("ckpt_state_missing", evaluate(), ["ckpt.h5", "missing group '/state'", "BatchNorm"],
      edited_checkpoint(delete("state"), run="run_bn"))
 case("ckpt_state_tensor_missing", evaluate(), ["ckpt.h5", "missing dataset '/state/1.running_var'"],
