@@ -157,7 +157,8 @@ template <class T>
 void batchnorm_gradient_sums(double* sum_dy, double* sum_dy_xhat, const T* out_grad, const T* in, const double* mean,
                              const double* variance, const NormGeometry& g, int batch, double eps) {
   parallel_for(g.channels, channel_flops(g, batch) / 2, [&](std::size_t c) {
-    const auto [dy, dy_xhat] = channel_gradient_sums(out_grad, in, mean[c], 1.0 / std::sqrt(variance[c] + eps), g, batch, c);
+    const double inv_std = 1.0 / std::sqrt(variance[c] + eps);
+    const auto [dy, dy_xhat] = channel_gradient_sums(out_grad, in, mean[c], inv_std, g, batch, c);
     sum_dy[c] += dy, sum_dy_xhat[c] += dy_xhat;
   });
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "core/errors.hpp"
 #include "core/model.hpp"
@@ -39,10 +40,11 @@ struct PassResults {
 
 // One layer-synchronous training pass over `micro_batches` (their sizes, in order), then the
 // commit of the running statistics. grads: the sum of every micro-batch's gradient set.
-PassResults global_pass(const std::vector<int>& micro_batches) {
-  Model model(kSpec, kInput, kBatch);
+PassResults global_pass(const std::vector<int>& micro_batches, const std::string& spec = kSpec,
+                        const Shape& input = kInput) {
+  Model model(spec, input, kBatch);
   fill(model.params().values().data(), model.params().size(), 1);
-  std::vector<float> x(kBatch * kInput.size()), dy(kBatch * model.output_shape().size());
+  std::vector<float> x(kBatch * input.size()), dy(kBatch * model.output_shape().size());
   fill(x.data(), x.size(), 2);
   fill(dy.data(), dy.size(), 3);
   LocalExchange exchange(int(micro_batches.size()));
@@ -101,6 +103,22 @@ TEST(GlobalBatchNorm, TwoMicroBatchesGiveOneMicroBatchOfTwiceTheSize) {
     EXPECT_LE(state, 1e-5);
   }
   EXPECT_EQ(one.state.back(), 1.f);  // num_batches_tracked: one update per pass, not per micro-batch
+}
+
+// The other layers that keep per-sample values between the passes: the 3D max pool, l2norm and
+// cosine (ArcFace's head, behind a dense layer so that its input norms differ); BatchNorm3d.
+TEST(GlobalBatchNorm, TwoMicroBatchesGiveOneOfTwiceTheSizeForVolumesAndEmbeddingHeads) {
+  const std::string spec =
+      "conv3d(4,3,pad=1,bias=false) bn relu maxpool3d(2) flatten dense(6) bn l2norm dense(5) cosine(3)";
+  const Shape volume{1, 4, 4, 4};  // (C,H,W,D): 1 channel of 4x4x4
+  const PassResults one = global_pass({kBatch}, spec, volume), two = global_pass({3, 5}, spec, volume);
+  const double outputs = relative_difference(two.outputs, one.outputs), grads = relative_difference(two.grads, one.grads);
+  const double state = relative_difference(two.state, one.state);
+  std::printf("[ figure ] volumes, 3+5 micro-batches vs one of 8: outputs %.3g, gradients %.3g, running statistics %.3g\n",
+              outputs, grads, state);
+  EXPECT_LE(outputs, 1e-5);
+  EXPECT_LE(grads, 1e-5);
+  EXPECT_LE(state, 1e-5);
 }
 
 TEST(GlobalBatchNorm, BitwiseIdenticalForAnyThreadCount) {
