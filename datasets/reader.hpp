@@ -125,6 +125,12 @@ struct EvalOptions {
   bool prefetch = true;
 };
 
+// Rank `options.rank`'s part of a split in evaluation: whole batches of `options.batch` samples
+// (rank_slice with group = batch), so batch j holds the same samples on any rank count. A sample's
+// output may depend on the batch it is computed in (OpenBLAS's edge kernels round differently on
+// some CPUs), and exact evaluation needs it not to depend on the rank count.
+Slice eval_part(std::size_t count, const EvalOptions& options);
+
 class EvalReader {
  public:
   explicit EvalReader(EvalOptions options);
