@@ -180,21 +180,24 @@ class GlobalPool final : public Layer {
   std::string spec() const override { return max_ ? "globalmaxpool" : "globalavgpool"; }
   void bind(const BindContext& context) override {
     if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.channels, 0);
+    run_ = &context.run;
   }
   void forward(float* out, const float* in, int batch) override {
-    if (max_) global_maxpool_forward(out, argmax_.data(), in, g_, batch);
+    if (max_) global_maxpool_forward(out, argmax(), in, g_, batch);
     else global_avgpool_forward(out, in, g_, batch);
   }
   void backward(float* in_grad, const float* out_grad, const float*, const float*, int batch) override {
     if (!in_grad) return;
-    if (max_) global_maxpool_backward(in_grad, out_grad, argmax_.data(), g_, batch);
+    if (max_) global_maxpool_backward(in_grad, out_grad, argmax(), g_, batch);
     else global_avgpool_backward(in_grad, out_grad, g_, batch);
   }
 
  private:
+  std::int32_t* argmax() { return argmax_.data() + std::size_t(run_->sample_offset) * std::size_t(g_.channels); }
   NormGeometry g_;
   bool max_;
-  std::vector<std::int32_t> argmax_;
+  std::vector<std::int32_t> argmax_;  // (max_batch, C) of the last forward
+  const RunContext* run_ = nullptr;
 };
 
 // FNV-1a of a layer's name prefix: a dropout layer's stream, stable for a given spec.

@@ -23,14 +23,15 @@ class PoolLayer : public Layer {
  public:
   void bind(const BindContext& context) override {
     if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.out_size(), 0);
+    run_ = &context.run;
   }
   void forward(float* out, const float* in, int batch) override {
-    if (max_) kernels_.max_forward(out, argmax_.data(), in, g_, batch, relu_);
+    if (max_) kernels_.max_forward(out, argmax(), in, g_, batch, relu_);
     else kernels_.avg_forward(out, in, g_, batch);
   }
   void backward(float* in_grad, const float* out_grad, const float*, const float* out, int batch) override {
     if (!in_grad) return;
-    if (max_) kernels_.max_backward(in_grad, out_grad, argmax_.data(), g_, batch, relu_ ? out : nullptr);
+    if (max_) kernels_.max_backward(in_grad, out_grad, argmax(), g_, batch, relu_ ? out : nullptr);
     else kernels_.avg_backward(in_grad, out_grad, g_, batch);
   }
   bool can_absorb_preceding_relu() const override { return max_; }
@@ -42,9 +43,12 @@ class PoolLayer : public Layer {
   bool max_;
 
  private:
+  // This call's samples in the argmax of the last forward (a layer-synchronous pass calls once per micro-batch).
+  std::int32_t* argmax() { return argmax_.data() + std::size_t(run_->sample_offset) * g_.out_size(); }
   PoolKernels<Geometry> kernels_;
   bool relu_ = false;  // applies the ReLU before it (absorb_preceding_relu)
-  std::vector<std::int32_t> argmax_;
+  std::vector<std::int32_t> argmax_;  // (max_batch, out size) of the last forward
+  const RunContext* run_ = nullptr;
 };
 
 }  // namespace mpicnn::core

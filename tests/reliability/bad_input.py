@@ -195,6 +195,8 @@ case("config_batch_negative", train(train__batch_size="-8"), ["train.batch_size"
 case("config_batch_below_ranks", train(train__batch_size="1"), ["train.batch_size", "1", "<ranks> ranks"], mpi_only=True)
 case("config_missing_data_path", train(data__path=None), ["data.path", "missing required"])
 case("config_bad_choice", train(optimizer__name="adamm"), ["optimizer.name", "'adamm'", "sgd, adam", "did you mean 'adam'"])
+case("config_bn_statistics_bad_choice", train(model__bn_statistics="global"),
+     ["model.bn_statistics", "'global'", "micro_batch, global_batch", "did you mean 'global_batch'"])
 case("config_momentum_one", train(optimizer__momentum="1"), ["optimizer.momentum", "below 1"])
 case("config_best_metric_accuracy_for_mse", train(loss__kind="mse", checkpoint__best_metric="accuracy"),
      ["checkpoint.best_metric", "accuracy", "not a metric of loss.kind = mse", "known: auto, loss"])
@@ -444,6 +446,9 @@ case("ckpt_resume_spec_mismatch", train(resume=f"run/{CKPT}", output="run2",
 case("ckpt_resume_into_folder_spec_mismatch", train(model__spec="conv(8,3) relu maxpool(2) flatten dense(3)"),
      [CKPT, "differs"], copy_run)
 case("ckpt_resume_optimizer_mismatch", train(optimizer__name="adam"), [CKPT, "'sgd'", "'adam'"], copy_run)
+case("ckpt_resume_bn_statistics_differs", train(model__spec=BN_SPEC, model__bn_statistics="global_batch", output="run_bn"),
+     [CKPT, "trained with model.bn_statistics = micro_batch", "the config says global_batch", "resume with micro_batch"],
+     lambda w, fx: shutil.copytree(os.path.join(fx, "run_bn"), os.path.join(w, "run_bn")))
 case("ckpt_resume_mismatch_keeps_config", train(model__spec="conv(8,3) relu maxpool(2) flatten dense(3)"),
      [CKPT, "differs"], copy_run, protect=r"\.h5$|^latest$|^config\.ini$")
 case("ckpt_resume_missing", train(resume="missing.h5"), ["missing.h5", "does not exist"])
