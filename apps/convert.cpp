@@ -14,6 +14,7 @@
 #include "datasets/reader.hpp"
 #include "io/bundle.hpp"
 #include "io/checkpoint.hpp"
+#include "io/loss_io.hpp"
 
 namespace mpicnn::app {
 namespace {
@@ -84,8 +85,8 @@ void inspect_checkpoint(const std::string& path) {
               h.trainer.step_in_epoch, h.trainer.global_step, (unsigned long long)h.trainer.seed);
   std::printf("  optimizer: %s (momentum %g, weight decay %g)\n", h.optimizer.name.c_str(), h.optimizer.momentum,
               h.optimizer.weight_decay);
-  std::printf("  loss: %s; input normalisation mean [%s] std [%s]\n", h.model.loss.c_str(), join(h.model.mean).c_str(),
-              join(h.model.std).c_str());
+  std::printf("  loss: %s; input normalisation mean [%s] std [%s]\n", io::loss_description(h.model).c_str(),
+              join(h.model.mean).c_str(), join(h.model.std).c_str());
   for (const auto& [name, value] : h.metrics) std::printf("  %s: %.6g\n", name.c_str(), value);
   if (std::isnan(h.trainer.best_metric)) std::printf("  best.h5: not chosen yet (by test %s)\n", h.trainer.best_metric_name.c_str());
   else std::printf("  best.h5: test %s %.6g\n", h.trainer.best_metric_name.c_str(), h.trainer.best_metric);
@@ -104,7 +105,7 @@ void inspect_bundle(const std::string& path) {
   std::printf("  input %s float32 %s: %s\n", b.model.input.str().c_str(), b.model.input.is_volume() ? "NCDHW" : "NCHW",
               io::kInputScaling);
   std::printf("  mean [%s] std [%s]; loss %s\n", join(b.model.mean).c_str(), join(b.model.std).c_str(),
-              b.model.loss.c_str());
+              io::loss_description(b.model).c_str());
   if (!b.model.class_names.empty()) {
     std::string names;
     for (const auto& n : b.model.class_names) names += (names.empty() ? "" : ", ") + n;

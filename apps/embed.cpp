@@ -28,18 +28,19 @@ std::vector<Key> embed_keys() {
       {"pairs", "", "LFW pairs.txt-layout file naming identities (the split's class names) and 1-based image numbers "
                     "(an identity's n-th sample in the split); empty: every positive pair of the split's labels and as "
                     "many seeded negatives"},
-      {"seed", "18", "seed of the negative pairs drawn from labels"},
+      {"seed", std::to_string(core::kLabelPairSeed), "seed of the negative pairs drawn from labels (evaluations use this default)"},
       {"batch", "256", "samples per batch on each rank"},
       {"threads", "0", "threads per rank (0 = all this rank may use)"},
   };
 }
 
-// The layer whose output is the embedding: the last, or the one before a final cosine(n).
-int embedding_layer(const core::Model& model) {
-  const int last = int(model.layers().size()) - 1;
-  if (core::parse_spec(model.layers().back()->spec()).at(0).kind != "cosine") return last;
-  if (last == 0) throw ConfigError("model.spec is only 'cosine': there is no embedding before it to cut at");
-  return last - 1;
+// The layer whose output is the embedding (core::embedding_layer), else the last.
+int embedding_or_last_layer(const core::Model& model) {
+  const int layer = core::embedding_layer(model);
+  if (layer >= 0) return layer;
+  if (model.layers().size() == 1 && core::parse_spec(model.layers().back()->spec()).at(0).kind == "cosine")
+    throw ConfigError("model.spec is only 'cosine': there is no embedding before it to cut at");
+  return int(model.layers().size()) - 1;
 }
 
 // sample_of(name, n) for a pairs file: image n (1-based) of identity `name` is that class's n-th
@@ -67,12 +68,14 @@ int run_embed(const Args& args, const dist::Communicator& comm) {
   const std::string path = io::resolve_checkpoint(s.text("checkpoint"));
   const io::CheckpointHeader header = io::read_checkpoint_header(path);
   const int batch_size = int(s.integer("batch", 1));
-  data::EvalReader reader(data::EvalOptions{s.text("data"), s.text("split"), batch_size, comm.rank(), comm.size(), true,
-                                            header.model.mean, header.model.std, true});
+  data::EvalOptions options{s.text("data"), s.text("split"), batch_size, comm.rank(), comm.size(), true,
+                            header.model.mean, header.model.std, true};
+  options.group = batch_size;  // whole batches at fixed positions: the same embeddings for any rank count
+  data::EvalReader reader(options);
   data::check_input_shape(reader.info(), header.model.input, s.text("data"));
   core::Model model(header.model.spec, header.model.input, batch_size);
   io::load_checkpoint(path, model, nullptr);
-  const int layer = embedding_layer(model);
+  const int layer = embedding_or_last_layer(model);
   const int dim = int(model.layers()[std::size_t(layer)]->output_shape().size());
   std::vector<float> mine;
   std::vector<std::int32_t> labels;

@@ -17,6 +17,7 @@
 #include "core/parallel.hpp"
 #include "datasets/h5.hpp"
 #include "io/checkpoint.hpp"
+#include "io/loss_io.hpp"
 
 namespace mpicnn::app {
 namespace {
@@ -29,8 +30,13 @@ std::vector<Key> apply_keys(bool predict) {
       {"batch", "256", "samples per batch on each rank"},
       {"threads", "0", "threads per rank (0 = all this rank may use)"},
   };
-  if (predict) keys.push_back({"output", "", "predictions file: .h5 or .csv", true});
-  else keys.push_back({"json", "", "print the report as JSON", false, true});
+  if (predict) {
+    keys.push_back({"output", "", "predictions file: .h5 or .csv", true});
+    keys.push_back({"cut", "none", "none: the task's predictions; embedding: each sample's embedding instead (the output "
+                                   "of a final l2norm or the input of a final cosine(n)), as 'embeddings' (N,D)"});
+  } else {
+    keys.push_back({"json", "", "print the report as JSON", false, true});
+  }
   return keys;
 }
 
@@ -48,13 +54,14 @@ Loaded load(const Settings& s, const dist::Communicator& comm) {
   const std::string path = io::resolve_checkpoint(s.text("checkpoint"));
   l.header = io::read_checkpoint_header(path);
   const int batch = int(s.integer("batch", 1));
-  l.reader = std::make_unique<data::EvalReader>(data::EvalOptions{s.text("data"), s.text("split"), batch, comm.rank(),
-                                                                  comm.size(), true, l.header.model.mean,
-                                                                  l.header.model.std, true});
+  data::EvalOptions options{s.text("data"), s.text("split"), batch, comm.rank(), comm.size(), true,
+                            l.header.model.mean, l.header.model.std, true};
+  options.group = batch;  // the model's batch: every sample's outputs the same for any rank count
+  l.reader = std::make_unique<data::EvalReader>(options);
   data::check_input_shape(l.reader->info(), l.header.model.input, s.text("data"));
   l.model = std::make_unique<core::Model>(l.header.model.spec, l.header.model.input, batch);
   io::load_checkpoint(path, *l.model, nullptr);
-  l.task = core::make_task(l.header.model.loss);
+  l.task = io::task_of(l.header.model, path);
   const data::DatasetInfo& info = l.reader->info();
   if (l.task->classifies() && info.target_size == 0 && info.num_classes != int(l.model->output_shape().size()))
     throw ShapeError(s.text("data") + ": " + std::to_string(info.num_classes) + " classes, but the checkpoint's model has " +
@@ -69,14 +76,17 @@ struct Outputs {
   std::vector<float> targets;
 };
 
-Evaluation run_collecting(Loaded& l, const dist::Communicator& comm, Outputs* gathered) {
+// `layer` >= 0: that layer's outputs (the embedding) rather than the task's predictions.
+Evaluation run_collecting(Loaded& l, const dist::Communicator& comm, Outputs* gathered, int layer = -1) {
   const int k = int(l.model->output_shape().size());
+  const int values = layer < 0 ? k : int(l.model->layers()[std::size_t(layer)]->output_shape().size());
   Outputs mine;
   const Evaluation e = evaluate(*l.model, *l.task, *l.reader, comm, [&](const data::Batch& b, int start, int count, const float* out) {
     for (int n = 0; n < count; ++n) {
       const std::size_t at = mine.values.size();
-      mine.values.resize(at + k);
-      l.task->predict(mine.values.data() + at, out + std::size_t(n) * k, k);
+      mine.values.resize(at + values);
+      if (layer < 0) l.task->predict(mine.values.data() + at, out + std::size_t(n) * k, k);
+      else std::copy_n(l.model->activation(layer) + std::size_t(n) * values, values, mine.values.data() + at);
       if (!b.labels.empty()) mine.labels.push_back(b.labels[start + n]);
       if (b.targets.size())
         mine.targets.insert(mine.targets.end(), b.targets.data() + std::size_t(start + n) * k,
@@ -169,8 +179,17 @@ void print_text(const Evaluation& e, const ClassificationReport* r, const std::v
   row("weighted avg", r->weighted);
 }
 
-void write_predictions(const std::string& path, const Outputs& o, int k, const core::Task& task) {
-  const bool classify = task.classifies();
+// What a predictions file holds per sample: its dataset (h5) and column prefix (csv), and whether
+// the values are class probabilities (then the predicted class is written too).
+struct PredictionLayout {
+  std::string name, column;
+  bool classify = false;
+  int values = 0;
+};
+
+void write_predictions(const std::string& path, const Outputs& o, const PredictionLayout& layout) {
+  const bool classify = layout.classify;
+  const int k = layout.values;
   const std::size_t n = o.values.size() / k;
   std::vector<std::int32_t> predicted(n);
   for (std::size_t i = 0; i < n; ++i)
@@ -179,7 +198,7 @@ void write_predictions(const std::string& path, const Outputs& o, int k, const c
     std::ofstream out(path);
     if (!out) throw IoError(path + ": cannot write predictions");
     out << "index" << (o.labels.empty() ? "" : ",label") << (classify ? ",predicted" : "");
-    for (int j = 0; j < k; ++j) out << (classify ? ",p" : ",y") << j;
+    for (int j = 0; j < k; ++j) out << "," << layout.column << j;
     out << "\n";
     out.precision(7);
     for (std::size_t i = 0; i < n; ++i) {
@@ -194,10 +213,11 @@ void write_predictions(const std::string& path, const Outputs& o, int k, const c
   }
   namespace h5 = data::h5;
   h5::Handle file = h5::create_file(path);
-  h5::write_dataset<float>(file.get(), task.prediction_name(), o.values, {n, hsize_t(k)});
+  h5::write_dataset<float>(file.get(), layout.name, o.values, {n, hsize_t(k)});
   if (classify) h5::write_dataset<std::int32_t>(file.get(), "predicted", predicted, {n});
   if (!o.labels.empty()) h5::write_dataset<std::int32_t>(file.get(), "labels", o.labels, {n});
-  if (!o.targets.empty()) h5::write_dataset<float>(file.get(), "targets", o.targets, {n, hsize_t(k)});
+  if (!o.targets.empty())
+    h5::write_dataset<float>(file.get(), "targets", o.targets, {n, hsize_t(o.targets.size() / n)});
 }
 
 }  // namespace
@@ -221,12 +241,20 @@ int run_eval(const Args& args, const dist::Communicator& comm) {
 int run_predict(const Args& args, const dist::Communicator& comm) {
   Settings s("predict", apply_keys(true));
   if (!parse_or_help(s, args, comm.is_root())) return 0;
+  const bool cut = s.choice("cut", {"none", "embedding"}) == "embedding";
   Loaded l = load(s, comm);
+  const int k = int(l.model->output_shape().size());
+  PredictionLayout layout{l.task->prediction_name(), l.task->classifies() ? "p" : "y", l.task->classifies(), k};
+  int layer = -1;
+  if (cut) {
+    layer = core::embedding_layer_to_cut(*l.model, "--cut embedding: " + l.header.path);
+    layout = {"embeddings", "e", false, int(l.model->layers()[std::size_t(layer)]->output_shape().size())};
+  }
   Outputs o;
-  run_collecting(l, comm, &o);
+  run_collecting(l, comm, &o, layer);
   comm.on_root([&] {
-    write_predictions(s.text("output"), o, int(l.model->output_shape().size()), *l.task);
-    std::printf("predictions for %zu samples written to %s\n", o.values.size() / l.model->output_shape().size(),
+    write_predictions(s.text("output"), o, layout);
+    std::printf("%s for %zu samples written to %s\n", cut ? "embeddings" : "predictions", o.values.size() / layout.values,
                 s.text("output").c_str());
   });
   return 0;

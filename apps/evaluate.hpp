@@ -1,7 +1,9 @@
 #pragma once
 // Exact evaluation across ranks: every rank evaluates its own contiguous part of a split, and the
 // sums (loss, normaliser, correct, confusion matrix) are added across ranks, so every sample counts
-// exactly once and the figures do not depend on the rank count.
+// exactly once and the figures do not depend on the rank count. A metric-learning task
+// (core::Task::verifies) also gets verification figures on every sample's embedding, computed
+// once by rank 0 and shared.
 #include <cstdint>
 #include <functional>
 #include <vector>

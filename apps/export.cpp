@@ -17,15 +17,20 @@ int run_export(const Args& args, const dist::Communicator& comm) {
       {"format", "", "onnx (ONNX opset 13 model) or h5 (weights-only HDF5 inference bundle)", true},
       {"output", "", "file to write (replaced atomically)", true},
       {"probabilities", "true", "onnx: add a 'probabilities' output (softmax) for classification models"},
+      {"cut", "none", "onnx: none (the whole model) or embedding (only the layers up to the embedding, the output of "
+                      "a final l2norm or the input of a final cosine(n); output 'embedding')"},
   });
   if (!parse_or_help(s, args, comm.is_root())) return 0;
   const std::string format = s.choice("format", {"h5", "onnx"});
   const bool probabilities = s.flag("probabilities");
+  const bool embedding = s.choice("cut", {"none", "embedding"}) == "embedding";
+  if (embedding && format != "onnx")
+    throw ConfigError("'--cut embedding' applies to --format onnx; a bundle (--format h5) holds the whole model");
   const std::string checkpoint = io::resolve_checkpoint(s.text("checkpoint"));
   const std::string output = s.text("output");
   comm.on_root([&] {
     if (format == "onnx") {
-      const io::OnnxExportSummary summary = io::export_onnx(checkpoint, output, {probabilities});
+      const io::OnnxExportSummary summary = io::export_onnx(checkpoint, output, {probabilities, embedding});
       std::string outputs;
       for (const auto& name : summary.outputs) outputs += (outputs.empty() ? "" : ", ") + name;
       std::printf("wrote %s: ONNX opset %d, %d nodes, %zu parameters, outputs %s; source %s (sha256 %s)\n",

@@ -25,7 +25,7 @@ std::string ini_value(const std::string& ini, const std::string& section, const 
 // reduction continues with other statistics than the run had, and no longer gives bitwise the
 // uninterrupted run. Said once, clearly, rather than refused: it is a legitimate choice.
 void warn_if_statistics_change(const io::CheckpointHeader& header, const TrainConfig& c, bool has_state) {
-  if (!has_state) return;
+  if (!has_state || c.global_batch_statistics()) return;
   const std::string reduction = c.exact_reduction ? "exact" : "fast", micro = std::to_string(c.micro_batch);
   const std::string was_reduction = ini_value(header.config_ini, "train", "reduction");
   const std::string was_micro = ini_value(header.config_ini, "train", "micro_batch");
@@ -36,6 +36,17 @@ void warn_if_statistics_change(const io::CheckpointHeader& header, const TrainCo
                "warning: %s was trained with train.reduction = %s, train.micro_batch = %s; resuming with %s, %s "
                "changes the batches BatchNorm takes its statistics over\n",
                header.path.c_str(), was_reduction.c_str(), was_micro.c_str(), reduction.c_str(), micro.c_str());
+}
+
+// Statistics over the global batch or over each micro-batch normalise different batches: a run
+// that switched would be neither. Refused, naming both; the mode is in the checkpoint's config.
+void refuse_other_statistics(const io::CheckpointHeader& header, const TrainConfig& c, bool has_state) {
+  if (!has_state) return;
+  std::string was = ini_value(header.config_ini, "model", "bn_statistics");
+  if (was.empty()) was = "micro_batch";  // written before the option existed
+  if (was != c.bn_statistics)
+    throw ConfigError(header.path + ": trained with model.bn_statistics = " + was + ", the config says " +
+                      c.bn_statistics + ": resume with " + was + ", or start a new run");
 }
 
 }  // namespace
@@ -52,6 +63,7 @@ std::optional<io::TrainerState> RunCheckpoints::resume(const TrainedModel& train
   if (path.empty()) return std::nullopt;
   const io::CheckpointHeader header = io::read_checkpoint_header(path);
   check_same_model(header, trained.meta);
+  refuse_other_statistics(header, c_, !trained.model.state().empty());
   io::load_checkpoint(path, trained.model, &trained.optimizer);
   if (trained.head) trained.head->load(path, trained.optimizer.steps());
   if (comm_.is_root()) warn_if_statistics_change(header, c_, !trained.model.state().empty());

@@ -16,6 +16,9 @@ void check_shardable(const TrainConfig& c, const std::vector<std::string>& layer
     throw ConfigError("'train.classifier' = sharded needs model.spec to end with cosine(identities) after the embedding, but it "
                       "ends with '" + layers.back() + "'");
   if (!c.exact_reduction) throw ConfigError("'train.classifier' = sharded needs train.reduction = exact, got fast");
+  // Its step runs the backbone one micro-batch at a time, twice; global-batch statistics run them all at once.
+  if (c.global_batch_statistics())
+    throw ConfigError("'train.classifier' = sharded needs model.bn_statistics = micro_batch, got global_batch");
   // Evaluation runs the whole model on each rank's own samples, which a split classifier cannot.
   if (!c.eval_split.empty() || !c.test_split.empty())
     throw ConfigError("'train.classifier' = sharded evaluates no split while training (the classifier is split across "

@@ -25,6 +25,7 @@
 #include "core/parallel.hpp"
 #include "core/training.hpp"
 #include "datasets/reader.hpp"
+#include "distributed/batch_exchange.hpp"
 #include "distributed/exact_sum.hpp"
 #include "distributed/grad_sync.hpp"
 #include "distributed/step_totals.hpp"
@@ -60,17 +61,21 @@ class Trainer {
         {c_.identities_per_batch, c_.images_per_identity}});
     const data::DatasetInfo& info = reader_->info();
     meta_ = {"", info.shape, c_.task->kind(), c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,
-             info.class_names};
+             info.class_names, c_.task->options()};
     if (!c_.normalize) meta_.mean.assign(info.shape.c, 0.0), meta_.std.assign(info.shape.c, 1.0);
     if (c_.sharded_classifier) head_ = std::make_unique<ShardedHead>(c_, info.shape, comm);
-    model_ = std::make_unique<core::Model>(head_ ? head_->backbone_spec() : c_.spec, info.shape,
-                                           c_.exact_reduction ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
+    // Global-batch BatchNorm runs all of a rank's micro-batches at once: activations for all.
+    const bool one_micro_batch_at_a_time = c_.exact_reduction && !c_.global_batch_statistics();
+    model_ = std::make_unique<core::Model>(
+        head_ ? head_->backbone_spec() : c_.spec, info.shape,
+        one_micro_batch_at_a_time ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
     meta_.spec = head_ ? head_->full_spec(model_->canonical_spec()) : model_->canonical_spec();
     model_->reserve_statistics(statistics_slots());
     c_.task->check({info.target_size == 0, info.num_classes, info.target_size},
                    head_ ? head_->classes() : int(model_->output_shape().size()), c_.data_path);
     optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params());
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
+    exchange_ = std::make_unique<dist::BatchStatisticsExchange>(*watchdog_);
     if (c_.exact_reduction) {
       auto exact = std::make_unique<dist::ExactGradientSum>(comm, model_->params(), c_.micro_batch, c_.shared_memory_sum);
       exact_ = exact.get();
@@ -78,12 +83,16 @@ class Trainer {
     } else {
       reducer_ = std::make_unique<dist::GradientSync>(comm, model_->params(), int(model_->layers().size()), c_.bucket_bytes);
     }
-    if (!c_.eval_split.empty())
-      eval_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
-          c_.data_path, c_.eval_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
-    if (!c_.test_split.empty())  // opened now: a missing split must fail before training, not after
-      test_reader_ = std::make_unique<data::EvalReader>(data::EvalOptions{
-          c_.data_path, c_.test_split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize, meta_.mean, meta_.std, c_.prefetch});
+    // Parts grouped by the model's batch: evaluate() then chunks every split at fixed global
+    // positions, and the figures do not depend on the rank count.
+    const auto evaluation = [&](const std::string& split) {
+      data::EvalOptions options{c_.data_path, split, c_.eval_batch, comm.rank(), comm.size(), c_.normalize,
+                                meta_.mean, meta_.std, c_.prefetch};
+      options.group = model_->max_batch();
+      return std::make_unique<data::EvalReader>(options);
+    };
+    if (!c_.eval_split.empty()) eval_reader_ = evaluation(c_.eval_split);
+    if (!c_.test_split.empty()) test_reader_ = evaluation(c_.test_split);  // now: a missing split must fail before training
     steps_per_epoch_ = reader_->steps_per_epoch();
     total_steps_ = steps_per_epoch_ * c_.epochs;
     c_.schedule.warmup_steps = long(std::llround(c_.warmup_epochs * steps_per_epoch_));
@@ -187,6 +196,8 @@ class Trainer {
     if (comm_.size() > 1)
       std::printf("gradient sum: %s, %s\n", c_.exact_reduction ? "exact (int64 fixed point)" : "fast (float)",
                   sum_route().c_str());
+    if (c_.global_batch_statistics())
+      std::printf("BatchNorm statistics: over the global batch, exchanged at every bn layer\n");
     std::printf("data: %s [%s] %zu samples %s\n", c_.data_path.c_str(), c_.train_split.c_str(), reader_->info().count,
                 reader_->info().shape.str().c_str());
     std::printf("%s", model_->summary().c_str());
@@ -261,6 +272,7 @@ class Trainer {
   // of backward). A rank without samples still takes part in every allreduce (an empty pass
   // calls layer_done for every layer).
   core::LossSum accumulate(core::GradientWorker& worker, const data::Batch& batch) {
+    if (c_.global_batch_statistics()) return accumulate_layer_synchronous(worker, batch);
     const int micro = reducer_->micro_batch(batch.count);
     reducer_->begin_step(c_.exact_reduction ? (batch.global_count + micro - 1) / micro : comm_.size());
     model_->state().clear_statistics();
@@ -278,6 +290,28 @@ class Trainer {
     return local;
   }
 
+  // Global-batch BatchNorm: all of this rank's micro-batches layer by layer, each bn layer
+  // pausing for the other ranks' partial sums (which a rank without samples joins with zeros).
+  // The gradients are then handed to the reducer micro-batch after micro-batch, as above.
+  core::LossSum accumulate_layer_synchronous(core::GradientWorker& worker, const data::Batch& batch) {
+    std::vector<core::MicroBatch> micro_batches;
+    if (c_.exact_reduction) {
+      micro_batches = core::micro_batches_of(batch.count, long(batch.first), c_.micro_batch);
+      exchange_->begin_step((batch.global_count + c_.micro_batch - 1) / c_.micro_batch);
+    } else {  // the rank's batch is its one micro-batch, in rank order
+      if (batch.count > 0) micro_batches.push_back({0, batch.count, long(batch.first), comm_.rank()});
+      exchange_->begin_step(comm_.size());
+    }
+    reducer_->begin_step(exchange_->micro_batches());
+    model_->state().clear_statistics();
+    set_run(batch, 0, 0);
+    model_->run().micro_batches = std::move(micro_batches);
+    model_->run().exchange = exchange_.get();
+    return worker.accumulate_layer_synchronous(
+        view_of(batch, 0, batch.count), *c_.task,
+        [this](int layer, bool first, bool last) { reducer_->layer_done(layer, first, last); });
+  }
+
   // Training mode for the samples from `start` on: dropout keys on their global position,
   // BatchNorm records into `slot` (exact reduction: the global micro-batch; fast: the rank).
   void set_run(const data::Batch& batch, int start, int slot) {
@@ -287,16 +321,19 @@ class Trainer {
   // exact: one slot per micro-batch of the global batch, at fixed global positions, so the
   // statistics do not depend on the rank count; fast: one per rank.
   int statistics_slots() const {
+    if (c_.global_batch_statistics()) return 1;  // the global batch's, the same on every rank
     return c_.exact_reduction ? (c_.global_batch + c_.micro_batch - 1) / c_.micro_batch : comm_.size();
   }
 
   // After the step's gradient sum succeeded: every rank wrote its own slots and left the others
   // zero, so the float sum is exact in any order; then every rank folds the same slots in the
-  // same order into the running statistics.
+  // same order into the running statistics. Global-batch statistics are already the same on
+  // every rank, in one slot.
   void commit_statistics() {
     if (model_->state().slot_floats() == 0) return;
     const int slots = statistics_slots();
-    if (comm_.size() > 1) watchdog_->allreduce_sum(model_->state().statistics_slots(slots), "batch statistics");
+    if (comm_.size() > 1 && !c_.global_batch_statistics())
+      watchdog_->allreduce_sum(model_->state().statistics_slots(slots), "batch statistics");
     model_->commit_statistics(slots);
   }
 
@@ -439,6 +476,7 @@ class Trainer {
   std::unique_ptr<core::Optimizer> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;
   std::unique_ptr<dist::Watchdog> watchdog_;
+  std::unique_ptr<dist::BatchStatisticsExchange> exchange_;  // global-batch BatchNorm's
   dist::ExactGradientSum* exact_ = nullptr;  // reducer_ under exact reduction (its route, for the start line)
   std::unique_ptr<ShardedHead> head_;        // train.classifier = sharded; null: replicated
   io::ModelMeta meta_;

@@ -46,6 +46,7 @@ std::vector<Key> train_keys() {
       {"data.images_per_identity", "0", "P x K sampling: K images of each identity per group (an identity with fewer is an error)"},
       {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
       {"model.init", "he", "weight initialisation: he, he_uniform, xavier, xavier_normal, resnet (torchvision's ResNet: conv kaiming_normal fan_out, dense as nn.Linear; BatchNorm always 1 and 0)"},
+      {"model.bn_statistics", "micro_batch", "BatchNorm statistics in training: micro_batch (each exact micro-batch's, or each rank's batch under fast reduction; no communication) or global_batch (the whole global batch's, exchanged across ranks at every bn layer, as SyncBatchNorm)"},
       {"train.epochs", "10", "epochs to train"},
       {"train.batch_size", "64", "GLOBAL batch: samples per step summed over all ranks"},
       {"train.seed", "1", "seed of weights, data order and augmentation"},
@@ -190,6 +191,7 @@ TrainConfig read_config(const Settings& s) {
   c.images_per_identity = int(s.integer("data.images_per_identity", 0));
   c.spec = s.text("model.spec");
   c.init = s.choice("model.init", core::known_init_schemes());
+  c.bn_statistics = s.choice("model.bn_statistics", {"micro_batch", "global_batch"});
   c.epochs = int(s.integer("train.epochs", 1));
   c.global_batch = int(s.integer("train.batch_size", 1));
   c.seed = std::uint64_t(s.integer("train.seed", 0, std::numeric_limits<long>::max()));

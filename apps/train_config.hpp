@@ -34,6 +34,8 @@ struct TrainConfig {
   double warmup_epochs, step_epochs;
   std::vector<double> milestone_epochs;  // multistep schedule
   std::string best_metric, progress;
+  std::string bn_statistics;  // micro_batch or global_batch
+  bool global_batch_statistics() const { return bn_statistics == "global_batch"; }
   double collective_timeout;
 };
 

@@ -38,6 +38,8 @@ void BatchNorm::bind(const BindContext& context) {
   std::fill(state_->value(running_var_), state_->value(running_var_) + g_.channels, 1.f);
   batch_mean_ = Buffer(std::size_t(g_.channels));
   batch_variance_ = Buffer(std::size_t(g_.channels));
+  global_mean_.assign(std::size_t(g_.channels), 0.0);
+  global_variance_.assign(std::size_t(g_.channels), 1.0);
 }
 
 void BatchNorm::forward(float* out, const float* in, int batch) {
@@ -48,6 +50,7 @@ void BatchNorm::forward(float* out, const float* in, int batch) {
                            double(eps_));
     return;
   }
+  if (run_->layer_synchronous()) return forward_global(out, in, batch);
   const double count = double(batch) * double(g_.spatial);
   if (count < 2)
     throw ShapeError("layer " + path_ + " 'bn': expected more than 1 value per channel in training, got input (" +
@@ -68,12 +71,88 @@ void BatchNorm::backward(float* in_grad, const float* out_grad, const float* in,
   const float* gamma = affine_ ? params_->value(scale_) : nullptr;
   float* gamma_grad = affine_ ? params_->grad(scale_) : nullptr;
   float* beta_grad = affine_ ? params_->grad(shift_) : nullptr;
-  if (run_->training)
+  if (run_->layer_synchronous())
+    backward_global(in_grad, out_grad, in, batch);
+  else if (run_->training)
     batchnorm_backward_train(in_grad, gamma_grad, beta_grad, out_grad, in, batch_mean_.data(), batch_variance_.data(),
                              gamma, g_, batch, double(eps_));
   else
     batchnorm_backward_eval(in_grad, gamma_grad, beta_grad, out_grad, in, state_->value(running_mean_),
                             state_->value(running_var_), gamma, g_, batch, double(eps_));
+}
+
+// Per channel, the sum over the global batch of what partial(row, micro-batch, k) adds into the
+// table row of this rank's k-th micro-batch (`width` values): the rows of all ranks exchanged,
+// then added in global micro-batch order, identically on every rank whatever the rank count.
+template <class Partial>
+std::vector<double> BatchNorm::global_sums(std::size_t width, const Partial& partial) {
+  const std::size_t rows = std::size_t(run_->exchange->micro_batches());
+  table_.assign(rows * width, 0.0);
+  const std::vector<MicroBatch>& micro_batches = run_->micro_batches;
+  for (std::size_t k = 0; k < micro_batches.size(); ++k) {
+    const MicroBatch& m = micro_batches[k];
+    if (m.index < 0 || std::size_t(m.index) >= rows)
+      throw Error("layer " + path_ + " 'bn': micro-batch " + std::to_string(m.index) + " of " + std::to_string(rows));
+    partial(table_.data() + std::size_t(m.index) * width, m, int(k));
+  }
+  run_->exchange->sum(table_, "layer " + path_ + " 'bn'");
+  std::vector<double> total(width, 0.0);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t i = 0; i < width; ++i) total[i] += table_[r * width + i];
+  return total;
+}
+
+// The count and sum first, then the squared deviations about the global mean (two passes, as
+// the per-micro-batch kernel, so no cancellation); the variance normalising is the biased one.
+void BatchNorm::forward_global(float* out, const float* in, int batch) {
+  const std::size_t channels = std::size_t(g_.channels), sample = g_.sample();
+  const std::vector<double> sums = global_sums(1 + channels, [&](double* row, const MicroBatch& m, int) {
+    row[0] = double(m.count) * double(g_.spatial);
+    batchnorm_channel_sums(row + 1, in + std::size_t(m.start) * sample, g_, m.count);
+  });
+  global_count_ = sums[0];
+  if (global_count_ < 2)
+    throw ShapeError("layer " + path_ + " 'bn': model.bn_statistics = global_batch needs more than 1 value per channel "
+                     "over the global batch, got " + std::to_string(long(global_count_)) + " (input " + input_.str() +
+                     ")");
+  for (std::size_t c = 0; c < channels; ++c) global_mean_[c] = sums[1 + c] / global_count_;
+  const std::vector<double> squares = global_sums(channels, [&](double* row, const MicroBatch& m, int) {
+    batchnorm_squared_deviations(row, in + std::size_t(m.start) * sample, global_mean_.data(), g_, m.count);
+  });
+  for (std::size_t c = 0; c < channels; ++c) global_variance_[c] = squares[c] / global_count_;
+  batchnorm_normalize(out, in, global_mean_.data(), global_variance_.data(), affine_ ? params_->value(scale_) : nullptr,
+                      affine_ ? params_->value(shift_) : nullptr, g_, batch, double(eps_));
+  // The same on every rank, in slot 0: the step's one update of the running statistics.
+  float* slot = state_->statistics(0, statistics_offset_);
+  slot[0] = float(global_count_);
+  for (std::size_t c = 0; c < channels; ++c) {
+    slot[1 + c] = float(global_mean_[c]);
+    slot[1 + channels + c] = float(squares[c] / (global_count_ - 1));
+  }
+}
+
+// Backward's two sums over the global batch; scale and shift get each micro-batch's own part in
+// that micro-batch's gradient set (the exact sum rounds micro-batch by micro-batch).
+void BatchNorm::backward_global(float* in_grad, const float* out_grad, const float* in, int batch) {
+  const std::size_t channels = std::size_t(g_.channels), sample = g_.sample();
+  const std::vector<double> sums = global_sums(2 * channels, [&](double* row, const MicroBatch& m, int k) {
+    const std::size_t at = std::size_t(m.start) * sample;
+    batchnorm_gradient_sums(row, row + channels, out_grad + at, in + at, global_mean_.data(), global_variance_.data(),
+                            g_, m.count, double(eps_));
+    if (!affine_) return;
+    params_->select_gradients(k);
+    float* gamma_grad = params_->grad(scale_);
+    float* beta_grad = params_->grad(shift_);
+    for (std::size_t c = 0; c < channels; ++c) gamma_grad[c] += float(row[channels + c]), beta_grad[c] += float(row[c]);
+    params_->select_gradients(0);
+  });
+  if (!in_grad) return;
+  std::vector<double> mean_dy(channels), mean_dy_xhat(channels);
+  for (std::size_t c = 0; c < channels; ++c)
+    mean_dy[c] = sums[c] / global_count_, mean_dy_xhat[c] = sums[channels + c] / global_count_;
+  batchnorm_input_gradient(in_grad, out_grad, in, global_mean_.data(), global_variance_.data(),
+                           affine_ ? params_->value(scale_) : nullptr, mean_dy.data(), mean_dy_xhat.data(), g_, batch,
+                           double(eps_));
 }
 
 // PyTorch's update, one micro-batch after the other (as gradient accumulation over micro-batches

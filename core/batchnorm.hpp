@@ -3,6 +3,11 @@
 // batch's mean and biased variance; the running statistics move towards the mean and the
 // unbiased variance, but only when the step commits them (commit_statistics), so that a step
 // computed again, or abandoned, leaves them as they were. Evaluation uses the running statistics.
+// In a layer-synchronous pass (model.bn_statistics = global_batch) the statistics, and backward's
+// two sums, are those of the whole global batch: per-micro-batch partials exchanged across ranks
+// and added in global micro-batch order, so that any rank count gives the same values.
+#include <vector>
+
 #include "arg_reader.hpp"
 #include "block_kernels.hpp"
 #include "layers.hpp"
@@ -18,6 +23,7 @@ class BatchNorm final : public Layer {
   void forward(float* out, const float* in, int batch) override;
   void backward(float* in_grad, const float* out_grad, const float* in, const float* out, int batch) override;
   void commit_statistics(int slots) override;
+  bool spans_micro_batches() const override { return true; }
   double forward_flops() const override { return 2.0 * double(input_.size()); }
 
   float eps() const { return eps_; }
@@ -35,6 +41,14 @@ class BatchNorm final : public Layer {
   StateStore* state_ = nullptr;
   const RunContext* run_ = nullptr;
   Buffer batch_mean_, batch_variance_;  // of the last training forward, for backward
+
+  void forward_global(float* out, const float* in, int batch);
+  void backward_global(float* in_grad, const float* out_grad, const float* in, int batch);
+  template <class Partial>
+  std::vector<double> global_sums(std::size_t width, const Partial& partial);
+  std::vector<double> table_;  // (global micro-batches, width): the partials being exchanged
+  double global_count_ = 0;
+  std::vector<double> global_mean_, global_variance_;  // (C): the last global-batch forward's
 };
 
 }  // namespace mpicnn::core

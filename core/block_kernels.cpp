@@ -119,6 +119,67 @@ void batchnorm_backward_eval(T* in_grad, T* gamma_grad, T* beta_grad, const T* o
 }
 
 template <class T>
+void batchnorm_channel_sums(double* sums, const T* in, const NormGeometry& g, int batch) {
+  parallel_for(g.channels, channel_flops(g, batch) / 4, [&](std::size_t c) {
+    double sum = 0;
+    for_channel_planes(in, g, batch, int(c), [&](const T* x) {
+      for (std::size_t i = 0; i < g.spatial; ++i) sum += double(x[i]);
+    });
+    sums[c] += sum;
+  });
+}
+
+template <class T>
+void batchnorm_squared_deviations(double* sums, const T* in, const double* mean, const NormGeometry& g, int batch) {
+  parallel_for(g.channels, channel_flops(g, batch) / 2, [&](std::size_t c) {
+    double squares = 0;
+    for_channel_planes(in, g, batch, int(c), [&](const T* x) {
+      for (std::size_t i = 0; i < g.spatial; ++i) squares += (double(x[i]) - mean[c]) * (double(x[i]) - mean[c]);
+    });
+    sums[c] += squares;
+  });
+}
+
+template <class T>
+void batchnorm_normalize(T* out, const T* in, const double* mean, const double* variance, const T* gamma, const T* beta,
+                         const NormGeometry& g, int batch, double eps) {
+  parallel_for(g.channels, channel_flops(g, batch) / 2, [&](std::size_t c) {
+    const double scale = (gamma ? double(gamma[c]) : 1.0) / std::sqrt(variance[c] + eps);
+    const double shift = (beta ? double(beta[c]) : 0.0) - mean[c] * scale;
+    for (int n = 0; n < batch; ++n) {
+      const std::size_t at = std::size_t(n) * g.sample() + c * g.spatial;
+      for (std::size_t i = 0; i < g.spatial; ++i) out[at + i] = T(double(in[at + i]) * scale + shift);
+    }
+  });
+}
+
+template <class T>
+void batchnorm_gradient_sums(double* sum_dy, double* sum_dy_xhat, const T* out_grad, const T* in, const double* mean,
+                             const double* variance, const NormGeometry& g, int batch, double eps) {
+  parallel_for(g.channels, channel_flops(g, batch) / 2, [&](std::size_t c) {
+    const double inv_std = 1.0 / std::sqrt(variance[c] + eps);
+    const auto [dy, dy_xhat] = channel_gradient_sums(out_grad, in, mean[c], inv_std, g, batch, c);
+    sum_dy[c] += dy, sum_dy_xhat[c] += dy_xhat;
+  });
+}
+
+template <class T>
+void batchnorm_input_gradient(T* in_grad, const T* out_grad, const T* in, const double* mean, const double* variance,
+                              const T* gamma, const double* mean_dy, const double* mean_dy_xhat, const NormGeometry& g,
+                              int batch, double eps) {
+  parallel_for(g.channels, channel_flops(g, batch) / 2, [&](std::size_t c) {
+    const double inv_std = 1.0 / std::sqrt(variance[c] + eps), scale = (gamma ? double(gamma[c]) : 1.0) * inv_std;
+    for (int n = 0; n < batch; ++n) {
+      const std::size_t at = std::size_t(n) * g.sample() + c * g.spatial;
+      for (std::size_t i = 0; i < g.spatial; ++i) {
+        const double xhat = (double(in[at + i]) - mean[c]) * inv_std;
+        in_grad[at + i] = T(scale * (double(out_grad[at + i]) - mean_dy[c] - xhat * mean_dy_xhat[c]));
+      }
+    }
+  });
+}
+
+template <class T>
 void global_avgpool_forward(T* out, const T* in, const NormGeometry& g, int batch) {
   parallel_for(batch, 2.0 * double(g.sample()), [&](std::size_t n) {
     for (int c = 0; c < g.channels; ++c) {
@@ -231,6 +292,14 @@ void add_tensors(T* out, const T* a, const T* b, std::size_t n) {
                                          const NormGeometry&, int, double);                                      \
   template void batchnorm_backward_eval(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,           \
                                         const NormGeometry&, int, double);                                       \
+  template void batchnorm_channel_sums(double*, const T*, const NormGeometry&, int);                              \
+  template void batchnorm_squared_deviations(double*, const T*, const double*, const NormGeometry&, int);         \
+  template void batchnorm_normalize(T*, const T*, const double*, const double*, const T*, const T*,              \
+                                    const NormGeometry&, int, double);                                          \
+  template void batchnorm_gradient_sums(double*, double*, const T*, const T*, const double*, const double*,      \
+                                        const NormGeometry&, int, double);                                      \
+  template void batchnorm_input_gradient(T*, const T*, const T*, const double*, const double*, const T*,         \
+                                         const double*, const double*, const NormGeometry&, int, double);       \
   template void global_avgpool_forward(T*, const T*, const NormGeometry&, int);                                  \
   template void global_avgpool_backward(T*, const T*, const NormGeometry&, int);                                 \
   template void global_maxpool_forward(T*, std::int32_t*, const T*, const NormGeometry&, int);                   \

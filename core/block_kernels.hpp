@@ -35,6 +35,29 @@ void batchnorm_backward_eval(T* in_grad, T* gamma_grad, T* beta_grad, const T* o
                              const T* running_mean, const T* running_var, const T* gamma, const NormGeometry& g,
                              int batch, double eps);
 
+// Global-batch BatchNorm (a layer-synchronous pass, core/micro_batches.hpp) in pieces: the
+// per-channel partial sums of one micro-batch, which the ranks exchange and add in global
+// micro-batch order, then the normalisation and input gradient with the global statistics.
+// Sums in double, per channel over (N, spatial), += into `sums`.
+template <class T>
+void batchnorm_channel_sums(double* sums /*C*/, const T* in, const NormGeometry& g, int batch);
+template <class T>
+void batchnorm_squared_deviations(double* sums /*C*/, const T* in, const double* mean /*C*/, const NormGeometry& g,
+                                  int batch);
+// y = gamma * (x - mean) / sqrt(variance + eps) + beta (gamma, beta may be null).
+template <class T>
+void batchnorm_normalize(T* out, const T* in, const double* mean, const double* variance, const T* gamma, const T* beta,
+                         const NormGeometry& g, int batch, double eps);
+// sum of dy and of dy * x_hat per channel, += into sum_dy and sum_dy_xhat.
+template <class T>
+void batchnorm_gradient_sums(double* sum_dy /*C*/, double* sum_dy_xhat /*C*/, const T* out_grad, const T* in,
+                             const double* mean, const double* variance, const NormGeometry& g, int batch, double eps);
+// dx = gamma / sqrt(variance + eps) * (dy - mean_dy - x_hat * mean_dy_xhat), the means over the global batch.
+template <class T>
+void batchnorm_input_gradient(T* in_grad, const T* out_grad, const T* in, const double* mean, const double* variance,
+                              const T* gamma, const double* mean_dy, const double* mean_dy_xhat, const NormGeometry& g,
+                              int batch, double eps);
+
 // Global pooling: (N,C,spatial) -> (N,C). argmax holds the flat index within the sample.
 template <class T>
 void global_avgpool_forward(T* out, const T* in, const NormGeometry& g, int batch);

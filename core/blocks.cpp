@@ -49,6 +49,8 @@ void Sequential::declare(ParamStore& params, StateStore& state, const Scope& sco
 }
 
 void Sequential::bind(const BindContext& context) {
+  run_ = &context.run;
+  params_ = &context.params;
   for (auto& child : children_) child->bind(context);
   link_buffers(context.max_batch);
 }
@@ -77,11 +79,34 @@ void Sequential::link_buffers(int max_batch) {
   }
 }
 
+// In a layer-synchronous pass a plain layer runs once per micro-batch, with that micro-batch's
+// sample position and gradient set, just as it would in a pass of its own; anything else once.
+template <class Pass>
+void Sequential::each_micro_batch(const Layer& child, int batch, const Pass& pass) {
+  if (!run_->layer_synchronous() || child.spans_micro_batches()) return pass(0, batch);
+  const long first = run_->first_sample;
+  for (std::size_t k = 0; k < run_->micro_batches.size(); ++k) {
+    const MicroBatch& m = run_->micro_batches[k];
+    run_->first_sample = m.first_sample, run_->sample_offset = m.start;
+    params_->select_gradients(int(k));
+    pass(std::size_t(m.start), m.count);
+  }
+  run_->first_sample = first, run_->sample_offset = 0;
+  params_->select_gradients(0);
+}
+
 void Sequential::forward(float* out, const float* in, int batch) {
   last_out_ = out;
   const std::size_t n = children_.size();
-  for (std::size_t i = 0; i < n; ++i)
-    if (!passes_through_[i]) children_[i]->forward(i + 1 == n ? out : outputs_[i], i == 0 ? in : outputs_[i - 1], batch);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (passes_through_[i]) continue;
+    Layer& child = *children_[i];
+    float* o = i + 1 == n ? out : outputs_[i];
+    const float* x = i == 0 ? in : outputs_[i - 1];
+    each_micro_batch(child, batch, [&](std::size_t start, int count) {
+      child.forward(o + start * child.output_shape().size(), x + start * child.input_shape().size(), count);
+    });
+  }
 }
 
 void Sequential::backward(float* in_grad, const float* out_grad, const float* in, const float* out, int batch) {
@@ -93,9 +118,16 @@ void Sequential::backward_children(float* in_grad, const float* out_grad, const 
   const int n = int(children_.size());
   for (int i = n - 1; i >= 0; --i) {
     if (!passes_through_[i]) {
+      Layer& child = *children_[i];
       const bool last = i + 1 == n;
-      children_[i]->backward(i == 0 ? in_grad : output_grads_[i - 1], last ? out_grad : output_grads_[i],
-                             i == 0 ? in : outputs_[i - 1], last ? out : outputs_[i], batch);
+      float* dx = i == 0 ? in_grad : output_grads_[i - 1];
+      const float* dy = last ? out_grad : output_grads_[i];
+      const float* x = i == 0 ? in : outputs_[i - 1];
+      const float* y = last ? out : outputs_[i];
+      each_micro_batch(child, batch, [&](std::size_t start, int count) {
+        const std::size_t in_at = start * child.input_shape().size(), out_at = start * child.output_shape().size();
+        child.backward(dx ? dx + in_at : nullptr, dy + out_at, x + in_at, y + out_at, count);
+      });
     }
     if (child_done) child_done(i);
   }

@@ -36,6 +36,7 @@ class Sequential final : public Layer {
   void commit_statistics(int slots) override;
   double forward_flops() const override;
   void summary_rows(std::vector<Row>&, int depth, const std::string& prefix, const ParamStore&) const override;
+  bool spans_micro_batches() const override { return true; }
 
   const std::vector<std::unique_ptr<Layer>>& children() const { return children_; }
   // Child i's output of the last forward (the caller's output for the last child); for a ReLU
@@ -44,6 +45,8 @@ class Sequential final : public Layer {
 
  private:
   void link_buffers(int max_batch);
+  template <class Pass>
+  void each_micro_batch(const Layer& child, int batch, const Pass& pass);
 
   std::vector<std::unique_ptr<Layer>> children_;
   // Per child, (max_batch, out size): its output and d(loss)/d(output). A child that is not run
@@ -52,6 +55,8 @@ class Sequential final : public Layer {
   std::vector<float*> outputs_, output_grads_;
   std::vector<bool> passes_through_;
   float* last_out_ = nullptr;
+  RunContext* run_ = nullptr;
+  ParamStore* params_ = nullptr;
 };
 
 // residual{main | shortcut}: out = main(x) + shortcut(x), or main(x) + x without a shortcut.
@@ -115,6 +120,7 @@ class Residual final : public Layer {
     main_->summary_rows(rows, depth, prefix + "main.", params);
     if (shortcut_) shortcut_->summary_rows(rows, depth, prefix + "shortcut.", params);
   }
+  bool spans_micro_batches() const override { return true; }
   const Sequential& main_branch() const { return *main_; }
   const Sequential* shortcut_branch() const { return shortcut_.get(); }
 
@@ -159,6 +165,7 @@ class Repeat final : public Layer {
   void summary_rows(std::vector<Row>& rows, int depth, const std::string& prefix, const ParamStore& params) const override {
     body_->summary_rows(rows, depth, prefix, params);
   }
+  bool spans_micro_batches() const override { return true; }
   // A Sequential of `times` Sequentials, the copies of the body.
   const Sequential& body() const { return *body_; }
 

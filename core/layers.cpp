@@ -7,6 +7,7 @@
 #include "arg_reader.hpp"
 #include "block_kernels.hpp"
 #include "errors.hpp"
+#include "pool_layer.hpp"
 
 namespace mpicnn::core {
 namespace {
@@ -65,9 +66,10 @@ class Conv2D final : public Layer {
   Buffer workspace_;
 };
 
-class Pool2D final : public Layer {
+class Pool2D final : public PoolLayer<PoolGeometry> {
  public:
-  Pool2D(const ArgReader& a, const Shape& in, bool is_max) : max_(is_max) {
+  Pool2D(const ArgReader& a, const Shape& in, bool is_max)
+      : PoolLayer(is_max, {maxpool_forward<float>, maxpool_backward<float>, avgpool_forward<float>, avgpool_backward<float>}) {
     require_image(a, in, is_max ? "maxpool3d" : "avgpool3d");
     const int window = a.integer("window", 1);
     const int stride = a.given("stride") ? a.integer("stride", 1) : window;
@@ -83,26 +85,6 @@ class Pool2D final : public Layer {
     return std::string(max_ ? "maxpool(" : "avgpool(") + std::to_string(g_.window) + ",stride=" +
            std::to_string(g_.stride) + ",pad=" + std::to_string(g_.pad) + ")";
   }
-  void bind(const BindContext& context) override {
-    if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.out_size(), 0);
-  }
-  void forward(float* out, const float* in, int batch) override {
-    if (max_) maxpool_forward(out, argmax_.data(), in, g_, batch, relu_);
-    else avgpool_forward(out, in, g_, batch);
-  }
-  void backward(float* in_grad, const float* out_grad, const float*, const float* out, int batch) override {
-    if (!in_grad) return;
-    if (max_) maxpool_backward(in_grad, out_grad, argmax_.data(), g_, batch, relu_ ? out : nullptr);
-    else avgpool_backward(in_grad, out_grad, g_, batch);
-  }
-  bool can_absorb_preceding_relu() const override { return max_; }
-  void absorb_preceding_relu() override { relu_ = true; }
-
- private:
-  PoolGeometry g_;
-  bool max_;
-  bool relu_ = false;  // applies the ReLU before it (absorb_preceding_relu)
-  std::vector<std::int32_t> argmax_;
 };
 
 class ActivationLayer final : public Layer {
@@ -198,21 +180,24 @@ class GlobalPool final : public Layer {
   std::string spec() const override { return max_ ? "globalmaxpool" : "globalavgpool"; }
   void bind(const BindContext& context) override {
     if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.channels, 0);
+    run_ = &context.run;
   }
   void forward(float* out, const float* in, int batch) override {
-    if (max_) global_maxpool_forward(out, argmax_.data(), in, g_, batch);
+    if (max_) global_maxpool_forward(out, argmax(), in, g_, batch);
     else global_avgpool_forward(out, in, g_, batch);
   }
   void backward(float* in_grad, const float* out_grad, const float*, const float*, int batch) override {
     if (!in_grad) return;
-    if (max_) global_maxpool_backward(in_grad, out_grad, argmax_.data(), g_, batch);
+    if (max_) global_maxpool_backward(in_grad, out_grad, argmax(), g_, batch);
     else global_avgpool_backward(in_grad, out_grad, g_, batch);
   }
 
  private:
+  std::int32_t* argmax() { return argmax_.data() + std::size_t(run_->sample_offset) * std::size_t(g_.channels); }
   NormGeometry g_;
   bool max_;
-  std::vector<std::int32_t> argmax_;
+  std::vector<std::int32_t> argmax_;  // (max_batch, C) of the last forward
+  const RunContext* run_ = nullptr;
 };
 
 // FNV-1a of a layer's name prefix: a dropout layer's stream, stable for a given spec.

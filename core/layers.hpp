@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels.hpp"
+#include "micro_batches.hpp"
 #include "params.hpp"
 #include "tensor.hpp"
 
@@ -18,11 +19,22 @@ namespace mpicnn::core {
 // global sample position, layer), so they do not depend on the rank count and survive a resume
 // or a step computed again; BatchNorm writes the batch's statistics into `statistics_slot`.
 struct RunContext {
+  RunContext(bool training = false, std::uint64_t seed = 0, long step = 0, long first_sample = 0, int statistics_slot = 0)
+      : training(training), seed(seed), step(step), first_sample(first_sample), statistics_slot(statistics_slot) {}
   bool training = false;  // evaluation unless the trainer says otherwise
   std::uint64_t seed = 0;
   long step = 0;            // global step
   long first_sample = 0;    // global position, within the step, of the batch's first sample
   int statistics_slot = 0;  // where BatchNorm records this batch's statistics (a micro-batch)
+  // Layer-synchronous pass (model.bn_statistics = global_batch; core/micro_batches.hpp): the
+  // batch is this rank's micro-batches, run one layer at a time over all of them, and BatchNorm
+  // takes its statistics over the global batch through `exchange`. Unset: one pass per batch.
+  std::vector<MicroBatch> micro_batches;
+  BatchExchange* exchange = nullptr;
+  // Where, in buffers sized for the whole batch, the current call's first sample sits: a
+  // layer-synchronous pass calls a plain layer once per micro-batch.
+  int sample_offset = 0;
+  bool layer_synchronous() const { return training && exchange != nullptr; }
 };
 
 // Where a layer's parameters go: the name prefix ("4.main.1.") and the top-level layer (the unit
@@ -35,7 +47,7 @@ struct Scope {
 struct BindContext {
   ParamStore& params;
   StateStore& state;
-  const RunContext& run;
+  RunContext& run;  // a Sequential moves the sample position from micro-batch to micro-batch
   int max_batch;
 };
 
@@ -65,6 +77,9 @@ class Layer {
   // max(relu(window))) says so, and once told to, does; that ReLU then becomes a view of its input.
   virtual bool can_absorb_preceding_relu() const { return false; }
   virtual void absorb_preceding_relu() {}
+  // A layer that takes a layer-synchronous pass's micro-batches all at once (composites, which
+  // hand them on, and BatchNorm, which needs them all); any other runs once per micro-batch.
+  virtual bool spans_micro_batches() const { return false; }
   // Summary rows of the layers inside a composite (empty for a plain layer).
   struct Row {
     int depth;

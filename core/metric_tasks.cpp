@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <iterator>
 
 #include "errors.hpp"
 #include "metric_losses.hpp"
-#include "verification.hpp"
 #include "class_scores_task.hpp"
 
 namespace mpicnn::core {
@@ -19,7 +19,9 @@ std::string number_text(double value) {
   return std::string(text, std::to_chars(text, text + sizeof text, value).ptr);
 }
 
-constexpr std::uint64_t kVerificationSeed = 18;  // the negative pairs of every evaluation
+// The verification figures best.h5 may be chosen by (higher is better), triplet's default first.
+constexpr const char* kVerificationBestMetrics[] = {"verification_accuracy", "verification_auc",
+                                                    "verification_tar_at_far_1e-2", "verification_tar_at_far_1e-3"};
 
 void require_labels(const std::string& kind, const DatasetTargets& data, const std::string& where) {
   if (!data.has_labels)
@@ -31,6 +33,11 @@ class MarginSoftmax final : public ClassScoresTask {
  public:
   MarginSoftmax(MarginKind kind, double scale, double margin) : kind_(kind), scale_(scale), margin_(margin) {}
   std::string kind() const override { return kind_ == MarginKind::arcface ? "arcface" : "cosface"; }
+  TaskOptions options() const override {
+    TaskOptions o;
+    o.scale = scale_, o.margin = margin_;
+    return o;
+  }
   void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
     require_labels(kind(), data, where);
     if (data.classes != outputs)
@@ -44,6 +51,14 @@ class MarginSoftmax final : public ClassScoresTask {
   }
   void append_step_totals(const BatchView&, int, std::vector<double>&) const override {}
   double normalizer(std::span<const double>, int global_count, int) const override { return global_count; }
+  bool verifies() const override { return true; }
+  // Beside the closed-set figures (arg-max over the training identities' centres), which mean
+  // nothing on identities held out from training: there the verification figures judge.
+  std::vector<std::string> best_metrics() const override {
+    std::vector<std::string> metrics = ClassScoresTask::best_metrics();
+    for (const char* name : kVerificationBestMetrics) metrics.push_back(name);
+    return metrics;
+  }
   std::string prediction_name() const override { return "cosines"; }
   void predict(float* out, const float* outputs, int k) const override { std::copy(outputs, outputs + k, out); }
   std::string onnx_postprocess() const override { return ""; }
@@ -58,6 +73,11 @@ class Triplet final : public Task {
  public:
   Triplet(double margin, Mining mining) : margin_(margin), mining_(mining) {}
   std::string kind() const override { return "triplet"; }
+  TaskOptions options() const override {
+    TaskOptions o;
+    o.margin = margin_, o.mining = mining_ == Mining::batch_hard ? "batch_hard" : "semi_hard";
+    return o;
+  }
   void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
     require_labels(kind(), data, where);
     if (outputs < 2)
@@ -75,18 +95,15 @@ class Triplet final : public Task {
     return {{"nn_accuracy", correct / global_count}};
   }
   bool classifies() const override { return false; }
-  bool needs_scores() const override { return true; }
-  // Verification on the split's identities (held out from training in an open-set split): every
-  // positive pair and as many seeded negatives, core/verification.hpp's figures. The pairs grow
-  // as N^2 / identities.
-  std::vector<Metric> eval_metrics(const EvalSums& e) const override {
-    const std::vector<Pair> pairs = pairs_from_labels(e.labels, kVerificationSeed);
-    if (pairs.size() < 10) return {};  // fewer pairs than folds
-    std::vector<bool> same(pairs.size());
-    for (std::size_t i = 0; i < pairs.size(); ++i) same[i] = pairs[i].same;
-    return verification_metrics(pair_scores(e.predictions, e.outputs, pairs), same);
+  // Verification on the split's identities (held out from training in an open-set split) is all
+  // it reports (core::Task::verifies).
+  bool verifies() const override { return true; }
+  std::vector<Metric> eval_metrics(const EvalSums&) const override { return {}; }
+  std::vector<std::string> best_metrics() const override {
+    std::vector<std::string> metrics(std::begin(kVerificationBestMetrics), std::end(kVerificationBestMetrics));
+    metrics.push_back("loss");
+    return metrics;
   }
-  std::vector<std::string> best_metrics() const override { return {"accuracy", "auc", "tar_at_far_1e-3", "loss"}; }
   bool higher_is_better(const std::string& metric) const override { return metric != "loss"; }
   std::string prediction_name() const override { return "embeddings"; }
   bool one_class_per_sample() const override { return false; }

@@ -204,4 +204,28 @@ std::string Model::summary() const {
   return out.str();
 }
 
+int embedding_layer(const Model& model) {
+  const int last = int(model.layers().size()) - 1;
+  const std::string kind = parse_spec(model.layers().back()->spec()).at(0).kind;
+  if (kind == "cosine") return last - 1;
+  return kind == "l2norm" ? last : -1;
+}
+
+int embedding_layer_to_cut(const Model& model, const std::string& where) {
+  const int layer = embedding_layer(model);
+  if (layer < 0)
+    throw ConfigError(where + ": the model ends in '" + model.layers().back()->spec() +
+                      "', which is no embedding head (expected a final l2norm, or cosine(n) after the embedding)");
+  return layer;
+}
+
+std::string spec_through_layer(const Model& model, int last) {
+  std::string spec;
+  for (int i = 0; i <= last; ++i) {
+    if (!spec.empty()) spec += ' ';
+    spec += model.layers()[std::size_t(i)]->spec();
+  }
+  return spec;
+}
+
 }  // namespace mpicnn::core

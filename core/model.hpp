@@ -78,4 +78,14 @@ class Model {
   const float* last_input_ = nullptr;
 };
 
+// Metric learning: the top-level layer whose output is the model's embedding: the one before a
+// final cosine(n) (an l2norm in an embedding head), else a final l2norm; -1 when the model ends in
+// neither (or is only cosine(n)).
+int embedding_layer(const Model& model);
+// embedding_layer, for cutting the model there: ConfigError beginning with `where` when it has none.
+int embedding_layer_to_cut(const Model& model, const std::string& where);
+// The spec of the top-level layers [0, last]: a sub-model whose parameters and state have the
+// names they have in the whole model, so the whole model's checkpoint loads into it.
+std::string spec_through_layer(const Model& model, int last);
+
 }  // namespace mpicnn::core

@@ -21,6 +21,22 @@ void ParamStore::allocate() {
   grads_ = Buffer(total_);
 }
 
+void ParamStore::reserve_gradient_sets(int sets) {
+  select_gradients(0);
+  parked_.resize(std::max(parked_.size(), std::size_t(std::max(1, sets))));
+  for (std::size_t k = 1; k < parked_.size(); ++k)
+    if (parked_[k].size() != total_) parked_[k] = Buffer(total_);
+}
+
+void ParamStore::select_gradients(int set) {
+  if (set == selected_) return;
+  if (set < 0 || set >= gradient_sets())
+    throw Error("gradient set " + std::to_string(set) + " of " + std::to_string(gradient_sets()) + " reserved");
+  std::swap(grads_, parked_[std::size_t(selected_)]);
+  std::swap(grads_, parked_[std::size_t(set)]);
+  selected_ = set;
+}
+
 std::size_t ParamStore::count() const {
   std::size_t n = 0;
   for (const auto& p : infos_) n += p.size;

@@ -49,6 +49,14 @@ class ParamStore {
   std::size_t count() const;                   // real parameters, without padding
   void zero_grads() { grads_.zero(); }
 
+  // A layer-synchronous pass (core/micro_batches.hpp) keeps each of its micro-batches' gradients
+  // apart, for the exact sum takes them one micro-batch at a time: `sets` arenas of the same
+  // layout (set 0 is the one from the start), zero. select_gradients(k) makes set k the one that
+  // grads() and grad() address.
+  void reserve_gradient_sets(int sets);
+  void select_gradients(int set);
+  int gradient_sets() const { return int(parked_.size()); }
+
   // Float range [begin, end) covering the parameters of layers [first_layer, last_layer].
   std::pair<std::size_t, std::size_t> layer_range(int first_layer, int last_layer) const;
 
@@ -56,6 +64,8 @@ class ParamStore {
   std::vector<ParamInfo> infos_;
   std::size_t total_ = 0;
   Buffer values_, grads_;
+  std::vector<Buffer> parked_{1};  // per gradient set: its arena while another one is selected
+  int selected_ = 0;
 };
 
 // One tensor of the state area: float32 values, or an int64 counter (PyTorch's

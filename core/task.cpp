@@ -17,6 +17,11 @@ class Classification final : public ClassScoresTask {
   Classification(std::vector<float> class_weights, double focal_gamma, double label_smoothing)
       : weights_(std::move(class_weights)), gamma_(focal_gamma), smoothing_(label_smoothing) {}
   std::string kind() const override { return "cross_entropy"; }
+  TaskOptions options() const override {
+    TaskOptions o;
+    o.class_weights = weights_, o.focal_gamma = gamma_, o.label_smoothing = smoothing_;
+    return o;
+  }
   void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
     if (!data.has_labels)
       throw ConfigError("loss 'cross_entropy' needs class labels, but " + where + " has regression targets");
@@ -55,6 +60,7 @@ class Classification final : public ClassScoresTask {
 class Regression final : public Task {
  public:
   std::string kind() const override { return "mse"; }
+  TaskOptions options() const override { return {}; }
   void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
     if (data.has_labels) throw ConfigError("loss 'mse' needs regression targets, but " + where + " has class labels");
     if (data.target_size != outputs)
@@ -87,6 +93,11 @@ class MultiLabel final : public Task {
   MultiLabel(std::vector<float> pos_weight, double focal_gamma, double focal_alpha)
       : pos_weight_(std::move(pos_weight)), gamma_(focal_gamma), alpha_(focal_alpha) {}
   std::string kind() const override { return "bce"; }
+  TaskOptions options() const override {
+    TaskOptions o;
+    o.pos_weight = pos_weight_, o.focal_gamma = gamma_, o.focal_alpha = alpha_;
+    return o;
+  }
   void check(const DatasetTargets& data, int outputs, const std::string& where) const override {
     if (data.has_labels)
       throw ConfigError("loss 'bce' needs 0/1 targets per label (multi-label), but " + where +

@@ -47,11 +47,28 @@ struct DatasetTargets {
   int classes = 0, target_size = 0;
 };
 
+// A task's settings (the config's loss.* keys); the sentinels mean "not used by this kind" or
+// "its default".
+struct TaskOptions {
+  std::vector<float> class_weights;  // cross_entropy; empty = all 1
+  std::vector<float> pos_weight;     // bce: per label, as BCEWithLogitsLoss(pos_weight=...); empty = all 1
+  double focal_gamma = 0;            // > 0: focal loss (cross_entropy: softmax focal; bce: sigmoid focal)
+  double focal_alpha = -1;           // bce's focal alpha; < 0: none (torchvision's default is 0.25)
+  double label_smoothing = 0;        // cross_entropy, as PyTorch's CrossEntropyLoss(label_smoothing=...)
+  // Metric learning (core/metric_losses.hpp); < 0 / empty: the kind's default.
+  double scale = -1;   // arcface, cosface: s (64)
+  double margin = -1;  // arcface 0.5 (radians), cosface 0.4, triplet 0.2
+  std::string mining{};  // triplet: batch_hard (default) or semi_hard
+};
+
 class Task {
  public:
   virtual ~Task() = default;
   // The config's loss.kind and the checkpoint's /model loss attribute: "cross_entropy", "mse".
   virtual std::string kind() const = 0;
+  // The options it was made with, its kind's defaults filled in and the other kinds' left at their
+  // sentinels: make_task(kind(), options()) makes the same task (checkpoints store them).
+  virtual TaskOptions options() const = 0;
   // Throws ConfigError (naming `where`) when the dataset or the model's outputs do not fit.
   virtual void check(const DatasetTargets& data, int outputs, const std::string& where) const = 0;
 
@@ -68,6 +85,10 @@ class Task {
   virtual bool classifies() const = 0;
   // Whether eval_metrics needs every sample's prediction (AUC), gathered from all ranks.
   virtual bool needs_scores() const { return false; }
+  // Metric learning: evaluation also judges the embedding (core::embedding_layer, else the
+  // outputs) by verification on pairs from the split's labels; the evaluator gathers every
+  // sample's embedding and adds core::verification_metric_names(), prefixed "verification_".
+  virtual bool verifies() const { return false; }
   // Metrics of a whole evaluation, beside "loss" (without the "test_" prefix).
   virtual std::vector<Metric> eval_metrics(const EvalSums& sums) const = 0;
   // The metrics best.h5 may be chosen by, the default first; whether higher is better.
@@ -88,18 +109,6 @@ class Task {
     double scale, margin;
   };
   virtual std::optional<MarginSoftmax> margin_softmax() const { return std::nullopt; }
-};
-
-struct TaskOptions {
-  std::vector<float> class_weights;  // cross_entropy; empty = all 1
-  std::vector<float> pos_weight;     // bce: per label, as BCEWithLogitsLoss(pos_weight=...); empty = all 1
-  double focal_gamma = 0;            // > 0: focal loss (cross_entropy: softmax focal; bce: sigmoid focal)
-  double focal_alpha = -1;           // bce's focal alpha; < 0: none (torchvision's default is 0.25)
-  double label_smoothing = 0;        // cross_entropy, as PyTorch's CrossEntropyLoss(label_smoothing=...)
-  // Metric learning (core/metric_losses.hpp); < 0 / empty: the kind's default.
-  double scale = -1;   // arcface, cosface: s (64)
-  double margin = -1;  // arcface 0.5 (radians), cosface 0.4, triplet 0.2
-  std::string mining{};  // triplet: batch_hard (default) or semi_hard
 };
 
 // Throws ConfigError naming the kind and the known ones.

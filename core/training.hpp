@@ -19,6 +19,13 @@ class GradientWorker {
  public:
   explicit GradientWorker(Model& model) : model_(model), output_grad_(std::size_t(model.max_batch()) * model.output_shape().size()) {}
   LossSum accumulate(const BatchView& batch, const Task& task, const std::function<void(int)>& layer_done = {});
+  // Layer-synchronous (model.bn_statistics = global_batch; the model's run() holds the
+  // micro-batches and the exchange): forward and backward over all of `batch`'s micro-batches at
+  // once, each's loss and parameter gradients its own; then, micro-batch after micro-batch, its
+  // gradients are in the arena while layer_done(i, first, last) fires for every layer, last first
+  // (a rank without samples: once per layer, first and last).
+  LossSum accumulate_layer_synchronous(const BatchView& batch, const Task& task,
+                                       const std::function<void(int, bool, bool)>& layer_done);
   // Forward and loss only (evaluation); `outputs` receives the model's outputs when not null.
   LossSum evaluate(const BatchView& batch, const Task& task, const float** outputs = nullptr);
 

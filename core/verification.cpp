@@ -243,9 +243,27 @@ std::vector<std::pair<std::string, double>> verification_metrics(std::span<const
   const RocCurve roc = roc_curve(scores, same);
   double threshold = 0;
   for (double t : folds.thresholds) threshold += t / double(folds.thresholds.size());
-  return {{"accuracy", folds.mean},         {"accuracy_std", folds.std},
-          {"threshold", threshold},         {"auc", area_under(roc)},
-          {"tar_at_far_1e-2", tar_at_far(roc, 1e-2)}, {"tar_at_far_1e-3", tar_at_far(roc, 1e-3)}};
+  const std::vector<std::string>& names = verification_metric_names();
+  const double values[] = {folds.mean, folds.std, threshold, area_under(roc), tar_at_far(roc, 1e-2), tar_at_far(roc, 1e-3)};
+  std::vector<std::pair<std::string, double>> metrics;
+  for (std::size_t i = 0; i < names.size(); ++i) metrics.emplace_back(names[i], values[i]);
+  return metrics;
+}
+
+const std::vector<std::string>& verification_metric_names() {
+  static const std::vector<std::string> names = {"accuracy", "accuracy_std", "threshold", "auc", "tar_at_far_1e-2",
+                                                 "tar_at_far_1e-3"};
+  return names;
+}
+
+std::vector<std::pair<std::string, double>> label_pair_verification(std::span<const float> embeddings, int dim,
+                                                                    std::span<const std::int32_t> labels,
+                                                                    std::uint64_t seed) {
+  const std::vector<Pair> pairs = pairs_from_labels(labels, seed);
+  if (pairs.size() < 10) return {};
+  std::vector<bool> same(pairs.size());
+  for (std::size_t i = 0; i < pairs.size(); ++i) same[i] = pairs[i].same;
+  return verification_metrics(pair_scores(embeddings, dim, pairs), same);
 }
 
 }  // namespace mpicnn::core

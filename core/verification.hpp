@@ -65,5 +65,15 @@ Identification identify(std::span<const float> gallery, std::span<const std::int
 // accuracy (10-fold), accuracy_std, threshold (mean over folds), auc, tar_at_far_1e-2, tar_at_far_1e-3.
 std::vector<std::pair<std::string, double>> verification_metrics(std::span<const double> scores,
                                                                  const std::vector<bool>& same);
+// The names verification_metrics gives, in its order.
+const std::vector<std::string>& verification_metric_names();
+
+// The seed of the negative pairs drawn from labels by every evaluation (and `embed`'s default).
+inline constexpr std::uint64_t kLabelPairSeed = 18;
+// verification_metrics of embeddings (N, dim) on pairs_from_labels(labels, seed); empty when there
+// are fewer pairs than the 10 folds. The pairs grow as N^2 / identities (every positive).
+std::vector<std::pair<std::string, double>> label_pair_verification(std::span<const float> embeddings, int dim,
+                                                                    std::span<const std::int32_t> labels,
+                                                                    std::uint64_t seed = kLabelPairSeed);
 
 }  // namespace mpicnn::core

@@ -4,6 +4,7 @@
 // tuples. Registered in layers.cpp.
 #include "arg_reader.hpp"
 #include "errors.hpp"
+#include "pool_layer.hpp"
 #include "volume_kernels.hpp"
 
 namespace mpicnn::core {
@@ -75,9 +76,11 @@ class Conv3D final : public Layer {
   ParamStore* store_ = nullptr;
 };
 
-class Pool3D final : public Layer {
+class Pool3D final : public PoolLayer<Pool3dGeometry> {
  public:
-  Pool3D(const ArgReader& a, const Shape& in, bool is_max) : max_(is_max) {
+  Pool3D(const ArgReader& a, const Shape& in, bool is_max)
+      : PoolLayer(is_max, {maxpool3d_forward<float>, maxpool3d_backward<float>, avgpool3d_forward<float>,
+                           avgpool3d_backward<float>}) {
     require_volume(a, in, is_max ? "maxpool" : "avgpool");
     const Extent3 window = extent_arg(a, "window", 1);
     const Extent3 stride = a.given("stride") ? extent_arg(a, "stride", 1) : window;
@@ -94,26 +97,6 @@ class Pool3D final : public Layer {
     return std::string(max_ ? "maxpool3d(" : "avgpool3d(") + extent_text(g_.window) + ",stride=" +
            extent_text(g_.stride) + ",pad=" + extent_text(g_.pad) + ")";
   }
-  void bind(const BindContext& context) override {
-    if (max_) argmax_.assign(std::size_t(context.max_batch) * g_.out_size(), 0);
-  }
-  void forward(float* out, const float* in, int batch) override {
-    if (max_) maxpool3d_forward(out, argmax_.data(), in, g_, batch, relu_);
-    else avgpool3d_forward(out, in, g_, batch);
-  }
-  void backward(float* in_grad, const float* out_grad, const float*, const float* out, int batch) override {
-    if (!in_grad) return;
-    if (max_) maxpool3d_backward(in_grad, out_grad, argmax_.data(), g_, batch, relu_ ? out : nullptr);
-    else avgpool3d_backward(in_grad, out_grad, g_, batch);
-  }
-  bool can_absorb_preceding_relu() const override { return max_; }
-  void absorb_preceding_relu() override { relu_ = true; }
-
- private:
-  Pool3dGeometry g_;
-  bool max_;
-  bool relu_ = false;  // applies the ReLU before it (absorb_preceding_relu)
-  std::vector<std::int32_t> argmax_;
 };
 
 }  // namespace

@@ -51,6 +51,41 @@ Matrix turn(double degrees, int from, int to) {
   return r;
 }
 
+// R = R_d R_h R_w: R_d turns x towards y, R_h z towards x, R_w y towards z (right-handed about each axis).
+Matrix rotation_dhw(const std::array<double, 3>& angles_dhw) {
+  return multiply(multiply(turn(angles_dhw[0], 0, 1), turn(angles_dhw[1], 2, 0)), turn(angles_dhw[2], 1, 2));
+}
+
+// The centre of an axis of n voxels is (n - 1) / 2 (augment.hpp).
+std::array<double, 3> centre_whd(const core::Shape& shape) {
+  return {(shape.w - 1) / 2.0, (shape.h - 1) / 2.0, (shape.d - 1) / 2.0};
+}
+
+// The map p -> matrix p + offset that takes point `from` to point `to`.
+AffineMap taking(const Matrix& matrix, const std::array<double, 3>& from, const std::array<double, 3>& to) {
+  AffineMap map;
+  map.matrix = matrix;
+  for (int i = 0; i < 3; ++i) {
+    map.offset[i] = to[i];
+    for (int j = 0; j < 3; ++j) map.offset[i] -= matrix[i][j] * from[j];
+  }
+  return map;
+}
+
+// p_out = centre + scale R (p_in - centre) + translate, or its inverse
+// p_in = centre + R^T (p_out - centre - translate) / scale (R is orthogonal).
+AffineMap affine_transform(const core::Shape& shape, const std::array<double, 3>& angles_dhw, double scale,
+                           const std::array<double, 3>& translate_whd, bool inverse) {
+  const Matrix rotation = rotation_dhw(angles_dhw);
+  const std::array<double, 3> centre = centre_whd(shape);
+  std::array<double, 3> shifted_centre{};
+  for (int i = 0; i < 3; ++i) shifted_centre[i] = centre[i] + translate_whd[i];
+  Matrix matrix{};
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) matrix[i][j] = inverse ? rotation[j][i] / scale : scale * rotation[i][j];
+  return inverse ? taking(matrix, shifted_centre, centre) : taking(matrix, centre, shifted_centre);
+}
+
 }  // namespace
 
 void check_augmentation(const Augmentation& a, const core::Shape& shape, const std::string& path) {
@@ -84,18 +119,12 @@ void check_augmentation(const Augmentation& a, const core::Shape& shape, const s
 
 AffineMap affine_map(const core::Shape& shape, const std::array<double, 3>& angles_dhw, double scale,
                      const std::array<double, 3>& translate_whd) {
-  // R_d turns x towards y, R_h z towards x, R_w y towards z (right-handed about each axis).
-  const Matrix rotation = multiply(multiply(turn(angles_dhw[0], 0, 1), turn(angles_dhw[1], 2, 0)), turn(angles_dhw[2], 1, 2));
-  const std::array<double, 3> centre{(shape.w - 1) / 2.0, (shape.h - 1) / 2.0, (shape.d - 1) / 2.0};
-  AffineMap map;
-  // q = centre + R^T (p - centre - translate) / scale: R is orthogonal.
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) map.matrix[i][j] = rotation[j][i] / scale;
-  for (int i = 0; i < 3; ++i) {
-    map.offset[i] = centre[i];
-    for (int j = 0; j < 3; ++j) map.offset[i] -= map.matrix[i][j] * (centre[j] + translate_whd[j]);
-  }
-  return map;
+  return affine_transform(shape, angles_dhw, scale, translate_whd, true);
+}
+
+AffineMap affine_forward(const core::Shape& shape, const std::array<double, 3>& angles_dhw, double scale,
+                         const std::array<double, 3>& translate_whd) {
+  return affine_transform(shape, angles_dhw, scale, translate_whd, false);
 }
 
 template <class T>
@@ -175,6 +204,7 @@ SampleDraw draw_augmentation(const Augmentation& a, const core::Shape& shape, st
       if (a.translate[i] > 0) shift[i] = rng.uniform(-a.translate[i], a.translate[i]) * size[i];
     draw.affine = apply;
     draw.map = affine_map(shape, angles, scale, shift);
+    draw.forward = affine_forward(shape, angles, scale, shift);
   }
   if (a.intensity()) {
     const bool apply = a.intensity_probability >= 1 || rng.uniform() < a.intensity_probability;

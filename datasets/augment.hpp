@@ -60,6 +60,10 @@ struct AffineMap {
 // on screen, as torchvision's affine(angle)), translate along (w, h, d) in voxels.
 AffineMap affine_map(const core::Shape& shape, const std::array<double, 3>& angles_dhw, double scale,
                      const std::array<double, 3>& translate_whd);
+// The forward transform itself, p_out = matrix p_in + offset (voxel indices): where a source point
+// lands, for geometry that moves with the pixels (boxes, datasets/boxes.hpp).
+AffineMap affine_forward(const core::Shape& shape, const std::array<double, 3>& angles_dhw, double scale,
+                         const std::array<double, 3>& translate_whd);
 
 // out (C,D,H,W) = in (C,D,H,W) sampled at map(p) for every output voxel p, linear along each axis
 // (bilinear for images, d = 1; trilinear for volumes); a neighbour outside `in` reads as pad[c], as
@@ -72,7 +76,8 @@ struct SampleDraw {
   std::array<int, 3> crop_offset{};    // w, h, d: source offset of the crop window
   std::array<bool, 3> flip{};          // w, h, d
   bool affine = false;
-  AffineMap map{};
+  AffineMap map{};      // output voxel -> source (the pixels' resampling)
+  AffineMap forward{};  // source -> output: the inverse of map, from the same draw
   double intensity_scale = 1, intensity_shift = 0;
 };
 

@@ -141,7 +141,7 @@ std::vector<std::uint32_t> train_step_samples(const ReaderOptions& options, std:
 }
 
 std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::size_t count, long step) {
-  const Slice part = rank_slice(count, options.rank, options.ranks);
+  const Slice part = eval_part(count, options);
   const std::size_t first = std::size_t(step) * std::size_t(options.batch);
   if (first >= part.count) return {};
   std::vector<std::uint32_t> samples(std::min(part.count - first, std::size_t(options.batch)));
@@ -157,34 +157,66 @@ std::vector<core::GroundTruthBox> ground_truth(const SplitBoxes& boxes) {
   return truth;
 }
 
-BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
-                        const core::Shape& image) {
-  const Augmentation& a = options.augment;
-  if (a.affine())
-    throw ConfigError(options.path + ": boxes follow the crop and the flips only; data.rotate_degrees, data.scale_range "
-                      "and data.translate are not supported with boxes yet");
-  // The reader's own draws (sample_reader.cpp): output pixel (x, y) shows source pixel
-  // ((flip_w ? W-1-x : x) + dx, (flip_h ? H-1-y : y) + dy), so a source edge u lands at u - dx,
-  // or at W + dx - u when mirrored (likewise along y).
-  const SampleDraw draw =
-      a.any() ? draw_augmentation(a, image, core::derive_seed(augment_seed(options.seed, epoch), index)) : SampleDraw{};
-  // Plain ints, not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
-  const int dx = draw.crop_offset[0], dy = draw.crop_offset[1];
-  const float W = float(image.w), H = float(image.h);
-  const auto along_x = [&](float u) { return draw.flip[0] ? W + float(dx) - u : u - float(dx); };
-  const auto along_y = [&](float v) { return draw.flip[1] ? H + float(dy) - v : v - float(dy); };
+namespace {
+
+// Pixel edges, in double: the crop and flips move them by integers, exactly.
+struct Edges {
+  double x1, y1, x2, y2;
+  bool empty() const { return !(x1 < x2 && y1 < y2); }
+  double area() const { return (x2 - x1) * (y2 - y1); }
+};
+
+// Output pixel (x, y) shows source pixel ((flip_w ? W-1-x : x) + dx, (flip_h ? H-1-y : y) + dy)
+// (sample_reader.cpp), so a source edge u lands at u - dx, or at W + dx - u when mirrored.
+Edges crop_and_flip(const core::Box& b, const SampleDraw& draw, double W, double H) {
+  const double dx = draw.crop_offset[0], dy = draw.crop_offset[1];
+  const auto along_x = [&](double u) { return draw.flip[0] ? W + dx - u : u - dx; };
+  const auto along_y = [&](double v) { return draw.flip[1] ? H + dy - v : v - dy; };
+  const double x1 = along_x(b.x1), x2 = along_x(b.x2), y1 = along_y(b.y1), y2 = along_y(b.y2);
+  return {std::min(x1, x2), std::min(y1, y2), std::max(x1, x2), std::max(y1, y2)};
+}
+
+Edges clip(const Edges& e, double W, double H) {
+  return {std::max(e.x1, 0.0), std::max(e.y1, 0.0), std::min(e.x2, W), std::min(e.y2, H)};
+}
+
+// The enclosing box of the four corners through `forward`, whose coordinates are pixel centres.
+Edges warp(const Edges& e, const AffineMap& forward) {
+  const auto& m = forward.matrix;
+  Edges out{INFINITY, INFINITY, -INFINITY, -INFINITY};
+  for (const double u : {e.x1, e.x2})
+    for (const double v : {e.y1, e.y2}) {
+      const double x = u - 0.5, y = v - 0.5;
+      const double to_x = m[0][0] * x + m[0][1] * y + forward.offset[0] + 0.5;
+      const double to_y = m[1][0] * x + m[1][1] * y + forward.offset[1] + 0.5;
+      out = {std::min(out.x1, to_x), std::min(out.y1, to_y), std::max(out.x2, to_x), std::max(out.y2, to_y)};
+    }
+  return out;
+}
+
+}  // namespace
+
+BoxList move_boxes(const SampleBoxes& boxes, const SampleDraw& draw, const core::Shape& image, double min_visibility) {
+  const double W = image.w, H = image.h;
   BoxList out;
   for (std::size_t m = 0; m < boxes.boxes.size(); ++m) {
-    const core::Box& b = boxes.boxes[m];
-    const float x1 = along_x(b.x1), x2 = along_x(b.x2), y1 = along_y(b.y1), y2 = along_y(b.y2);
-    const core::Box moved{std::max(std::min(x1, x2), 0.f), std::max(std::min(y1, y2), 0.f), std::min(std::max(x1, x2), W),
-                          std::min(std::max(y1, y2), H)};
-    if (!(moved.x1 < moved.x2 && moved.y1 < moved.y2)) continue;
-    out.boxes.push_back(moved);
+    Edges whole = crop_and_flip(boxes.boxes[m], draw, W, H), visible = clip(whole, W, H);
+    if (visible.empty()) continue;
+    if (draw.affine) whole = warp(whole, draw.forward), visible = clip(warp(visible, draw.forward), W, H);
+    if (visible.empty() || visible.area() < min_visibility * whole.area()) continue;
+    out.boxes.push_back({float(visible.x1), float(visible.y1), float(visible.x2), float(visible.y2)});
     out.classes.push_back(boxes.classes[m]);
     out.crowd.push_back(boxes.crowd[m]);
   }
   return out;
+}
+
+BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
+                        const core::Shape& image) {
+  const Augmentation& a = options.augment;
+  const SampleDraw draw =
+      a.any() ? draw_augmentation(a, image, core::derive_seed(augment_seed(options.seed, epoch), index)) : SampleDraw{};
+  return move_boxes(boxes, draw, image);
 }
 
 }  // namespace mpicnn::data

@@ -12,6 +12,7 @@
 
 #include "core/boxes.hpp"
 #include "core/detection_eval.hpp"
+#include "datasets/augment.hpp"
 #include "datasets/reader.hpp"
 
 namespace mpicnn::data {
@@ -65,10 +66,28 @@ struct BoxList {
   std::vector<std::uint8_t> crowd;
 };
 
-// Sample `index`'s boxes moved as TrainReader moves its pixels in `epoch` with options.augment's
-// crop and W/H flips (the same seeded draws, datasets/augment.hpp): shifted by the crop offset,
-// mirrored, clipped to the image (W x H of `image`); a box left with no area is dropped. Without
-// augmentation the boxes as stored. An affine augmentation is refused (ConfigError).
+// A moved box is kept when at least this fraction of its transformed area is still in the image:
+// albumentations' min_visibility (filter_bboxes), at the value of YOLOv5's area_thr after its random
+// affine. Unlike albumentations (and torchvision's SanitizeBoundingBoxes) there is no 1-pixel
+// minimum: a box is degenerate only with no area, so an identity draw keeps every stored box.
+inline constexpr double kBoxMinVisibility = 0.1;
+
+// A sample's boxes moved as the reader moves its pixels with `draw` (datasets/augment.hpp), in the
+// pixels' order: the crop window and the W/H flips (exact), clipped to the image, because what
+// left the window is black before the warp; then, when draw.affine, the four corners of that box
+// through draw.forward, their enclosing axis-aligned box clipped to the image again (torchvision.
+// transforms.v2's affine of boxes). Box coordinates are pixel edges (pixel x spans [x, x + 1)), the
+// map's are pixel centres, so a corner u is moved as the point u - 1/2 and shifted back. A box is
+// kept when it has an area and at least `min_visibility` times that of the enclosing box of the
+// whole stored box moved without clipping (albumentations' visibility, over the whole chain rather
+// than after each step: a box cut by both the crop and the warp is judged on what is left of it).
+// W x H from `image`.
+BoxList move_boxes(const SampleBoxes& boxes, const SampleDraw& draw, const core::Shape& image,
+                   double min_visibility = kBoxMinVisibility);
+
+// Sample `index`'s boxes moved as TrainReader moves its pixels in `epoch` with options.augment (the
+// same seeded draw, keyed on (seed, epoch, index)): move_boxes with kBoxMinVisibility. Without
+// augmentation the boxes as stored.
 BoxList augmented_boxes(const SampleBoxes& boxes, const ReaderOptions& options, int epoch, std::uint32_t index,
                         const core::Shape& image);
 

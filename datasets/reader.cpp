@@ -20,6 +20,10 @@ Slice rank_slice(std::size_t total, int rank, int ranks, int group) {
   return {std::min(first, total), std::min(end, total) - std::min(first, total)};
 }
 
+Slice eval_part(std::size_t count, const EvalOptions& options) {
+  return rank_slice(count, options.rank, options.ranks, options.group);
+}
+
 std::vector<std::uint32_t> epoch_order(std::size_t count, std::uint64_t seed, int epoch, bool shuffle) {
   std::vector<std::uint32_t> order(count);
   for (std::size_t i = 0; i < count; ++i) order[i] = std::uint32_t(i);
@@ -141,9 +145,9 @@ struct EvalReader::Impl {
   explicit Impl(EvalOptions o)
       : options(std::move(o)),
         samples(options.path, options.split, options.normalize, options.mean, options.std, 0),
-        part(rank_slice(samples.info().count, options.rank, options.ranks)),
+        part(eval_part(samples.info().count, options)),
         steps(long((part.count + std::size_t(options.batch) - 1) / std::size_t(options.batch))),
-        max_steps(long((rank_slice(samples.info().count, 0, options.ranks).count + std::size_t(options.batch) - 1) /
+        max_steps(long((rank_slice(samples.info().count, 0, options.ranks, options.group).count + std::size_t(options.batch) - 1) /
                        std::size_t(options.batch))),
         pipeline(steps, [this](int epoch, long step, Batch& batch) { fill(epoch, step, batch); }, options.prefetch) {}
 

@@ -123,7 +123,16 @@ struct EvalOptions {
   bool normalize = true;
   std::vector<double> mean{}, std{};  // override the file's; empty = the file's
   bool prefetch = true;
+  // Parts are whole multiples of this many samples (the split's last, partial group aside): the
+  // evaluator's chunks of the model's batch then sit at fixed global positions, so every sample's
+  // outputs are the same for any rank count (a dense layer's GEMM rounds by its batch's size).
+  int group = 1;
 };
+
+// Rank `options.rank`'s part of a split in evaluation: rank_slice with group = options.group, so
+// every part starts at a multiple of the group and chunks cut at global multiples of it hold the
+// same samples on any rank count.
+Slice eval_part(std::size_t count, const EvalOptions& options);
 
 class EvalReader {
  public:

@@ -151,14 +151,9 @@ std::vector<T> gather(std::span<const T> values, MPI_Datatype type, int rank, in
 
 template <class T>
 std::vector<T> gather_everywhere(std::span<const T> values, MPI_Datatype type, int size) {
-  int mine = int(values.size());
-  std::vector<int> counts(size), offsets(size);
-  check(MPI_Allgather(&mine, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "MPI_Allgather");
-  for (int r = 1; r < size; ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
-  std::vector<T> all(std::size_t(offsets[size - 1]) + counts[size - 1]);
-  check(MPI_Allgatherv(values.data(), mine, type, all.data(), counts.data(), offsets.data(), type, MPI_COMM_WORLD),
-        "MPI_Allgatherv");
-  return all;
+  return allgather_concatenated(values, type, MPI_COMM_WORLD, size, [](MPI_Request& request, const char*) {
+    check(MPI_Wait(&request, MPI_STATUS_IGNORE), "MPI_Wait");
+  });
 }
 
 }  // namespace

@@ -104,6 +104,25 @@ class Communicator {
   mutable std::vector<std::uint64_t> error_ids_;
 };
 
+// Every rank's values concatenated in rank order, on every rank of `comm` (`size` ranks): the
+// counts, then the values, each a non-blocking collective completed by wait(request, what) (`what`
+// names it for a hang message), so that the communicator can block in MPI_Wait and the watchdog
+// poll with its timeout through one implementation.
+template <class T, class Wait>
+std::vector<T> allgather_concatenated(std::span<const T> values, MPI_Datatype type, MPI_Comm comm, int size, Wait&& wait) {
+  int mine = int(values.size());
+  std::vector<int> counts(size), offsets(size);
+  MPI_Request request;
+  check(MPI_Iallgather(&mine, 1, MPI_INT, counts.data(), 1, MPI_INT, comm, &request), "MPI_Iallgather");
+  wait(request, "the gather of the counts");
+  for (int r = 1; r < size; ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
+  std::vector<T> all(std::size_t(offsets[size - 1]) + counts[size - 1]);
+  check(MPI_Iallgatherv(values.data(), mine, type, all.data(), counts.data(), offsets.data(), type, comm, &request),
+        "MPI_Iallgatherv");
+  wait(request, "the gather of the values");
+  return all;
+}
+
 // A 64-bit FNV-1a hash of raw bytes, for checking that ranks hold identical weights.
 std::uint64_t fingerprint(const void* data, std::size_t bytes);
 

@@ -163,20 +163,10 @@ void Watchdog::allreduce_sum(void* values, int count, MPI_Datatype type, const s
 
 template <class T>
 std::vector<T> Watchdog::allgather(std::span<const T> values, MPI_Datatype type, const std::string& context) {
-  const int size = comm_.size();
-  int mine = int(values.size());
-  std::vector<int> counts(size), offsets(size);
   arrived(context);
-  MPI_Request request;
-  check(MPI_Iallgather(&mine, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_.handle(), &request), "MPI_Iallgather");
-  wait(std::span<MPI_Request>(&request, 1), "the gather of the counts");
-  for (int r = 1; r < size; ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
-  std::vector<T> all(std::size_t(offsets[size - 1]) + counts[size - 1]);
-  check(MPI_Iallgatherv(values.data(), mine, type, all.data(), counts.data(), offsets.data(), type, comm_.handle(),
-                        &request),
-        "MPI_Iallgatherv");
-  wait(std::span<MPI_Request>(&request, 1), "the gather of the scores");
-  return all;
+  return allgather_concatenated(values, type, comm_.handle(), comm_.size(), [this](MPI_Request& request, const char* what) {
+    wait(std::span<MPI_Request>(&request, 1), what);
+  });
 }
 
 std::vector<float> Watchdog::allgather(std::span<const float> values, const std::string& context) {

@@ -14,6 +14,7 @@
 
 #include "core/errors.hpp"
 #include "datasets/h5.hpp"
+#include "io/loss_io.hpp"
 #include "io/state_io.hpp"
 
 namespace fs = std::filesystem;
@@ -110,6 +111,7 @@ void write_bundle(hid_t file, const CheckpointHeader& h, const std::string& sha2
   const std::vector<std::int64_t> input = input_shape_attribute(h.model.input);
   h5::write_attribute(meta.get(), "input_shape", std::span<const std::int64_t>(input));
   h5::write_attribute(meta.get(), "loss", h.model.loss);
+  write_loss_options(meta.get(), h.model.loss_options);
   h5::write_attribute(meta.get(), "mean", std::span<const double>(h.model.mean));
   h5::write_attribute(meta.get(), "std", std::span<const double>(h.model.std));
   // HDF5 cannot read back an empty string array: no attribute means no class names (as in checkpoints).
@@ -231,6 +233,8 @@ BundleHeader read_bundle_header(const std::string& path) {
   if (!input) invalid(path, std::string("/model input_shape must be ") + kInputShapeExpected);
   b.model.input = *input;
   b.model.loss = h5::read_string_attribute(model.get(), "loss");
+  b.model.loss_options = read_loss_options(model.get(), path);
+  task_of(b.model, path);
   b.model.mean = h5::read_array_attribute<double>(model.get(), "mean");
   b.model.std = h5::read_array_attribute<double>(model.get(), "std");
   if (h5::has_attribute(model.get(), "class_names"))

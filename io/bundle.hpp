@@ -3,8 +3,8 @@
 // needed only to continue training (no optimizer moments, no trainer position). Layout:
 //
 //   /                 attrs format = "mpicnn-bundle", format_version, mpicnn_version, created (UTC)
-//   /model            attrs spec (canonical), input_shape (C,H,W), loss, mean, std, class_names,
-//                     input_scaling, layout
+//   /model            attrs spec (canonical), input_shape (C,H,W), loss and its options
+//                     (io/loss_io.hpp), mean, std, class_names, input_scaling, layout
 //   /weights/<name>   float32, PyTorch state_dict names and layouts ("0.weight" conv (K,C,R,S),
 //                     "7.weight" dense (out,in), "0.bias" (K))
 //   /source           attrs of the checkpoint it came from: file (name only), sha256, created,

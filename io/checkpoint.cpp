@@ -15,6 +15,7 @@
 #include "core/errors.hpp"
 #include "core/parse.hpp"
 #include "datasets/h5.hpp"
+#include "loss_io.hpp"
 #include "state_io.hpp"
 
 namespace fs = std::filesystem;
@@ -85,6 +86,7 @@ void write_header(hid_t file, const ModelMeta& meta, const core::Optimizer& opti
   const std::vector<std::int64_t> input = input_shape_attribute(meta.input);
   h5::write_attribute(model.get(), "input_shape", std::span<const std::int64_t>(input));
   h5::write_attribute(model.get(), "loss", meta.loss);
+  write_loss_options(model.get(), meta.loss_options);
   h5::write_attribute(model.get(), "mean", std::span<const double>(meta.mean));
   h5::write_attribute(model.get(), "std", std::span<const double>(meta.std));
   if (!meta.class_names.empty()) h5::write_attribute(model.get(), "class_names", meta.class_names);
@@ -263,6 +265,8 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
     invalid(path, "/model input_shape " + h.model.input.str() + " has more than " + std::to_string(kMaxInputValues) +
                       " values per sample");
   h.model.loss = h5::read_string_attribute(model.get(), "loss");
+  h.model.loss_options = read_loss_options(model.get(), path);
+  task_of(h.model, path);  // the kind and its options must make a task before anything trusts them
   h.model.mean = h5::read_array_attribute<double>(model.get(), "mean");
   h.model.std = h5::read_array_attribute<double>(model.get(), "std");
   if (h5::has_attribute(model.get(), "class_names"))

@@ -12,6 +12,7 @@
 
 #include "core/model.hpp"
 #include "core/optimizer.hpp"
+#include "core/task.hpp"
 
 namespace mpicnn::io {
 
@@ -39,9 +40,10 @@ inline constexpr int kGridExponentBound = 200;
 struct ModelMeta {
   std::string spec;                    // canonical layer spec
   core::Shape input;                   // (C,H,W)
-  std::string loss = "cross_entropy";  // cross_entropy (softmax output) or mse (regression)
+  std::string loss = "cross_entropy";  // the task's kind (core::known_tasks())
   std::vector<double> mean, std;       // input normalisation: x' = (x/255 - mean)/std for uint8 data
   std::vector<std::string> class_names;
+  core::TaskOptions loss_options;  // the loss's options, its defaults filled in (io/loss_io.hpp)
 };
 
 struct CheckpointHeader {

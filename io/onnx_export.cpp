@@ -25,6 +25,7 @@
 #include "core/task.hpp"
 #include "io/bundle.hpp"
 #include "io/checkpoint.hpp"
+#include "io/loss_io.hpp"
 
 namespace fs = std::filesystem;
 
@@ -491,7 +492,10 @@ void add_metadata(onnx::ModelProto& m, const std::string& key, const std::string
 onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model, const std::string& sha256,
                              const OnnxExportOptions& options, OnnxExportSummary* summary) {
   // The task says how logits become predictions: Softmax over classes, Sigmoid per label.
-  const std::string postprocess = options.probabilities ? core::make_task(h.model.loss)->onnx_postprocess() : "";
+  const std::string postprocess =
+      options.probabilities && !options.embedding ? task_of(h.model, h.path)->onnx_postprocess() : "";
+  const std::string output = options.embedding ? "embedding" : "logits";
+  const std::string spec = options.embedding ? model.canonical_spec() : h.model.spec;
   const bool classify = !postprocess.empty();
   const std::string source = fs::path(h.path).filename().string();
   const core::Shape input = h.model.input;
@@ -512,8 +516,11 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
       "). Input 'input': float32 [N," + sample_dims + "] (" + (input.is_volume() ? "NCDHW" : "NCHW") +
       ", N = any batch size) holding " + (input.is_volume() ? "volumes" : "images") + " on the scale the training reader "
       "fed the network before normalising: " + kInputScaling +
-      " (mean and std in metadata; the graph normalises itself, do not normalise again). Output 'logits': float32 [N," +
-      std::to_string(k) + "], the network's raw outputs." +
+      " (mean and std in metadata; the graph normalises itself, do not normalise again). " +
+      (options.embedding ? "Output 'embedding': float32 [N," + std::to_string(k) +
+                               "], the model's embedding (the output of its layers up to the embedding head; metadata "
+                               "'source_spec' is the whole model)."
+                         : "Output 'logits': float32 [N," + std::to_string(k) + "], the network's raw outputs.") +
       (postprocess == "Softmax" ? " Output 'probabilities': softmax of the logits over axis 1, classes in the order "
                                   "of metadata 'class_names'."
        : postprocess == "Sigmoid" ? " Output 'probabilities': the sigmoid of each logit, one probability per label "
@@ -522,7 +529,7 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
 
   onnx::GraphProto* graph = m.mutable_graph();
   graph->set_name("mpicnn");
-  graph->set_doc_string(h.model.spec);
+  graph->set_doc_string(spec);
   std::vector<Dim> input_dims = {std::string("N")};
   for (std::int64_t d : chw(input)) input_dims.push_back(d);
   set_tensor_type(graph->add_input(), "input", input_dims);
@@ -539,9 +546,9 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
   g.node("Sub", "input_centered", {"input", "mean"}, chw(input));
   g.node("Div", "input_normalized", {"input_centered", "std"}, chw(input));
   const Value logits = add_layers(g, model, &summary->parameters);
-  g.finish(logits.tensor, "logits");
-  set_tensor_type(graph->add_output(), "logits", {std::string("N"), k});
-  summary->outputs = {"logits"};
+  g.finish(logits.tensor, output);
+  set_tensor_type(graph->add_output(), output, {std::string("N"), k});
+  summary->outputs = {output};
   if (classify) {
     onnx::NodeProto* node = graph->add_node();
     node->set_op_type(postprocess);
@@ -555,14 +562,16 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
   summary->nodes = graph->node_size();
 
   add_metadata(m, "mpicnn_version", MPICNN_VERSION);
-  add_metadata(m, "spec", h.model.spec);
+  add_metadata(m, "spec", spec);
+  if (options.embedding) add_metadata(m, "source_spec", h.model.spec);
   add_metadata(m, "input_shape", sample_dims);
   add_metadata(m, "input_scaling", kInputScaling);
   add_metadata(m, "mean", join_numbers(h.model.mean));
   add_metadata(m, "std", join_numbers(h.model.std));
   add_metadata(m, "loss", h.model.loss);
+  add_metadata(m, "loss_description", loss_description(h.model));
   add_metadata(m, "class_names", json_strings(h.model.class_names));
-  add_metadata(m, "outputs", classify ? "logits,probabilities" : "logits");
+  add_metadata(m, "outputs", classify ? "logits,probabilities" : output);
   add_metadata(m, "source_checkpoint", source);
   add_metadata(m, "source_checkpoint_sha256", sha256);
   add_metadata(m, "source_created", h.created);
@@ -633,7 +642,12 @@ OnnxExportSummary export_onnx(const std::string& checkpoint_path, const std::str
                               const OnnxExportOptions& options) {
   const CheckpointHeader h = read_checkpoint_header(checkpoint_path);
   check_export_target(output_path, checkpoint_path);
-  core::Model model(h.model.spec, h.model.input, 1);
+  std::string spec = h.model.spec;
+  if (options.embedding) {
+    const core::Model whole(h.model.spec, h.model.input, 1);
+    spec = core::spec_through_layer(whole, core::embedding_layer_to_cut(whole, "--cut embedding: " + checkpoint_path));
+  }
+  core::Model model(spec, h.model.input, 1);
   load_checkpoint(checkpoint_path, model, nullptr);
   return export_onnx_model(model, h, sha256_file(checkpoint_path), output_path, options);
 }

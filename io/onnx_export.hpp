@@ -12,7 +12,8 @@
 //            (or the input itself) from the same tensor, then Add; repeat(n) its copies in a row;
 //            Unsqueeze where a dense output feeds a spatial layer, Flatten where a flat value
 //            meets a spatial one in an Add
-//         -> logits [N,K]  (and, for cross-entropy models, probabilities = Softmax(logits, axis=1))
+//         -> logits [N,K]  (and, for cross-entropy models, probabilities = Softmax(logits, axis=1));
+//            cut at the embedding (OnnxExportOptions::embedding): embedding [N,D] alone
 // Nodes are named by the parameter path of their layer: "layer3_conv" (top level),
 // "layer3.main.0_conv" inside a block, "layer3_residual" for a block's Add.
 // Weights and running statistics are initializers named as in the checkpoint ("0.weight",
@@ -39,13 +40,16 @@ inline constexpr int kOnnxOpset = 13;
 
 struct OnnxExportOptions {
   bool probabilities = true;  // add the Softmax output "probabilities" (cross-entropy models only)
+  // export_onnx: only the sub-model up to the embedding (core::embedding_layer), whose output is
+  // "embedding" [N,D] (no probabilities); ConfigError when the model has no embedding head.
+  bool embedding = false;
 };
 
 struct OnnxExportSummary {
   std::size_t bytes = 0;
   int nodes = 0;
   std::size_t parameters = 0;
-  std::vector<std::string> outputs;  // "logits", optionally "probabilities"
+  std::vector<std::string> outputs;  // "logits", optionally "probabilities"; or "embedding"
   std::string source_sha256;
 };
 

@@ -22,7 +22,8 @@ build=${FUZZ_BUILD_DIR:-build-fuzz}
 flags="-fsanitize=fuzzer-no-link,address -fno-omit-frame-pointer -g"
 
 mkdir -p "$build"
-CC=clang-14 CXX=clang++-14 cmake -S . -B "$build" -DMPICNN_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+source scripts/compiler_cache.sh
+CC=clang-14 CXX=clang++-14 cmake -S . -B "$build" "${compiler_cache_args[@]}" -DMPICNN_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" > "$build/configure.log" 2>&1 ||
   { cat "$build/configure.log"; exit 1; }
 make -C "$build" -j"$(nproc)" "${targets[@]/#/fuzz_}" 2>&1 | grep -E "error|Error|Linking" || true

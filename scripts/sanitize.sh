@@ -14,7 +14,8 @@ build=${ASAN_BUILD_DIR:-build-asan}
 begin=$(date +%s)
 
 mkdir -p "$build"
-cmake -S . -B "$build" -DMPICNN_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$build/configure.log" 2>&1 ||
+source scripts/compiler_cache.sh
+cmake -S . -B "$build" "${compiler_cache_args[@]}" -DMPICNN_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$build/configure.log" 2>&1 ||
   { cat "$build/configure.log"; exit 1; }
 # The executable and every test binary, not the benchmarks (nothing runs them here).
 targets=(mpicnn $(grep -ho 'add_executable([A-Za-z0-9_]*' tests/*/CMakeLists.txt | cut -d'(' -f2 | grep -v '^fuzz_'))

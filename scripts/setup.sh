@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config ccache            # ccache: CI rebuilds fresh clones
   libopenmpi-dev openmpi-bin                       # MPI
   libtbb-dev                                       # oneTBB
   libhdf5-dev hdf5-tools                           # datasets and checkpoints
@@ -41,6 +41,7 @@ if ((${#missing[@]})); then
 fi
 
 build_dir=${BUILD_DIR:-build}
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-} >/dev/null
+source scripts/compiler_cache.sh
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "${compiler_cache_args[@]}" ${CMAKE_ARGS:-} >/dev/null
 cmake --build "$build_dir" -j "$(nproc)"
 echo "setup: built $build_dir/"

@@ -1,7 +1,10 @@
 // The embedding layers: l2norm and cosine(n). Hand values, double-precision gradient checks of the
-// kernels (input and class centres), the layers in a model (names, spec round trip, errors).
+// kernels (input and class centres), the layers in a model (names, spec round trip, errors, the
+// sub-model up to the embedding).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "core/embedding_kernels.hpp"
 #include "core/errors.hpp"
@@ -96,6 +99,39 @@ TEST(EmbeddingLayers, InAModelNamedAndRoundTripped) {
   double total = 0;
   for (std::size_t i = 0; i < model.params().size(); ++i) total += std::abs(model.params().grads()[i]);
   EXPECT_GT(total, 0);
+}
+
+// export --cut embedding and predict --cut embedding: the sub-model up to the embedding has the
+// whole model's parameter names and, on the same weights, the embedding the whole model computes.
+TEST(EmbeddingLayers, CutAtTheEmbedding) {
+  const Shape in{2, 4, 4};
+  Model model("conv(3,3) bn relu flatten dense(6,bias=false) l2norm cosine(5)", in, 3);
+  ASSERT_EQ(embedding_layer(model), 5);
+  const std::string cut = spec_through_layer(model, embedding_layer(model));
+  EXPECT_EQ(cut, "conv(3,3,stride=1,pad=0) bn(eps=1e-05,momentum=0.1) relu flatten "
+                 "dense(6,bias=false) l2norm");
+  Model sub(cut, in, 3);
+  ASSERT_EQ(sub.params().infos().size() + 1, model.params().infos().size());
+  for (std::size_t i = 0; i < sub.params().infos().size(); ++i)
+    EXPECT_EQ(sub.params().infos()[i].name, model.params().infos()[i].name);
+  init_params(model.params(), "he", 4);
+  std::copy_n(model.params().values().data(), sub.params().size(), sub.params().values().data());
+  std::vector<float> x(3 * 32);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(std::sin(0.3 * double(i)));
+  model.run().training = sub.run().training = false;
+  model.forward(x.data(), 3);
+  const float* embedding = sub.forward(x.data(), 3);
+  for (int i = 0; i < 18; ++i) EXPECT_EQ(embedding[i], model.activation(5)[i]);
+  EXPECT_EQ(embedding_layer(Model("flatten dense(4) l2norm", in, 1)), 2);
+  EXPECT_EQ(embedding_layer(Model("flatten dense(4)", in, 1)), -1);
+  EXPECT_EQ(embedding_layer(Model("flatten cosine(4)", in, 1)), 0);
+  try {
+    embedding_layer_to_cut(Model("flatten dense(4)", in, 1), "--cut embedding: ckpt.h5");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("--cut embedding: ckpt.h5: the model ends in 'dense(4)', which is no "
+                                    "embedding head (expected a final l2norm, or cosine(n) after the embedding)"));
+  }
 }
 
 std::string error_of(const std::string& spec, const Shape& in) {

@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -91,23 +92,67 @@ TEST(MetricTasks, UseTheKernelsWithTheDefaults) {
   EXPECT_THROW(make_task("arcface")->loss(nullptr, not_cosines.data(), batch, 3), ShapeError);
 }
 
-// triplet's evaluation: verification figures on the split's embeddings, pairs from its labels.
-TEST(MetricTasks, TripletEvaluationIsVerificationOnTheSplit) {
+// Evaluation of the metric tasks: verification figures on the split's embeddings, pairs from its
+// labels (label_pair_verification), added by the evaluator; triplet reports nothing else.
+TEST(MetricTasks, EvaluationIsVerificationOnTheSplit) {
   std::vector<float> embeddings;
   std::vector<std::int32_t> labels;
   for (int n = 0; n < 30; ++n) {
     labels.push_back(n % 5);
     for (int d = 0; d < 4; ++d) embeddings.push_back(float(std::sin(1.7 * n + d)) + (d == n % 4 ? 1.f : 0.f));
   }
-  const auto task = make_task("triplet");
-  ASSERT_TRUE(task->needs_scores());
-  const std::vector<Metric> metrics = task->eval_metrics({0, 30, 4, embeddings, labels, {}});
   const std::vector<Pair> pairs = pairs_from_labels(labels, 18);
   std::vector<bool> same;
   for (const Pair& p : pairs) same.push_back(p.same);
+  const auto metrics = label_pair_verification(embeddings, 4, labels);
   EXPECT_EQ(metrics, verification_metrics(pair_scores(embeddings, 4, pairs), same));
-  EXPECT_EQ(task->best_metrics().front(), "accuracy");
-  EXPECT_TRUE(task->eval_metrics({0, 2, 4, std::span(embeddings).first(8), std::span(labels).first(2), {}}).empty());
+  ASSERT_EQ(metrics.size(), verification_metric_names().size());
+  for (std::size_t i = 0; i < metrics.size(); ++i) EXPECT_EQ(metrics[i].first, verification_metric_names()[i]);
+  EXPECT_TRUE(label_pair_verification(std::span(embeddings).first(8), 4, std::span(labels).first(2)).empty());
+  const auto triplet = make_task("triplet");
+  EXPECT_TRUE(triplet->verifies() && make_task("arcface")->verifies() && make_task("cosface")->verifies());
+  EXPECT_FALSE(make_task("cross_entropy")->verifies());
+  EXPECT_TRUE(triplet->eval_metrics({0, 30, 4, embeddings, labels, {}}).empty());
+  EXPECT_EQ(triplet->best_metrics().front(), "verification_accuracy");
+  const auto arcface = make_task("arcface")->best_metrics();
+  EXPECT_EQ(arcface.front(), "accuracy");
+  EXPECT_NE(std::find(arcface.begin(), arcface.end(), "verification_tar_at_far_1e-3"), arcface.end());
+}
+
+// Checkpoints store Task::options() and rebuild the task from them: every kind's options, its
+// defaults filled in, make the same task again.
+TEST(MetricTasks, OptionsRebuildTheSameTask) {
+  TaskOptions arc;
+  arc.scale = 30, arc.margin = 0.3;
+  const auto task = make_task("arcface", arc);
+  EXPECT_EQ(task->options().scale, 30);
+  EXPECT_EQ(task->options().margin, 0.3);
+  EXPECT_EQ(make_task("arcface")->options().scale, 64);
+  EXPECT_EQ(make_task("cosface")->options().margin, 0.4);
+  EXPECT_EQ(make_task("triplet")->options().mining, "batch_hard");
+  EXPECT_EQ(make_task("triplet")->options().margin, 0.2);
+  const std::vector<float> cosines = {0.3f, -0.2f, 0.9f, 0.1f, 0.5f, -0.7f};
+  const std::vector<std::int32_t> labels = {2, 0};
+  BatchView batch;
+  batch.labels = labels.data(), batch.count = 2;
+  const auto rebuilt = make_task(task->kind(), task->options());
+  EXPECT_EQ(rebuilt->loss(nullptr, cosines.data(), batch, 3).sum, task->loss(nullptr, cosines.data(), batch, 3).sum);
+  EXPECT_NE(make_task("arcface")->loss(nullptr, cosines.data(), batch, 3).sum, task->loss(nullptr, cosines.data(), batch, 3).sum);
+  TaskOptions ce;
+  ce.class_weights = {1, 2, 0.5f}, ce.label_smoothing = 0.1;
+  TaskOptions bce;
+  bce.focal_gamma = 2, bce.focal_alpha = 0.25;
+  for (const auto& [kind, options] : {std::pair{std::string("cross_entropy"), ce}, std::pair{std::string("bce"), bce},
+                                      std::pair{std::string("mse"), TaskOptions{}}, std::pair{std::string("triplet"), TaskOptions{}}}) {
+    const TaskOptions o = make_task(kind, options)->options();
+    const TaskOptions again = make_task(kind, o)->options();
+    EXPECT_EQ(o.class_weights, again.class_weights) << kind;
+    EXPECT_EQ(o.label_smoothing, options.label_smoothing) << kind;
+    EXPECT_EQ(o.focal_gamma, options.focal_gamma) << kind;
+    EXPECT_EQ(o.focal_alpha, again.focal_alpha) << kind;
+    EXPECT_EQ(o.mining, again.mining) << kind;
+  }
+  EXPECT_EQ(make_task("cross_entropy", ce)->options().class_weights, ce.class_weights);
 }
 
 std::string error_of(const std::string& kind, const TaskOptions& options) {

@@ -1,6 +1,7 @@
 // Boxes in the dataset format: a round trip through write_boxes/read_boxes and h5py, the box
 // schedules against what TrainReader and EvalReader really return on 1, 2 and 3 ranks, and every
-// bad box array giving one line naming the file, the split and the box.
+// bad box array giving one line naming the file, the split and the box. Augmented boxes:
+// test_box_augment.cpp.
 #include <cmath>
 
 #include "core/errors.hpp"
@@ -137,78 +138,6 @@ TEST(Boxes, SchedulesMatchTheReaders) {
         }
       }
   std::printf("[ figure ] %d batch rows on 1, 2, 3 ranks: the box schedules name the reader's sample every time\n", rows);
-}
-
-// Sample i: black, with one white rectangle exactly where its one box is (integer corners).
-core::Box rectangle_of(std::size_t i) {
-  const float x = float(i % 9), y = float(i % 5);
-  return {x, y, x + 3.f + float(i % 4), y + 4.f};
-}
-
-void write_rectangles(const std::string& path, std::size_t count) {
-  DatasetWriter writer(path, {kClasses, {}}, {0, 1});
-  writer.begin_split("train", kShape, count, true);
-  std::vector<std::uint8_t> images(count * kShape.size(), 0);
-  SplitBoxes b;
-  b.offsets.push_back(0);
-  for (std::size_t i = 0; i < count; ++i) {
-    const core::Box r = rectangle_of(i);
-    for (int y = int(r.y1); y < int(r.y2); ++y)
-      for (int x = int(r.x1); x < int(r.x2); ++x) images[i * kShape.size() + std::size_t(y) * kShape.w + x] = 255;
-    b.boxes.push_back(r), b.classes.push_back(std::int32_t(i % kClasses)), b.crowd.push_back(0);
-    b.offsets.push_back(std::int64_t(i + 1)), b.image_ids.push_back(std::int64_t(i));
-  }
-  writer.append(images, std::vector<std::int32_t>(count, 0));
-  write_boxes(writer.file(), "train", b, kShape, kClasses);
-  writer.finish();
-}
-
-TEST(Boxes, AugmentationMovesBoxesWithThePixels) {
-  TempDir dir;
-  const std::string path = dir.file("rectangles.h5");
-  write_rectangles(path, 29);
-  const SplitBoxes stored = read_boxes(path, "train");
-  int rows = 0, moved = 0, dropped = 0;
-  for (int ranks : {1, 2})
-    for (int rank = 0; rank < ranks; ++rank) {
-      ReaderOptions o{.path = path, .global_batch = 8, .rank = rank, .ranks = ranks, .seed = 9, .normalize = false};
-      o.augment.flip = {.w = true, .h = true};
-      o.augment.crop_pad = 4;
-      TrainReader reader(o);
-      Batch batch;
-      for (int epoch = 0; epoch < 3; ++epoch)
-        for (long step = 0; reader.next(batch); ++step) {
-          const auto samples = train_step_samples(o, 29, epoch, step);
-          for (int r = 0; r < batch.count; ++r, ++rows) {
-            const BoxList boxes = augmented_boxes(stored.of(samples[r]), o, epoch, samples[r], kShape);
-            // The white pixels' extent in the augmented image, as a box with pixel edges.
-            const float* image = batch.images.data() + std::size_t(r) * kShape.size();
-            int x1 = kShape.w, y1 = kShape.h, x2 = 0, y2 = 0;
-            for (int y = 0; y < kShape.h; ++y)
-              for (int x = 0; x < kShape.w; ++x)
-                if (image[y * kShape.w + x] > 0.5f)
-                  x1 = std::min(x1, x), y1 = std::min(y1, y), x2 = std::max(x2, x + 1), y2 = std::max(y2, y + 1);
-            const std::string where = "sample " + std::to_string(samples[r]) + " epoch " + std::to_string(epoch);
-            if (x2 == 0) {
-              EXPECT_TRUE(boxes.boxes.empty()) << where << ": the rectangle left the image, its box must go";
-              ++dropped;
-              continue;
-            }
-            ASSERT_EQ(boxes.boxes.size(), 1u) << where;
-            const core::Box& b = boxes.boxes[0];
-            EXPECT_EQ(b.x1, float(x1)) << where;
-            EXPECT_EQ(b.y1, float(y1)) << where;
-            EXPECT_EQ(b.x2, float(x2)) << where;
-            EXPECT_EQ(b.y2, float(y2)) << where;
-            EXPECT_EQ(boxes.classes[0], std::int32_t(samples[r] % kClasses));
-            const core::Box& s = stored.boxes[samples[r]];
-            moved += b.x1 != s.x1 || b.y1 != s.y1 || b.x2 != s.x2 || b.y2 != s.y2;
-          }
-        }
-    }
-  EXPECT_GT(moved, rows / 2);
-  std::printf("[ figure ] %d augmented rows (flip, crop pad 4) on 1 and 2 ranks: %d boxes moved, %d dropped, "
-              "every box equal to its rectangle's pixels\n", rows, moved, dropped);
 }
 
 // A dataset without boxes, then raw box arrays written by hand so each test can break one thing.

@@ -399,8 +399,10 @@ TEST(EvalReader, RanksCoverTheSplitExactlyOnceInOrder) {
     std::vector<long> all;
     long max_steps = 0;
     for (int r = 0; r < ranks; ++r) {
-      EvalReader reader({.path = path, .batch = 8, .rank = r, .ranks = ranks, .normalize = false, .prefetch = r != 1});
-      EXPECT_EQ(reader.part().count, rank_slice(103, r, ranks).count);
+      EvalReader reader({.path = path, .batch = 8, .rank = r, .ranks = ranks, .normalize = false, .prefetch = r != 1, .group = 8});
+      // Groups of 8 = the batch: batch j holds samples [8j, 8j + 8) on every rank count.
+      EXPECT_EQ(reader.part().count, rank_slice(103, r, ranks, 8).count);
+      EXPECT_EQ(reader.part().first % 8, 0u);
       long steps = 0;
       Batch batch;
       for (int pass = 0; pass < 2; ++pass) {
@@ -408,6 +410,7 @@ TEST(EvalReader, RanksCoverTheSplitExactlyOnceInOrder) {
         while (reader.next(batch)) {
           EXPECT_LE(batch.count, 8);
           for (int i = 0; i < batch.count; ++i) seen.push_back(sample_of(batch.images.data() + i * 24));
+          EXPECT_EQ(sample_of(batch.images.data()) % 8, 0) << ranks << " ranks: a batch starts inside a batch of 8";
           if (pass == 0) ++steps;
         }
         if (pass == 0) all.insert(all.end(), seen.begin(), seen.end());
@@ -415,7 +418,7 @@ TEST(EvalReader, RanksCoverTheSplitExactlyOnceInOrder) {
       }
       EXPECT_EQ(steps, reader.steps());
       max_steps = std::max(max_steps, steps);
-      EXPECT_EQ(reader.max_steps(), (long(rank_slice(103, 0, ranks).count) + 7) / 8);
+      EXPECT_EQ(reader.max_steps(), (long(rank_slice(103, 0, ranks, 8).count) + 7) / 8);
     }
     std::vector<long> expected(103);
     std::iota(expected.begin(), expected.end(), 0);

@@ -201,6 +201,17 @@ const char* kResNetSpec =
     "conv(8,3,pad=1,bias=false) bn} relu residual{conv(16,3,stride=2,pad=1,bias=false) bn relu "
     "conv(16,3,pad=1,bias=false) bn | conv(16,1,stride=2,bias=false) bn} relu globalavgpool flatten dropout(0.3) dense(4)";
 
+// 2, 3 and 4 ranks against one: weights, momentum, running statistics and counters bitwise.
+void expect_two_to_four_ranks_match(const Weights& one, const std::string& data, const std::string& name,
+                                    const std::string& extra) {
+  for (int ranks : {2, 3, 4}) {
+    const Weights many = load(train(ranks, data, name + std::to_string(ranks), extra, kResNetSpec));
+    EXPECT_EQ(0, std::memcmp(one.values.data(), many.values.data(), one.values.size() * 4)) << ranks << " ranks";
+    EXPECT_EQ(0, std::memcmp(one.momentum.data(), many.momentum.data(), one.momentum.size() * 4)) << ranks << " ranks";
+    EXPECT_EQ(0, std::memcmp(one.state.data(), many.state.data(), one.state.size() * 4)) << ranks << " ranks";
+  }
+}
+
 TEST(ExactBlocks, ResNetWithBatchNormAndDropoutOnOneToFourRanksIsBitwiseIdentical) {
   const std::string spec = kResNetSpec;
   const std::string data = make_dataset("eq1001.h5", 1001, 200);
@@ -210,12 +221,81 @@ TEST(ExactBlocks, ResNetWithBatchNormAndDropoutOnOneToFourRanksIsBitwiseIdentica
   // num_batches_tracked counts micro-batches: an epoch is 15 steps of 4 micro-batches of 16 and one
   // of 41 samples (3), so 50 steps = 3 epochs (3 x 63) + 2 steps (8).
   EXPECT_EQ(one.state.back(), 197.f);
-  for (int ranks : {2, 3, 4}) {
-    const Weights many = load(train(ranks, data, "bn" + std::to_string(ranks), extra, spec));
-    EXPECT_EQ(0, std::memcmp(one.values.data(), many.values.data(), one.values.size() * 4)) << ranks << " ranks";
-    EXPECT_EQ(0, std::memcmp(one.momentum.data(), many.momentum.data(), one.momentum.size() * 4)) << ranks << " ranks";
-    EXPECT_EQ(0, std::memcmp(one.state.data(), many.state.data(), one.state.size() * 4)) << ranks << " ranks";
+  expect_two_to_four_ranks_match(one, data, "bn", extra);
+}
+
+// model.bn_statistics = global_batch: every bn layer's statistics and backward sums are those of
+// the whole global batch of 64 (41 in the partial batches), exchanged across ranks at each bn
+// layer. 2, 3 and 4 ranks (4 ranks: in partial batches one rank has no samples and joins the
+// exchanges with zeros) give bitwise the weights, momentum and running statistics of one rank.
+TEST(ExactBlocks, GlobalBatchStatisticsOnOneToFourRanksAreBitwiseIdentical) {
+  const std::string data = make_dataset("eq1001.h5", 1001, 200);
+  const std::string extra = "--train.max_steps=50 --data.eval_split=none --model.bn_statistics=global_batch";
+  const Weights one = load(train(1, data, "gbn1", extra, kResNetSpec));
+  ASSERT_FALSE(one.state.empty());
+  EXPECT_EQ(one.state.back(), 50.f);  // num_batches_tracked: one update per step
+  // The switch changes the model: per-micro-batch statistics train other weights.
+  const Weights micro = load(train(1, data, "gbn1_micro", "--train.max_steps=50 --data.eval_split=none", kResNetSpec));
+  EXPECT_NE(0, std::memcmp(one.values.data(), micro.values.data(), one.values.size() * 4));
+  expect_two_to_four_ranks_match(one, data, "gbn", extra);
+}
+
+// Stopped on 2 ranks after 20 steps and resumed on 3, with global-batch statistics: bitwise the
+// uninterrupted run.
+TEST(ExactBlocks, GlobalBatchStatisticsResumeOnAnotherRankCountIsBitwiseIdentical) {
+  const std::string data = make_dataset("eq1001.h5", 1001, 200);
+  const std::string mode = " --data.eval_split=none --model.bn_statistics=global_batch";
+  const Weights straight = load(train(2, data, "gbn_straight", "--train.max_steps=50" + mode, kResNetSpec));
+  train(2, data, "gbn_moved", "--train.max_steps=20" + mode, kResNetSpec);
+  const Weights resumed = load(train(3, data, "gbn_moved", "--train.max_steps=50" + mode, kResNetSpec));
+  EXPECT_EQ(0, std::memcmp(straight.values.data(), resumed.values.data(), straight.values.size() * 4));
+  EXPECT_EQ(0, std::memcmp(straight.state.data(), resumed.state.data(), straight.state.size() * 4));
+}
+
+// Under fast reduction the rows are ranks and the float sums' order depends on the rank count:
+// global-batch statistics then make 2 ranks agree with one within the fast reduction's tolerance
+// (per-rank statistics would not: each rank would normalise over its own 32 samples).
+TEST(ExactBlocks, GlobalBatchStatisticsUnderFastReductionAgreeWithinTolerance) {
+  const std::string data = make_dataset("eq1001.h5", 1001, 200);
+  const std::string extra =
+      "--train.max_steps=50 --data.eval_split=none --model.bn_statistics=global_batch --train.reduction=fast";
+  const Weights one = load(train(1, data, "gbn_fast1", extra, kResNetSpec));
+  const Weights two = load(train(2, data, "gbn_fast2", extra, kResNetSpec));
+  const double weights = relative_difference(one.values, two.values), state = relative_difference(one.state, two.state);
+  std::printf("[ figure ] global-batch BatchNorm, fast reduction, 1 vs 2 ranks after 50 steps: max relative weight "
+              "difference %.3g, running statistics %.3g\n", weights, state);
+  EXPECT_LE(weights, 1e-5);
+  EXPECT_LE(state, 1e-5);
+}
+
+// A checkpoint trained with one model.bn_statistics is not resumed with the other: one line
+// naming both, exit status 1, both ways.
+TEST(ExactBlocks, ResumeWithTheOtherBatchNormStatisticsIsRefused) {
+  const std::string data = make_dataset("eq1001.h5", 1001, 200);
+  for (const auto& [was, now] : {std::pair{"micro_batch", "global_batch"}, {"global_batch", "micro_batch"}}) {
+    const std::string out = (work_dir() / ("bn_switch_" + std::string(was))).string();
+    const std::string steps = " --data.eval_split=none --train.max_steps=";
+    ASSERT_EQ(0, shell(train_command(1, data, out, steps + "3 --model.bn_statistics=" + was, kResNetSpec)).exit_code);
+    const CommandResult r = shell(train_command(2, data, out, steps + "6 --model.bn_statistics=" + now, kResNetSpec));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_THAT(r.output, ::testing::HasSubstr(std::string("trained with model.bn_statistics = ") + was +
+                                               ", the config says " + now + ": resume with " + was))
+        << r.output;
   }
+}
+
+// A global batch of one sample through a bn layer after a dense layer: one value per channel.
+TEST(ExactBlocks, GlobalBatchStatisticsOverOneValuePerChannelAreRefusedNamingTheLayer) {
+  const std::string data = make_dataset("eq1001.h5", 1001, 200);
+  const std::string out = (work_dir() / "gbn_one_value").string();
+  const CommandResult r = shell(train_command(1, data, out,
+                                              "--data.eval_split=none --train.max_steps=1 --train.batch_size=1 "
+                                              "--model.bn_statistics=global_batch",
+                                              "conv(4,3) relu flatten dense(8) bn dense(4)"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, ::testing::HasSubstr("error: layer 5 'bn': model.bn_statistics = global_batch needs more than 1 "
+                                             "value per channel over the global batch, got 1"))
+      << r.output;
 }
 
 // Metric learning (issue 18) is exact like the rest: ArcFace over a cosine classifier (shuffled
@@ -500,6 +580,8 @@ TEST(ShardedClassifier, BadInputsEndWithOneLine) {
       {2, "none --loss.kind=arcface", "conv(6,3) relu maxpool(2) flatten dense(10)", "needs model.spec to end with cosine(identities) after the embedding, but it ends with 'dense(10)'"},
       {3, "none --loss.kind=arcface", "conv(6,3) relu maxpool(2) flatten dense(8) cosine(2)", "splits the 2 identities of cosine(2) across 3 ranks: expected at least one identity per rank"},
       {2, "none --loss.kind=arcface --train.reduction=fast", kShardedSpec, "needs train.reduction = exact, got fast"},
+      {2, "none --loss.kind=arcface --model.bn_statistics=global_batch", kShardedSpec,
+       "needs model.bn_statistics = micro_batch, got global_batch"},
       {2, "test --loss.kind=arcface", kShardedSpec, "set data.eval_split = none and data.test_split = none"},
       {2, "none --loss.kind=arcface --train.sample_rate=1.5", kShardedSpec, "'train.sample_rate' must be in (0, 1], got 1.5"},
       {2, "none --loss.kind=arcface --train.sample_rate=0", kShardedSpec, "'--train.sample_rate': expected a finite number > 0, got '0'"},

@@ -6,9 +6,10 @@ Debian's /usr/bin/python3 (numpy, h5py, onnx, torch), one case per test:
   export_tests.py --mpicnn EXE --dump-logits EXE [--sha256 EXE] [--onnx-blocks EXE] --work DIR
                   [--node-modules DIR] [--mpiexec EXE] CASE [ARCH]
 
-Cases: sha256 (mpicnn's SHA-256 against hashlib), setup (tiny datasets and two trained checkpoints),
+Cases: sha256 (mpicnn's SHA-256 against hashlib), setup (tiny datasets and trained checkpoints),
 setup_fashion_mnist, onnx_checker, onnxruntime ARCH, pytorch ARCH, bundle ARCH, errors,
-onnx_blocks BLOCK_ARCH, onnx_blocks_errors.
+onnx_blocks BLOCK_ARCH, onnx_blocks_errors, embedding (the ArcFace model emb cut at its embedding:
+export --cut embedding in onnxruntime and predict --cut embedding against mpicnn embed, 1e-5).
 ARCH: a (conv/maxpool/dense classifier, 3 channels, non-square images, trained on 2 ranks),
 b (avgpool with pad and stride 2, leakyrelu, tanh, sigmoid, maxpool with pad, conv without bias,
 conv after dense; mse regression), fmnist (the reference CNN briefly trained on Fashion-MNIST).
@@ -62,6 +63,11 @@ ARCHS = {
     # configs/resnet18_28.ini's ResNet-18 (28) with 4 classes, on a.h5 (3x20x16), a few steps on
     # 2 ranks: its bundle must load into torchvision's resnet18 with strict=True.
     "r18": dict(spec=None, data="a.h5", run="run_r18", loss="cross_entropy", ranks=2, lr=0.01),
+    # An ArcFace embedding model on a.h5's 4 classes, trained on 2 ranks: `export --cut embedding`
+    # and `predict --cut embedding` against `mpicnn embed` (case embedding).
+    "emb": dict(
+        spec="conv(8,3,pad=1) bn relu maxpool(2) flatten dense(8,bias=false) bn l2norm cosine(4)",
+        data="a.h5", run="run_emb", loss="arcface", ranks=2, lr=0.05, extra=["--loss.scale", 16]),
     "fmnist": dict(
         spec="conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten dense(128) relu dense(10)",
         data="fashion_mnist.h5", run="run_fmnist", loss="cross_entropy", ranks=1, lr=0.02),
@@ -202,7 +208,7 @@ def train(ctx, arch, steps, batch):
     command = [ctx.o.mpicnn, "train", "--data.path", ctx.path(a["data"]), "--model.spec", a["spec"],
                "--loss.kind", a["loss"], "--train.batch_size", batch, "--train.max_steps", steps,
                "--train.epochs", 100, "--train.log_interval", 10, "--optimizer.lr", a["lr"],
-               "--optimizer.momentum", 0.9, "--output", ctx.path(a["run"])]
+               "--optimizer.momentum", 0.9, "--output", ctx.path(a["run"]), *a.get("extra", [])]
     if a["ranks"] > 1:
         command = [ctx.o.mpiexec, "-np", a["ranks"], *command]
     run(command)
@@ -221,6 +227,7 @@ def case_setup(ctx):
     train(ctx, "b", 24, 16)
     train(ctx, "c", 24, 16)
     train(ctx, "bml", 24, 16)
+    train(ctx, "emb", 24, 16)
 
 
 def resnet18_28_spec(classes):
@@ -764,6 +771,14 @@ def case_errors(ctx):
     ckpt = ctx.checkpoint("a")
     target = os.path.join(out, "model.onnx")
     missing = os.path.join(out, "no-such-checkpoint.h5")
+    expect_error(ctx, "cut a model without an embedding",
+                 ["export", "--checkpoint", ckpt, "--format", "onnx", "--output", target, "--cut", "embedding"],
+                 "--cut embedding", ckpt, "ends in 'dense(4)'", "no embedding head", "expected a final l2norm")
+    expect_error(ctx, "cut into a bundle",
+                 ["export", "--checkpoint", ctx.checkpoint("emb"), "--format", "h5", "--output", target, "--cut", "embedding"],
+                 "'--cut embedding' applies to --format onnx")
+    expect_error(ctx, "unknown cut", ["export", "--checkpoint", ckpt, "--format", "onnx", "--output", target, "--cut", "neck"],
+                 "neck", "none, embedding")
     expect_error(ctx, "missing checkpoint", ["export", "--checkpoint", missing, "--format", "onnx", "--output", target],
                  missing, "does not exist")
     expect_error(ctx, "unknown format", ["export", "--checkpoint", ckpt, "--format", "tflite", "--output", target],
@@ -785,6 +800,74 @@ def case_errors(ctx):
     check(not os.path.exists(target), "a failed export left an output file")
     check(not [f for f in os.listdir(out) if ".tmp" in f], "a failed export left a temp file")
     check(not [f for f in os.listdir("/proc") if f.startswith("mpicnn-export-test")], "left files in /proc")
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) the model cut at its embedding: `export --cut embedding` in onnxruntime and `predict --cut
+# embedding` against `mpicnn embed`'s embeddings
+
+EMBEDDING_TOLERANCE = 1e-5
+
+
+def case_embedding(ctx):
+    import h5py
+    import onnx
+    out = ctx.path("embedding")
+    os.makedirs(out, exist_ok=True)
+    ckpt = ctx.checkpoint("emb")
+    data = ctx.path(ARCHS["emb"]["data"])
+    embedded = os.path.join(out, "embed.h5")
+    ctx.mpicnn("embed", "--checkpoint", ckpt, "--data", data, "--output", embedded)
+    with h5py.File(embedded, "r") as f:
+        reference, labels = f["embeddings"][:], f["labels"][:]
+    check(reference.shape[1] == 8, f"embed wrote {reference.shape}")
+
+    model_path = os.path.join(out, "embedding.onnx")
+    printed = ctx.export("emb", "onnx", model_path, "--cut", "embedding").stdout
+    check("outputs embedding" in printed, printed)
+    model = onnx.load(model_path)
+    onnx.checker.check_model(model, full_check=True)
+    check([o.name for o in model.graph.output] == ["embedding"], f"outputs {[o.name for o in model.graph.output]}")
+    names = [n.name for n in model.graph.node]
+    check("layer7_l2norm" in names and not [n for n in names if "cosine" in n], f"nodes {names}")
+    meta = {p.key: p.value for p in model.metadata_props}
+    check(meta["spec"].endswith(" l2norm") and meta["source_spec"].endswith(" l2norm cosine(4)"), f"metadata {meta}")
+    check(meta["loss_description"] == "arcface (scale 16, margin 0.5)", f"metadata loss_description {meta['loss_description']}")
+    check("8.weight" not in {t.name for t in model.graph.initializer}, "the cosine layer's centres are in the cut graph")
+
+    x = test_images(ctx, "emb")
+    inputs = os.path.join(out, "inputs.f32")
+    x.tofile(inputs)
+    n = x.shape[0]
+    env = dict(os.environ, NODE_PATH=ctx.o.node_modules)
+    for batch in (1, 7, n):
+        prefix = os.path.join(out, f"b{batch}_")
+        run(["node", os.path.join(os.path.dirname(__file__), "run_onnx.js"), model_path, inputs, ",".join(map(str, x.shape)),
+             batch, prefix], env=env)
+        ours = np.fromfile(prefix + "embedding.f32", dtype=np.float32).reshape(n, -1)
+        check(ours.shape == reference.shape, f"onnxruntime embedding {ours.shape}, embed {reference.shape}")
+        diff = float(np.max(np.abs(ours.astype(np.float64) - reference)))
+        print(f"batch {batch}: onnxruntime embedding vs mpicnn embed: max abs diff {diff:.3g} over {ours.size} values "
+              f"(tolerance {EMBEDDING_TOLERANCE:g})")
+        check(diff <= EMBEDDING_TOLERANCE, f"batch {batch}: max abs diff {diff:.3g} exceeds {EMBEDDING_TOLERANCE:g}")
+
+    predicted = os.path.join(out, "predict.h5")
+    ctx.mpicnn("predict", "--checkpoint", ckpt, "--data", data, "--output", predicted, "--cut", "embedding")
+    with h5py.File(predicted, "r") as f:
+        check(sorted(f.keys()) == ["embeddings", "labels"], f"predict --cut embedding wrote {sorted(f.keys())}")
+        check(np.array_equal(f["embeddings"][:], reference), "predict --cut embedding differs from embed")
+        check(np.array_equal(f["labels"][:], labels), "predict --cut embedding: labels")
+    csv = os.path.join(out, "predict.csv")
+    ctx.mpicnn("predict", "--checkpoint", ckpt, "--data", data, "--output", csv, "--cut", "embedding")
+    header = open(csv).readline().strip().split(",")
+    check(header == ["index", "label"] + [f"e{j}" for j in range(8)], f"CSV header {header}")
+    values = np.loadtxt(csv, delimiter=",", skiprows=1)
+    check(np.max(np.abs(values[:, 2:] - reference)) <= 1e-6, "predict --cut embedding CSV differs from embed")
+    result = ctx.mpicnn("predict", "--checkpoint", ctx.checkpoint("a"), "--data", ctx.path("a.h5"), "--output", predicted,
+                        "--cut", "embedding", expect_ok=False)
+    line = result.stderr.strip()
+    check(result.returncode == 1 and line.startswith("error: --cut embedding: ") and "no embedding head" in line
+          and "\n" not in line, f"predict --cut embedding of a classifier: {result.returncode} {result.stderr!r}")
 
 
 # torchvision's resnet18 (3x3 stem, no max pool) with the state_dict that scripts/torchvision_names.py
@@ -832,7 +915,7 @@ def main():
     cases = {"sha256": case_sha256, "setup": case_setup, "setup_fashion_mnist": case_setup_fashion_mnist, "onnx_checker": case_onnx_checker,
              "onnxruntime": case_onnxruntime, "pytorch": case_pytorch, "bundle": case_bundle, "errors": case_errors,
              "onnx_blocks": case_onnx_blocks, "onnx_blocks_errors": case_onnx_blocks_errors,
-             "setup_resnet18": case_setup_resnet18, "torchvision": case_torchvision}
+             "setup_resnet18": case_setup_resnet18, "torchvision": case_torchvision, "embedding": case_embedding}
     if options.case != "setup_resnet18" and options.arch == "r18":
         ARCHS["r18"]["spec"] = resnet18_28_spec(len(CLASS_NAMES_A))
     try:

@@ -44,7 +44,7 @@ class VolumeFiles : public ::testing::Test {
     for (const core::ParamInfo& p : model.params().infos())
       for (std::size_t i = 0; i < p.size; ++i) model.params().values()[p.offset + i] = float(rng.uniform(-1.0, 1.0));
     ModelMeta meta{spec, input, "cross_entropy", std::vector<double>(std::size_t(input.c), 0.5),
-                   std::vector<double>(std::size_t(input.c), 0.25), {}};
+                   std::vector<double>(std::size_t(input.c), 0.25), {}, {}};
     core::OptimizerConfig config;
     core::Optimizer optimizer(config, model.params());
     const std::string path = (dir_ / name).string();
