@@ -590,8 +590,9 @@ TEST(ShardedClassifier, BadInputsEndWithOneLine) {
   for (const auto& [ranks, options, spec, message] : cases) {
     const CommandResult r = shell(train_command(ranks, data, (work_dir() / "sharded_bad").string(), base + options, spec));
     EXPECT_EQ(r.exit_code, 1) << r.output;
-    if (message.find("train.sample_rate") == std::string::npos)
+    if (message.find("train.sample_rate") == std::string::npos) {
       EXPECT_THAT(r.output, ::testing::HasSubstr("error: 'train.classifier' = sharded")) << options;
+    }
     EXPECT_THAT(r.output, ::testing::HasSubstr(message)) << r.output;
     const std::regex error_line("(^|\\n)error: ");
     EXPECT_EQ(std::distance(std::sregex_iterator(r.output.begin(), r.output.end(), error_line), std::sregex_iterator()), 1)
