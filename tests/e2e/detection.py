@@ -13,7 +13,12 @@ and 3 ranks. Passes when
   reference (tests/core/coco/make_detection_eval_fixtures.py) on it, against the source test.json's
   boxes, gives every figure of eval; the .h5 output on 1 rank holds the same detections.
 
-  detection.py MPICNN_EXE WORK_DIR MPIEXEC
+- the ONNX export's raw head outputs [N, 15, 8, 8] in onnxruntime (npm's onnxruntime-node,
+  tests/io/run_onnx.js) are within 1e-4 of `mpicnn predict`'s, and README's decode of them (numpy
+  and torchvision's batched_nms) finds the detections `mpicnn detect` wrote (99% at least, as
+  float differences may reorder near-equal scores).
+
+  detection.py MPICNN_EXE WORK_DIR MPIEXEC NODE_MODULES
 """
 import json
 import os
@@ -203,10 +208,60 @@ def check_onnx(exe, checkpoint, data, work, node_modules):
           f"|difference| {diff:.3g} (largest |output| {scale:.3g}; tolerance {TOLERANCE:g})")
     if diff > TOLERANCE:
         sys.exit(f"FAILED: onnxruntime differs from mpicnn predict by {diff:.3g}")
+    return theirs.reshape(dims)
+
+
+def readme_decode(y, height, width):
+    """README's decode of the ONNX outputs, with torchvision's batched_nms: per image a list of
+    (class, x1, y1, x2, y2, score)."""
+    import torch
+    from torchvision.ops import batched_nms
+    sigmoid = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))  # noqa: E731
+    k = y.shape[1] - 5
+    h, w = y.shape[2:]
+    s = height // h
+    px, py = (np.arange(w) + 0.5) * s, (np.arange(h) + 0.5) * s
+    d = s * np.exp(y[:, k:k + 4].astype(np.float64))
+    boxes = np.stack([px - d[:, 0], py[:, None] - d[:, 1], px + d[:, 2], py[:, None] + d[:, 3]], -1)
+    scores = np.sqrt(sigmoid(y[:, :k]) * sigmoid(y[:, k + 4:k + 5]))
+    found = []
+    for n in range(len(y)):
+        flat = scores[n].reshape(k, h * w).T.ravel()  # (cell, class), cell-major
+        cell_boxes = np.clip(boxes[n].reshape(h * w, 4), 0, [width, height, width, height])
+        keep = np.nonzero(flat > 0.05)[0]
+        keep = keep[np.argsort(-flat[keep], kind="stable")][:1000]
+        b = torch.tensor(cell_boxes[keep // k], dtype=torch.float32)
+        kept = batched_nms(b, torch.tensor(flat[keep], dtype=torch.float32), torch.tensor(keep % k), 0.6)[:100]
+        found.append([(int(keep[i] % k), *cell_boxes[keep[i] // k], flat[keep[i]]) for i in kept.numpy()])
+    return found
+
+
+def check_readme_decode(theirs, dets_json, canvases, height, width):
+    """README's decode of onnxruntime's outputs finds the detections `mpicnn detect` wrote."""
+    with open(dets_json) as f:
+        results = json.load(f)
+    with open(os.path.join(canvases, "test.json")) as f:
+        coco = json.load(f)
+    order = sorted(i["id"] for i in coco["images"])
+    categories = sorted(c["id"] for c in coco["categories"])
+    ours = {}
+    for r in results:
+        x, y, w, h = r["bbox"]
+        ours.setdefault(order.index(r["image_id"]), []).append((categories.index(r["category_id"]), x, y, x + w, y + h))
+    found, matched = readme_decode(theirs, height, width), 0
+    total = sum(len(f) for f in found)
+    for n, detections in enumerate(found):
+        for c, x1, y1, x2, y2, _ in detections:
+            matched += any(c == o[0] and max(abs(x1 - o[1]), abs(y1 - o[2]), abs(x2 - o[3]), abs(y2 - o[4])) < 1e-3
+                           for o in ours.get(n, []))
+    print(f"[ figure ] README's decode of the ONNX outputs (numpy + torchvision's batched_nms): {total} detections, "
+          f"{matched} of them among mpicnn detect's {len(results)}")
+    if total != len(results) or matched < 0.99 * total:
+        sys.exit(f"FAILED: README's decode finds {total} detections, {matched} matching detect's {len(results)}")
 
 
 def main():
-    exe, work, mpiexec = sys.argv[1:4]
+    exe, work, mpiexec, node_modules = sys.argv[1:5]
     os.makedirs(work, exist_ok=True)
     canvases, data = make_data(exe, work)
     outs = {ranks: os.path.join(work, f"run{ranks}") for ranks in (1, 2, 3)}
@@ -217,6 +272,8 @@ def main():
     check_bitwise(checkpoints)
     metrics = check_eval(exe, mpiexec, checkpoints[2], data)
     check_detect(exe, mpiexec, checkpoints[2], data, canvases, work, metrics)
+    theirs = check_onnx(exe, checkpoints[2], data, work, node_modules)
+    check_readme_decode(theirs, os.path.join(work, "dets.json"), canvases, 64, 64)
 
 
 if __name__ == "__main__":
