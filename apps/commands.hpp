@@ -19,5 +19,6 @@ int run_export(const Args& args, const dist::Communicator& comm);
 int run_convert(const Args& args, const dist::Communicator& comm);
 int run_inspect(const Args& args, const dist::Communicator& comm);
 int run_embed(const Args& args, const dist::Communicator& comm);
+int run_detect(const Args& args, const dist::Communicator& comm);
 
 }  // namespace mpicnn::app

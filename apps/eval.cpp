@@ -15,6 +15,7 @@
 #include "core/metrics.hpp"
 #include "core/task.hpp"
 #include "core/parallel.hpp"
+#include "datasets/boxes.hpp"
 #include "datasets/h5.hpp"
 #include "io/checkpoint.hpp"
 #include "io/loss_io.hpp"
@@ -40,33 +41,9 @@ std::vector<Key> apply_keys(bool predict) {
   return keys;
 }
 
-// A model rebuilt from a checkpoint, and a reader that normalises inputs as training did.
-struct Loaded {
-  io::CheckpointHeader header;
-  std::unique_ptr<core::Model> model;
-  std::unique_ptr<data::EvalReader> reader;
-  std::unique_ptr<core::Task> task;
-};
-
 Loaded load(const Settings& s, const dist::Communicator& comm) {
   core::set_threads(int(s.integer("threads", 0)));
-  Loaded l;
-  const std::string path = io::resolve_checkpoint(s.text("checkpoint"));
-  l.header = io::read_checkpoint_header(path);
-  const int batch = int(s.integer("batch", 1));
-  data::EvalOptions options{s.text("data"), s.text("split"), batch, comm.rank(), comm.size(), true,
-                            l.header.model.mean, l.header.model.std, true};
-  options.group = batch;  // the model's batch: every sample's outputs the same for any rank count
-  l.reader = std::make_unique<data::EvalReader>(options);
-  data::check_input_shape(l.reader->info(), l.header.model.input, s.text("data"));
-  l.model = std::make_unique<core::Model>(l.header.model.spec, l.header.model.input, batch);
-  io::load_checkpoint(path, *l.model, nullptr);
-  l.task = io::task_of(l.header.model, path);
-  const data::DatasetInfo& info = l.reader->info();
-  if (l.task->classifies() && info.target_size == 0 && info.num_classes != int(l.model->output_shape().size()))
-    throw ShapeError(s.text("data") + ": " + std::to_string(info.num_classes) + " classes, but the checkpoint's model has " +
-                     std::to_string(l.model->output_shape().size()) + " outputs");
-  return l;
+  return load_checkpoint_for(s.text("checkpoint"), s.text("data"), s.text("split"), int(s.integer("batch", 1)), comm);
 }
 
 // Every sample's outputs (softmax probabilities for classification) and labels, on rank 0.
@@ -80,6 +57,7 @@ struct Outputs {
 Evaluation run_collecting(Loaded& l, const dist::Communicator& comm, Outputs* gathered, int layer = -1) {
   const int k = int(l.model->output_shape().size());
   const int values = layer < 0 ? k : int(l.model->layers()[std::size_t(layer)]->output_shape().size());
+  const std::size_t target_size = std::size_t(l.reader->info().target_size);
   Outputs mine;
   const Evaluation e = evaluate(*l.model, *l.task, *l.reader, comm, [&](const data::Batch& b, int start, int count, const float* out) {
     for (int n = 0; n < count; ++n) {
@@ -89,8 +67,8 @@ Evaluation run_collecting(Loaded& l, const dist::Communicator& comm, Outputs* ga
       else std::copy_n(l.model->activation(layer) + std::size_t(n) * values, values, mine.values.data() + at);
       if (!b.labels.empty()) mine.labels.push_back(b.labels[start + n]);
       if (b.targets.size())
-        mine.targets.insert(mine.targets.end(), b.targets.data() + std::size_t(start + n) * k,
-                            b.targets.data() + std::size_t(start + n + 1) * k);
+        mine.targets.insert(mine.targets.end(), b.targets.data() + std::size_t(start + n) * target_size,
+                            b.targets.data() + std::size_t(start + n + 1) * target_size);
     }
   });
   gathered->values = comm.gather_to_root(std::span<const float>(mine.values));

@@ -1,6 +1,10 @@
 #include "evaluate.hpp"
 
 #include <algorithm>
+#include <memory>
+
+#include "apps/batch_boxes.hpp"
+#include "core/errors.hpp"
 
 #include "core/verification.hpp"
 
@@ -65,6 +69,39 @@ std::vector<core::Metric> verification_once(const Embeddings& mine, const dist::
   return metrics;
 }
 
+// Detection: this rank's detections, by sample index of the split (an int32, so that they travel
+// with the int32 allgather; image ids may be int64), boxes and scores beside them.
+struct Detections {
+  std::vector<std::int32_t> samples_classes;  // (D, 2): sample index, class
+  std::vector<float> boxes_scores;            // (D, 5): x1, y1, x2, y2, score
+  void add(const core::Task& task, const float* out, int outputs, std::size_t first, int count) {
+    for (int n = 0; n < count; ++n)
+      for (const core::DetectedBox& d : task.detect(out + std::size_t(n) * outputs, 0)) {
+        samples_classes.insert(samples_classes.end(), {std::int32_t(first + std::size_t(n)), d.class_index});
+        boxes_scores.insert(boxes_scores.end(), {d.box.x1, d.box.y1, d.box.x2, d.box.y2, d.score});
+      }
+  }
+};
+
+// The gathered detections with their samples' image ids.
+std::vector<core::DetectedBox> with_image_ids(const std::vector<std::int32_t>& samples_classes,
+                                              const std::vector<float>& boxes_scores, const data::SplitBoxes& split) {
+  std::vector<core::DetectedBox> detections(samples_classes.size() / 2);
+  for (std::size_t i = 0; i < detections.size(); ++i) {
+    const float* b = &boxes_scores[5 * i];
+    detections[i] = {split.image_ids[std::size_t(samples_classes[2 * i])], {b[0], b[1], b[2], b[3]}, samples_classes[2 * i + 1], b[4]};
+  }
+  return detections;
+}
+
+// The checkpoint's stored loss options, with detection's decoding replaced where `decoding` sets it.
+core::TaskOptions with_decoding(core::TaskOptions stored, const core::TaskOptions& decoding) {
+  if (decoding.score_threshold >= 0) stored.score_threshold = decoding.score_threshold;
+  if (decoding.nms_iou >= 0) stored.nms_iou = decoding.nms_iou;
+  if (decoding.max_detections >= 0) stored.max_detections = decoding.max_detections;
+  return stored;
+}
+
 }  // namespace
 
 Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader& reader,
@@ -79,6 +116,10 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
   core::GradientWorker worker(model);
   Predictions mine;  // needs_scores(): this rank's predictions and truth, in its part's order
   Embeddings embeddings(model, task);
+  Detections found;  // needs_boxes()
+  std::unique_ptr<BatchBoxes> boxes;
+  if (task.needs_boxes()) boxes = std::make_unique<BatchBoxes>(reader.info().path, reader.info().split);
+  const std::size_t target_size = std::size_t(reader.info().target_size);
   core::LossSum sums;
   data::Batch batch;
   reader.rewind();
@@ -88,10 +129,12 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
   while (reader.next(batch)) {
     for (int start = 0, count = 0; start < batch.count; start += count) {
       count = std::min(model.max_batch() - int(position % std::size_t(model.max_batch())), batch.count - start);
+      const std::size_t first = position;  // the split's index of the chunk's first row
       position += std::size_t(count);
       core::BatchView view{batch.images.data() + std::size_t(start) * model.input_shape().size(),
                            batch.labels.empty() ? nullptr : batch.labels.data() + start,
-                           batch.targets.size() ? batch.targets.data() + std::size_t(start) * outputs : nullptr, count};
+                           batch.targets.size() ? batch.targets.data() + std::size_t(start) * target_size : nullptr, count,
+                           boxes ? boxes->stored_rows(first, count) : std::span<const core::ImageBoxes>{}};
       const float* out = nullptr;
       const core::LossSum s = worker.evaluate(view, task, &out);
       sums.sum += s.sum, sums.normalizer += s.normalizer, sums.correct += s.correct;
@@ -104,6 +147,7 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
         }
       if (task.needs_scores()) mine.add(task, view, out, outputs);
       embeddings.add(model, view);
+      if (boxes) found.add(task, out, outputs, first, count);
       if (sink) sink(batch, start, count, out);
     }
   }
@@ -129,12 +173,42 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
   std::vector<float> predictions, targets;
   std::vector<std::int32_t> labels;
   if (task.needs_scores()) predictions = gather(mine.values), labels = gather(mine.labels), targets = gather(mine.targets);
-  result.metrics = task.eval_metrics({result.correct, result.count, outputs, predictions, labels, targets});
+  std::vector<core::DetectedBox> detections;
+  std::vector<core::GroundTruthBox> truth;
+  if (boxes) {
+    detections = with_image_ids(gather(found.samples_classes), gather(found.boxes_scores), boxes->split());
+    truth = data::ground_truth(boxes->split());
+  }
+  result.metrics =
+      task.eval_metrics({result.correct, result.count, outputs, predictions, labels, targets, detections, truth});
   if (task.verifies()) {
     const std::vector<core::Metric> verification = verification_once(embeddings, comm, watchdog);
     result.metrics.insert(result.metrics.end(), verification.begin(), verification.end());
   }
   return result;
+}
+
+Loaded load_checkpoint_for(const std::string& checkpoint, const std::string& data, const std::string& split, int batch,
+                           const dist::Communicator& comm, bool with_truth, const core::TaskOptions& decoding) {
+  Loaded l;
+  const std::string path = io::resolve_checkpoint(checkpoint);
+  l.header = io::read_checkpoint_header(path);
+  data::EvalOptions reading{data, split, batch, comm.rank(), comm.size(), true, l.header.model.mean, l.header.model.std, true};
+  reading.group = batch;  // the model's batch: every sample's outputs the same for any rank count
+  l.reader = std::make_unique<data::EvalReader>(reading);
+  data::check_input_shape(l.reader->info(), l.header.model.input, data);
+  l.model = std::make_unique<core::Model>(l.header.model.spec, l.header.model.input, batch);
+  io::load_checkpoint(path, *l.model, nullptr);
+  l.task = core::make_task(l.header.model.loss, with_decoding(l.header.model.loss_options, decoding));
+  const data::DatasetInfo& info = l.reader->info();
+  const core::DatasetTargets targets{info.target_size == 0, info.num_classes, info.target_size, data::has_boxes(data, split)};
+  const std::string where = data + " split '" + split + "'";
+  l.task->configure(targets, l.header.model.input, l.model->output_shape(), where);
+  if (with_truth && l.task->needs_boxes()) l.task->check(targets, int(l.model->output_shape().size()), where);
+  if (l.task->classifies() && info.target_size == 0 && info.num_classes != int(l.model->output_shape().size()))
+    throw ShapeError(data + ": " + std::to_string(info.num_classes) + " classes, but the checkpoint's model has " +
+                     std::to_string(l.model->output_shape().size()) + " outputs");
+  return l;
 }
 
 }  // namespace mpicnn::app

@@ -27,6 +27,7 @@ const std::map<std::string, std::pair<Command, const char*>>& commands() {
       {"predict", {run_predict, "write class probabilities or outputs per sample to HDF5 or CSV"}},
       {"export", {run_export, "export a checkpoint to ONNX or an HDF5 inference bundle"}},
       {"convert", {run_convert, "convert IDX (MNIST family), MedMNIST .npz or an image folder to an HDF5 dataset"}},
+      {"detect", {run_detect, "write a detection checkpoint's boxes of a split as COCO results JSON or HDF5"}},
       {"embed", {run_embed, "write a checkpoint's embeddings of a split (cut before a final cosine layer) and verification figures"}},
       {"inspect", {run_inspect, "summarise a dataset, checkpoint or bundle"}},
   };

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <tbb/info.h>
 
+#include "apps/batch_boxes.hpp"
 #include "apps/commands.hpp"
 #include "apps/evaluate.hpp"
 #include "apps/report.hpp"
@@ -55,10 +56,11 @@ class Trainer {
     std::string warning;
     core::set_threads(choose_threads(c_.threads, comm, &warning));
     if (!warning.empty() && comm.is_root()) std::fprintf(stderr, "%s\n", warning.c_str());
-    reader_ = std::make_unique<data::TrainReader>(data::ReaderOptions{
+    reader_options_ = data::ReaderOptions{
         c_.data_path, c_.train_split, c_.global_batch, comm.rank(), comm.size(), c_.seed, true, c_.normalize, c_.mean,
         c_.std, c_.augment, c_.cache_bytes, c_.prefetch, c_.exact_reduction ? c_.micro_batch : 1,
-        {c_.identities_per_batch, c_.images_per_identity}});
+        {c_.identities_per_batch, c_.images_per_identity}};
+    reader_ = std::make_unique<data::TrainReader>(reader_options_);
     const data::DatasetInfo& info = reader_->info();
     meta_ = {"", info.shape, c_.task->kind(), c_.mean.empty() ? info.mean : c_.mean, c_.std.empty() ? info.std : c_.std,
              info.class_names, c_.task->options()};
@@ -71,8 +73,10 @@ class Trainer {
         one_micro_batch_at_a_time ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
     meta_.spec = head_ ? head_->full_spec(model_->canonical_spec()) : model_->canonical_spec();
     model_->reserve_statistics(statistics_slots());
-    c_.task->check({info.target_size == 0, info.num_classes, info.target_size},
-                   head_ ? head_->classes() : int(model_->output_shape().size()), c_.data_path);
+    const core::DatasetTargets targets{info.target_size == 0, info.num_classes, info.target_size,
+                                       data::has_boxes(c_.data_path, c_.train_split)};
+    c_.task->configure(targets, info.shape, model_->output_shape(), c_.data_path + " split '" + c_.train_split + "'");
+    c_.task->check(targets, head_ ? head_->classes() : int(model_->output_shape().size()), c_.data_path);
     optimizer_ = std::make_unique<core::Optimizer>(c_.optimizer, model_->params());
     watchdog_ = std::make_unique<dist::Watchdog>(comm, c_.collective_timeout);
     exchange_ = std::make_unique<dist::BatchStatisticsExchange>(*watchdog_);
@@ -93,6 +97,7 @@ class Trainer {
     };
     if (!c_.eval_split.empty()) eval_reader_ = evaluation(c_.eval_split);
     if (!c_.test_split.empty()) test_reader_ = evaluation(c_.test_split);  // now: a missing split must fail before training
+    if (c_.task->needs_boxes()) open_boxes();
     steps_per_epoch_ = reader_->steps_per_epoch();
     total_steps_ = steps_per_epoch_ * c_.epochs;
     c_.schedule.warmup_steps = long(std::llround(c_.warmup_epochs * steps_per_epoch_));
@@ -175,6 +180,19 @@ class Trainer {
 
   TrainedModel trained() { return {*model_, *optimizer_, *reducer_, meta_, head_.get()}; }
 
+  // Detection: the training split's boxes, and every split evaluated must have boxes too (checked
+  // now, not at the first evaluation). Balanced sampling orders samples its own way, which the
+  // boxes' schedule (train_step_samples) does not follow.
+  void open_boxes() {
+    if (c_.identities_per_batch > 0)
+      throw ConfigError("'data.identities_per_batch' does not combine with loss.kind = " + c_.task->kind());
+    for (const std::string& split : {c_.eval_split, c_.test_split})
+      if (!split.empty() && !data::has_boxes(c_.data_path, split))
+        throw ConfigError("loss '" + c_.task->kind() + "' needs boxes, but " + c_.data_path + " split '" + split +
+                          "' has none (mpicnn convert --format coco writes them)");
+    train_boxes_ = std::make_unique<BatchBoxes>(c_.data_path, c_.train_split);
+  }
+
   std::string sum_route() const {
     const std::string mpi = comm_.ring_allreduce() ? "ring allreduce" : "MPI's own allreduce";
     if (!exact_ || !exact_->shared_memory()) return mpi;
@@ -213,6 +231,8 @@ class Trainer {
 
   StepResult train_step(core::GradientWorker& worker, const data::Batch& batch) {
     StepResult r;
+    rows_ = train_boxes_ ? train_boxes_->train_rows(batch, reader_options_, reader_->info().shape)
+                         : std::span<const core::ImageBoxes>{};
     std::vector<double>& totals = totals_.sums();
     for (;;) {
       const core::LossSum local =
@@ -338,10 +358,11 @@ class Trainer {
   }
 
   core::BatchView view_of(const data::Batch& batch, int start, int count) const {
-    const std::size_t outputs = model_->output_shape().size();
+    const std::size_t target_size = std::size_t(reader_->info().target_size);
     return {batch.images.data() + std::size_t(start) * model_->input_shape().size(),
             batch.labels.empty() ? nullptr : batch.labels.data() + start,
-            batch.targets.size() ? batch.targets.data() + start * outputs : nullptr, count};
+            batch.targets.size() ? batch.targets.data() + start * target_size : nullptr, count,
+            rows_.empty() ? rows_ : rows_.subspan(std::size_t(start), std::size_t(count))};
   }
 
   [[noreturn]] void non_finite(double loss) {
@@ -470,7 +491,10 @@ class Trainer {
   TrainConfig c_;
   std::string config_ini_;
   const dist::Communicator& comm_;
+  data::ReaderOptions reader_options_;
   std::unique_ptr<data::TrainReader> reader_;
+  std::unique_ptr<BatchBoxes> train_boxes_;   // tasks that need_boxes() only
+  std::span<const core::ImageBoxes> rows_;    // the step's rows' boxes, into train_boxes_
   std::unique_ptr<data::EvalReader> eval_reader_, test_reader_;
   std::unique_ptr<core::Model> model_;
   std::unique_ptr<core::Optimizer> optimizer_;

@@ -62,7 +62,7 @@ std::vector<Key> train_keys() {
       {"train.bucket_kb", "256", "fast reduction: allreduce bucket size; buckets start while backward runs"},
       {"train.collective_timeout", "600", "seconds a step may wait for other ranks before the job is ended, naming them (0 = wait forever)"},
       {"train.progress", "auto", "rank 0's progress display: bar, lines, or auto (bar on a terminal outside SLURM)"},
-      {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label), mse (regression), arcface or cosface (margin softmax over cosine(n) outputs), triplet (embeddings)"},
+      {"loss.kind", "cross_entropy", "the task: cross_entropy (softmax classification), bce (sigmoid multi-label), mse (regression), arcface or cosface (margin softmax over cosine(n) outputs), triplet (embeddings), detection (one-level FCOS on a dataset with boxes)"},
       {"loss.class_weights", "", "per-class weights for cross_entropy, comma-separated"},
       {"loss.pos_weight", "", "per-label positive weights for bce, comma-separated (BCEWithLogitsLoss pos_weight)"},
       {"loss.label_smoothing", "0", "cross_entropy: mix the one-hot target with the uniform distribution by this amount, in [0, 1), as PyTorch's label_smoothing"},

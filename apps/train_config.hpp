@@ -28,7 +28,7 @@ struct TrainConfig {
   long log_interval, max_steps, every_steps;
   std::size_t cache_bytes, bucket_bytes;
   std::uint64_t seed;
-  std::shared_ptr<const core::Task> task;  // from loss.kind and loss.class_weights
+  std::shared_ptr<core::Task> task;  // from loss.kind and loss.class_weights; configured by the trainer
   core::OptimizerConfig optimizer;
   core::ScheduleConfig schedule;
   double warmup_epochs, step_epochs;

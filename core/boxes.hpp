@@ -13,6 +13,14 @@ struct Box {
   float x1 = 0, y1 = 0, x2 = 0, y2 = 0;
 };
 
+// The boxes of one image: views into arrays its owner keeps (a dataset split's, or a batch row's
+// after augmentation).
+struct ImageBoxes {
+  std::span<const Box> boxes;              // pixels x1,y1,x2,y2 of the image the network sees
+  std::span<const std::int32_t> classes;   // 0..classes-1
+  std::span<const std::uint8_t> crowd;     // COCO's iscrowd, 0 or 1
+};
+
 float box_area(const Box& box);
 // Intersection over union, as torchvision.ops.box_iou: NaN when both boxes have zero area.
 float box_iou(const Box& a, const Box& b);

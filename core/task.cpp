@@ -158,12 +158,13 @@ class MultiLabel final : public Task {
 }  // namespace
 
 const std::vector<std::string>& known_tasks() {
-  static const std::vector<std::string> kinds = {"cross_entropy", "mse", "bce", "arcface", "cosface", "triplet"};
+  static const std::vector<std::string> kinds = {"cross_entropy", "mse", "bce", "arcface", "cosface", "triplet", "detection"};
   return kinds;
 }
 
 // Each kind takes only its own weights: one given to another kind is an error, not ignored.
 std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& options) {
+  if (kind == "detection") return make_detection_task(options);
   if (!options.class_weights.empty() && kind != "cross_entropy")
     throw ConfigError("'loss.class_weights' applies to cross_entropy only, not '" + kind + "'" +
                       (kind == "bce" ? ": use loss.pos_weight" : ""));
@@ -185,7 +186,7 @@ std::unique_ptr<Task> make_task(const std::string& kind, const TaskOptions& opti
     return std::make_unique<Classification>(options.class_weights, options.focal_gamma, options.label_smoothing);
   if (kind == "bce") return std::make_unique<MultiLabel>(options.pos_weight, options.focal_gamma, options.focal_alpha);
   if (kind == "mse") return std::make_unique<Regression>();
-  throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse, bce, arcface, cosface, triplet)");
+  throw ConfigError("unknown loss '" + kind + "' (known: cross_entropy, mse, bce, arcface, cosface, triplet, detection)");
 }
 
 }  // namespace mpicnn::core

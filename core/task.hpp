@@ -14,24 +14,29 @@
 #include <string>
 #include <vector>
 
+#include "boxes.hpp"
+#include "detection_eval.hpp"
 #include "loss.hpp"
 #include "metric_losses.hpp"
+#include "tensor.hpp"
 
 namespace mpicnn::core {
 
 // A batch as the kernels see it: (count, C, H, W) images and labels (classification) or
-// (count, K) targets (regression).
+// (count, K) targets (regression); for detection each row's boxes (after augmentation).
 struct BatchView {
   const float* images = nullptr;
   const std::int32_t* labels = nullptr;
   const float* targets = nullptr;
   int count = 0;
+  std::span<const ImageBoxes> boxes{};  // count rows when the task needs_boxes(), else empty
 };
 
 using Metric = std::pair<std::string, double>;  // "accuracy", 0.91
 
 // What an evaluation of a whole split gives a task: the sums, and for a task that needs them
-// (AUC) every sample's prediction (Task::predict of its outputs) and truth, in the split's order.
+// (AUC) every sample's prediction (Task::predict of its outputs) and truth, in the split's order;
+// for detection every sample's detections (Task::detect) and the split's boxes.
 struct EvalSums {
   double correct = 0;
   std::int64_t count = 0;
@@ -39,12 +44,15 @@ struct EvalSums {
   std::span<const float> predictions;  // (count, outputs); empty unless needs_scores()
   std::span<const std::int32_t> labels;
   std::span<const float> targets;
+  std::span<const DetectedBox> detections{};  // needs_boxes() only, as `truth`
+  std::span<const GroundTruthBox> truth{};
 };
 
-// What the dataset offers a task: labels and their class count, or targets and their size.
+// What the dataset offers a task: labels and their class count, or targets and their size; boxes.
 struct DatasetTargets {
   bool has_labels = false;
   int classes = 0, target_size = 0;
+  bool has_boxes = false;
 };
 
 // A task's settings (the config's loss.* keys); the sentinels mean "not used by this kind" or
@@ -59,6 +67,9 @@ struct TaskOptions {
   double scale = -1;   // arcface, cosface: s (64)
   double margin = -1;  // arcface 0.5 (radians), cosface 0.4, triplet 0.2
   std::string mining{};  // triplet: batch_hard (default) or semi_hard
+  // Detection's decoding (core/detection_head.hpp DecodeOptions); < 0: its default.
+  double score_threshold = -1, nms_iou = -1;
+  int max_detections = -1;
 };
 
 class Task {
@@ -71,6 +82,10 @@ class Task {
   virtual TaskOptions options() const = 0;
   // Throws ConfigError (naming `where`) when the dataset or the model's outputs do not fit.
   virtual void check(const DatasetTargets& data, int outputs, const std::string& where) const = 0;
+  // Called once the model and the dataset are known, before any other use: a task whose outputs
+  // have a layout of their own (detection: a grid of cells) reads it here, and throws ConfigError
+  // (naming `where`) when it does not fit. The others need nothing.
+  virtual void configure(const DatasetTargets&, const Shape& /*input*/, const Shape& /*output*/, const std::string&) {}
 
   // Loss sum over the batch and d(sum)/d(outputs) (grad may be null), plus per-sample counts.
   virtual LossSum loss(float* grad, const float* outputs, const BatchView& batch, int outputs_per_sample) const = 0;
@@ -109,6 +124,11 @@ class Task {
     double scale, margin;
   };
   virtual std::optional<MarginSoftmax> margin_softmax() const { return std::nullopt; }
+
+  // Detection: whether the loss and evaluation need each row's boxes (BatchView::boxes,
+  // EvalSums::truth), and one sample's detections from its outputs, `image` their image id.
+  virtual bool needs_boxes() const { return false; }
+  virtual std::vector<DetectedBox> detect(const float* /*outputs*/, std::int64_t /*image*/) const { return {}; }
 };
 
 // Throws ConfigError naming the kind and the known ones.
@@ -117,5 +137,7 @@ const std::vector<std::string>& known_tasks();
 // The metric-learning kinds (core/metric_tasks.cpp): arcface, cosface, triplet.
 bool is_metric_task(const std::string& kind);
 std::unique_ptr<Task> make_metric_task(const std::string& kind, const TaskOptions& options);
+// loss.kind = detection (core/detection_task.cpp): the FCOS head of core/detection_head.hpp.
+std::unique_ptr<Task> make_detection_task(const TaskOptions& options);
 
 }  // namespace mpicnn::core

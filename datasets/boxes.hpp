@@ -17,12 +17,8 @@
 
 namespace mpicnn::data {
 
-// The boxes of one sample: views into a SplitBoxes.
-struct SampleBoxes {
-  std::span<const core::Box> boxes;          // pixels x1,y1,x2,y2 of the stored image
-  std::span<const std::int32_t> classes;     // 0..num_classes-1
-  std::span<const std::uint8_t> crowd;       // COCO's iscrowd, 0 or 1
-};
+// The boxes of one sample: views into a SplitBoxes (pixels of the stored image).
+using SampleBoxes = core::ImageBoxes;
 
 // One split's boxes. Sample n owns entries [offsets[n], offsets[n+1]).
 struct SplitBoxes {

@@ -13,6 +13,7 @@
 
 #include "core/errors.hpp"
 #include "datasets/boxes.hpp"
+#include "datasets/h5.hpp"
 
 namespace mpicnn::data {
 namespace {
@@ -314,6 +315,10 @@ ConvertSummary convert_coco(const std::vector<CocoSplit>& splits, const std::str
     write_coco_split(writer, splits[i].split, files[i], classes, shape);
     summary.split_counts[splits[i].split] = files[i].images.size();
   }
+  // COCO's category id of each class, so that detections can be written back in COCO's ids.
+  std::vector<std::int64_t> category_ids;
+  for (const auto& category : files.front().categories) category_ids.push_back(category.first);
+  h5::write_attribute(writer.file(), "category_ids", std::span<const std::int64_t>(category_ids));
   writer.finish();
   summary.shape = shape;
   summary.num_classes = int(names.size());

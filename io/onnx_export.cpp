@@ -471,11 +471,12 @@ class LayerExporter {
   bool have_eps_ = false;
 };
 
-// The layers of `model` as ONNX nodes, from tensor "input_normalized" to a [N,K] output.
-Value add_layers(GraphBuilder& g, const core::Model& model, std::size_t* parameters) {
+// The layers of `model` as ONNX nodes, from tensor "input_normalized" to a [N,K] output, or to
+// the model's own [N,C,H,W] when `keep_grid` (a detector's cells).
+Value add_layers(GraphBuilder& g, const core::Model& model, bool keep_grid, std::size_t* parameters) {
   LayerExporter exporter(g, model);
   Value x = exporter.model({"input_normalized", false});
-  if (!x.flat) {
+  if (!x.flat && !keep_grid) {
     add_int(g.node("Flatten", "output_flatten", {x.tensor}, {std::int64_t(model.output_shape().size())}), "axis", 1);
     x = {"output_flatten", true};
   }
@@ -491,12 +492,14 @@ void add_metadata(onnx::ModelProto& m, const std::string& key, const std::string
 
 onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model, const std::string& sha256,
                              const OnnxExportOptions& options, OnnxExportSummary* summary) {
-  // The task says how logits become predictions: Softmax over classes, Sigmoid per label.
-  const std::string postprocess =
-      options.probabilities && !options.embedding ? task_of(h.model, h.path)->onnx_postprocess() : "";
+  // The task says how logits become predictions: Softmax over classes, Sigmoid per label; a
+  // detector's output keeps its grid of cells, decoded outside the graph (README).
+  const std::unique_ptr<core::Task> task = task_of(h.model, h.path);
+  const std::string postprocess = options.probabilities && !options.embedding ? task->onnx_postprocess() : "";
   const std::string output = options.embedding ? "embedding" : "logits";
   const std::string spec = options.embedding ? model.canonical_spec() : h.model.spec;
-  const bool classify = !postprocess.empty();
+  const bool classify = !postprocess.empty(), grid = !options.embedding && task->needs_boxes();
+  const core::Shape out_shape = model.output_shape();
   const std::string source = fs::path(h.path).filename().string();
   const core::Shape input = h.model.input;
   const std::int64_t k = std::int64_t(model.output_shape().size());
@@ -520,7 +523,11 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
       (options.embedding ? "Output 'embedding': float32 [N," + std::to_string(k) +
                                "], the model's embedding (the output of its layers up to the embedding head; metadata "
                                "'source_spec' is the whole model)."
-                         : "Output 'logits': float32 [N," + std::to_string(k) + "], the network's raw outputs.") +
+       : grid ? "Output 'logits': float32 [N," + std::to_string(out_shape.c) + "," + std::to_string(out_shape.h) + "," +
+                    std::to_string(out_shape.w) +
+                    "], the detector head's raw outputs per cell (class logits, 4 box distances, centerness; decode as "
+                    "README 'Object detection' states)."
+              : "Output 'logits': float32 [N," + std::to_string(k) + "], the network's raw outputs.") +
       (postprocess == "Softmax" ? " Output 'probabilities': softmax of the logits over axis 1, classes in the order "
                                   "of metadata 'class_names'."
        : postprocess == "Sigmoid" ? " Output 'probabilities': the sigmoid of each logit, one probability per label "
@@ -545,9 +552,14 @@ onnx::ModelProto build_model(const CheckpointHeader& h, const core::Model& model
   g.initializer("std", per_channel, std_dev.data(), std_dev.size());
   g.node("Sub", "input_centered", {"input", "mean"}, chw(input));
   g.node("Div", "input_normalized", {"input_centered", "std"}, chw(input));
-  const Value logits = add_layers(g, model, &summary->parameters);
+  const Value logits = add_layers(g, model, grid, &summary->parameters);
   g.finish(logits.tensor, output);
-  set_tensor_type(graph->add_output(), output, {std::string("N"), k});
+  if (grid) {
+    set_tensor_type(graph->add_output(), output,
+                    {std::string("N"), std::int64_t(out_shape.c), std::int64_t(out_shape.h), std::int64_t(out_shape.w)});
+  } else {
+    set_tensor_type(graph->add_output(), output, {std::string("N"), k});
+  }
   summary->outputs = {output};
   if (classify) {
     onnx::NodeProto* node = graph->add_node();

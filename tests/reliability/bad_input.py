@@ -462,6 +462,32 @@ case("output_predict_unwritable", ["predict", "--checkpoint=ckpt.h5", "--data=da
      ["data.h5/p.csv"], edited_checkpoint(lambda f: None))
 
 
+# Detection (issue 17): the task needs a split with boxes and a head of classes + 4 (+ 1) channels.
+def boxed_dataset(w, fx):
+    rng = np.random.default_rng(17)
+    splits = {}
+    for name, n in (("train", 32), ("test", 16)):
+        corners = np.tile(np.array([[1, 1, 5, 6]], np.float32), (n, 1))
+        splits[name] = {"images": rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8),
+                        "targets": np.eye(3, dtype=np.float32)[np.arange(n) % 3], "boxes": corners,
+                        "box_classes": (np.arange(n) % 3).astype(np.int32), "box_offsets": np.arange(n + 1, dtype=np.int64)}
+    write_dataset(os.path.join(w, "boxed.h5"), splits=splits)
+
+
+case("detection_without_boxes", train(loss__kind="detection", model__spec="conv(4,3,pad=1) maxpool(2) conv(8,1)"),
+     ["loss 'detection' needs boxes", "data.h5", "has none", "convert --format coco"])
+case("detection_head_channels", train(data__path="boxed.h5", loss__kind="detection",
+                                      model__spec="conv(4,3,pad=1) maxpool(2) conv(6,1)"),
+     ["loss 'detection'", "the model's output has 6 channels, expected 7 or 8", "(3 classes + 4 box distances",
+      "conv(8,1)"], boxed_dataset)
+case("detection_head_stride", train(data__path="boxed.h5", loss__kind="detection", model__spec="conv(8,3)"),
+     ["loss 'detection' needs one stride", "model input (1,8,8), output (8,6,6)"], boxed_dataset)
+case("detect_classifier_checkpoint", ["detect", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=dets.json"],
+     ["mpicnn detect needs a detection checkpoint", "ckpt.h5", "'cross_entropy'"], edited_checkpoint(lambda f: None))
+case("detect_output_extension", ["detect", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=dets.txt"],
+     ["--output 'dets.txt'", ".json", ".h5"], edited_checkpoint(lambda f: None))
+
+
 def setup_fixtures(binary, fixtures):
     fresh_dir(fixtures)
     write_dataset(os.path.join(fixtures, "good.h5"))

@@ -76,6 +76,7 @@ def case_roundtrip(args, work):
     with h5py.File(out) as f:
         names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["class_names"]]
         assert names[0] == "T-shirt/top" and names[9] == "Ankle boot" and f.attrs["num_classes"] == 10
+        assert list(f.attrs["category_ids"]) == list(range(1, 11)), f.attrs["category_ids"]  # COCO's, per class
         assert f["train/images"].shape == (40, 1, 96, 96)
         count = check_split(f, work, "train") + check_split(f, work, "test")
     shown = subprocess.run([args.mpicnn, "inspect", out], capture_output=True, text=True, check=True).stdout
