@@ -252,8 +252,10 @@ TrainConfig read_config(const Settings& s) {
   }
   if (c.optimizer.momentum >= 1) throw ConfigError("'optimizer.momentum' must be below 1, got " + s.text("optimizer.momentum"));
   if (c.optimizer.nesterov && c.optimizer.momentum == 0) throw ConfigError("'optimizer.nesterov' needs 'optimizer.momentum' > 0");
-  const std::string name = s.given("config") ? fs::path(s.text("config")).stem().string() : "run";
-  c.run_dir = s.given("output") ? s.text("output") : "runs/" + name;
+  // Every key with a default has a value (given() is always true for them): empty means not set.
+  const std::string config = s.text("config"), output = s.text("output");
+  const std::string name = config.empty() ? "run" : fs::path(config).stem().string();
+  c.run_dir = output.empty() ? "runs/" + name : output;
   c.resume = s.text("resume");
   return c;
 }
