@@ -56,7 +56,7 @@ std::string make_dataset(const std::string& name, std::size_t train, std::size_t
       for (int y = 0; y < 12; ++y)
         for (int x = 0; x < 12; ++x) {
           const bool lit = (y < 6) == (quadrant < 2) && (x < 6) == (quadrant % 2 == 0);
-          image[y * 12 + x] = std::uint8_t(std::clamp(rng.normal() * 40 + (lit ? 140 + brighter : 60), 0.0, 255.0));
+          image[y * 12 + x] = std::uint8_t(std::clamp(rng.normal() * 40 + (lit ? 160 + brighter : 60), 0.0, 255.0));
         }
       writer.append(std::span<const std::uint8_t>(image), std::span<const std::int32_t>(&label, 1));
     }
