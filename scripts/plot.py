@@ -5,15 +5,16 @@
   plot.py training RUN_DIR|metrics.jsonl [...]     loss, accuracy (every metric logged), lr, img/s
   plot.py confusion EVAL_JSON                      confusion matrix, counts and normalised
   plot.py roc PREDICTIONS                          ROC curves per class (one-vs-rest)
-  plot.py pr PREDICTIONS|DETECTIONS_JSON           precision-recall curves per class
-  plot.py boxes DETECTIONS_JSON                    test images with true and predicted boxes
+  plot.py pr PREDICTIONS                           precision-recall curves per class
+  plot.py pr DETECTIONS --data FILE.h5 [--split]   detection precision-recall (COCO's AP) per class
+  plot.py boxes DETECTIONS --data FILE.h5          test images with true and predicted boxes
   plot.py embeddings EMBEDDINGS_H5                 2D PCA projection coloured by identity
 
 Inputs (README.md, "Pictures", has the full formats):
   metrics.jsonl    written by `mpicnn train` in the run folder
   eval.json        `mpicnn eval --json` output
   predictions.h5   `mpicnn predict --output` (.h5: probabilities, labels; .csv: index,label,predicted,p0..)
-  detections.json  {"dataset", "split", "class_names", "samples": [{"index", "truth", "predicted"}]}
+  dets.json|.h5    `mpicnn detect --output` (COCO results or HDF5); truth, names, images from --data
   embeddings.h5    datasets embeddings (N,D) and labels (N), optional attribute class_names
 
 A bad input ends with one line, `error: <file>: <what was expected>`, and exit status 1.
@@ -452,9 +453,23 @@ def plot_roc(path, out_dir, written, names=None):
     save(figure, os.path.join(out_dir, "roc.png"), written)
 
 
-def plot_pr(path, out_dir, written, names=None, iou=0.5):
+def holds_detections(path):
+    """mpicnn detect's outputs: COCO results .json, or .h5 with boxes (predict's .h5 has probabilities)."""
     if path.endswith(".json"):
-        return plot_detection_pr(path, out_dir, written, iou)
+        return True
+    if not path.endswith(".h5") or not os.path.isfile(path):
+        return False
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            return "boxes" in f and "probabilities" not in f
+    except OSError:
+        return False  # load_predictions names what is wrong with it
+
+
+def plot_pr(path, out_dir, written, names=None, iou=0.5, data=None, split="test"):
+    if holds_detections(path):
+        return plot_detection_pr(path, data, split, out_dir, written, iou)
     probabilities, labels = load_predictions(path)
     k = probabilities.shape[1]
     names = class_names_for(path, k, names)
@@ -480,124 +495,208 @@ def plot_pr(path, out_dir, written, names=None, iou=0.5):
 
 # ---------------------------------------------------------------- detection
 
-DETECTIONS = 'detections JSON: {"class_names", "samples": [{"index", "truth", "predicted"}]}'
+DETECTIONS = "mpicnn detect output: COCO results .json or .h5"
+BOXES = "a detection dataset: /SPLIT/images, boxes, box_classes, box_offsets (datasets/README.md, Boxes)"
+MAX_DETECTIONS = 100  # per image and class, as COCOeval's maxDets[-1] and mpicnn eval
 
 
-def load_detections(path):
-    d = read_json(path, DETECTIONS)
-    if not isinstance(d, dict) or not isinstance(d.get("samples"), list) or not d["samples"]:
-        raise InputError(f"{path}: no 'samples' list (expected {DETECTIONS})")
-    names = d.get("class_names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise InputError(f"{path}: 'class_names' is not a list of strings (expected {DETECTIONS})")
+class Split:
+    """A detection split of an mpicnn dataset: its boxes per sample, image ids, class names and the
+    COCO category id of each class (what mpicnn detect wrote its ids from)."""
 
-    def boxes(sample, i, key, scored):
-        found = sample.get(key, [])
-        if not isinstance(found, list):
-            raise InputError(f"{path}: samples[{i}].{key} is not a list of boxes")
-        out = []
-        for b, box in enumerate(found):
-            where = f"{path}: samples[{i}].{key}[{b}]"
-            if not isinstance(box, dict):
-                raise InputError(f"{where}: not an object (expected {{\"box\": [x0, y0, x1, y1], \"class\": k}})")
-            xyxy, cls, score = box.get("box"), box.get("class"), box.get("score", 1.0)
-            if not (isinstance(xyxy, list) and len(xyxy) == 4 and all(isinstance(v, (int, float)) for v in xyxy)
-                    and xyxy[2] >= xyxy[0] and xyxy[3] >= xyxy[1]):
-                raise InputError(f"{where}: 'box' is not [x_min, y_min, x_max, y_max] pixels with min <= max")
-            if not (isinstance(cls, int) and 0 <= cls < len(names)):
-                raise InputError(f"{where}: 'class' is not an index into class_names (0..{len(names) - 1})")
-            if scored and not (isinstance(box.get("score"), (int, float)) and math.isfinite(score)):
-                raise InputError(f"{where}: no numeric 'score' (expected the detector's confidence)")
-            out.append((np.array(xyxy, dtype=np.float64), cls, float(score)))
-        return out
+    def __init__(self, path, split):
+        import h5py
+        if not path:
+            raise InputError("--data: missing (expected the dataset FILE.h5 mpicnn detect read: its true boxes, "
+                             "class names and images)")
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file (expected {BOXES})")
+        self.path, self.split = path, split
+        try:
+            with h5py.File(path, "r") as f:
+                keys = [f"{split}/{k}" for k in ("images", "boxes", "box_classes", "box_offsets")]
+                if any(k not in f for k in keys):
+                    raise InputError(f"{path}: split '{split}' lacks {', '.join(k for k in keys if k not in f)} "
+                                     f"(expected {BOXES})")
+                self.count = f[keys[0]].shape[0]
+                self.boxes = f[keys[1]][()].astype(np.float64)
+                self.classes = f[keys[2]][()].astype(np.int64)
+                self.offsets = f[keys[3]][()].astype(np.int64)
+                crowd = f"{split}/box_iscrowd"
+                self.crowd = f[crowd][()].astype(bool) if crowd in f else np.zeros(len(self.classes), bool)
+                ids = f"{split}/image_ids"
+                self.image_ids = f[ids][()].astype(np.int64) if ids in f else np.arange(self.count, dtype=np.int64)
+                k = int(f.attrs.get("num_classes", 0))
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs.get("class_names", [])]
+                self.names = names if len(names) == k else [str(j) for j in range(k)]
+                categories = np.asarray(f.attrs.get("category_ids", []), dtype=np.int64)
+                self.category_ids = categories if len(categories) == k else np.arange(k, dtype=np.int64)
+        except OSError as e:
+            raise InputError(f"{path}: not an HDF5 file ({e}; expected {BOXES})") from None
+        if len(self.offsets) != self.count + 1 or len(self.image_ids) != self.count or k < 1:
+            raise InputError(f"{path}: split '{split}': box_offsets or image_ids do not match its {self.count} images "
+                             f"(expected {BOXES})")
+        self.sample_of_image = {int(i): n for n, i in enumerate(self.image_ids)}
+        self.class_of_category = {int(c): j for j, c in enumerate(self.category_ids)}
 
-    samples = []
-    for i, sample in enumerate(d["samples"]):
-        if not isinstance(sample, dict) or not isinstance(sample.get("index"), int) or sample["index"] < 0:
-            raise InputError(f"{path}: samples[{i}] has no 'index' (expected the sample's position in the split)")
-        samples.append((sample["index"], boxes(sample, i, "truth", False), boxes(sample, i, "predicted", True)))
-    return d, names, samples
+    def truth(self, n):
+        """Sample n's true boxes (M,4 pixel corners), classes (M) and crowd flags (M)."""
+        a, b = self.offsets[n], self.offsets[n + 1]
+        return self.boxes[a:b], self.classes[a:b], self.crowd[a:b]
+
+    def not_here(self, path, what):
+        return InputError(f"{path}: {what} is not in {self.path} split '{self.split}' (expected the detections "
+                          f"mpicnn detect wrote with --data {self.path} --split {self.split})")
 
 
-def iou(a, b):
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+def load_detections(path, split):
+    """Per sample of the split, its detections in file order: lists of (box x1,y1,x2,y2, class, score)."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file (expected {DETECTIONS})")
+    per_sample = [[] for _ in range(split.count)]
+    if path.endswith(".json"):
+        rows = read_json(path, DETECTIONS)
+        if not isinstance(rows, list):
+            raise InputError(f"{path}: not a JSON list (expected {DETECTIONS}: image_id, category_id, bbox, score)")
+        for i, row in enumerate(rows):
+            bbox = row.get("bbox") if isinstance(row, dict) else None
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
+                    and bbox[2] >= 0 and bbox[3] >= 0 and all(isinstance(row.get(k), (int, float)) for k in
+                                                             ("image_id", "category_id", "score"))):
+                raise InputError(f"{path}: entry {i}: expected COCO's result {{image_id, category_id, "
+                                 "bbox [x, y, w, h] with w, h >= 0, score}")
+            if row["image_id"] not in split.sample_of_image:
+                raise split.not_here(path, f"entry {i}: image_id {row['image_id']}")
+            if row["category_id"] not in split.class_of_category:
+                raise split.not_here(path, f"entry {i}: category_id {row['category_id']}")
+            # detect wrote float32 corners as x, y, x2 - x; back in float32 they are the corners eval matched.
+            x, y, w, h = (float(v) for v in bbox)
+            box = np.array([x, y, x + w, y + h], dtype=np.float32).astype(np.float64)
+            per_sample[split.sample_of_image[row["image_id"]]].append(
+                (box, split.class_of_category[row["category_id"]], float(np.float32(row["score"]))))
+        return per_sample
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            names = ("boxes", "scores", "classes", "samples", "image_ids", "offsets")
+            if any(n not in f for n in names):
+                raise InputError(f"{path}: lacks {', '.join(n for n in names if n not in f)} (expected {DETECTIONS})")
+            boxes, scores, classes, samples, image_ids, offsets = (f[n][()] for n in names)
+    except OSError as e:
+        raise InputError(f"{path}: not an HDF5 file ({e}; expected {DETECTIONS})") from None
+    if len(offsets) != split.count + 1:
+        raise split.not_here(path, f"a file of {len(offsets) - 1} images")
+    for i in range(len(scores)):
+        n = int(samples[i])
+        if not 0 <= n < split.count or split.image_ids[n] != image_ids[i]:
+            raise split.not_here(path, f"detection {i}: image_id {int(image_ids[i])} of sample {n}")
+        if not 0 <= classes[i] < len(split.names):
+            raise InputError(f"{path}: detection {i}: class {int(classes[i])} (expected 0..{len(split.names) - 1})")
+        per_sample[n].append((boxes[i].astype(np.float64), int(classes[i]), float(scores[i])))
+    return per_sample
+
+
+def overlaps(box, truth, crowd):
+    """IoU of one box with each true box; over the box's own area for crowd regions (COCO's rule)."""
+    width = np.clip(np.minimum(box[2], truth[:, 2]) - np.maximum(box[0], truth[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], truth[:, 3]) - np.maximum(box[1], truth[:, 1]), 0, None)
     inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    union = np.where(crowd, area, area + (truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]) - inter)
+    return np.divide(inter, union, out=np.zeros(len(truth)), where=union > 0)
 
 
-def match_detections(samples, cls, threshold):
-    """Scores and true/false of class `cls`'s predicted boxes, each matched greedily (highest score
-    first) to the unmatched true box of its image with the largest IoU >= threshold (PASCAL VOC);
-    and the number of true boxes."""
-    scores, hits, truths = [], [], 0
-    for _, truth, predicted in samples:
-        true_boxes = [box for box, c, _ in truth if c == cls]
-        truths += len(true_boxes)
-        taken = [False] * len(true_boxes)
-        for box, _, score in sorted((p for p in predicted if p[1] == cls), key=lambda p: -p[2]):
-            overlaps = [iou(box, t) if not taken[j] else -1.0 for j, t in enumerate(true_boxes)]
-            best = int(np.argmax(overlaps)) if overlaps else -1
-            hit = best >= 0 and overlaps[best] >= threshold
-            if hit:
-                taken[best] = True
+def match_class(split, per_sample, cls, threshold):
+    """COCOeval's matching of one class at one IoU threshold (area range all, at most 100
+    detections per image): per image (increasing id), detections by score take the unmatched
+    non-crowd truth of highest IoU >= threshold, else a crowd region (which may be taken again and
+    ignores them). (scores, true positive, ignored) over the split, and the non-crowd truth count."""
+    scores, hits, ignored, eligible = [], [], [], 0
+    for n in np.argsort(split.image_ids, kind="stable"):
+        boxes, classes, crowd = split.truth(n)
+        mine = classes == cls
+        order = np.r_[np.nonzero(~crowd[mine])[0], np.nonzero(crowd[mine])[0]]
+        truth, is_crowd = boxes[mine][order], crowd[mine][order]  # non-crowd first, as COCOeval sorts
+        eligible += int((~is_crowd).sum())
+        found = [d for d in per_sample[n] if d[1] == cls]
+        found = [found[i] for i in np.argsort([-s for _, _, s in found], kind="stable")][:MAX_DETECTIONS]
+        taken = np.zeros(len(truth), bool)
+        for box, _, score in found:
+            iou = overlaps(box, truth, is_crowd)
+            best, match = min(threshold, 1 - 1e-10), -1
+            for g in range(len(truth)):
+                if taken[g] and not is_crowd[g]:
+                    continue
+                if match > -1 and not is_crowd[match] and is_crowd[g]:
+                    break
+                if iou[g] >= best:
+                    best, match = iou[g], g
+            if match >= 0:
+                taken[match] = True
             scores.append(score)
-            hits.append(hit)
-    return np.array(scores), np.array(hits, dtype=bool), truths
+            hits.append(match >= 0 and not is_crowd[match])
+            ignored.append(match >= 0 and is_crowd[match])
+    return np.array(scores), np.array(hits, bool), np.array(ignored, bool), eligible
 
 
-def plot_detection_pr(path, out_dir, written, threshold):
-    _, names, samples = load_detections(path)
+def coco_precision_recall(scores, hits, ignored, eligible):
+    """COCO's AP: precision made monotone (the best at this recall or beyond) and read at the 101
+    recall points 0, 0.01, ..., 1 (0 past the last recall reached); AP is their mean. Returns
+    (recall points, their precision, AP), or None without non-crowd truth (AP undefined)."""
+    if eligible == 0:
+        return None
+    points = np.linspace(0, 1, 101)
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(hits[order] & ~ignored[order])
+    fp = np.cumsum(~hits[order] & ~ignored[order])
+    recall = tp / eligible
+    precision = np.maximum.accumulate((tp / (tp + fp + np.finfo(np.float64).eps))[::-1])[::-1]
+    at = np.searchsorted(recall, points, side="left")
+    read = np.zeros(len(points))
+    reached = at < len(recall)
+    read[reached] = precision[at[reached]]
+    return points, read, float(read.mean())
+
+
+def plot_detection_pr(path, data, split_name, out_dir, written, threshold):
+    split = Split(data, split_name)
+    per_sample = load_detections(path, split)
+    names = split.names
     figure = new_figure()
     axes = figure.subplots()
     aps = []
     for cls, colour in zip(range(len(names)), colours(len(names))):
-        scores, hits, truths = match_detections(samples, cls, threshold)
-        if truths == 0:
+        scores, hits, ignored, eligible = match_class(split, per_sample, cls, threshold)
+        curve = coco_precision_recall(scores, hits, ignored, eligible)
+        if curve is None:
             axes.plot([], [], color=colour, label=f"{names[cls]} (no true boxes)")
             continue
-        if len(scores) == 0:
-            aps.append(0.0)
-            axes.plot([], [], color=colour, label=f"{names[cls]} (AP 0: nothing detected)")
-            continue
-        recall, precision, ap = precision_recall(scores, hits, truths)
+        recall, precision, ap = curve
         aps.append(ap)
-        axes.plot(recall, precision, color=colour, linewidth=1.5, drawstyle="steps-pre",
-                  label=f"{names[cls]} (AP {ap:.4f}, {truths} boxes)")
+        axes.plot(recall, precision, color=colour, linewidth=1.5, label=f"{names[cls]} (AP {ap:.4f}, {eligible} boxes)")
     mean = f", mAP {np.mean(aps):.4f}" if aps else ""
-    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision",
-             title=f"detection precision-recall at IoU >= {threshold:g}: {len(samples)} images{mean}")
+    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision (best at this recall or beyond)",
+             title=f"detection precision-recall at IoU {threshold:g}, COCO's rule (AP: mean at 101 recall points, "
+                   f"as mpicnn eval's)\n{len(per_sample)} images of {split_name}, "
+                   f"{sum(len(d) for d in per_sample)} detections{mean}")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower left", ncols=curve_legend_columns(len(names)))
     save(figure, os.path.join(out_dir, "detection_precision_recall.png"), written)
+    return aps
 
 
-def load_images(path, d, indices):
-    """The samples' images from the detections' dataset (mpicnn HDF5 schema), as (H,W) or (H,W,3) in [0,1]."""
-    dataset, split = d.get("dataset"), d.get("split", "test")
-    if not isinstance(dataset, str) or not isinstance(split, str):
-        raise InputError(f"{path}: no 'dataset' file name (expected the HDF5 dataset the images come from)")
-    dataset = os.path.join(os.path.dirname(path), dataset)
-    if not os.path.isfile(dataset):
-        raise InputError(f"{dataset}: no such file (expected the HDF5 dataset named by {path})")
+def load_images(split, count):
+    """The split's first images, as (H,W) or (H,W,3) in [0,1]."""
     import h5py
-    try:
-        with h5py.File(dataset, "r") as f:
-            key = f"{split}/images"
-            if key not in f or f[key].ndim != 4 or f[key].shape[1] not in (1, 3):
-                raise InputError(f"{dataset}: no /{key} of shape (N,1|3,H,W) (expected an mpicnn dataset)")
-            images = f[key]
-            if max(indices) >= images.shape[0]:
-                raise InputError(f"{path}: sample index {max(indices)} beyond the {images.shape[0]} images of "
-                                 f"{dataset} /{split}")
-            chosen = [images[i] for i in indices]
-    except OSError as e:
-        raise InputError(f"{dataset}: not an HDF5 file ({e}; expected the dataset named by {path})") from None
+    with h5py.File(split.path, "r") as f:
+        images = f[f"{split.split}/images"]
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise InputError(f"{split.path}: /{split.split}/images of shape {images.shape} (expected (N,1|3,H,W))")
+        chosen = images[:count]
     out = []
     for image in chosen:
         image = image.astype(np.float64)
-        if chosen[0].dtype == np.uint8:
+        if chosen.dtype == np.uint8:
             image /= 255
         else:  # float datasets keep their own scale: stretch each image for display
             low, high = image.min(), image.max()
@@ -606,42 +705,41 @@ def load_images(path, d, indices):
     return out
 
 
-def plot_boxes(path, out_dir, written, count=16, min_score=0.5):
+def plot_boxes(path, data, split_name, out_dir, written, count=16, min_score=0.5):
     from matplotlib.patches import Rectangle
-    d, names, samples = load_detections(path)
-    samples = samples[:count]
-    images = load_images(path, d, [index for index, _, _ in samples])
+    split = Split(data, split_name)
+    per_sample = load_detections(path, split)
+    names = split.names
+    images = load_images(split, count)
     # The grid whose cells are largest, then emptiest least (images are drawn square).
-    n = len(samples)
+    n = len(images)
     columns = max(range(1, n + 1), key=lambda c: (min(WIDTH / c, HEIGHT / math.ceil(n / c)), -(c * math.ceil(n / c))))
     rows = math.ceil(n / columns)
     figure = new_figure()
     grid = figure.subplots(rows, columns, squeeze=False)
     for cell, axes in enumerate(grid.flat):
         axes.set_axis_off()
-        if cell >= len(samples):
+        if cell >= n:
             continue
-        index, truth, predicted = samples[cell]
+        boxes, classes, crowd = split.truth(cell)
         height, width = images[cell].shape[:2]
         # Pixel edges on whole numbers: a box [0, 0, 10, 10] covers pixels 0..9 exactly.
         axes.imshow(images[cell], cmap="gray", vmin=0, vmax=1, interpolation="nearest", extent=(0, width, height, 0))
-        for box, cls, _ in truth:
+        for box, is_crowd in zip(boxes, crowd):
             axes.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
-                                     edgecolor="lime", linewidth=2))
-        shown = [(box, cls, score) for box, cls, score in predicted if score >= min_score]
-        for box, cls, score in shown:
+                                     edgecolor="lime", linewidth=2, linestyle=":" if is_crowd else "-"))
+        for box, cls, score in (d for d in per_sample[cell] if d[2] >= min_score):
             axes.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
                                      edgecolor="red", linewidth=1.5, linestyle="--"))
             above = box[1] > 0.12 * height  # else inside the box, clear of the title
             axes.text(box[0], box[1], f"{names[cls]} {score:.2f}", color="white", fontsize=7,
                       va="bottom" if above else "top", clip_on=True,
                       bbox=dict(facecolor="red", alpha=0.7, pad=1, linewidth=0))
-        axes.set_title(f"#{index}: " + (", ".join(sorted({names[c] for _, c, _ in truth})) or "no objects"),
+        axes.set_title(f"id {split.image_ids[cell]}: " + (", ".join(sorted({names[c] for c in classes})) or "no objects"),
                        fontsize=8)
-    figure.suptitle(f"detections on the first {n} images of {d.get('split', 'test')}: true boxes green, "
+    figure.suptitle(f"detections on the first {n} images of {split_name}: true boxes green (crowd dotted), "
                     f"predicted boxes red dashed (score >= {min_score:g})")
     save(figure, os.path.join(out_dir, "detections.png"), written)
-
 
 # ---------------------------------------------------------------- embeddings
 
@@ -713,10 +811,12 @@ def command_all(args, out_dir, written):
         if predictions and not holds_regression_outputs(predictions):
             plot_roc(predictions, target, written)
             plot_pr(predictions, target, written)
-        detections = found(folder, "detections.json")
-        if detections:
-            plot_boxes(detections, target, written)
-            plot_detection_pr(detections, target, written, args.iou)
+        detections = found(folder, "detections.json", "detections.h5", "dets.json", "dets.h5")
+        if detections and args.data:
+            plot_boxes(detections, args.data, args.split, target, written)
+            plot_detection_pr(detections, args.data, args.split, target, written, args.iou)
+        elif detections:  # the boxes and images are in the dataset, which a run folder does not hold
+            print(f"skipped {detections}: detection pictures need --data FILE.h5", flush=True)
         embeddings = found(folder, "embeddings.h5")
         if embeddings:
             plot_embeddings(embeddings, target, written)
@@ -761,6 +861,12 @@ class Parser(argparse.ArgumentParser):
         sys.exit(1)
 
 
+def dataset_options(c):
+    c.add_argument("--data", metavar="FILE.h5", help="detections: the dataset mpicnn detect read (true boxes, "
+                                                     "class names, category ids, images)")
+    c.add_argument("--split", default="test", help="detections: its split (test)")
+
+
 def parser():
     p = Parser(prog="plot.py", description=__doc__.split("\n\n")[0],
                epilog="Pictures are PNG, 1200x800 pixels. Output folder: --output, else plots/ in the input's "
@@ -775,9 +881,11 @@ def parser():
         return c
 
     c = command("all", "every picture the run folders hold inputs for: metrics.jsonl (required), eval.json, "
-                       "predictions.h5|.csv, detections.json, embeddings.h5; several runs share the training charts")
+                       "predictions.h5|.csv, detections.json|.h5 or dets.json|.h5 (with --data), embeddings.h5; several runs share "
+                       "the training charts")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--iou", type=float, default=0.5, help="detections: IoU a predicted box needs to count (0.5)")
+    dataset_options(c)
     c = command("training", "loss, accuracy (every metric in metrics.jsonl) per step and per epoch, train and test; "
                             "learning rate; images/s. Several runs on each chart")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR|metrics.jsonl")
@@ -787,14 +895,17 @@ def parser():
                        ("pr", "precision-recall curves per class with their average precision: from predictions "
                               "(one against the rest) or from detections (boxes matched at --iou)")):
         c = command(name, text)
-        c.add_argument("file", metavar="PREDICTIONS" if name == "roc" else "PREDICTIONS|DETECTIONS_JSON",
-                       help="mpicnn predict output (.h5 or .csv)" + (", or a detections .json" if name == "pr" else ""))
+        c.add_argument("file", metavar="PREDICTIONS" if name == "roc" else "PREDICTIONS|DETECTIONS",
+                       help="mpicnn predict output (.h5 or .csv)" +
+                            (", or mpicnn detect output (.json or .h5, with --data)" if name == "pr" else ""))
         c.add_argument("--names", help="class names, comma-separated (default: from eval.json beside the file, "
                                        "else the class indices)")
         if name == "pr":
             c.add_argument("--iou", type=float, default=0.5, help="detections: IoU a predicted box needs (0.5)")
+            dataset_options(c)
     c = command("boxes", "a grid of test images with true (green) and predicted (red) boxes")
-    c.add_argument("file", metavar="DETECTIONS_JSON")
+    c.add_argument("file", metavar="DETECTIONS", help="mpicnn detect output (.json or .h5)")
+    dataset_options(c)
     c.add_argument("--count", type=int, default=16, help="images in the grid (16)")
     c.add_argument("--min-score", type=float, default=0.5, help="predicted boxes shown from this score (0.5)")
     c = command("embeddings", "embeddings projected on their first two principal components, coloured by identity")
@@ -825,11 +936,11 @@ def main(argv=None):
         elif args.command == "roc":
             plot_roc(args.file, out, written, args.names)
         elif args.command == "pr":
-            plot_pr(args.file, out, written, args.names, args.iou)
+            plot_pr(args.file, out, written, args.names, args.iou, args.data, args.split)
         elif args.command == "boxes":
             if args.count < 1:
                 raise InputError(f"--count {args.count}: expected at least 1 image")
-            plot_boxes(args.file, out, written, args.count, args.min_score)
+            plot_boxes(args.file, args.data, args.split, out, written, args.count, args.min_score)
         elif args.command == "embeddings":
             plot_embeddings(args.file, out, written)
     except InputError as e:

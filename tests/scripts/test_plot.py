@@ -9,7 +9,7 @@ The setup trains a small CNN on 2 ranks (a generated 3-class dataset of 8x8 imag
 the row of a bright band), writes `mpicnn eval --json` and `mpicnn predict` (.h5 and .csv) into
 the run folder, and trains a second run (another optimizer and schedule, 1 rank) for the
 comparison charts, into whose folder it writes the inputs of future tasks in the formats README.md
-documents: detections.json (with its dataset of images) and embeddings.h5. Each picture case checks that the PNG exists, is a PNG of 1200x800 pixels (signature,
+documents: embeddings.h5 (detection pictures: test_detection_plot.py). Each picture case checks that the PNG exists, is a PNG of 1200x800 pixels (signature,
 IHDR, IEND) and holds the colours of what it must draw; the maths behind the curves is checked
 against hand-computed values and against mpicnn eval's own ROC AUC. Each error case checks one line
 on stderr, `error: <file>: ...` with the culprit and what was expected, exit status 1 and no PNG.
@@ -79,44 +79,6 @@ def write_band_dataset(path, seed=0, n_train=512, n_test=256):
             f[f"{name}/images"], f[f"{name}/labels"] = images, labels
 
 
-def write_detections(folder, rng):
-    """16 test images of 32x32 with one to three bright squares (class 0) or rings (class 1), their
-    true boxes, and predictions as a detector would give: jittered boxes, a missed object, false
-    alarms with low scores. The dataset holds the images; detections.json names it."""
-    import h5py
-    count, size = 16, 32
-    images = rng.normal(30, 10, (count, 1, size, size))
-    samples = []
-    for index in range(count):
-        truth, predicted = [], []
-        for _ in range(rng.integers(1, 4)):
-            cls, side = int(rng.integers(0, 2)), int(rng.integers(6, 12))
-            x0, y0 = (int(v) for v in rng.integers(0, size - side, 2))
-            patch = images[index, 0, y0:y0 + side, x0:x0 + side]
-            if cls == 0:
-                patch += 150
-            else:
-                patch[[0, -1], :] += 150
-                patch[1:-1, [0, -1]] += 150
-            truth.append({"box": [x0, y0, x0 + side, y0 + side], "class": cls})
-            if rng.random() < 0.85:
-                jitter = rng.normal(0, 1.0, 4)
-                box = [float(np.clip(v, 0, size)) for v in np.array([x0, y0, x0 + side, y0 + side]) + jitter]
-                box = [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])]
-                predicted.append({"box": box, "class": cls, "score": float(rng.uniform(0.55, 0.99))})
-        if rng.random() < 0.5:
-            x0, y0 = (float(v) for v in rng.uniform(0, size - 8, 2))
-            predicted.append({"box": [x0, y0, x0 + 8, y0 + 8], "class": int(rng.integers(0, 2)),
-                              "score": float(rng.uniform(0.05, 0.7))})
-        samples.append({"index": index, "truth": truth, "predicted": predicted})
-    with h5py.File(os.path.join(folder, "shapes.h5"), "w") as f:
-        f.attrs.update({"format": "mpicnn-dataset", "format_version": 1, "num_classes": 2})
-        f["test/images"] = np.clip(images, 0, 255).astype(np.uint8)
-        f["test/labels"] = np.zeros(count, np.int32)
-    with open(os.path.join(folder, "detections.json"), "w") as f:
-        json.dump({"dataset": "shapes.h5", "split": "test", "class_names": ["square", "ring"], "samples": samples}, f)
-
-
 def write_embeddings(path, rng, identities=6, per_identity=40, dimensions=16):
     import h5py
     centres = rng.normal(0, 3, (identities, dimensions))
@@ -153,7 +115,6 @@ def setup(mpicnn, mpiexec, work):
     mpicnn_run("predict", "--checkpoint=run", f"--data={data}", "--output=run/predictions.csv", ranks=1)
     rng = np.random.default_rng(1)
     run2 = os.path.join(work, "run2")
-    write_detections(run2, rng)
     write_embeddings(os.path.join(run2, "embeddings.h5"), rng)
     print("setup: run folders", run, run2)
 
@@ -201,7 +162,7 @@ def check_written(result, out_dir, names, colours=()):
 TRAINING = ["loss_per_step.png", "loss_per_epoch.png", "accuracy_per_step.png", "accuracy_per_epoch.png",
             "auc_per_step.png", "auc_per_epoch.png", "learning_rate.png", "throughput.png"]
 EVALUATION = ["confusion_counts.png", "confusion_normalised.png", "roc.png", "precision_recall.png"]
-FUTURE = ["detections.png", "detection_precision_recall.png", "embeddings_pca.png"]
+FUTURE = ["embeddings_pca.png"]  # detection pictures: test_detection_plot.py
 
 
 def fresh(work, name):
@@ -326,30 +287,6 @@ def case_pr(work):
           f"tied scores: recall {recall}, precision {precision}, AP {ap}; expected AP 5/6")
 
 
-def case_detection_pr(work):
-    out = fresh(work, "detection_pr")
-    check_written(plot("pr", os.path.join(work, "run2", "detections.json"), "-o", out), out,
-                  ["detection_precision_recall.png"], [BLUE, ORANGE])
-    module = load_plot_module()
-    # One image, two true squares; predicted: a hit (IoU 0.81), a second box on the same square
-    # (a duplicate: false), a box of IoU 0.25 with the other (below 0.5: false). Recall 1/2 at
-    # precision 1, then no more recall: AP 1/2.
-    truth = [(np.array([0, 0, 10, 10.0]), 0, 1.0), (np.array([20, 20, 30, 30.0]), 0, 1.0)]
-    predicted = [(np.array([1, 1, 10, 10.0]), 0, 0.9), (np.array([0, 0, 9, 9.0]), 0, 0.8),
-                 (np.array([25, 20, 35, 30.0]), 0, 0.7)]
-    scores, hits, truths = module.match_detections([(0, truth, predicted)], 0, 0.5)
-    check(list(hits) == [True, False, False] and truths == 2, f"matching: hits {hits}, truths {truths}")
-    _, _, ap = module.precision_recall(scores, hits, truths)
-    check(abs(ap - 0.5) < 1e-12, f"detection AP {ap}, expected 0.5")
-    check(abs(module.iou(truth[0][0], predicted[0][0]) - 0.81) < 1e-12, "IoU of two boxes")
-
-
-def case_boxes(work):
-    out = fresh(work, "boxes")
-    check_written(plot("boxes", os.path.join(work, "run2", "detections.json"), "-o", out), out,
-                  ["detections.png"], [GREEN_BOX, RED_BOX])
-
-
 def case_embeddings(work):
     out = fresh(work, "embeddings")
     check_written(plot("embeddings", os.path.join(work, "run2", "embeddings.h5"), "-o", out), out,
@@ -431,17 +368,6 @@ def error_cases():
     def eval_json(content):
         return lambda work, d: ["confusion", write(d, "eval.json", content)]
 
-    def detections(change, command="boxes"):
-        def setup_case(work, d):
-            source = json.load(open(os.path.join(work, "run2", "detections.json")))
-            change(source)
-            shutil.copy(os.path.join(work, "run2", "shapes.h5"), d)
-            return [command, write(d, "detections.json", json.dumps(source))]
-        return setup_case
-
-    def first_box(key, value):
-        return lambda d: d["samples"][0]["truth"][0].__setitem__(key, value)
-
     return {
         "missing_run_folder": (lambda work, d: ["all", os.path.join(d, "no_such_run")],
                                ["no_such_run: no such run folder", "mpicnn train"]),
@@ -480,16 +406,6 @@ def error_cases():
                                         ["p.csv: no samples"]),
         "names_count": (lambda work, d: ["roc", os.path.join(run(work), "predictions.h5"), "--names", "a,b"],
                         ["predictions.h5: 3 classes, but --names gives 2"]),
-        "detections_bad_box": (detections(first_box("box", [10, 10, 5])),
-                               ["detections.json: samples[0].truth[0]", "[x_min, y_min, x_max, y_max]"]),
-        "detections_bad_class": (detections(first_box("class", 7), command="pr"),
-                                 ["detections.json: samples[0].truth[0]", "index into class_names (0..1)"]),
-        "detections_no_samples": (detections(lambda d: d.__setitem__("samples", [])),
-                                  ["detections.json: no 'samples' list"]),
-        "detections_dataset_missing": (detections(lambda d: d.__setitem__("dataset", "gone.h5")),
-                                       ["gone.h5: no such file", "HDF5 dataset named by"]),
-        "detections_index_beyond_dataset": (detections(lambda d: d["samples"][0].__setitem__("index", 99)),
-                                            ["detections.json: sample index 99 beyond the 16 images"]),
         "embeddings_without_labels": (lambda work, d: ["embeddings", bad_h5(os.path.join(d, "e.h5"),
                                                                             embeddings=np.zeros((5, 3)))],
                                       ["e.h5: no 'embeddings' or 'labels'"]),
@@ -497,7 +413,7 @@ def error_cases():
                                                                            embeddings=np.zeros((5, 1)),
                                                                            labels=np.zeros(5, np.int32))],
                                      ["e.h5: embeddings (5, 1)", "D >= 2"]),
-        "iou_out_of_range": (lambda work, d: ["pr", os.path.join(work, "run2", "detections.json"), "--iou", "1.5"],
+        "iou_out_of_range": (lambda work, d: ["pr", os.path.join(run(work), "predictions.h5"), "--iou", "1.5"],
                              ["--iou 1.5: expected an overlap in (0, 1]"]),
         "unknown_command": (lambda work, d: ["pictures", run(work)], ["invalid choice: 'pictures'", "--help"]),
         "output_not_writable": (lambda work, d: ["confusion", os.path.join(run(work), "eval.json"), "-o",
@@ -523,7 +439,7 @@ def run_error_case(work, name):
 
 
 CASES = {"training": case_training, "all": case_all, "confusion": case_confusion, "roc": case_roc,
-         "pr": case_pr, "detection_pr": case_detection_pr, "boxes": case_boxes, "embeddings": case_embeddings,
+         "pr": case_pr, "embeddings": case_embeddings,
          "resumed": case_resumed, "help": case_help}
 
 
