@@ -1,7 +1,7 @@
 #pragma once
 // The boxes of a batch's rows, for a task that needs them (detection): a TrainReader step's rows
-// by their global sample indices (datasets/boxes.hpp's train_step_samples, the reader's own rule),
-// moved as the augmentation moved their pixels; an EvalReader's rows as stored.
+// by the sample indices the reader gives (Batch::samples), moved as the augmentation moved their
+// pixels; an EvalReader's rows as stored.
 #include <span>
 #include <string>
 #include <vector>

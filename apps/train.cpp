@@ -181,8 +181,8 @@ class Trainer {
   TrainedModel trained() { return {*model_, *optimizer_, *reducer_, meta_, head_.get()}; }
 
   // Detection: the training split's boxes, and every split evaluated must have boxes too (checked
-  // now, not at the first evaluation). Balanced sampling orders samples its own way, which the
-  // boxes' schedule (train_step_samples) does not follow.
+  // now, not at the first evaluation). Balanced (P x K) sampling draws images by identity label,
+  // which a box dataset's images do not carry.
   void open_boxes() {
     if (c_.identities_per_batch > 0)
       throw ConfigError("'data.identities_per_batch' does not combine with loss.kind = " + c_.task->kind());

@@ -131,24 +131,6 @@ void write_boxes(hid_t file, const std::string& split, const SplitBoxes& b, cons
   h5::write_dataset<std::int64_t>(file, split + "/image_ids", b.image_ids, {hsize_t(b.image_ids.size())});
 }
 
-std::vector<std::uint32_t> train_step_samples(const ReaderOptions& options, std::size_t count, int epoch, long step) {
-  const std::vector<std::uint32_t> order = epoch_order(count, options.seed, epoch, options.shuffle);
-  const std::size_t first = std::size_t(step) * std::size_t(options.global_batch);
-  if (first >= count) return {};
-  const std::size_t global = std::min(count - first, std::size_t(options.global_batch));
-  const Slice part = rank_slice(global, options.rank, options.ranks, options.micro_batch);
-  return {order.begin() + std::ptrdiff_t(first + part.first), order.begin() + std::ptrdiff_t(first + part.first + part.count)};
-}
-
-std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::size_t count, long step) {
-  const Slice part = eval_part(count, options);
-  const std::size_t first = std::size_t(step) * std::size_t(options.batch);
-  if (first >= part.count) return {};
-  std::vector<std::uint32_t> samples(std::min(part.count - first, std::size_t(options.batch)));
-  for (std::size_t i = 0; i < samples.size(); ++i) samples[i] = std::uint32_t(part.first + first + i);
-  return samples;
-}
-
 std::vector<core::GroundTruthBox> ground_truth(const SplitBoxes& boxes) {
   std::vector<core::GroundTruthBox> truth;
   for (std::size_t n = 0; n < boxes.samples(); ++n)

@@ -45,12 +45,6 @@ SplitBoxes read_boxes(const std::string& path, const std::string& split);
 void write_boxes(hid_t file, const std::string& split, const SplitBoxes& boxes, const core::Shape& image,
                  int num_classes);
 
-// The global sample indices of rank `options.rank`'s rows in TrainReader step (epoch, step), in
-// batch-row order: the same rule TrainReader uses (epoch_order, then rank_slice of the step).
-std::vector<std::uint32_t> train_step_samples(const ReaderOptions& options, std::size_t count, int epoch, long step);
-// Likewise for EvalReader batch `step` of this rank's part.
-std::vector<std::uint32_t> eval_step_samples(const EvalOptions& options, std::size_t count, long step);
-
 // Every box of the split as evaluation ground truth (core::evaluate_detections): image = the
 // sample's image id, class, crowd flag.
 std::vector<core::GroundTruthBox> ground_truth(const SplitBoxes& boxes);

@@ -17,6 +17,7 @@ void copy_batch(const Batch& from, Batch& to, const DatasetInfo& info) {
       std::memcpy(to.targets.data(), from.targets.data(), std::size_t(from.count) * info.target_size * sizeof(float));
   }
   to.labels.assign(from.labels.begin(), from.labels.end());
+  to.samples.assign(from.samples.begin(), from.samples.end());
   to.count = from.count;
   to.global_count = from.global_count;
   to.first = from.first;

@@ -98,7 +98,9 @@ struct TrainReader::Impl {
     const std::size_t global = std::min(epoch_length - first, std::size_t(options.global_batch));
     const Slice part = rank_slice(global, options.rank, options.ranks, dealt_group(options));
     const SampleReader::Augment augment{&options.augment, augment_seed(options.seed, epoch)};
-    samples.read(std::span(order).subspan(first + part.first, part.count), batch, augment);
+    const std::span<const std::uint32_t> rows = std::span(order).subspan(first + part.first, part.count);
+    samples.read(rows, batch, augment);
+    batch.samples.assign(rows.begin(), rows.end());
     batch.count = int(part.count);
     batch.global_count = int(global);
     batch.first = int(part.first);
@@ -158,6 +160,7 @@ struct EvalReader::Impl {
     indices.resize(count);
     for (std::size_t i = 0; i < count; ++i) indices[i] = std::uint32_t(part.first + first + i);
     samples.read(indices, batch, {});
+    batch.samples = indices;
     batch.count = int(count);
     batch.global_count = int(count);
     batch.epoch = epoch;

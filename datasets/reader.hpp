@@ -66,6 +66,7 @@ struct Batch {
   int count = 0;                     // this rank's samples this step (may be 0 in the last step)
   int global_count = 0;              // samples of all ranks this step (EvalReader: = count)
   int first = 0;                     // global position, within the step, of this rank's first sample
+  std::vector<std::uint32_t> samples;  // count: each row's index in the split (what a task keyed on samples needs, e.g. boxes)
   int epoch = 0;
   long step = 0;
 };

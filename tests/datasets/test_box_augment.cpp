@@ -82,8 +82,8 @@ BoxesBySample reader_boxes(const std::string& path, const SplitBoxes& stored, co
     TrainReader reader(o);
     Batch batch;
     for (int epoch = 0; epoch < kEpochs; ++epoch)
-      for (long step = 0; reader.next(batch); ++step) {
-        const auto samples = train_step_samples(o, stored.samples(), epoch, step);
+      while (reader.next(batch)) {
+        const std::vector<std::uint32_t>& samples = batch.samples;
         for (int r = 0; r < batch.count; ++r) {
           const BoxList boxes = augmented_boxes(stored.of(samples[r]), o, epoch, samples[r], kShape);
           const std::string where = "sample " + std::to_string(samples[r]) + " epoch " + std::to_string(epoch) + " on " +
@@ -107,9 +107,10 @@ void expect_same_on_every_rank_count(const std::string& path, const SplitBoxes& 
     for (const auto& [key, boxes] : one) {
       const BoxList& other = many.at(key);
       ASSERT_EQ(other.boxes.size(), boxes.boxes.size()) << "sample " << key.second << " epoch " << key.first;
-      if (!boxes.boxes.empty())  // memcmp of an empty vector's null data() is undefined
+      if (!boxes.boxes.empty()) {  // memcmp of an empty vector's null data() is undefined
         EXPECT_EQ(std::memcmp(other.boxes.data(), boxes.boxes.data(), boxes.boxes.size() * sizeof(core::Box)), 0)
             << "sample " << key.second << " epoch " << key.first << " on " << ranks << " ranks";
+      }
       EXPECT_EQ(other.classes, boxes.classes);
     }
   }
