@@ -328,7 +328,7 @@ class Trainer {
     model_->run().micro_batches = std::move(micro_batches);
     model_->run().exchange = exchange_.get();
     return worker.accumulate_layer_synchronous(
-        view_of(batch, 0, batch.count), *c_.task,
+        [&](int start, int count) { return view_of(batch, start, count); }, batch.count, *c_.task,
         [this](int layer, bool first, bool last) { reducer_->layer_done(layer, first, last); });
   }
 

@@ -21,26 +21,26 @@ LossSum GradientWorker::accumulate(const BatchView& batch, const Task& task,
   return sums;
 }
 
-LossSum GradientWorker::accumulate_layer_synchronous(const BatchView& batch, const Task& task,
+LossSum GradientWorker::accumulate_layer_synchronous(const std::function<BatchView(int, int)>& rows, int count,
+                                                     const Task& task,
                                                      const std::function<void(int, bool, bool)>& layer_done) {
   const std::vector<MicroBatch>& micro_batches = model_.run().micro_batches;
   const int outputs_per_sample = int(model_.output_shape().size());
-  const std::size_t in_size = model_.input_shape().size(), out_size = std::size_t(outputs_per_sample);
+  const std::size_t out_size = std::size_t(outputs_per_sample);
   model_.params().reserve_gradient_sets(int(micro_batches.size()));
-  const float* outputs = model_.forward(batch.images, batch.count);
+  const float* outputs = model_.forward(rows(0, count).images, count);
   LossSum sums;
   for (const MicroBatch& m : micro_batches) {
     const std::size_t at = std::size_t(m.start);
-    const BatchView part{batch.images + at * in_size, batch.labels ? batch.labels + at : nullptr,
-                         batch.targets ? batch.targets + at * out_size : nullptr, m.count};
-    const LossSum s = task.loss(output_grad_.data() + at * out_size, outputs + at * out_size, part, outputs_per_sample);
+    const LossSum s = task.loss(output_grad_.data() + at * out_size, outputs + at * out_size, rows(m.start, m.count),
+                                outputs_per_sample);
     sums.sum += s.sum, sums.correct += s.correct;
   }
-  model_.backward(output_grad_.data(), batch.count);
-  const int layers = int(model_.layers().size()), count = std::max(1, int(micro_batches.size()));
-  for (int k = 0; k < count; ++k) {
+  model_.backward(output_grad_.data(), count);
+  const int layers = int(model_.layers().size()), sets = std::max(1, int(micro_batches.size()));
+  for (int k = 0; k < sets; ++k) {
     model_.params().select_gradients(k);
-    for (int i = layers - 1; i >= 0; --i) layer_done(i, k == 0, k + 1 == count);
+    for (int i = layers - 1; i >= 0; --i) layer_done(i, k == 0, k + 1 == sets);
   }
   model_.params().select_gradients(0);
   return sums;

@@ -24,8 +24,10 @@ class GradientWorker {
   // once, each's loss and parameter gradients its own; then, micro-batch after micro-batch, its
   // gradients are in the arena while layer_done(i, first, last) fires for every layer, last first
   // (a rank without samples: once per layer, first and last).
-  LossSum accumulate_layer_synchronous(const BatchView& batch, const Task& task,
-                                       const std::function<void(int, bool, bool)>& layer_done);
+  // `rows(start, count)` is the view of those rows of the rank's batch (the caller's own slicing:
+  // images, labels, targets, boxes), `count` the rank's samples.
+  LossSum accumulate_layer_synchronous(const std::function<BatchView(int start, int count)>& rows, int count,
+                                       const Task& task, const std::function<void(int, bool, bool)>& layer_done);
   // Forward and loss only (evaluation); `outputs` receives the model's outputs when not null.
   LossSum evaluate(const BatchView& batch, const Task& task, const float** outputs = nullptr);
 
