@@ -73,6 +73,9 @@ class Trainer {
         one_micro_batch_at_a_time ? std::min(c_.micro_batch, reader_->capacity()) : reader_->capacity());
     meta_.spec = head_ ? head_->full_spec(model_->canonical_spec()) : model_->canonical_spec();
     model_->reserve_statistics(statistics_slots());
+    if (c_.global_batch_statistics() && model_->state().slot_floats() == 0)  // only bn records statistics
+      throw ConfigError("'model.bn_statistics' = global_batch, but model.spec has no bn layer: nothing to synchronise "
+                        "(leave it micro_batch)");
     const core::DatasetTargets targets{info.target_size == 0, info.num_classes, info.target_size,
                                        data::has_boxes(c_.data_path, c_.train_split)};
     c_.task->configure(targets, info.shape, model_->output_shape(), c_.data_path + " split '" + c_.train_split + "'");

@@ -40,6 +40,10 @@ void BatchNorm::bind(const BindContext& context) {
   batch_variance_ = Buffer(std::size_t(g_.channels));
   global_mean_.assign(std::size_t(g_.channels), 0.0);
   global_variance_.assign(std::size_t(g_.channels), 1.0);
+  mean_dy_.assign(std::size_t(g_.channels), 0.0);
+  mean_dy_xhat_.assign(std::size_t(g_.channels), 0.0);
+  totals_.reserve(2 * std::size_t(g_.channels) + 1);
+  exchange_what_ = "batch statistics of layer " + path_ + " 'bn'";
 }
 
 void BatchNorm::forward(float* out, const float* in, int batch) {
@@ -85,7 +89,7 @@ void BatchNorm::backward(float* in_grad, const float* out_grad, const float* in,
 // table row of this rank's k-th micro-batch (`width` values): the rows of all ranks exchanged,
 // then added in global micro-batch order, identically on every rank whatever the rank count.
 template <class Partial>
-std::vector<double> BatchNorm::global_sums(std::size_t width, const Partial& partial) {
+std::span<const double> BatchNorm::global_sums(std::size_t width, const Partial& partial) {
   const std::size_t rows = std::size_t(run_->exchange->micro_batches());
   table_.assign(rows * width, 0.0);
   const std::vector<MicroBatch>& micro_batches = run_->micro_batches;
@@ -95,18 +99,18 @@ std::vector<double> BatchNorm::global_sums(std::size_t width, const Partial& par
       throw Error("layer " + path_ + " 'bn': micro-batch " + std::to_string(m.index) + " of " + std::to_string(rows));
     partial(table_.data() + std::size_t(m.index) * width, m, int(k));
   }
-  run_->exchange->sum(table_, "layer " + path_ + " 'bn'");
-  std::vector<double> total(width, 0.0);
+  run_->exchange->sum(table_, exchange_what_);
+  totals_.assign(width, 0.0);
   for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t i = 0; i < width; ++i) total[i] += table_[r * width + i];
-  return total;
+    for (std::size_t i = 0; i < width; ++i) totals_[i] += table_[r * width + i];
+  return totals_;
 }
 
 // The count and sum first, then the squared deviations about the global mean (two passes, as
 // the per-micro-batch kernel, so no cancellation); the variance normalising is the biased one.
 void BatchNorm::forward_global(float* out, const float* in, int batch) {
   const std::size_t channels = std::size_t(g_.channels), sample = g_.sample();
-  const std::vector<double> sums = global_sums(1 + channels, [&](double* row, const MicroBatch& m, int) {
+  const std::span<const double> sums = global_sums(1 + channels, [&](double* row, const MicroBatch& m, int) {
     row[0] = double(m.count) * double(g_.spatial);
     batchnorm_channel_sums(row + 1, in + std::size_t(m.start) * sample, g_, m.count);
   });
@@ -116,7 +120,7 @@ void BatchNorm::forward_global(float* out, const float* in, int batch) {
                      "over the global batch, got " + std::to_string(long(global_count_)) + " (input " + input_.str() +
                      ")");
   for (std::size_t c = 0; c < channels; ++c) global_mean_[c] = sums[1 + c] / global_count_;
-  const std::vector<double> squares = global_sums(channels, [&](double* row, const MicroBatch& m, int) {
+  const std::span<const double> squares = global_sums(channels, [&](double* row, const MicroBatch& m, int) {
     batchnorm_squared_deviations(row, in + std::size_t(m.start) * sample, global_mean_.data(), g_, m.count);
   });
   for (std::size_t c = 0; c < channels; ++c) global_variance_[c] = squares[c] / global_count_;
@@ -135,7 +139,7 @@ void BatchNorm::forward_global(float* out, const float* in, int batch) {
 // that micro-batch's gradient set (the exact sum rounds micro-batch by micro-batch).
 void BatchNorm::backward_global(float* in_grad, const float* out_grad, const float* in, int batch) {
   const std::size_t channels = std::size_t(g_.channels), sample = g_.sample();
-  const std::vector<double> sums = global_sums(2 * channels, [&](double* row, const MicroBatch& m, int k) {
+  const std::span<const double> sums = global_sums(2 * channels, [&](double* row, const MicroBatch& m, int k) {
     const std::size_t at = std::size_t(m.start) * sample;
     batchnorm_gradient_sums(row, row + channels, out_grad + at, in + at, global_mean_.data(), global_variance_.data(),
                             g_, m.count, double(eps_));
@@ -147,11 +151,10 @@ void BatchNorm::backward_global(float* in_grad, const float* out_grad, const flo
     params_->select_gradients(0);
   });
   if (!in_grad) return;
-  std::vector<double> mean_dy(channels), mean_dy_xhat(channels);
   for (std::size_t c = 0; c < channels; ++c)
-    mean_dy[c] = sums[c] / global_count_, mean_dy_xhat[c] = sums[channels + c] / global_count_;
+    mean_dy_[c] = sums[c] / global_count_, mean_dy_xhat_[c] = sums[channels + c] / global_count_;
   batchnorm_input_gradient(in_grad, out_grad, in, global_mean_.data(), global_variance_.data(),
-                           affine_ ? params_->value(scale_) : nullptr, mean_dy.data(), mean_dy_xhat.data(), g_, batch,
+                           affine_ ? params_->value(scale_) : nullptr, mean_dy_.data(), mean_dy_xhat_.data(), g_, batch,
                            double(eps_));
 }
 

@@ -45,8 +45,13 @@ class BatchNorm final : public Layer {
   void forward_global(float* out, const float* in, int batch);
   void backward_global(float* in_grad, const float* out_grad, const float* in, int batch);
   template <class Partial>
-  std::vector<double> global_sums(std::size_t width, const Partial& partial);
-  std::vector<double> table_;  // (global micro-batches, width): the partials being exchanged
+  std::span<const double> global_sums(std::size_t width, const Partial& partial);
+  // Buffers of the global-batch passes, sized in bind() (the table by the step's micro-batches),
+  // so that a step allocates nothing once its sizes have been seen.
+  std::vector<double> table_;   // (global micro-batches, width): the partials being exchanged
+  std::vector<double> totals_;  // (width): the table's rows added in order
+  std::vector<double> mean_dy_, mean_dy_xhat_;  // (C): backward's global means
+  std::string exchange_what_;   // names the layer if a rank is gone during the exchange
   double global_count_ = 0;
   std::vector<double> global_mean_, global_variance_;  // (C): the last global-batch forward's
 };

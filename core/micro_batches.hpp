@@ -28,7 +28,7 @@ class BatchExchange {
   // Global micro-batches of the step: the table's rows.
   virtual int micro_batches() const = 0;
   // Every rank calls it with the same table size at the same point of the pass (a rank without
-  // samples too, with a table of zeros); `what` names the layer in errors (a rank that is gone).
+  // samples too, with a table of zeros); `what` names the exchange and its layer in errors (a rank that is gone).
   virtual void sum(std::span<double> table, const std::string& what) = 0;
 };
 

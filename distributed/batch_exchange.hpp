@@ -17,7 +17,7 @@ class BatchStatisticsExchange final : public core::BatchExchange {
   void begin_step(int micro_batches) { micro_batches_ = micro_batches; }
   int micro_batches() const override { return micro_batches_; }
   void sum(std::span<double> table, const std::string& what) override {
-    watchdog_.allreduce_sum(table, "batch statistics of " + what);
+    watchdog_.allreduce_sum(table, what);
   }
 
  private:

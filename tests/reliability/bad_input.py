@@ -197,6 +197,8 @@ case("config_missing_data_path", train(data__path=None), ["data.path", "missing 
 case("config_bad_choice", train(optimizer__name="adamm"), ["optimizer.name", "'adamm'", "sgd, adam", "did you mean 'adam'"])
 case("config_bn_statistics_bad_choice", train(model__bn_statistics="global"),
      ["model.bn_statistics", "'global'", "micro_batch, global_batch", "did you mean 'global_batch'"])
+case("config_bn_statistics_global_without_bn", train(model__bn_statistics="global_batch"),
+     ["model.bn_statistics", "global_batch", "no bn layer"])
 case("config_momentum_one", train(optimizer__momentum="1"), ["optimizer.momentum", "below 1"])
 case("config_best_metric_accuracy_for_mse", train(loss__kind="mse", checkpoint__best_metric="accuracy"),
      ["checkpoint.best_metric", "accuracy", "not a metric of loss.kind = mse", "known: auto, loss"])
