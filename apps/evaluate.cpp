@@ -204,10 +204,18 @@ Loaded load_checkpoint_for(const std::string& checkpoint, const std::string& dat
   const core::DatasetTargets targets{info.target_size == 0, info.num_classes, info.target_size, data::has_boxes(data, split)};
   const std::string where = data + " split '" + split + "'";
   l.task->configure(targets, l.header.model.input, l.model->output_shape(), where);
-  if (with_truth && l.task->needs_boxes()) l.task->check(targets, int(l.model->output_shape().size()), where);
   if (l.task->classifies() && info.target_size == 0 && info.num_classes != int(l.model->output_shape().size()))
     throw ShapeError(data + ": " + std::to_string(info.num_classes) + " classes, but the checkpoint's model has " +
                      std::to_string(l.model->output_shape().size()) + " outputs");
+  // The task's own checks, as training made them: the stored options must fit the model and the
+  // data (e.g. one class weight per class) before a loss reads them.
+  if (with_truth) {
+    try {
+      l.task->check(targets, int(l.model->output_shape().size()), where);
+    } catch (const ConfigError& e) {
+      throw IoError(path + ": " + e.what());
+    }
+  }
   return l;
 }
 

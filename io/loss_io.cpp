@@ -70,10 +70,16 @@ core::TaskOptions read_loss_options(hid_t group, const std::string& path) {
     if (!std::isfinite(value) || value < 0)
       throw IoError(path + ": /model attribute '" + name + "' is " + number_text(value) + ", expected a finite number >= 0");
   };
-  if (h5::has_attribute(group, "loss_class_weights"))
-    o.class_weights = narrowed(h5::read_array_attribute<double>(group, "loss_class_weights"));
-  if (h5::has_attribute(group, "loss_pos_weight"))
-    o.pos_weight = narrowed(h5::read_array_attribute<double>(group, "loss_pos_weight"));
+  const auto weights = [&](const char* name, std::vector<float>& values) {
+    if (!h5::has_attribute(group, name)) return;
+    const std::vector<double> read = h5::read_array_attribute<double>(group, name);
+    for (double w : read)
+      if (!std::isfinite(w) || w < 0)
+        throw IoError(path + ": /model attribute '" + name + "' holds " + number_text(w) + ", expected finite weights >= 0");
+    values = narrowed(read);
+  };
+  weights("loss_class_weights", o.class_weights);
+  weights("loss_pos_weight", o.pos_weight);
   real("loss_focal_gamma", o.focal_gamma);
   real("loss_focal_alpha", o.focal_alpha);
   real("loss_label_smoothing", o.label_smoothing);

@@ -427,6 +427,11 @@ case("ckpt_loss_option_of_another_kind", evaluate(), ["ckpt.h5", "'loss' = 'cros
 case("ckpt_loss_option_negative", evaluate(), ["ckpt.h5", "/model attribute 'loss_label_smoothing'", "-0.5",
                                                "finite number >= 0"],
      edited_checkpoint(set_attr("model", "loss_label_smoothing", -0.5)))
+case("ckpt_loss_class_weights_count", evaluate(), ["ckpt.h5", "'loss.class_weights' has 2 weights", "one per class (3)"],
+     edited_checkpoint(set_attr("model", "loss_class_weights", np.array([1.0, 2.0]))))
+case("ckpt_loss_class_weight_nan", evaluate(), ["ckpt.h5", "/model attribute 'loss_class_weights'", "nan",
+                                                "finite weights >= 0"],
+     edited_checkpoint(set_attr("model", "loss_class_weights", np.array([1.0, float("nan"), 1.0]))))
 case("ckpt_loss_unknown", ["inspect", "ckpt.h5"], ["ckpt.h5", "'loss' = 'arcfase'", "unknown loss 'arcfase'"],
      edited_checkpoint(set_attr("model", "loss", "arcfase")))
 case("predict_cut_without_embedding", ["predict", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=p.h5", "--cut=embedding"],
