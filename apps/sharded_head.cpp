@@ -122,10 +122,10 @@ void ShardedHead::drain() {
 
 void ShardedHead::load(const std::string& path, long optimizer_steps) {
   const dist::RowRange& rows = classifier_->rows();
-  const std::string& name = full_params_.back().name;
-  io::read_param_rows(path, "/model/" + name, rows.first, rows.count, classifier_->params().value(0));
+  const core::ParamInfo& whole = full_params_.back();
+  io::read_param_rows(path, "/model/" + whole.name, whole, rows.first, rows.count, classifier_->params().value(0));
   for (const auto& [state, buffer] : classifier_->optimizer().state())
-    io::read_param_rows(path, "/optimizer/" + state + "/" + name, rows.first, rows.count, buffer->data());
+    io::read_param_rows(path, "/optimizer/" + state + "/" + whole.name, whole, rows.first, rows.count, buffer->data());
   classifier_->optimizer().set_steps(optimizer_steps);
 }
 

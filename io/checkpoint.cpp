@@ -355,13 +355,19 @@ void load_checkpoint(const std::string& path, core::Model& model, core::Optimize
   }
 }
 
-void read_param_rows(const std::string& path, const std::string& dataset, int first_row, int rows, float* out) {
+void read_param_rows(const std::string& path, const std::string& dataset, const core::ParamInfo& whole, int first_row,
+                     int rows, float* out) {
   h5::Handle file = h5::open_file(path);
+  if (!h5::exists(file.get(), dataset)) invalid(path, "missing dataset '" + dataset + "'");
   h5::Handle data = h5::open_dataset(file.get(), dataset);
   const std::vector<hsize_t> dims = h5::dims(data.get());
-  if (dims.size() != 2 || hsize_t(first_row) + hsize_t(rows) > dims[0])
-    invalid(path, "dataset '" + dataset + "' has shape " + h5::dims_text(dims) + ", expected at least " +
-                      std::to_string(first_row + rows) + " rows of a matrix");
+  // The whole matrix's shape, as read_param checks it: `out` holds rows x the spec's columns.
+  if (dims != dims_of(whole) || dims.size() != 2)
+    invalid(path, "dataset '" + dataset + "' has shape " + h5::dims_text(dims) + ", the spec needs " +
+                      h5::dims_text(dims_of(whole)));
+  if (first_row < 0 || hsize_t(first_row) + hsize_t(rows) > dims[0])
+    throw Error("read_param_rows: rows [" + std::to_string(first_row) + ", " + std::to_string(first_row + rows) +
+                ") outside '" + dataset + "'");
   h5::Handle space(H5Dget_space(data.get()));
   const hsize_t start[2] = {hsize_t(first_row), 0}, count[2] = {hsize_t(rows), dims[1]};
   h5::check(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr), data.get(), "select rows of");

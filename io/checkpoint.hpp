@@ -74,8 +74,10 @@ void save_checkpoint(const std::string& path, const ModelMeta& meta, const core:
                      core::Optimizer& optimizer, const TrainerState& state, const std::string& config_ini, int ranks,
                      const std::vector<std::pair<std::string, double>>& metrics, const ExtraParam* extra = nullptr);
 // Rows [first_row, first_row + rows) of the 2-D float dataset `dataset` ("/model/3.weight") of a
-// checkpoint, into out (rows x columns): one shard of a classifier, read without the others.
-void read_param_rows(const std::string& path, const std::string& dataset, int first_row, int rows, float* out);
+// checkpoint, into out (rows x columns): one shard of a classifier, read without the others. The
+// dataset must have `whole`'s shape (IoError naming the file otherwise).
+void read_param_rows(const std::string& path, const std::string& dataset, const core::ParamInfo& whole, int first_row,
+                     int rows, float* out);
 
 // Validates the format, version and every shape against the spec before reading any weights;
 // throws IoError naming the file and what was expected versus found.

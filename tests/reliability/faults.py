@@ -14,6 +14,7 @@ nan_loss                optimizer.lr=1e6 after a good checkpoint: the run stops 
 hang_detector           SIGSTOP to rank 1 mid-epoch with train.collective_timeout=5: the job ends
                         within 20 s saying which rank has "not arrived".
 hang_detector_in_evaluation  the same with rank 1 stopped during the evaluation after an epoch.
+sharded_resume_misshapen_state  a sharded resume whose classifier state has the wrong width: one line, no read past it.
 sharded_hang_detector   the same under train.classifier = sharded (the classifier's exchange).
 rank_fails_alone        one sample of the training split holds a NaN: the one rank that reads it fails
                         mid-epoch while the other waits in the step's allreduce (hang detector off);
@@ -228,6 +229,30 @@ def sharded_checkpoint_write_fails(binary, workdir):
         "train.classifier": "sharded", "data.eval_split": "none"})
 
 
+def sharded_resume_misshapen_state(binary, workdir):
+    # A resume under train.classifier = sharded reads each rank's rows of the classifier and of its
+    # optimizer state: a state matrix of the wrong width is refused naming the file, not read past.
+    prepare(workdir)
+    sharded = dict(model__spec="conv(8,3) relu maxpool(2) flatten dense(8) cosine(3)", loss__kind="arcface",
+                   train__classifier="sharded", data__eval_split="none", optimizer__momentum="0.9")
+    first = run([binary] + train_args(train__max_steps="50", **sharded), workdir, 60, ranks=2)
+    check(first.returncode == 0, "the first, good sharded run failed: " + first.describe())
+    ckpt = latest_file(os.path.join(workdir, "run"))
+    with h5py.File(ckpt, "r+") as f:
+        name = next(n for n, d in f["model"].items() if d.shape == (3, 8))  # the cosine(3) rows
+        for state in f["optimizer"].values():
+            if isinstance(state, h5py.Group) and name in state:
+                del state[name]
+                state[name] = np.zeros((3, 16), np.float32)
+    result = run([binary] + train_args(train__max_steps="60", **sharded), workdir, 30, ranks=2)
+    errors = result.error_lines()
+    print("\n".join(errors))
+    check(result.returncode == 1 and not result.timed_out, "the misshapen state was not refused: " + result.describe())
+    check(not CRASH_PATTERNS.search(result.stdout + result.stderr), "crash: " + result.describe())
+    check(any(os.path.basename(ckpt) in e and "has shape (3,16)" in e and "the spec needs (3,8)" in e for e in errors),
+          "no error line naming the file and both shapes: " + result.describe())
+
+
 def nan_loss(binary, workdir):
     prepare(workdir)
     run_dir = os.path.join(workdir, "run")
@@ -390,7 +415,7 @@ def best_metric_on_resume(binary, workdir):
 
 
 SCENARIOS = {f.__name__: f for f in (kill_rank, checkpoint_write_fails, checkpoint_write_error_one_line,
-                                     sharded_checkpoint_write_fails, nan_loss,
+                                     sharded_checkpoint_write_fails, sharded_resume_misshapen_state, nan_loss,
                                      hang_detector, sharded_hang_detector, hang_detector_in_evaluation, rank_fails_alone,
                                      checkpoint_without_class_names, empty_option_value, best_metric_on_resume)}
 
