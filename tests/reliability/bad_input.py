@@ -491,6 +491,14 @@ case("detection_head_stride", train(data__path="boxed.h5", loss__kind="detection
      ["loss 'detection' needs one stride", "model input (1,8,8), output (8,6,6)"], boxed_dataset)
 case("detect_classifier_checkpoint", ["detect", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=dets.json"],
      ["mpicnn detect needs a detection checkpoint", "ckpt.h5", "'cross_entropy'"], edited_checkpoint(lambda f: None))
+DETECT = ["detect", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=dets.json"]
+case("detect_score_threshold_one", DETECT + ["--score_threshold=1"], ["--score_threshold 1", "[0, 1)"],
+     edited_checkpoint(lambda f: None))
+case("detect_score_threshold_negative", DETECT + ["--score_threshold=-0.1"], ["score_threshold", "-0.1"],
+     edited_checkpoint(lambda f: None))
+case("detect_iou_above_one", DETECT + ["--iou=1.5"], ["--iou 1.5", "[0, 1]"], edited_checkpoint(lambda f: None))
+case("detect_max_detections_zero", DETECT + ["--max_detections=0"], ["max_detections", "'0'"],
+     edited_checkpoint(lambda f: None))
 case("detect_output_extension", ["detect", "--checkpoint=ckpt.h5", "--data=data.h5", "--output=dets.txt"],
      ["--output 'dets.txt'", ".json", ".h5"], edited_checkpoint(lambda f: None))
 
