@@ -1,8 +1,9 @@
 // Convolution kernels against a naive direct convolution in double precision, on geometries that
 // reach every path of core/conv_kernels.cpp (forward from the image, from shifted copies or
 // through im2col; weight gradient from shifted copies, from the image (taps_tiles) or through
-// im2row; input gradient scattered from register tiles or through col2im; the 1x1 product), in
-// float and double, for full and partial chunks of images.
+// im2row; input gradient scattered from register tiles or through col2im; the 1x1 product; small
+// maps as one product per group of images), in float and double, for full and partial chunks and
+// groups of images.
 //
 // Tolerances come from the rounding error of a sum of n terms t_i, relative to M = sum |t_i|
 // (u = unit roundoff, 2^-53 for double, 2^-24 for float):
@@ -163,7 +164,18 @@ INSTANTIATE_TEST_SUITE_P(
         // to absorb an over-long run): ResNet-18's 64-channel 3x3 convolutions and its 1x1 stride-2
         // shortcuts. An over-long run once overwrote the next row's first taps here.
         ConvCase{"Im2rowNoPad576Deep", 64, 6, 6, 8, 3, 3, 1, 1, 2},
-        ConvCase{"Im2rowNoPadPointwiseStride2", 64, 6, 6, 8, 1, 1, 2, 0, 2}),
+        ConvCase{"Im2rowNoPadPointwiseStride2", 64, 6, 6, 8, 1, 1, 2, 0, 2},
+        // Output maps of at most 64 pixels run as one product per group of images
+        // (core/conv_groups.cpp): 256 / P images per group, the last group partial, filters and
+        // taps past whole 64-row task blocks. The cases above with such maps (DeepOddWidth, Pad2,
+        // Stride2...) take that path too; these keep the per-image im2col path covered.
+        ConvCase{"Groups4x4Of16Plus4", 72, 4, 4, 70, 3, 3, 1, 1, 20},      // ResNet's last stage
+        ConvCase{"Groups7x7Of5Plus2", 24, 7, 7, 20, 3, 3, 1, 1, 7},        // 5 images of 49 pixels
+        ConvCase{"GroupsStride2To4x4", 40, 7, 7, 66, 3, 3, 2, 1, 17},      // 256->512-like, 4x4 out
+        ConvCase{"GroupsPointwiseStride2", 130, 7, 7, 12, 1, 1, 2, 0, 18}, // 1x1 shortcut, 3 blocks of taps
+        ConvCase{"GroupsOnePixel", 9, 3, 3, 5, 3, 3, 1, 0, 3},             // 1x1 maps
+        ConvCase{"Im2colPad1Maps12x12", 16, 12, 12, 20, 3, 3, 1, 1, 5},    // 144 pixels: per image
+        ConvCase{"Im2colStride2Maps10x10", 6, 20, 20, 9, 3, 3, 2, 1, 5}),  // 100 pixels: per image
     [](const ::testing::TestParamInfo<ConvCase>& info) { return info.param.name; });
 
 }  // namespace
