@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "apps/batch_boxes.hpp"
 #include "core/errors.hpp"
@@ -120,9 +122,16 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
   std::unique_ptr<BatchBoxes> boxes;
   if (task.needs_boxes()) boxes = std::make_unique<BatchBoxes>(reader.info().path, reader.info().split);
   const std::size_t target_size = std::size_t(reader.info().target_size);
-  core::LossSum sums;
+  // Per model batch of this rank's part, in order: loss sum, normaliser, correct. Gathered and
+  // added in the split's order, the totals are bitwise the same on any rank count, whatever the
+  // task's per-row losses (an allreduce of per-rank totals adds them in another order).
+  std::vector<double> batch_sums;
   data::Batch batch;
   reader.rewind();
+  if (reader.part().count > 0 && reader.part().first % std::size_t(model.max_batch()) != 0)
+    throw std::logic_error("evaluation part starts at sample " + std::to_string(reader.part().first) +
+                           ", not at a multiple of the model's batch " + std::to_string(model.max_batch()) +
+                           " (data::EvalOptions::group)");
   // Chunks end at global multiples of the model's batch: with the reader's parts grouped by it
   // (data::EvalOptions::group), each sample meets the same chunk on any rank count.
   std::size_t position = reader.part().first;
@@ -137,7 +146,9 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
                            boxes ? boxes->stored_rows(first, count) : std::span<const core::ImageBoxes>{}};
       const float* out = nullptr;
       const core::LossSum s = worker.evaluate(view, task, &out);
-      sums.sum += s.sum, sums.normalizer += s.normalizer, sums.correct += s.correct;
+      if (first % std::size_t(model.max_batch()) == 0 || batch_sums.empty()) batch_sums.insert(batch_sums.end(), {0.0, 0.0, 0.0});
+      double* sums = &batch_sums[batch_sums.size() - 3];
+      sums[0] += s.sum, sums[1] += s.normalizer, sums[2] += s.correct;
       result.count += count;
       if (classify)
         for (int n = 0; n < count; ++n) {
@@ -151,25 +162,22 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
       if (sink) sink(batch, start, count, out);
     }
   }
-  double totals[3] = {sums.sum, sums.normalizer, sums.correct};
   std::vector<std::int64_t> counts = {result.count};  // then the confusion matrix
   counts.insert(counts.end(), result.confusion.begin(), result.confusion.end());
-  if (watchdog) {
-    watchdog->allreduce_sum(std::span<double>(totals), "evaluation");
-    watchdog->allreduce_sum(std::span<std::int64_t>(counts), "evaluation");
-  } else {
-    comm.allreduce_sum(std::span<double>(totals));
-    comm.allreduce_sum(std::span<std::int64_t>(counts));
-  }
+  if (watchdog) watchdog->allreduce_sum(std::span<std::int64_t>(counts), "evaluation");
+  else comm.allreduce_sum(std::span<std::int64_t>(counts));
+  // The ranks' parts are contiguous and in rank order: gathered, they are the split in order.
+  const auto gather = [&](const auto& part) {
+    return watchdog ? watchdog->allgather(std::span(part), "evaluation") : comm.allgather(std::span(part));
+  };
+  const std::vector<double> all_sums = gather(batch_sums);
+  double totals[3] = {0, 0, 0};
+  for (std::size_t i = 0; i < all_sums.size(); ++i) totals[i % 3] += all_sums[i];
   result.count = counts[0];
   std::copy(counts.begin() + 1, counts.end(), result.confusion.begin());
   result.loss = totals[1] > 0 ? totals[0] / totals[1] : 0;
   result.correct = totals[2];
   result.accuracy = result.count > 0 ? totals[2] / double(result.count) : 0;
-  // The ranks' parts are contiguous and in rank order: gathered, they are the split in order.
-  const auto gather = [&](const auto& part) {
-    return watchdog ? watchdog->allgather(std::span(part), "evaluation") : comm.allgather(std::span(part));
-  };
   std::vector<float> predictions, targets;
   std::vector<std::int32_t> labels;
   if (task.needs_scores()) predictions = gather(mine.values), labels = gather(mine.labels), targets = gather(mine.targets);

@@ -164,6 +164,9 @@ std::vector<float> Communicator::allgather(std::span<const float> values) const 
 std::vector<std::int32_t> Communicator::allgather(std::span<const std::int32_t> values) const {
   return gather_everywhere(values, MPI_INT32_T, size_);
 }
+std::vector<double> Communicator::allgather(std::span<const double> values) const {
+  return gather_everywhere(values, MPI_DOUBLE, size_);
+}
 
 std::vector<float> Communicator::gather_to_root(std::span<const float> values) const {
   return gather(values, MPI_FLOAT, rank_, size_);

@@ -65,6 +65,7 @@ class Communicator {
   // Every rank's values, concatenated in rank order, on every rank.
   std::vector<float> allgather(std::span<const float> values) const;
   std::vector<std::int32_t> allgather(std::span<const std::int32_t> values) const;
+  std::vector<double> allgather(std::span<const double> values) const;
   std::vector<std::int32_t> gather_to_root(std::span<const std::int32_t> values) const;
 
   // Runs `work` (file work, no MPI) on rank 0 alone and gives every rank its outcome: when it

@@ -176,5 +176,8 @@ std::vector<float> Watchdog::allgather(std::span<const float> values, const std:
 std::vector<std::int32_t> Watchdog::allgather(std::span<const std::int32_t> values, const std::string& context) {
   return allgather(values, MPI_INT32_T, context);
 }
+std::vector<double> Watchdog::allgather(std::span<const double> values, const std::string& context) {
+  return allgather(values, MPI_DOUBLE, context);
+}
 
 }  // namespace mpicnn::dist

@@ -51,6 +51,7 @@ class Watchdog {
   // evaluation's scores: a rank stopped before this gather must end the job, not hang it).
   std::vector<float> allgather(std::span<const float> values, const std::string& context);
   std::vector<std::int32_t> allgather(std::span<const std::int32_t> values, const std::string& context);
+  std::vector<double> allgather(std::span<const double> values, const std::string& context);
 
  private:
   void allreduce_sum(void* values, int count, MPI_Datatype type, const std::string& context);
