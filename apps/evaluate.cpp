@@ -146,7 +146,7 @@ Evaluation evaluate(core::Model& model, const core::Task& task, data::EvalReader
                            boxes ? boxes->stored_rows(first, count) : std::span<const core::ImageBoxes>{}};
       const float* out = nullptr;
       const core::LossSum s = worker.evaluate(view, task, &out);
-      if (first % std::size_t(model.max_batch()) == 0 || batch_sums.empty()) batch_sums.insert(batch_sums.end(), {0.0, 0.0, 0.0});
+      if (first % std::size_t(model.max_batch()) == 0) batch_sums.insert(batch_sums.end(), {0.0, 0.0, 0.0});
       double* sums = &batch_sums[batch_sums.size() - 3];
       sums[0] += s.sum, sums[1] += s.normalizer, sums[2] += s.correct;
       result.count += count;

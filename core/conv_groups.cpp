@@ -9,6 +9,7 @@
 namespace mpicnn::core::conv_groups {
 namespace {
 
+using gemm::aligned;
 using gemm::round_up;
 
 constexpr int kGroupColumns = 256;  // output pixels of a group's product: 8 register tiles wide
@@ -34,14 +35,12 @@ struct Layout {
   std::size_t weights, operand, result, dy, packed_dy, size;
 };
 
-std::size_t aligned(std::size_t n) { return round_up(n, 16); }
-
 Layout layout(const ConvGeometry& g, int batch) {
   const int K = g.filters, CRS = int(g.col_rows());
   Layout l{};
   l.images = group_images(g, batch);
   const std::size_t n = std::size_t(l.images) * g.out_pixels();
-  l.ld_n = round_up(n + 8, gemm::kColPad);
+  l.ld_n = round_up(n + im2col::kMaxRun, gemm::kColPad);
   l.ld_crs = round_up(CRS, gemm::kColPad);
   l.weights = 0;
   l.operand = aligned(std::max(gemm::packed_size(K, CRS), gemm::packed_size(CRS, K)));

@@ -1,5 +1,6 @@
 // Convolution kernels: im2col/im2row into buffers laid out for core/gemm.hpp's inner loop, the
-// weights packed once per call, parallel over fixed chunks of kConvChunk images.
+// weights packed once per call, parallel over fixed chunks of kConvChunk images; small output maps
+// go to core/conv_groups.cpp instead (one product per group of images).
 #include <algorithm>
 #include <cstring>
 
@@ -12,6 +13,7 @@
 namespace mpicnn::core {
 namespace {
 
+using gemm::aligned;
 using gemm::round_up;
 using namespace im2col;
 
@@ -87,8 +89,6 @@ struct Layout {
   std::size_t packed_w, packed_wt, weight_rows, bias_row, chunk_base, chunk_size;
   std::size_t columns, col_grad, packed_dy, weight_part, bias_part, dy_tail;
 };
-
-std::size_t aligned(std::size_t n) { return round_up(n, 16); }
 
 Layout layout(const ConvGeometry& g) {
   const int K = g.filters, CRS = int(g.col_rows()), P = int(g.out_pixels());

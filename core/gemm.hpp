@@ -61,6 +61,8 @@ constexpr int kCols = kColVecs * kLanes<T>;
 
 inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 inline std::size_t packed_size(int m, int k) { return round_up(m, kRows) * std::size_t(k); }
+// Workspace parts start 64-byte aligned for float and double.
+inline std::size_t aligned(std::size_t n) { return round_up(n, 16); }
 
 // Copies n elements (short runs: image rows, filter rows) without a library call per run.
 template <class T>

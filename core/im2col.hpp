@@ -13,6 +13,8 @@ namespace mpicnn::core::im2col {
 // shorter spills into the next run's place, which is written afterwards. The last run of a buffer
 // spills past it: every buffer has this much slack.
 constexpr std::size_t kSlack = 64;
+// The longest such run: 32 bytes, 8 floats.
+constexpr std::size_t kMaxRun = 8;
 
 // Output columns ow whose input column ow*stride - pad + s lies in [0, W).
 struct ColumnRange {
