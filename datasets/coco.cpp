@@ -71,7 +71,7 @@ template <class Input>
 json parse(Input&& input, const std::string& path) {
   try {
     return json::parse(input);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number past double's range
     std::string reason = e.what();
     std::replace(reason.begin(), reason.end(), '\n', ' ');
     throw IoError(path + ": not valid JSON (" + reason + ")");
