@@ -151,6 +151,10 @@ std::size_t plan_activation_floats(const std::string& spec, const Shape& input) 
   return total;
 }
 
+double plan_forward_flops(const std::string& spec, const Shape& input) {
+  return build_root(spec, input)->forward_flops();
+}
+
 Model::Model(const std::string& spec, const Shape& input, int max_batch)
     : input_(input), max_batch_(max_batch), root_(build_root(spec, input)) {
   if (max_batch < 1) throw ConfigError("batch size must be at least 1, got " + std::to_string(max_batch));

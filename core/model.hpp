@@ -30,6 +30,8 @@ std::vector<StateInfo> plan_state(const std::string& spec, const Shape& input);
 std::vector<std::string> top_level_specs(const std::string& spec, const Shape& input);
 // Floats of every layer's output for one sample, also computed without allocating.
 std::size_t plan_activation_floats(const std::string& spec, const Shape& input);
+// Forward FLOPs for one sample, as Model::forward_flops(), also without allocating.
+double plan_forward_flops(const std::string& spec, const Shape& input);
 
 class Model {
  public:

@@ -67,6 +67,14 @@ TEST(Model, SummaryListsLayersParametersAndFlops) {
   EXPECT_THAT(summary, HasSubstr("921600"));  // conv1: 2 * 32*24*24 * 25
 }
 
+TEST(Model, PlannedFlopsEqualTheBuiltModelsWithBlocksCountedOnce) {
+  const std::string spec = "conv(4,3,pad=1) residual{conv(4,3,pad=1) bn relu} flatten dense(3)";
+  const Model model(spec, {2, 6, 6}, 1);
+  // conv 2*4*36*18, block conv 2*4*36*36 (+ BN, ReLU, the sum), dense 2*3*144
+  EXPECT_GT(model.forward_flops(), 2.0 * 4 * 36 * (18 + 36) + 2.0 * 3 * 144);
+  EXPECT_EQ(plan_forward_flops(spec, {2, 6, 6}), model.forward_flops());
+}
+
 
 // Values on a coarse grid (multiples of 1/4 in [-1, 1]): a convolution's outputs are then often
 // equal or exactly zero, so pooling windows hold ties and zeros.

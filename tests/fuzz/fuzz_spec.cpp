@@ -49,7 +49,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (product != p.size) std::abort();
       total += p.size;
     }
-    if (!small_enough(spec) || total > (1u << 20)) return;
+    // A convolution's im2col workspace holds at most half its forward FLOPs in floats: a bound on
+    // FLOPs keeps a heavily padded convolution over many channels (12 GB of columns) out.
+    if (!small_enough(spec) || total > (1u << 20) || mpicnn::core::plan_forward_flops(spec, input) > 1 << 26) return;
     mpicnn::core::Model model(spec, input, 1);
     const std::string canonical = model.canonical_spec();
     const auto again = mpicnn::core::plan_params(canonical, input);
