@@ -27,6 +27,7 @@ std::vector<Key> detect_keys() {
       {"max_detections", "100", "detections kept per image"},
       {"batch", "256", "samples per batch on each rank"},
       {"threads", "0", "threads per rank (0 = all this rank may use)"},
+      {"winograd", "false", "Winograd F(2x2,3x3) for 3x3 stride-1 pad-1 convolutions of >= 32 channels (as model.winograd in training)"},
   };
 }
 
@@ -146,6 +147,7 @@ int run_detect(const Args& args, const dist::Communicator& comm) {
   if (options.score_threshold >= 1) throw ConfigError("--score_threshold " + s.text("score_threshold") + ": expected a value in [0, 1)");
   if (options.nms_iou > 1) throw ConfigError("--iou " + s.text("iou") + ": expected a value in [0, 1]");
   core::set_threads(int(s.integer("threads", 0)));
+  core::allow_winograd(s.flag("winograd"));
   Loaded l = load_checkpoint_for(s.text("checkpoint"), s.text("data"), s.text("split"), int(s.integer("batch", 1)), comm,
                                  false, options);
   if (!l.task->needs_boxes())

@@ -31,6 +31,7 @@ std::vector<Key> embed_keys() {
       {"seed", std::to_string(core::kLabelPairSeed), "seed of the negative pairs drawn from labels (evaluations use this default)"},
       {"batch", "256", "samples per batch on each rank"},
       {"threads", "0", "threads per rank (0 = all this rank may use)"},
+      {"winograd", "false", "Winograd F(2x2,3x3) for 3x3 stride-1 pad-1 convolutions of >= 32 channels (as model.winograd in training)"},
   };
 }
 
@@ -65,6 +66,7 @@ int run_embed(const Args& args, const dist::Communicator& comm) {
   Settings s("embed", embed_keys());
   if (!parse_or_help(s, args, comm.is_root())) return 0;
   core::set_threads(int(s.integer("threads", 0)));
+  core::allow_winograd(s.flag("winograd"));
   const std::string path = io::resolve_checkpoint(s.text("checkpoint"));
   const io::CheckpointHeader header = io::read_checkpoint_header(path);
   const int batch_size = int(s.integer("batch", 1));

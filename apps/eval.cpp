@@ -30,6 +30,7 @@ std::vector<Key> apply_keys(bool predict) {
       {"split", "test", "split to use"},
       {"batch", "256", "samples per batch on each rank"},
       {"threads", "0", "threads per rank (0 = all this rank may use)"},
+      {"winograd", "false", "Winograd F(2x2,3x3) for 3x3 stride-1 pad-1 convolutions of >= 32 channels (as model.winograd in training)"},
   };
   if (predict) {
     keys.push_back({"output", "", "predictions file: .h5 or .csv", true});
@@ -43,6 +44,7 @@ std::vector<Key> apply_keys(bool predict) {
 
 Loaded load(const Settings& s, const dist::Communicator& comm) {
   core::set_threads(int(s.integer("threads", 0)));
+  core::allow_winograd(s.flag("winograd"));
   return load_checkpoint_for(s.text("checkpoint"), s.text("data"), s.text("split"), int(s.integer("batch", 1)), comm);
 }
 

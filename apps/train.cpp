@@ -55,6 +55,7 @@ class Trainer {
                         std::to_string(comm.size()) + " ranks: every rank needs at least one sample per step");
     std::string warning;
     core::set_threads(choose_threads(c_.threads, comm, &warning));
+    core::allow_winograd(c_.winograd);
     if (!warning.empty() && comm.is_root()) std::fprintf(stderr, "%s\n", warning.c_str());
     reader_options_ = data::ReaderOptions{
         c_.data_path, c_.train_split, c_.global_batch, comm.rank(), comm.size(), c_.seed, true, c_.normalize, c_.mean,

@@ -24,6 +24,7 @@ struct TrainConfig {
   int identities_per_batch, images_per_identity;  // P x K sampling; P = 0: shuffled
   bool exact_reduction, shared_memory_sum;
   bool sharded_classifier;  // train.classifier = sharded: the last cosine(n) layer split by rows across ranks
+  bool winograd;            // model.winograd: Winograd F(2x2,3x3) where it fits (core::allow_winograd)
   double sample_rate;       // sharded: the share of negative class centres each step's softmax takes (Partial FC)
   long log_interval, max_steps, every_steps;
   std::size_t cache_bytes, bucket_bytes;

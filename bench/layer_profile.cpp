@@ -1,7 +1,7 @@
 // Where a training pass of a model spends its time, layer by layer (default: the MedMNIST "(28)"
 // ResNet-18 at the exact reduction's micro-batch of 16).
 //
-//   build/bench/layer_profile [--spec SPEC] [--input C,H,W] [--batch 16] [--threads 1] [--reps 7]
+//   build/bench/layer_profile [--spec SPEC] [--input C,H,W] [--batch 16] [--threads 1] [--reps 7] [--winograd]
 //
 // Builds core::Model from the spec in training mode, then times every leaf layer's forward and
 // backward on its own (the layer's own workspaces, buffers of its shapes filled with normal
@@ -12,7 +12,8 @@
 // the parts add up. Prints every leaf, then the leaves grouped by layer and input shape (how many,
 // time per micro-batch, GFLOP/s, share of the parts' sum), then by kind (3x3 conv, 1x1 conv, bn,
 // relu, residual add, ...). GFLOP/s counts multiply-adds as 2: forward as the summary's FLOPs,
-// backward twice that (input and weight gradients; once for the first layer).
+// backward twice that (input and weight gradients; once for the first layer), also where
+// Winograd does fewer (--winograd lets 3x3 layers use it, as model.winograd = true does).
 #include <time.h>
 
 #include <algorithm>
@@ -116,6 +117,7 @@ struct Options {
   std::string spec = kResNet18_28;
   core::Shape input{3, 28, 28};
   int batch = 16, threads = 1, reps = 7;
+  bool winograd = false;
 };
 
 Options parse(int argc, char** argv) {
@@ -131,11 +133,12 @@ Options parse(int argc, char** argv) {
     else if (arg == "--batch") o.batch = std::atoi(value().c_str());
     else if (arg == "--threads") o.threads = std::atoi(value().c_str());
     else if (arg == "--reps") o.reps = std::atoi(value().c_str());
+    else if (arg == "--winograd") o.winograd = true;
     else if (arg == "--help") {
-      std::printf("usage: layer_profile [--spec SPEC] [--input C,H,W] [--batch 16] [--threads 1] [--reps 7]\n"
+      std::printf("usage: layer_profile [--spec SPEC] [--input C,H,W] [--batch 16] [--threads 1] [--reps 7] [--winograd]\n"
                   "default spec: the ResNet-18 (28) of bench/resnet_bench.py on 3,28,28\n");
       std::exit(0);
-    } else throw std::runtime_error("unknown option '" + arg + "' (known: --spec, --input, --batch, --threads, --reps)");
+    } else throw std::runtime_error("unknown option '" + arg + "' (known: --spec, --input, --batch, --threads, --reps, --winograd)");
   }
   if (o.batch < 1 || o.threads < 1 || o.reps < 1) throw std::runtime_error("--batch, --threads and --reps must be >= 1");
   return o;
@@ -161,6 +164,7 @@ void print_groups(const char* title, const std::map<std::string, Total>& groups,
 
 int run(const Options& o) {
   core::set_threads(o.threads);
+  core::allow_winograd(o.winograd);
   core::Model model(o.spec, o.input, o.batch);
   core::init_params(model.params(), "resnet", 1);
   model.run().training = true;

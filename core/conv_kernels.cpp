@@ -9,6 +9,7 @@
 #include "im2col.hpp"
 #include "kernels.hpp"
 #include "parallel.hpp"
+#include "winograd.hpp"
 
 namespace mpicnn::core {
 namespace {
@@ -349,10 +350,33 @@ bool runs_in_groups(const ConvGeometry& g) {
   return !is_shallow(g) && !is_dense_rows(g) && !is_pointwise(g) && g.out_pixels() <= conv_groups::kMaxPixels;
 }
 
-std::size_t conv2d_workspace_size(const ConvGeometry& g, int batch) {
+namespace {
+
+// Winograd F(2x2,3x3) needs its transforms (per tile, a few adds per channel) to be small next to
+// the 16 products over channels: from 32 channels in and out. Off unless asked for: it rounds
+// differently from direct convolution, and its gain here is small so far (bench/README.md).
+constexpr int kWinogradMinChannels = 32;
+bool winograd_allowed = false;
+
+std::size_t direct_workspace_size(const ConvGeometry& g, int batch) {
   if (runs_in_groups(g)) return conv_groups::workspace_size(g, batch);
   const Layout l = layout(g);
   return l.chunk_base + std::size_t(conv_chunks(batch)) * l.chunk_size;
+}
+
+}  // namespace
+
+void allow_winograd(bool allowed) { winograd_allowed = allowed; }
+
+ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g) {
+  const bool pays = winograd::fits(g) && std::min(g.in_channels, g.filters) >= kWinogradMinChannels;
+  return winograd_allowed && pays ? ConvAlgorithm::winograd : ConvAlgorithm::direct;
+}
+
+std::size_t conv2d_workspace_size(const ConvGeometry& g, int batch, ConvAlgorithm a) {
+  // The weight gradient runs direct in the same workspace.
+  const std::size_t direct = direct_workspace_size(g, batch);
+  return a == ConvAlgorithm::winograd ? std::max(direct, winograd::workspace_size(g, batch)) : direct;
 }
 
 // Y^T tile: the 8 output pixels of one row whose first input pixel is x0 (kRows rows) by kCols
@@ -428,7 +452,8 @@ void forward_from_image(T* out, const T* x, int count, const T* wt, const T* bia
 
 template <class T>
 void conv2d_forward(T* out, T* workspace, const T* in, const T* weight, const T* bias, const ConvGeometry& g,
-                    int batch) {
+                    int batch, ConvAlgorithm a) {
+  if (a == ConvAlgorithm::winograd) return winograd::forward(out, workspace, in, weight, bias, g, batch);
   if (runs_in_groups(g)) return conv_groups::forward(out, workspace, in, weight, bias, g, batch);
   const int K = g.filters, P = int(g.out_pixels()), CRS = int(g.col_rows());
   const Layout l = layout(g);
@@ -667,7 +692,12 @@ void add_chunk_partials(T* weight_grad, T* bias_grad, T* workspace, const Layout
 
 template <class T>
 void conv2d_backward(T* in_grad, T* weight_grad, T* bias_grad, T* workspace, const T* out_grad, const T* in,
-                     const T* weight, const ConvGeometry& g, int batch) {
+                     const T* weight, const ConvGeometry& g, int batch, ConvAlgorithm a) {
+  if (a == ConvAlgorithm::winograd) {
+    conv2d_backward(static_cast<T*>(nullptr), weight_grad, bias_grad, workspace, out_grad, in, weight, g, batch);
+    if (in_grad) winograd::input_grad(in_grad, workspace, out_grad, weight, g, batch);
+    return;
+  }
   if (runs_in_groups(g))
     return conv_groups::backward(in_grad, weight_grad, bias_grad, workspace, out_grad, in, weight, g, batch);
   const int K = g.filters, P = int(g.out_pixels()), CRS = int(g.col_rows());
@@ -693,8 +723,9 @@ void conv2d_backward(T* in_grad, T* weight_grad, T* bias_grad, T* workspace, con
 }
 
 #define MPICNN_INSTANTIATE_CONV(T)                                                                       \
-  template void conv2d_forward(T*, T*, const T*, const T*, const T*, const ConvGeometry&, int);          \
-  template void conv2d_backward(T*, T*, T*, T*, const T*, const T*, const T*, const ConvGeometry&, int);
+  template void conv2d_forward(T*, T*, const T*, const T*, const T*, const ConvGeometry&, int, ConvAlgorithm); \
+  template void conv2d_backward(T*, T*, T*, T*, const T*, const T*, const T*, const ConvGeometry&, int,        \
+                                ConvAlgorithm);
 MPICNN_INSTANTIATE_CONV(float)
 MPICNN_INSTANTIATE_CONV(double)
 

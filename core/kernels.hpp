@@ -24,21 +24,34 @@ struct ConvGeometry {
 // Samples per task in convolution; a chunk's gradient partial is summed in chunk order.
 constexpr int kConvChunk = 4;
 inline int conv_chunks(int batch) { return (batch + kConvChunk - 1) / kConvChunk; }
+// How a convolution's forward pass and input gradient run, chosen once per layer at bind time
+// (like oneDNN's primitives): Winograd F(2x2,3x3) for 3x3 stride-1 pad-1 layers with enough
+// channels (core/winograd.hpp), else direct convolution (im2col or the image itself, then GEMM).
+// The weight gradient is always direct.
+enum class ConvAlgorithm { direct, winograd };
+// The plan for this geometry; direct for every layer while Winograd is not allowed.
+ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g);
+// Process-wide (config model.winograd, default false): whether layers bound after it may use
+// Winograd.
+void allow_winograd(bool allowed);
+
 // Workspace elements (of the kernel's element type; need not be aligned) a convolution needs for
 // `batch` samples: packed weights, and per chunk the im2col/im2row columns, the column gradient,
-// the packed output gradient and the weight and bias gradient partials (core/conv_kernels.cpp).
-std::size_t conv2d_workspace_size(const ConvGeometry& g, int batch);
+// the packed output gradient and the weight and bias gradient partials (core/conv_kernels.cpp);
+// with Winograd also its transformed weights, inputs and products. Nothing in it outlives a call.
+std::size_t conv2d_workspace_size(const ConvGeometry& g, int batch, ConvAlgorithm a = ConvAlgorithm::direct);
 
 template <class T>
 void conv2d_forward(T* out /*N,K,OH,OW*/, T* workspace, const T* in /*N,C,H,W*/,
                     const T* weight /*K,C,R,S*/, const T* bias /*K or null*/,
-                    const ConvGeometry& g, int batch);
+                    const ConvGeometry& g, int batch, ConvAlgorithm a = ConvAlgorithm::direct);
 // in_grad may be null (first layer: no one needs it).
 template <class T>
 void conv2d_backward(T* in_grad /*N,C,H,W or null*/, T* weight_grad /*K,C,R,S*/,
                      T* bias_grad /*K or null*/, T* workspace,
                      const T* out_grad /*N,K,OH,OW*/, const T* in /*N,C,H,W*/,
-                     const T* weight /*K,C,R,S*/, const ConvGeometry& g, int batch);
+                     const T* weight /*K,C,R,S*/, const ConvGeometry& g, int batch,
+                     ConvAlgorithm a = ConvAlgorithm::direct);
 
 struct PoolGeometry {
   int channels, height, width;

@@ -46,15 +46,17 @@ class Conv2D final : public Layer {
   }
   void bind(const BindContext& context) override {
     store_ = &context.params;
-    workspace_ = Buffer(conv2d_workspace_size(g_, context.max_batch));
+    algorithm_ = choose_conv_algorithm(g_);
+    workspace_ = &context.workspace;
+    workspace_->reserve(conv2d_workspace_size(g_, context.max_batch, algorithm_));
   }
   void forward(float* out, const float* in, int batch) override {
-    conv2d_forward(out, workspace_.data(), in, store_->value(weight_), bias_ ? store_->value(bias_index_) : nullptr, g_,
-                   batch);
+    conv2d_forward(out, workspace_->data(), in, store_->value(weight_), bias_ ? store_->value(bias_index_) : nullptr, g_,
+                   batch, algorithm_);
   }
   void backward(float* in_grad, const float* out_grad, const float* in, const float*, int batch) override {
-    conv2d_backward(in_grad, store_->grad(weight_), bias_ ? store_->grad(bias_index_) : nullptr, workspace_.data(),
-                    out_grad, in, store_->value(weight_), g_, batch);
+    conv2d_backward(in_grad, store_->grad(weight_), bias_ ? store_->grad(bias_index_) : nullptr, workspace_->data(),
+                    out_grad, in, store_->value(weight_), g_, batch, algorithm_);
   }
   double forward_flops() const override { return 2.0 * g_.out_size() * g_.col_rows(); }
 
@@ -63,7 +65,8 @@ class Conv2D final : public Layer {
   bool bias_ = true;
   int weight_ = -1, bias_index_ = -1;
   ParamStore* store_ = nullptr;
-  Buffer workspace_;
+  ConvAlgorithm algorithm_ = ConvAlgorithm::direct;
+  Workspace* workspace_ = nullptr;
 };
 
 class Pool2D final : public PoolLayer<PoolGeometry> {

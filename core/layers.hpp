@@ -44,11 +44,26 @@ struct Scope {
   int unit = 0;
 };
 
+// Scratch memory shared by every convolution of a model: only one layer runs at a time, and
+// nothing in a convolution's workspace outlives its call. Layers reserve their size at bind time
+// and take data() at each call (a later, larger reservation moves the buffer).
+class Workspace {
+ public:
+  void reserve(std::size_t floats) {
+    if (floats > buffer_.size()) buffer_ = Buffer(floats);
+  }
+  float* data() { return buffer_.data(); }
+
+ private:
+  Buffer buffer_;
+};
+
 struct BindContext {
   ParamStore& params;
   StateStore& state;
   RunContext& run;  // a Sequential moves the sample position from micro-batch to micro-batch
   int max_batch;
+  Workspace& workspace;
 };
 
 class Layer {

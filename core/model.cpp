@@ -161,7 +161,7 @@ Model::Model(const std::string& spec, const Shape& input, int max_batch)
   root_->declare(params_, state_, {});
   params_.allocate();
   state_.allocate();
-  root_->bind({params_, state_, run_, max_batch});
+  root_->bind({params_, state_, run_, max_batch, workspace_});
   output_ = Buffer(std::size_t(max_batch) * output_shape().size());
 }
 

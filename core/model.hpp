@@ -76,6 +76,7 @@ class Model {
   ParamStore params_;
   StateStore state_;
   RunContext run_;
+  Workspace workspace_;
   Buffer output_;  // (max_batch, output size)
   const float* last_input_ = nullptr;
 };

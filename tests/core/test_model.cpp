@@ -94,8 +94,10 @@ struct LayerByLayer {
     for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->declare(params, state, {std::to_string(i) + ".", int(i)});
     params.allocate();
     state.allocate();
-    for (auto& layer : layers) {
-      layer->bind({params, state, run, batch});
+    workspaces.resize(layers.size());
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      auto& layer = layers[i];
+      layer->bind({params, state, run, batch, workspaces[i]});
       outputs.emplace_back(std::size_t(batch) * layer->output_shape().size());
       grads.emplace_back(std::size_t(batch) * layer->output_shape().size());
     }
@@ -112,6 +114,7 @@ struct LayerByLayer {
   StateStore state;
   RunContext run;
   std::vector<Buffer> outputs, grads;
+  std::vector<Workspace> workspaces;  // one per layer, sized before any layer binds to it
 };
 
 // A spec, its input, and which layers the model should not run (views and absorbed ReLUs).
