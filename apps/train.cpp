@@ -308,7 +308,7 @@ class Trainer {
       const bool first = start == 0, last = start + count >= batch.count;
       const core::LossSum s = worker.accumulate(view_of(batch, start, count), *c_.task,
                                                 [this, first, last](int layer) { reducer_->layer_done(layer, first, last); });
-      local.sum += s.sum, local.correct += s.correct;
+      local.sum += core::on_loss_grid(s.sum), local.correct += s.correct;
       start += count;
     } while (start < batch.count);
     return local;

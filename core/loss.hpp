@@ -2,6 +2,7 @@
 // Losses return the un-normalised sum and its normaliser, and write d(sum)/d(output). Gradients are
 // divided by the normaliser only after they are summed across ranks, so N ranks with batch B give
 // the same update as one rank with batch N*B.
+#include <cmath>
 #include <cstdint>
 #include <span>
 
@@ -12,6 +13,11 @@ struct LossSum {
   double normalizer = 0;  // what the mean divides by: sample count, sum of class weights, or count*outputs
   double correct = 0;     // samples whose arg-max equals the label (classification only)
 };
+
+// A micro-batch's loss sum rounded to a multiple of 2^-32 before a step adds it to the others:
+// sums of such values below 2^21 are exact in double in any order, so the step's loss (added on
+// each rank, then over the ranks) does not depend on how the micro-batches are spread over ranks.
+inline double on_loss_grid(double sum) { return std::ldexp(std::nearbyint(std::ldexp(sum, 32)), -32); }
 
 // Softmax + cross-entropy, fused and stable (log-sum-exp with the max subtracted). With class
 // weights the mean is sum(w_y * loss) / sum(w_y), as PyTorch's CrossEntropyLoss(weight=...).

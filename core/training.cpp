@@ -34,7 +34,7 @@ LossSum GradientWorker::accumulate_layer_synchronous(const std::function<BatchVi
     const std::size_t at = std::size_t(m.start);
     const LossSum s = task.loss(output_grad_.data() + at * out_size, outputs + at * out_size, rows(m.start, m.count),
                                 outputs_per_sample);
-    sums.sum += s.sum, sums.correct += s.correct;
+    sums.sum += on_loss_grid(s.sum), sums.correct += s.correct;
   }
   model_.backward(output_grad_.data(), count);
   const int layers = int(model_.layers().size()), sets = std::max(1, int(micro_batches.size()));

@@ -160,18 +160,37 @@ double relative_difference(const std::vector<float>& a, const std::vector<float>
 // rank; with fast reduction the sums are rounded in another order, within 1e-5.
 class Equivalence : public ::testing::TestWithParam<std::size_t> {};
 
+// The "loss" of every progress record of a run, as written (all its digits).
+std::vector<std::string> logged_losses(const std::string& run_dir) {
+  std::ifstream metrics(run_dir + "/metrics.jsonl");
+  std::vector<std::string> losses;
+  for (std::string line; std::getline(metrics, line);) {
+    const std::size_t at = line.find("\"loss\": ");
+    if (line.find("\"kind\": \"train\"") == std::string::npos || at == std::string::npos) continue;
+    const std::size_t begin = at + 8;
+    losses.push_back(line.substr(begin, line.find_first_of(",}", begin) - begin));
+  }
+  return losses;
+}
+
 TEST_P(Equivalence, ExactReductionOneToFourRanksGiveBitwiseIdenticalWeights) {
   const std::size_t n = GetParam();
   const std::string data = make_dataset("eq" + std::to_string(n) + ".h5", n, 200);
   const std::string tag = std::to_string(n);
-  const Weights one = load(train(1, data, "ex1_" + tag, "--train.max_steps=50 --data.eval_split=none"));
+  const std::string one_dir = train(1, data, "ex1_" + tag, "--train.max_steps=50 --train.log_interval=10 --data.eval_split=none");
+  const Weights one = load(one_dir);
+  const std::vector<std::string> one_losses = logged_losses(one_dir);
+  ASSERT_GE(one_losses.size(), 5u);
   // On one node the sums meet in shared memory; train.node_sum=mpi takes the path of ranks on
   // different nodes, MPI's allreduce.
   for (const auto& [ranks, node_sum] : {std::pair{2, "shared"}, {3, "shared"}, {4, "shared"}, {2, "mpi"}, {3, "mpi"}}) {
     const std::string name = "ex" + std::to_string(ranks) + node_sum + "_" + tag;
-    const Weights many =
-        load(train(ranks, data, name, "--train.max_steps=50 --data.eval_split=none --train.node_sum=" + std::string(node_sum)));
+    const std::string dir = train(ranks, data, name, "--train.max_steps=50 --train.log_interval=10 --data.eval_split=none "
+                                  "--train.node_sum=" + std::string(node_sum));
+    const Weights many = load(dir);
     EXPECT_EQ(0, std::memcmp(one.values.data(), many.values.data(), one.values.size() * 4)) << name;
+    // The logged training loss too, to the last digit.
+    EXPECT_EQ(logged_losses(dir), one_losses) << name;
     EXPECT_EQ(0, std::memcmp(one.momentum.data(), many.momentum.data(), one.momentum.size() * 4)) << name;
   }
 }
