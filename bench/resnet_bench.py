@@ -154,18 +154,23 @@ class Ours:
             sys.exit(f"error: {self.binary} not found: build first (cmake --build {args.build} --target mpicnn)")
         self.mpirun = shutil.which("mpirun")
 
-    def train(self, processes, threads, reduction):
+    def train(self, processes, threads, reduction, spec=None, data=None, launcher=None):
+        """One training run (ResNet-18 (28) on --data unless `spec` and `data` say otherwise). `launcher`,
+        when given, turns the trainer's command into the launch of `processes` ranks (bench/two_nodes.py)."""
         self.count += 1
         out = os.path.join(self.scratch, f"ours-{self.count}")
         steps = self.args.warmup + self.args.steps
-        command = [self.binary, "train", f"--data.path={self.args.data}", "--data.eval_split=none",
-                   "--data.cache_mb=1024", f"--model.spec={resnet18_28_spec()}", "--model.init=resnet",
+        command = [self.binary, "train", f"--data.path={data or self.args.data}", "--data.eval_split=none",
+                   "--data.cache_mb=1024", f"--model.spec={spec or resnet18_28_spec()}", "--model.init=resnet",
                    "--optimizer.name=sgd", f"--optimizer.lr={self.args.lr}", "--optimizer.momentum=0.9",
                    f"--train.batch_size={self.args.batch}", f"--train.max_steps={steps}", "--train.log_interval=1",
                    f"--train.threads={threads}", f"--train.reduction={reduction}", "--train.progress=lines",
                    "--output", out, *self.args.trainer_arg]
         env = {"MPICNN_THREADS": str(threads)}
-        if processes > 1:
+        if launcher:
+            command = launcher(command)
+            env.update(ROOT_ENV if os.geteuid() == 0 else {})
+        elif processes > 1:
             if not self.mpirun:
                 raise RunFailed("mpirun not found (apt-get install openmpi-bin)")
             command = [self.mpirun, "-np", str(processes)] + command
@@ -183,7 +188,8 @@ class Ours:
         cpu = timed[-1]["cpu_s"] - records[self.args.warmup - 1]["cpu_s"] if self.args.warmup else None
         return {"img_per_s": images / seconds, "cpu_img_per_s": images / (cpu * processes) if cpu else None,
                 "peak_rss_mb": rss, "peak_rss_mb_rank0": max(r["peak_rss_mb"] for r in records),
-                "loss": timed[-1]["loss"]}
+                "loss": timed[-1]["loss"],
+                "comm_wait_share": statistics.median(r.get("comm_wait_share", 0.0) for r in timed)}
 
 
 class Torch:

@@ -78,7 +78,7 @@ def run(rank, args, port):
     torch.set_num_threads(args.threads)
     distributed = args.processes > 1
     if distributed:
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = args.master_addr, str(port)
         if args.bind:
             os.sched_setaffinity(0, {rank % os.cpu_count()})
         import torch.distributed as dist
@@ -162,6 +162,10 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true", help="NHWC activations and weights")
     parser.add_argument("--bind", action="store_true", help="DDP: pin process r to cpu r (as mpirun binds our ranks)")
+    parser.add_argument("--rank", type=int, help="DDP: run only this process of --processes (one per host, e.g. "
+                        "bench/two_nodes.py's namespaces), meeting the others at --master-addr:--master-port")
+    parser.add_argument("--master-addr", default="127.0.0.1", help="DDP: address of process 0 (default 127.0.0.1)")
+    parser.add_argument("--master-port", type=int, default=0, help="DDP with --rank: port of process 0")
     args = parser.parse_args()
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if min(args.processes, args.threads, args.measure_steps) < 1 or args.warmup < 0:
@@ -170,6 +174,10 @@ def main():
         parser.error(f"--batch-size {args.batch_size} does not split evenly over {args.processes} processes")
     if args.processes == 1:
         report(args, *run(0, args, None))
+    elif args.rank is not None:
+        if not 0 <= args.rank < args.processes or not args.master_port:
+            parser.error("--rank needs 0 <= rank < --processes and --master-port")
+        worker(args.rank, args, args.master_port)
     else:
         import torch.multiprocessing as mp
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
