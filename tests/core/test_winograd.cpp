@@ -153,8 +153,8 @@ INSTANTIATE_TEST_SUITE_P(
                       winograd_case("OnePixel", 32, 1, 1, 32, 3)),           // one tile, mostly padding
     [](const ::testing::TestParamInfo<ConvCase>& info) { return info.param.name; });
 
-// The plan: Winograd for 3x3 stride-1 pad-1 layers of at least 32 channels in and out once
-// allowed, direct otherwise.
+// The plan: Winograd for 3x3 stride-1 pad-1 layers of at least 32 channels in and out on maps
+// of even size once allowed, direct otherwise.
 TEST(ConvPlan, WinogradOnlyWhereItFitsAndPaysAndIsAllowed) {
   const ConvGeometry resnet{64, 8, 8, 64, 3, 3, 1, 1, 8, 8};
   EXPECT_EQ(choose_conv_algorithm(resnet), ConvAlgorithm::direct);  // off by default
@@ -170,6 +170,7 @@ TEST(ConvPlan, WinogradOnlyWhereItFitsAndPaysAndIsAllowed) {
   EXPECT_EQ(plan(64, 64, 3, 1, 0, 8), ConvAlgorithm::direct);   // no padding
   EXPECT_EQ(plan(64, 64, 5, 1, 1, 8), ConvAlgorithm::direct);   // 5x5
   EXPECT_EQ(plan(64, 64, 3, 1, 1, 300), ConvAlgorithm::direct); // wider than a task's rows
+  EXPECT_EQ(plan(64, 64, 3, 1, 1, 7), ConvAlgorithm::direct);   // odd width: tiles past the map
   allow_winograd(false);
   EXPECT_EQ(plan(64, 64, 3, 1, 1, 8), ConvAlgorithm::direct);
 }
