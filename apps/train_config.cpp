@@ -47,7 +47,7 @@ std::vector<Key> train_keys() {
       {"model.spec", "", "layers, e.g. conv(32,5) relu maxpool(2) flatten dense(10)", true},
       {"model.init", "he", "weight initialisation: he, he_uniform, xavier, xavier_normal, resnet (torchvision's ResNet: conv kaiming_normal fan_out, dense as nn.Linear; BatchNorm always 1 and 0)"},
       {"model.bn_statistics", "micro_batch", "BatchNorm statistics in training: micro_batch (each exact micro-batch's, or each rank's batch under fast reduction; no communication) or global_batch (the whole global batch's, exchanged across ranks at every bn layer, as SyncBatchNorm)"},
-      {"model.winograd", "false", "run 3x3 stride-1 pad-1 convolutions of at least 32 channels in and out by Winograd F(2x2,3x3) (2.25x fewer multiply-adds in the forward pass and input gradient; rounds differently from direct convolution)"},
+      {"model.winograd", "false", "run 3x3 stride-1 pad-1 convolutions of at least 32 channels in and out, on maps of even size, by Winograd F(2x2,3x3) (2.25x fewer multiply-adds in the forward pass and input gradient; rounds differently from direct convolution)"},
       {"train.epochs", "10", "epochs to train"},
       {"train.batch_size", "64", "GLOBAL batch: samples per step summed over all ranks"},
       {"train.seed", "1", "seed of weights, data order and augmentation"},
