@@ -13,7 +13,6 @@ namespace {
 
 constexpr double kCentreRadius = 1.5;  // torchvision FCOS's center_sampling_radius, in strides
 constexpr double kGiouEps = 1e-7;      // torchvision's generalized_box_iou_loss default
-constexpr int kLossGridBits = 32;
 
 double point_x(const DetectionHead& head, std::size_t cell) { return (double(cell % head.grid_w) + 0.5) * head.stride; }
 double point_y(const DetectionHead& head, std::size_t cell) { return (double(cell / head.grid_w) + 0.5) * head.stride; }
@@ -137,9 +136,9 @@ LossSum detection_loss(float* grad, const float* outputs, std::span<const ImageB
     double row = 0;
     const std::int64_t positives =
         row_loss(grad ? grad + n * per_sample : nullptr, outputs + n * per_sample, rows[n], head, options, &row);
-    // Each row's loss on a grid of 2^-32: sums of such values below 2^21 are exact in double in any
-    // order, so an evaluation's loss does not depend on how the rows were split among ranks.
-    result.sum += std::ldexp(std::nearbyint(std::ldexp(row, kLossGridBits)), -kLossGridBits);
+    // Each row's loss on the loss grid (core/loss.hpp), so an evaluation's loss does not depend on
+    // how the rows were split among ranks.
+    result.sum += on_loss_grid(row);
     result.normalizer += double(positives);
   }
   return result;
